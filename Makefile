@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: MIT
+# UBS top-level build.  Recurses into each part, in dependency order.
+#   make            build everything into build/
+#   make test       install missing packages, build, run every test
+#   make demo       install, build, run the main job (see README)
+#   make bench      transport benchmark (table + plot under docs/bench/)
+#   V=1             show commands;  SANITIZE=address|undefined
+PARTS := ubtransport preload scripts
+
+all:
+	@set -e; for p in $(PARTS); do $(MAKE) --no-print-directory -C $$p; done
+
+deps:
+	@scripts/setup-deps
+
+export SANITIZE
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run-tests
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/demo
+
+bench: all
+	@scripts/bench-transport
+
+clean:
+	rm -rf build build-address build-undefined
+
+.PHONY: all deps test demo bench clean

@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * chan.c - channels: one segment holding a header, a ring table and rings,
+ * shared by two sides.  The creator lays it out; the attacher validates a
+ * private copy of the table before it touches any ring.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+
+#include "ubt.h"
+#include "ubt_int.h"
+
+#define CHAN_HDR_OFF  64u               /* after struct ubt_seg_hdr */
+#define RING_ALIGN    4096u
+#define RING_MAX_SIZE (1ull << 30)
+
+_Static_assert(sizeof(struct ubt_seg_hdr) <= CHAN_HDR_OFF, "seg hdr");
+_Static_assert(CHAN_HDR_OFF + sizeof(struct ubt_chan_hdr) <= UBT_SEG_HDR_SIZE,
+	       "chan hdr must fit the header page");
+_Static_assert(sizeof(struct ubt_ring_shm) <= UBT_RING_CTL_SIZE, "ring ctl");
+
+static struct ubt_chan_hdr *chan_hdr(const struct ubt_chan *c)
+{
+	return (struct ubt_chan_hdr *)(c->seg.base + CHAN_HDR_OFF);
+}
+
+static int new_efd(void)
+{
+	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
+
+	return fd < 0 ? -errno : fd;
+}
+
+/* Is one ring description sane for a segment of seg_size bytes? */
+static int desc_ok(const struct ubt_ring_desc *d, uint64_t seg_size)
+{
+	if (d->kind != UBT_RING_STREAM && d->kind != UBT_RING_MSG)
+		return 0;
+	if (d->producer > 1 || d->size < 64 || d->size > RING_MAX_SIZE ||
+	    (d->size & (d->size - 1)))
+		return 0;
+	if (d->kind == UBT_RING_STREAM && d->entry_size)
+		return 0;
+	if (d->entry_size && ubt_rec_size(d->entry_size) > d->size)
+		return 0;
+	if (d->off < UBT_SEG_HDR_SIZE || (d->off & 63) || d->off > seg_size ||
+	    seg_size - d->off < UBT_RING_CTL_SIZE + d->size)
+		return 0;
+	return 1;
+}
+
+/* Rings must not overlap: a peer could otherwise alias two of them. */
+static int descs_disjoint(const struct ubt_ring_desc *d, uint32_t n)
+{
+	uint32_t i, j;
+
+	for (i = 0; i < n; i++)
+		for (j = i + 1; j < n; j++) {
+			uint64_t ai = d[i].off, ae = ai + UBT_RING_CTL_SIZE + d[i].size;
+			uint64_t bi = d[j].off, be = bi + UBT_RING_CTL_SIZE + d[j].size;
+
+			if (ai < be && bi < ae)
+				return 0;
+		}
+	return 1;
+}
+
+/* Bind ring handles to the validated private table. */
+static void bind_rings(struct ubt_chan *c, const struct ubt_ring_desc *d)
+{
+	uint32_t i;
+
+	for (i = 0; i < c->nrings; i++) {
+		uint32_t p = d[i].producer;
+
+		ubt_ring_bind(&c->ring[i], c->seg.base + d[i].off, d[i].size,
+			      d[i].kind, d[i].entry_size, c->efd[!p], c->efd[p]);
+		c->ring[i].prod_side = (int)p;
+	}
+}
+
+int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
+		    uint32_t nrings)
+{
+	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
+	struct ubt_chan_hdr *h;
+	uint64_t off = UBT_SEG_HDR_SIZE;
+	uint32_t i;
+	int err;
+
+	memset(c, 0, sizeof(*c));
+	c->seg.fd = c->efd[0] = c->efd[1] = -1;
+	if (nrings == 0 || nrings > UBT_CHAN_MAX_RINGS)
+		return -EINVAL;
+	for (i = 0; i < nrings; i++) {
+		d[i] = spec[i];
+		d[i].off = off;
+		d[i].reserved = 0;
+		off += UBT_RING_CTL_SIZE + d[i].size;
+		off = (off + RING_ALIGN - 1) & ~(uint64_t)(RING_ALIGN - 1);
+		if (!desc_ok(&d[i], UINT64_MAX / 2))
+			return -EINVAL;
+	}
+	err = ubt_seg_create(&c->seg, off, UBT_SEG_CHAN, "ubs-chan");
+	if (err)
+		return err;
+	err = new_efd();
+	if (err < 0) {
+		ubt_seg_unmap(&c->seg);
+		return err;
+	}
+	c->efd[0] = err;
+	c->side = 0;
+	c->nrings = nrings;
+
+	h = chan_hdr(c);
+	h->version = UBT_LAYOUT_VER;
+	atomic_store(&h->state, UBT_CHAN_UNDECIDED);
+	h->nrings = nrings;
+	atomic_store(&h->pid[0], ubt_self_pid());
+	memcpy(h->ring, d, sizeof(d[0]) * nrings);
+	for (i = 0; i < nrings; i++)
+		ubt_ring_format(c->seg.base + d[i].off, d[i].size);
+	bind_rings(c, d);
+	return 0;
+}
+
+int ubt_chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd)
+{
+	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
+	struct ubt_chan_hdr *h;
+	uint32_t i, n, ver;
+	int err;
+
+	memset(c, 0, sizeof(*c));
+	c->seg.fd = c->efd[0] = c->efd[1] = -1;
+	err = ubt_seg_map(&c->seg, seg_fd, UBT_SEG_CHAN);
+	if (err)
+		return err;
+	h = chan_hdr(c);
+	ver = h->version;
+	n = h->nrings;
+	if (ver != UBT_LAYOUT_VER) {
+		err = -EPROTONOSUPPORT;
+		goto fail;
+	}
+	err = -EPROTO;
+	if (n == 0 || n > UBT_CHAN_MAX_RINGS)
+		goto fail;
+	memcpy(d, h->ring, sizeof(d[0]) * n);
+	for (i = 0; i < n; i++)
+		if (!desc_ok(&d[i], c->seg.size))
+			goto fail;
+	if (!descs_disjoint(d, n))
+		goto fail;
+	err = new_efd();
+	if (err < 0)
+		goto fail;
+	c->efd[1] = err;
+	c->efd[0] = peer_efd;
+	c->side = 1;
+	c->nrings = n;
+	atomic_store(&h->pid[1], ubt_self_pid());
+	bind_rings(c, d);
+	return 0;
+fail:
+	/* The caller keeps seg_fd on failure. */
+	c->seg.fd = -1;
+	ubt_seg_unmap(&c->seg);
+	return err;
+}
+
+void ubt_chan_set_peer_efd(struct ubt_chan *c, int efd)
+{
+	uint32_t i;
+
+	if (c->efd[!c->side] >= 0)
+		close(c->efd[!c->side]);
+	c->efd[!c->side] = efd;
+	for (i = 0; i < c->nrings; i++) {
+		struct ubt_ring *r = &c->ring[i];
+
+		if (r->prod_side == c->side)
+			r->data_efd = efd;      /* the peer consumes */
+		else
+			r->space_efd = efd;     /* the peer produces */
+	}
+}
+
+uint32_t ubt_chan_decide(struct ubt_chan *c, uint32_t want)
+{
+	uint32_t cur = UBT_CHAN_UNDECIDED;
+
+	if (atomic_compare_exchange_strong(&chan_hdr(c)->state, &cur, want))
+		return want;
+	/* A state we do not know (a hostile peer) means TCP. */
+	return cur == UBT_CHAN_UB ? UBT_CHAN_UB : UBT_CHAN_TCP;
+}
+
+void ubt_chan_shutdown(struct ubt_chan *c)
+{
+	struct ubt_ring *r;
+	int n;
+
+	/* Consumer ends first: a peer that has seen EOF must get EPIPE. */
+	for (n = 0; (r = ubt_chan_rx(c, n)); n++)
+		ubt_ring_close_consumer(r);
+	for (n = 0; (r = ubt_chan_tx(c, n)); n++)
+		ubt_ring_close_producer(r);
+}
+
+void ubt_chan_close(struct ubt_chan *c)
+{
+	ubt_seg_unmap(&c->seg);
+	if (c->efd[0] >= 0)
+		close(c->efd[0]);
+	if (c->efd[1] >= 0)
+		close(c->efd[1]);
+	c->efd[0] = c->efd[1] = -1;
+	c->nrings = 0;
+}
+
+/* The n-th ring whose producer is (tx) or is not (rx) this side. */
+static struct ubt_ring *nth_ring(struct ubt_chan *c, int n, int tx)
+{
+	uint32_t i;
+
+	for (i = 0; i < c->nrings; i++)
+		if ((c->ring[i].prod_side == c->side) == tx && n-- == 0)
+			return &c->ring[i];
+	return NULL;
+}
+
+struct ubt_ring *ubt_chan_tx(struct ubt_chan *c, int n)
+{
+	return nth_ring(c, n, 1);
+}
+
+struct ubt_ring *ubt_chan_rx(struct ubt_chan *c, int n)
+{
+	return nth_ring(c, n, 0);
+}
+
+int ubt_chan_create_stream(struct ubt_chan *c, uint64_t ring_size)
+{
+	struct ubt_ring_desc spec[2] = {
+		{ .kind = UBT_RING_STREAM, .producer = 0, .size = ring_size },
+		{ .kind = UBT_RING_STREAM, .producer = 1, .size = ring_size },
+	};
+
+	return ubt_chan_create(c, spec, 2);
+}
+
+int ubt_pidfd(int pid)
+{
+	long fd = syscall(SYS_pidfd_open, pid, 0);
+
+	return fd < 0 ? -errno : (int)fd;
+}

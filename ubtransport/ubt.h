@@ -1,0 +1,276 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ubt.h - the UB transport: shared-memory segments, rings, doorbells.
+ *
+ * A UB domain is modelled as memory that several processes of one host map.
+ * Everything here returns -errno on failure (never sets errno for the
+ * caller); anything read from shared memory is treated as hostile and
+ * bounds-checked before use.
+ */
+#ifndef UBT_H
+#define UBT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdatomic.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#define UBT_MAGIC        0x55425453u /* "UBTS" */
+#define UBT_LAYOUT_VER   1u          /* bump on any shared layout change */
+
+/* ---------------------------------------------------------------- segments */
+
+enum ubt_seg_kind {
+	UBT_SEG_DATA = 1,       /* plain memory, addressed by id + offset */
+	UBT_SEG_CHAN = 2,       /* a channel: header + ring table + rings */
+	UBT_SEG_POLICY = 3,     /* reserved for ubsd's policy page */
+};
+
+/* First bytes of every segment; the rest of the first page is reserved. */
+struct ubt_seg_hdr {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t kind;
+	uint64_t size;          /* whole segment, bytes */
+	uint64_t id;            /* unique per host, for id + offset addressing */
+	uint32_t hdr_size;      /* bytes reserved for headers before payload */
+	uint32_t creator_pid;
+};
+
+#define UBT_SEG_HDR_SIZE 4096u
+
+/* A mapped segment, private to the process that holds it. */
+struct ubt_seg {
+	int fd;                 /* memfd, close-on-exec */
+	uint8_t *base;
+	size_t size;            /* trusted copy, checked against fstat */
+	uint64_t id;
+	uint16_t kind;
+};
+
+/* Create a sealed (fixed-size) 0600 memfd segment of size bytes, mapped. */
+int ubt_seg_create(struct ubt_seg *s, size_t size, uint16_t kind,
+		   const char *name);
+/* Map a segment received as fd; takes ownership of fd on success only.
+ * Refuses (-EPROTO / -EPROTONOSUPPORT / -EBADF / -EPERM) a segment of the
+ * wrong kind, layout version or size, or one that is not sealed. */
+int ubt_seg_map(struct ubt_seg *s, int fd, uint16_t kind);
+void ubt_seg_unmap(struct ubt_seg *s);
+/* Pointer to [off, off+len) inside s, or NULL if out of bounds. */
+void *ubt_seg_ptr(const struct ubt_seg *s, uint64_t off, uint64_t len);
+
+#define UBT_MAX_FDS 8
+/* Pass up to UBT_MAX_FDS fds (and len bytes of data) over a Unix socket.
+ * Returns len (0 when len is 0: one filler byte is sent). */
+int ubt_send_fds(int sock, const int *fds, int nfds, const void *data,
+		 size_t len);
+/* Receive up to *nfds fds (close-on-exec) and data; *nfds is updated.
+ * Returns bytes of data received, -EPIPE on EOF, -EPROTO if control data
+ * was truncated.  Fds beyond *nfds are closed. */
+int ubt_recv_fds(int sock, int *fds, int *nfds, void *data, size_t len);
+
+/* ------------------------------------------------------------------- rings */
+
+enum ubt_ring_kind {
+	UBT_RING_STREAM = 1,    /* byte stream (sockets) */
+	UBT_RING_MSG = 2,       /* tagged records, 1 B .. capacity-8 */
+};
+
+/* Shared ring control block: producer, consumer and doorbell words on
+ * separate cache lines.  Written by both sides: never trusted. */
+struct ubt_ring_shm {
+	_Atomic uint64_t head;          /* bytes ever produced */
+	_Atomic uint32_t plock;         /* producer lock: 0 or owner pid|WAIT */
+	_Atomic uint32_t pclosed;       /* producer shut down: EOF after data */
+	uint8_t pad0[48];
+	_Atomic uint64_t tail;          /* bytes ever consumed */
+	_Atomic uint32_t clock;         /* consumer lock */
+	_Atomic uint32_t cclosed;       /* consumer gone: writes get EPIPE */
+	uint8_t pad1[48];
+	_Atomic uint64_t data_db;       /* consumers waiting: epoch<<32|count */
+	uint8_t pad2[56];
+	_Atomic uint64_t space_db;      /* producers waiting: epoch<<32|count */
+	uint8_t pad3[56];
+};
+
+#define UBT_RING_CTL_SIZE 256u
+
+/* Counters kept per process per ring end (not shared). */
+struct ubt_ring_stats {
+	uint64_t doorbells;     /* eventfd writes issued (syscalls) */
+	uint64_t sleeps;        /* real sleeps (poll) entered */
+	uint64_t spin_hits;     /* waits satisfied while spinning */
+};
+
+/* A process's handle on one ring; the geometry is a private, validated copy. */
+struct ubt_ring {
+	struct ubt_ring_shm *shm;
+	uint8_t *data;
+	uint64_t size;          /* power of two */
+	uint32_t kind;
+	uint32_t entry_size;    /* MSG: if nonzero every record has this size */
+	int data_efd;           /* consumer's eventfd: rung when data arrives */
+	int space_efd;          /* producer's eventfd: rung when space frees */
+	int prod_side;          /* in a channel: the side that produces */
+	int64_t spin_ns;        /* adaptive spin, <= the wait's budget */
+	struct ubt_ring_stats st;
+};
+
+/* Initialise shared ring memory (ctl + data) at mem; size power of two. */
+int ubt_ring_format(void *mem, uint64_t size);
+/* Bind a handle to formatted memory; efds may be -1 (no doorbell). */
+void ubt_ring_bind(struct ubt_ring *r, void *mem, uint64_t size, uint32_t kind,
+		   uint32_t entry_size, int data_efd, int space_efd);
+
+/* Byte stream.  write: bytes written (short if full), -EAGAIN if full,
+ * -EPIPE if the consumer closed, -EPROTO on a corrupt header. */
+ssize_t ubt_stream_writev(struct ubt_ring *r, const struct iovec *iov, int cnt);
+ssize_t ubt_stream_write(struct ubt_ring *r, const void *buf, size_t len);
+#define UBT_PEEK 1
+/* read: bytes read, 0 at EOF (producer closed, ring empty), -EAGAIN. */
+ssize_t ubt_stream_readv(struct ubt_ring *r, const struct iovec *iov, int cnt,
+			 int flags);
+ssize_t ubt_stream_read(struct ubt_ring *r, void *buf, size_t len, int flags);
+/* Bytes ready to read / room to write; -EPROTO if corrupt. */
+int64_t ubt_ring_readable(const struct ubt_ring *r);
+int64_t ubt_ring_writable(const struct ubt_ring *r);
+
+/* Records.  send: 0, -EAGAIN (no room yet), -EMSGSIZE (never fits),
+ * -EPIPE, -EPROTO.  recv: payload length; -ENOBUFS if cap is too small
+ * (record stays queued, *tag and the needed length via ubt_msg_peek). */
+int ubt_msg_sendv(struct ubt_ring *r, uint32_t tag, const struct iovec *iov,
+		  int cnt);
+int ubt_msg_send(struct ubt_ring *r, uint32_t tag, const void *buf,
+		 size_t len);
+ssize_t ubt_msg_recv(struct ubt_ring *r, uint32_t *tag, void *buf, size_t cap);
+/* Length of the next record (0 is a valid length), -EAGAIN if none,
+ * -EPIPE if none will come (producer closed), -EPROTO if corrupt.
+ * recv returns the same errors when nothing can be received. */
+ssize_t ubt_msg_peek(const struct ubt_ring *r, uint32_t *tag);
+
+/* Shut down one end: producer -> EOF for the reader, consumer -> EPIPE
+ * for the writer.  Wakes sleepers on the other side. */
+void ubt_ring_close_producer(struct ubt_ring *r);
+void ubt_ring_close_consumer(struct ubt_ring *r);
+
+/* --------------------------------------------------------------- waiting */
+
+/* How to wait: spin up to spin_ns (0 = never spin), then sleep in poll()
+ * on the doorbell and on watch_fd (if >= 0) for watch_events, for at most
+ * timeout_ms (-1 = forever).  Signals interrupt the sleep. */
+struct ubt_wait {
+	int64_t spin_ns;
+	int timeout_ms;
+	int watch_fd;
+	short watch_events;
+};
+
+enum ubt_wake {
+	UBT_READY = 0,          /* the condition holds */
+	UBT_WATCH = 1,          /* watch_fd reported an event */
+};
+/* Wait until the ring is readable (data or EOF) / writable (room for
+ * need bytes, or consumer closed).  Returns UBT_READY, UBT_WATCH, -EINTR,
+ * -ETIMEDOUT or -EPROTO. */
+int ubt_wait_readable(struct ubt_ring *r, const struct ubt_wait *w);
+int ubt_wait_writable(struct ubt_ring *r, uint64_t need,
+		      const struct ubt_wait *w);
+
+/* A pidfd for pid: readable once the process has exited (a watch_fd). */
+int ubt_pidfd(int pid);
+
+/* ---------------------------------------------------------------- channel */
+
+#define UBT_CHAN_MAX_RINGS 8
+
+enum ubt_chan_state {
+	UBT_CHAN_UNDECIDED = 0,
+	UBT_CHAN_UB = 1,
+	UBT_CHAN_TCP = 2,
+};
+
+/* One ring of a channel, as laid out by its creator. */
+struct ubt_ring_desc {
+	uint32_t kind;
+	uint32_t producer;      /* side (0 creator, 1 attacher) that produces */
+	uint64_t off;           /* of the ring's ctl block in the segment */
+	uint64_t size;          /* data bytes, power of two */
+	uint32_t entry_size;
+	uint32_t reserved;
+};
+
+/* Follows the segment header. */
+struct ubt_chan_hdr {
+	uint32_t version;
+	_Atomic uint32_t state;         /* enum ubt_chan_state, set by CAS */
+	uint32_t nrings;
+	uint32_t reserved;
+	_Atomic uint32_t pid[2];        /* pid of each side, for diagnostics */
+	struct ubt_ring_desc ring[UBT_CHAN_MAX_RINGS];
+};
+
+struct ubt_chan {
+	struct ubt_seg seg;
+	int side;                       /* 0 creator, 1 attacher */
+	int efd[2];                     /* each side's doorbell eventfd */
+	uint32_t nrings;
+	struct ubt_ring ring[UBT_CHAN_MAX_RINGS];
+};
+
+/* Create a channel: nrings rings described by kind/producer/size/entry_size
+ * in spec (off ignored).  Creates this side's eventfd. */
+int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
+		    uint32_t nrings);
+/* Attach to a channel segment fd as side 1; takes ownership of seg_fd and
+ * peer_efd on success.  Creates this side's eventfd. */
+int ubt_chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd);
+/* Creator: install the attacher's eventfd (takes ownership). */
+void ubt_chan_set_peer_efd(struct ubt_chan *c, int efd);
+/* CAS the channel state from UNDECIDED; returns the state that holds. */
+uint32_t ubt_chan_decide(struct ubt_chan *c, uint32_t want);
+/* Shut down this side's ends: EOF to the peer's reader, EPIPE to the
+ * peer's writer.  ubt_chan_close only releases this process's handles. */
+void ubt_chan_shutdown(struct ubt_chan *c);
+void ubt_chan_close(struct ubt_chan *c);
+
+/* The n-th ring this side produces into / consumes from, or NULL. */
+struct ubt_ring *ubt_chan_tx(struct ubt_chan *c, int n);
+struct ubt_ring *ubt_chan_rx(struct ubt_chan *c, int n);
+
+/* A channel with one stream ring each way (a socket's byte-stream pair). */
+int ubt_chan_create_stream(struct ubt_chan *c, uint64_t ring_size);
+
+/* ------------------------------------------------------------ descriptors */
+
+/* Work descriptors carried in MSG rings for one-sided and two-sided
+ * operations (the verbs shim's jettys).  Memory is named by segment id
+ * and offset, never by pointer. */
+enum ubt_op {
+	UBT_OP_SEND = 1,
+	UBT_OP_WRITE = 2,
+	UBT_OP_READ = 3,
+	UBT_OP_CAS = 4,
+	UBT_OP_FAA = 5,
+};
+
+struct ubt_wqe {
+	uint64_t wr_id;
+	uint32_t op;
+	uint32_t len;
+	uint64_t lseg, loff;            /* local segment id, offset */
+	uint64_t rseg, roff;            /* remote segment id, offset */
+	uint64_t compare, swap;         /* atomics */
+	uint32_t imm;
+	uint32_t flags;
+};
+
+struct ubt_cqe {
+	uint64_t wr_id;
+	uint32_t op;
+	uint32_t status;                /* 0 or a positive errno */
+	uint32_t byte_len;
+	uint32_t imm;
+};
+
+#endif /* UBT_H */
