@@ -1,0 +1,153 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * init.c - library entry of libubs_preload.so: the table of real libc
+ * functions, configuration from the environment, and the lazy, idempotent,
+ * thread-safe init that both the constructor and every entry point use.
+ */
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "preload.h"
+
+struct ubs_real ubs_real;
+struct ubs_config ubs_config;
+int ubs_init_state;			/* enum ubs_init_state */
+UBS_TLS bool ubs_guard;
+
+static pthread_mutex_t ubs_init_lock = PTHREAD_MUTEX_INITIALIZER;
+static UBS_TLS bool ubs_in_init;	/* this thread is inside ubs_init() */
+static bool ubs_real_done;		/* ubs_real is fully resolved */
+
+/*
+ * Resolves every real libc function with dlsym(RTLD_NEXT).  Returns 0, or
+ * -ENOSYS if one is missing (the table is then unusable).  Called with
+ * ubs_init_lock held, before anything that could allocate on our behalf.
+ */
+static int ubs_real_resolve(void)
+{
+#define UBS_RESOLVE(fn)							\
+	do {								\
+		ubs_real.fn = (__typeof__(ubs_real.fn))dlsym(RTLD_NEXT, #fn); \
+		if (!ubs_real.fn)					\
+			return -ENOSYS;					\
+	} while (0)
+	UBS_RESOLVE(socket);
+	UBS_RESOLVE(bind);
+	UBS_RESOLVE(listen);
+	UBS_RESOLVE(connect);
+	UBS_RESOLVE(accept);
+	UBS_RESOLVE(accept4);
+	UBS_RESOLVE(close);
+#undef UBS_RESOLVE
+	return 0;
+}
+
+/* Copies src into dst[size], truncating, always NUL-terminated. */
+static void ubs_strlcpy(char *dst, const char *src, size_t size)
+{
+	size_t n = strnlen(src, size - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+/*
+ * Fills name[size] with the program name: program_invocation_short_name,
+ * else /proc/self/comm (newline stripped), else "unknown".
+ */
+static void ubs_program_name(char *name, size_t size)
+{
+	ssize_t n;
+	int fd;
+
+	if (program_invocation_short_name && program_invocation_short_name[0]) {
+		ubs_strlcpy(name, program_invocation_short_name, size);
+		return;
+	}
+	ubs_strlcpy(name, "unknown", size);
+	fd = open("/proc/self/comm", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	n = read(fd, name, size - 1);
+	ubs_real.close(fd);
+	if (n <= 0) {
+		ubs_strlcpy(name, "unknown", size);
+		return;
+	}
+	name[n] = '\0';
+	name[strcspn(name, "\n")] = '\0';
+}
+
+/*
+ * Reads UBS_DISABLE, UBS_RUN_DIR and UBS_SERVICE.  secure_getenv: a
+ * set-uid program keeps the defaults.
+ */
+static void ubs_config_load(void)
+{
+	const char *v;
+
+	v = secure_getenv("UBS_DISABLE");
+	ubs_config.disabled = v && strcmp(v, "1") == 0;
+
+	v = secure_getenv("UBS_RUN_DIR");
+	ubs_strlcpy(ubs_config.run_dir, v && v[0] ? v : "/run/ubs",
+		    sizeof(ubs_config.run_dir));
+
+	v = secure_getenv("UBS_SERVICE");
+	if (v && v[0])
+		ubs_strlcpy(ubs_config.service, v, sizeof(ubs_config.service));
+	else
+		ubs_program_name(ubs_config.service, sizeof(ubs_config.service));
+}
+
+/*
+ * Brings the library up once: real table, config, stats page, fork
+ * handler.  Safe to call from any thread at any time, including from an
+ * interposed call that arrives before our constructor ran.  A nested call
+ * from the same thread (something inside init re-entering an entry point)
+ * does not wait: it gets 0 once the real table is usable, else -ENOSYS.
+ * Returns 0 or -ENOSYS; errno is left as the caller had it.
+ */
+int ubs_init(void)
+{
+	int saved_errno = errno;
+	int state, ret;
+
+	state = __atomic_load_n(&ubs_init_state, __ATOMIC_ACQUIRE);
+	if (state != UBS_INIT_NONE)
+		return state == UBS_INIT_READY ? 0 : -ENOSYS;
+	if (ubs_in_init)
+		return __atomic_load_n(&ubs_real_done, __ATOMIC_ACQUIRE) ? 0 : -ENOSYS;
+
+	ubs_in_init = true;
+	pthread_mutex_lock(&ubs_init_lock);
+	state = __atomic_load_n(&ubs_init_state, __ATOMIC_ACQUIRE);
+	if (state == UBS_INIT_NONE) {
+		if (ubs_real_resolve() < 0) {
+			state = UBS_INIT_BROKEN;
+		} else {
+			__atomic_store_n(&ubs_real_done, true, __ATOMIC_RELEASE);
+			ubs_config_load();
+			ubs_stats_init();
+			pthread_atfork(NULL, NULL, ubs_stats_atfork_child);
+			state = UBS_INIT_READY;
+		}
+		__atomic_store_n(&ubs_init_state, state, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&ubs_init_lock);
+	ubs_in_init = false;
+
+	ret = state == UBS_INIT_READY ? 0 : -ENOSYS;
+	errno = saved_errno;
+	return ret;
+}
+
+/* Constructor: init early, so the stats page exists before main(). */
+__attribute__((constructor))
+static void ubs_ctor(void)
+{
+	ubs_init();
+}

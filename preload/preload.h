@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * preload.h - private header of libubs_preload.so, shared by preload/ and
+ * the shims: the table of real libc functions, lazy init, configuration,
+ * the recursion guard and the stats counters.
+ *
+ * Everything declared here is hidden (-fvisibility=hidden); only the
+ * interposed entry points, marked UBS_EXPORT, leave the library, and the
+ * version script ubs_preload.map decides which of them.
+ */
+#ifndef UBS_PRELOAD_H
+#define UBS_PRELOAD_H
+
+#include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ubs_stats.h"
+
+/* Marks an interposed libc entry point; everything else stays hidden. */
+#define UBS_EXPORT __attribute__((visibility("default")))
+
+/* initial-exec TLS: no __tls_get_addr, so no allocation on first touch. */
+#define UBS_TLS __thread __attribute__((tls_model("initial-exec")))
+
+/* The real libc functions, resolved once with dlsym(RTLD_NEXT, ...). */
+struct ubs_real {
+	__typeof__(socket) *socket;
+	__typeof__(bind) *bind;
+	__typeof__(listen) *listen;
+	__typeof__(connect) *connect;
+	__typeof__(accept) *accept;
+	__typeof__(accept4) *accept4;
+	__typeof__(close) *close;
+};
+
+/* Configuration, read once from the environment at init. */
+struct ubs_config {
+	bool disabled;				/* UBS_DISABLE=1: pure pass-through */
+	char run_dir[PATH_MAX];			/* UBS_RUN_DIR, default /run/ubs */
+	char service[UBS_STATS_SERVICE_MAX];	/* UBS_SERVICE, default program */
+};
+
+enum ubs_init_state {
+	UBS_INIT_NONE = 0,	/* nothing resolved yet */
+	UBS_INIT_READY,		/* real table, config and stats are set */
+	UBS_INIT_BROKEN,	/* a real symbol is missing: calls fail ENOSYS */
+};
+
+extern struct ubs_real ubs_real;
+extern struct ubs_config ubs_config;
+extern int ubs_init_state;			/* enum ubs_init_state, atomic */
+extern struct ubs_stats_page *ubs_stats;	/* NULL when disabled */
+extern UBS_TLS bool ubs_guard;
+
+int ubs_init(void);
+void ubs_stats_init(void);
+void ubs_stats_atfork_child(void);
+
+/*
+ * Recursion guard for the library's own socket use: wrap the calls the
+ * library itself makes with ubs_guard_enter()/ubs_guard_exit(); entry
+ * points reached while the guard is held pass straight to libc, uncounted.
+ * ubs_guard_enter() returns false when the guard is already held.
+ */
+static inline bool ubs_guard_enter(void)
+{
+	if (ubs_guard)
+		return false;
+	ubs_guard = true;
+	return true;
+}
+
+static inline void ubs_guard_exit(void)
+{
+	ubs_guard = false;
+}
+
+/* Adds n to counter id of this process's stats page (relaxed atomic). */
+static inline void ubs_stats_add(enum ubs_stat_id id, uint64_t n)
+{
+	struct ubs_stats_page *page = ubs_stats;
+
+	if (page)
+		__atomic_fetch_add(&page->counters[id], n, __ATOMIC_RELAXED);
+}
+
+/*
+ * Common prologue of every entry point: make sure the real table is
+ * resolved (the call may come before our constructor ran), then count the
+ * call.  Returns 0, or -ENOSYS when libc lacks the real symbol.  Never
+ * changes errno.
+ */
+static inline int ubs_enter(enum ubs_stat_id id)
+{
+	if (__builtin_expect(__atomic_load_n(&ubs_init_state, __ATOMIC_ACQUIRE)
+			     != UBS_INIT_READY, 0)) {
+		int ret = ubs_init();
+
+		if (ret < 0)
+			return ret;
+	}
+	if (!ubs_guard)
+		ubs_stats_add(id, 1);
+	return 0;
+}
+
+/* The libc boundary: turns a -errno into errno = e and a -1 return. */
+static inline int ubs_fail(int neg_errno)
+{
+	errno = -neg_errno;
+	return -1;
+}
+
+#endif /* UBS_PRELOAD_H */

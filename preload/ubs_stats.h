@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ubs_stats.h - layout of the per-process stats page.
+ *
+ * Each process running under libubs_preload.so owns one page of counters.
+ * When $UBS_RUN_DIR/stats exists and is writable the page is the file
+ * $UBS_RUN_DIR/stats/<pid>, mapped MAP_SHARED, so a reader (ubsctl) can
+ * mmap or read it while the process runs; otherwise it is private memory.
+ *
+ * This header is a plain layout description shared by the library and its
+ * readers: types, constants and the counter name table only.
+ *
+ * Reader rules: check magic, then version; read at most ncounters entries
+ * of counters[] (newer libraries may append counters without changing the
+ * version); load each counter with a relaxed 64-bit atomic load.  A file is
+ * published complete (created under a temporary name, then renamed), and
+ * is left in place when the process exits: readers check that pid lives.
+ */
+#ifndef UBS_STATS_H
+#define UBS_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define UBS_STATS_MAGIC		0x0054415453534255ULL	/* "UBSSTAT\0" in memory (LE) */
+#define UBS_STATS_VERSION	1u			/* layout version */
+#define UBS_STATS_SIZE		4096u			/* file and mapping size */
+#define UBS_STATS_SERVICE_MAX	64u			/* service name, NUL included */
+
+/*
+ * The counters, in page order: X(ENUM_SUFFIX, "name").  Append only: an
+ * index never changes meaning within one layout version.
+ */
+#define UBS_STATS_COUNTERS(X)						\
+	X(SOCKET,	"socket")	/* socket() calls */		\
+	X(BIND,		"bind")		/* bind() calls */		\
+	X(LISTEN,	"listen")	/* listen() calls */		\
+	X(CONNECT,	"connect")	/* connect() calls */		\
+	X(ACCEPT,	"accept")	/* accept() calls */		\
+	X(ACCEPT4,	"accept4")	/* accept4() calls */		\
+	X(CLOSE,	"close")	/* close() calls */		\
+	X(UB_CONNS,	"ub_conns")	/* reserved: UB connections */	\
+	X(TCP_CONNS,	"tcp_conns")	/* reserved: plain TCP conns */	\
+	X(UB_BYTES_TX,	"ub_bytes_tx")	/* reserved: bytes sent on UB */ \
+	X(UB_BYTES_RX,	"ub_bytes_rx")	/* reserved: bytes recv on UB */ \
+	X(FALLBACKS,	"fallbacks")	/* reserved: UB -> TCP */
+
+#define UBS_STAT_ENUM_(name, str) UBS_STAT_##name,
+enum ubs_stat_id {
+	UBS_STATS_COUNTERS(UBS_STAT_ENUM_)
+	UBS_STAT_NR
+};
+#undef UBS_STAT_ENUM_
+
+#define UBS_STAT_NAME_(name, str) [UBS_STAT_##name] = str,
+/* Counter names, indexed by enum ubs_stat_id. */
+static const char *const ubs_stat_names[UBS_STAT_NR] __attribute__((unused)) = {
+	UBS_STATS_COUNTERS(UBS_STAT_NAME_)
+};
+#undef UBS_STAT_NAME_
+
+struct ubs_stats_page {
+	uint64_t magic;				/* UBS_STATS_MAGIC */
+	uint32_t version;			/* UBS_STATS_VERSION */
+	uint32_t size;				/* UBS_STATS_SIZE */
+	int32_t pid;				/* owning process */
+	uint32_t ncounters;			/* valid entries of counters[] */
+	char service[UBS_STATS_SERVICE_MAX];	/* NUL-terminated */
+	uint64_t reserved[5];			/* zero; future header fields */
+	uint64_t counters[UBS_STAT_NR];		/* indexed by enum ubs_stat_id */
+};
+
+_Static_assert(offsetof(struct ubs_stats_page, counters) == 128,
+	       "stats page header is 128 bytes");
+_Static_assert(sizeof(struct ubs_stats_page) <= UBS_STATS_SIZE,
+	       "stats page fits in UBS_STATS_SIZE");
+
+#endif /* UBS_STATS_H */
