@@ -156,3 +156,16 @@ pid_t th_chan_pair(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 	close(sv[0]);
 	return pid;
 }
+
+struct ubt_ring *th_local_ring(uint32_t kind, uint64_t size,
+			       uint32_t entry_size)
+{
+	struct ubt_ring *r = calloc(1, sizeof(*r));
+	size_t bytes = (UBT_RING_CTL_SIZE + size + 4095) & ~(size_t)4095;
+	void *mem = aligned_alloc(4096, bytes);
+
+	if (!r || !mem || ubt_ring_format(mem, size) < 0)
+		abort();
+	ubt_ring_bind(r, mem, size, kind, entry_size, -1, -1);
+	return r;
+}

@@ -51,4 +51,8 @@ pid_t th_chan_pair(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 		   uint32_t nrings, int (*fn)(struct ubt_chan *c, void *arg),
 		   void *arg);
 
+/* A ring in private, page-aligned memory: one process plays both ends. */
+struct ubt_ring *th_local_ring(uint32_t kind, uint64_t size,
+			       uint32_t entry_size);
+
 #endif

@@ -105,13 +105,7 @@ Test(msg, two_process_log_uniform_records, .timeout = 60)
 
 static struct ubt_ring *local_msg_ring(uint64_t size, uint32_t esize)
 {
-	static struct ubt_ring r;
-	void *mem = aligned_alloc(4096, UBT_RING_CTL_SIZE + size);
-
-	cr_assert(mem);
-	cr_assert_eq(ubt_ring_format(mem, size), 0);
-	ubt_ring_bind(&r, mem, size, UBT_RING_MSG, esize, -1, -1);
-	return &r;
+	return th_local_ring(UBT_RING_MSG, size, esize);
 }
 
 Test(msg, records_keep_boundaries_and_tags)

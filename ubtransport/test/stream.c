@@ -134,16 +134,9 @@ Test(stream, two_process_random_sizes_large_ring, .timeout = 60)
 	run_stress(4 * MiB, &s);
 }
 
-/* A standalone ring in private memory: semantics without a second side. */
 static struct ubt_ring *local_ring(uint64_t size)
 {
-	static struct ubt_ring r;
-	void *mem = aligned_alloc(4096, UBT_RING_CTL_SIZE + size);
-
-	cr_assert(mem);
-	cr_assert_eq(ubt_ring_format(mem, size), 0);
-	ubt_ring_bind(&r, mem, size, UBT_RING_STREAM, 0, -1, -1);
-	return &r;
+	return th_local_ring(UBT_RING_STREAM, size, 0);
 }
 
 Test(stream, eof_comes_after_the_data)
