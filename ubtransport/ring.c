@@ -13,6 +13,8 @@
  * out-of-bounds access.  The geometry (data, size) is a private copy.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -54,13 +56,30 @@ static long futex(_Atomic uint32_t *w, int op, uint32_t val,
 	return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);
 }
 
-/* Is the process that wrote owner into a lock word gone? */
+/* Is the process that wrote owner into a lock word gone?  A zombie (dead,
+ * not yet reaped: its parent may be the one waiting here) counts as gone. */
 static int owner_dead(uint32_t owner)
 {
+	char path[32], buf[256], *p;
+	ssize_t n;
+	int fd;
+
 	owner &= ~LOCK_WAITERS;
 	if (owner == 0 || owner == ubt_self_pid() || owner > INT_MAX)
 		return 0;
-	return kill((pid_t)owner, 0) < 0 && errno == ESRCH;
+	if (kill((pid_t)owner, 0) < 0)
+		return errno == ESRCH;
+	snprintf(path, sizeof(path), "/proc/%u/stat", owner);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	p = strrchr(buf, ')');          /* comm may hold spaces and parens */
+	return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
 }
 
 /*
@@ -270,8 +289,12 @@ ssize_t ubt_stream_writev(struct ubt_ring *r, const struct iovec *iov, int cnt)
 	}
 	atomic_store_explicit(&r->shm->head, h + n, memory_order_release);
 	ring_unlock(&r->shm->plock);
-	if (n == 0)
+	if (n == 0) {
+		/* Full: if a co-producer died between publishing and ringing,
+		 * the consumer may sleep on a full ring.  Ring for it. */
+		ubt_db_notify(r, &r->shm->data_db, r->data_efd);
 		return -EAGAIN;
+	}
 	ubt_db_notify(r, &r->shm->data_db, r->data_efd);
 	return (ssize_t)n;
 }
@@ -357,6 +380,7 @@ int ubt_msg_sendv(struct ubt_ring *r, uint32_t tag, const struct iovec *iov,
 	}
 	if (r->size - (uint64_t)used < ubt_rec_size(len)) {
 		ring_unlock(&r->shm->plock);
+		ubt_db_notify(r, &r->shm->data_db, r->data_efd); /* as above */
 		return -EAGAIN;
 	}
 	hdr[0] = (uint32_t)len;
