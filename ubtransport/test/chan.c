@@ -311,23 +311,6 @@ static int target(void *arg)
 	return 0;
 }
 
-static char proc_state(pid_t pid)
-{
-	char path[64], buf[256], *q;
-	FILE *f;
-	size_t n;
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return '?';
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = 0;
-	q = strrchr(buf, ')');
-	return q && q[1] == ' ' ? q[2] : '?';
-}
-
 Test(chan, one_sided_access_to_a_stopped_target, .timeout = 30)
 {
 	struct ubt_seg s, wrong;
@@ -371,7 +354,7 @@ Test(chan, one_sided_access_to_a_stopped_target, .timeout = 30)
 	for (i = 0; i < OS_FAA; i++)
 		if (atomic_fetch_add(ctr, 1) != OS_INIT + i)
 			faa_ok = 0;
-	stopped_during = proc_state(pid);
+	stopped_during = th_task_state(pid, pid);
 
 	/* Continue before asserting: a failure must not leave it stopped. */
 	cr_assert_eq(kill(pid, SIGCONT), 0);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -168,4 +169,42 @@ struct ubt_ring *th_local_ring(uint32_t kind, uint64_t size,
 		abort();
 	ubt_ring_bind(r, mem, size, kind, entry_size, -1, -1);
 	return r;
+}
+
+void *th_shared(size_t size)
+{
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		abort();
+	return p;
+}
+
+int th_watch_parent(void)
+{
+	int fd;
+
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	fd = ubt_pidfd(getppid());
+	CHECK(fd >= 0);
+	return fd;
+}
+
+char th_task_state(pid_t pid, pid_t tid)
+{
+	char path[96], buf[512], *q;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", (int)pid,
+		 (int)tid);
+	f = fopen(path, "r");
+	if (!f)
+		return '?';
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	q = strrchr(buf, ')');
+	return q && q[1] == ' ' ? q[2] : '?';
 }

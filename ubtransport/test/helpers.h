@@ -51,6 +51,14 @@ pid_t th_chan_pair(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 		   uint32_t nrings, int (*fn)(struct ubt_chan *c, void *arg),
 		   void *arg);
 
+/* Anonymous memory shared with children forked later (cr_asserts). */
+void *th_shared(size_t size);
+/* In a child: die with the parent, and return a pidfd watching it. */
+int th_watch_parent(void);
+/* State letter ('R', 'S', 'Z', 'T'...) of thread tid of process pid (for a
+ * process's main thread tid = pid), '?' if unknown. */
+char th_task_state(pid_t pid, pid_t tid);
+
 /* A ring in private, page-aligned memory: one process plays both ends. */
 struct ubt_ring *th_local_ring(uint32_t kind, uint64_t size,
 			       uint32_t entry_size);

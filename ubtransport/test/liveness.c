@@ -45,45 +45,6 @@
 /* ring.c: a lock word is the owner's pid | this bit. */
 #define LOCK_WAITERS 0x80000000u
 
-static void *shared(size_t size)
-{
-	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-
-	cr_assert(p != MAP_FAILED);
-	return p;
-}
-
-/* In a child: die with the test, and watch it. */
-static int watch_parent(void)
-{
-	int fd;
-
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	fd = ubt_pidfd(getppid());
-	CHECK(fd >= 0);
-	return fd;
-}
-
-/* State letter of a thread (tid) of process pid, '?' if unknown. */
-static char thread_state(pid_t pid, pid_t tid)
-{
-	char path[96], buf[512], *q;
-	FILE *f;
-	size_t n;
-
-	snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", (int)pid,
-		 (int)tid);
-	f = fopen(path, "r");
-	if (!f)
-		return '?';
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = 0;
-	q = strrchr(buf, ')');
-	return q && q[1] == ' ' ? q[2] : '?';
-}
-
 static pid_t my_tid(void)
 {
 	return (pid_t)syscall(SYS_gettid);
@@ -113,7 +74,7 @@ static int stream_forever(struct ubt_chan *c, void *arg)
 	struct ubt_ring *tx = ubt_chan_tx(c, 0);
 	uint8_t *buf = malloc(PS_RING);
 	uint64_t pos = 0, rs = a->seed * 3 + 1;
-	int pfd = watch_parent();
+	int pfd = th_watch_parent();
 
 	/* Of the watched connection keep only our end: its close on our
 	 * death is what the parent waits for. */
@@ -230,7 +191,7 @@ static void connected(enum watch_kind k, int sv[2])
 
 static void producer_killed(enum watch_kind k)
 {
-	struct progress *pg = shared(sizeof(*pg));
+	struct progress *pg = th_shared(sizeof(*pg));
 	uint8_t *buf = malloc(PS_RING);
 	uint64_t rs = 0x51ed + (uint64_t)k;
 	int round;
@@ -325,7 +286,7 @@ static int slow_consumer(struct ubt_chan *c, void *arg)
 {
 	struct slow *s = arg;
 	struct ubt_ring *rx = ubt_chan_rx(c, 0);
-	int pfd = watch_parent();
+	int pfd = th_watch_parent();
 	const struct ubt_wait w = { .spin_ns = 0, .timeout_ms = -1,
 				    .watch_fd = pfd, .watch_events = POLLIN };
 	uint8_t buf[256];
@@ -367,7 +328,7 @@ static void *killer_main(void *arg)
 			return NULL;    /* died by itself: a failed check */
 		if (atomic_load(&k->s->consumed) >= 16 * KiB &&
 		    DB_COUNT(atomic_load(&k->ring->shm->space_db)) >= 1 &&
-		    thread_state(getpid(), k->waiter) == 'S')
+		    th_task_state(getpid(), k->waiter) == 'S')
 			break;
 		usleep(100);
 	}
@@ -379,7 +340,7 @@ static void *killer_main(void *arg)
 Test(liveness, consumer_killed_while_producer_blocked_on_full_ring,
      .timeout = 30)
 {
-	struct slow *s = shared(sizeof(*s));
+	struct slow *s = th_shared(sizeof(*s));
 	struct killer k = { .s = s };
 	struct ubt_wait w = { .spin_ns = 0, .timeout_ms = -1,
 			      .watch_events = POLLIN };
@@ -544,7 +505,7 @@ static int lk_consumer(struct ubt_chan *c, void *arg)
 {
 	struct lk_board *b = arg;
 	struct ubt_ring *rx = ubt_chan_rx(c, 0);
-	int pfd = watch_parent();
+	int pfd = th_watch_parent();
 	const struct ubt_wait w = { .spin_ns = 1000000000,
 				    .timeout_ms = -1, .watch_fd = pfd,
 				    .watch_events = POLLIN };
@@ -600,7 +561,7 @@ static void lk_send(struct ubt_ring *tx, uint32_t round, uint32_t who,
 
 Test(liveness, producer_killed_holding_the_ring_lock, .timeout = 30)
 {
-	struct lk_board *b = shared(sizeof(*b));
+	struct lk_board *b = th_shared(sizeof(*b));
 	struct ubt_wait w = { .spin_ns = 0, .timeout_ms = -1,
 			      .watch_events = POLLIN };
 	struct lk_ctx x;
@@ -683,7 +644,7 @@ static int close_when_asleep(struct ubt_chan *c, void *arg)
 	close(k->drop_fd);
 	CHECK(tx);
 	while (!(DB_COUNT(atomic_load(&tx->shm->data_db)) >= 1 &&
-		 thread_state(getppid(), k->parent_tid) == 'S'))
+		 th_task_state(getppid(), k->parent_tid) == 'S'))
 		usleep(200);
 	ubt_ring_close_producer(tx);
 	CHECK(tx->st.doorbells == 1);

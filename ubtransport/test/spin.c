@@ -34,26 +34,6 @@
 /* wait.c: a doorbell word is epoch << 32 | registered waiters. */
 #define DB_COUNT(s) ((uint32_t)(s))
 
-static void *shared(size_t size)
-{
-	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-
-	cr_assert(p != MAP_FAILED);
-	return p;
-}
-
-/* In a child: die with the test, and watch it. */
-static int watch_parent(void)
-{
-	int fd;
-
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	fd = ubt_pidfd(getppid());
-	CHECK(fd >= 0);
-	return fd;
-}
-
 /* Tests that measure CPU spent spinning take turns (Criterion runs tests
  * in parallel): a lock on this very binary, held until the test exits. */
 static void cpu_alone(void)
@@ -97,23 +77,6 @@ static int64_t rw_syscalls(void)
 	return r < 0 || w < 0 ? -1 : r + w;
 }
 
-static char proc_state(pid_t pid)
-{
-	char path[64], buf[512], *q;
-	FILE *f;
-	size_t n;
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return '?';
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = 0;
-	q = strrchr(buf, ')');
-	return q && q[1] == ' ' ? q[2] : '?';
-}
-
 /* ======================================= the cost of a blocked wait */
 
 #define BLOCK_MS 400
@@ -130,7 +93,7 @@ static int write_later(struct ubt_chan *c, void *arg)
 	struct ubt_ring *tx = ubt_chan_tx(c, 0);
 	char b;
 
-	watch_parent();
+	th_watch_parent();
 	close(l->drop_fd);
 	CHECK(tx);
 	CHECK(read(l->go_fd, &b, 1) == 1);
@@ -257,7 +220,7 @@ static int ponger(struct ubt_chan *c, void *arg)
 	struct pp_report *rep = arg;
 	struct ubt_ring *rx = ubt_chan_rx(c, 0), *tx = ubt_chan_tx(c, 0);
 	const struct ubt_wait w = { .spin_ns = PP_SPIN, .timeout_ms = -1,
-				    .watch_fd = watch_parent(),
+				    .watch_fd = th_watch_parent(),
 				    .watch_events = POLLIN };
 	struct rusage r0, r1;
 	int64_t io0 = rw_syscalls(), io1;
@@ -293,7 +256,7 @@ static int ponger(struct ubt_chan *c, void *arg)
 
 Test(spin, busy_ping_pong_makes_no_syscalls, .timeout = 30)
 {
-	struct pp_report *rep = shared(sizeof(*rep));
+	struct pp_report *rep = th_shared(sizeof(*rep));
 	struct ubt_ring *tx, *rx;
 	struct ubt_chan c;
 	struct ubt_wait w = { .spin_ns = PP_SPIN, .timeout_ms = -1,
@@ -394,7 +357,7 @@ static int sleepy(struct ubt_chan *c, void *arg)
 	struct wk_report *rep = arg;
 	struct ubt_ring *rx = ubt_chan_rx(c, 0);
 	const struct ubt_wait w = { .spin_ns = 0, .timeout_ms = -1,
-				    .watch_fd = watch_parent(),
+				    .watch_fd = th_watch_parent(),
 				    .watch_events = POLLIN };
 	uint64_t expect = 0, v, waits = 0;
 	uint32_t tag;
@@ -427,7 +390,7 @@ static void until_asleep(struct ubt_ring *tx, pid_t pid, int pidfd)
 	struct pollfd p = { .fd = pidfd, .events = POLLIN };
 
 	while (DB_COUNT(atomic_load(&tx->shm->data_db)) != 1 ||
-	       proc_state(pid) != 'S') {
+	       th_task_state(pid, pid) != 'S') {
 		cr_assert_eq(poll(&p, 1, 0), 0, "the consumer died");
 		usleep(50);
 	}
@@ -450,7 +413,7 @@ static pid_t sleepy_pair(struct ubt_chan *c, struct wk_report *rep,
  * one doorbell, and no doorbell is ever rung in the other direction. */
 Test(spin, each_message_to_a_sleeper_rings_once, .timeout = 30)
 {
-	struct wk_report *rep = shared(sizeof(*rep));
+	struct wk_report *rep = th_shared(sizeof(*rep));
 	struct ubt_ring *tx;
 	struct ubt_chan c;
 	uint64_t i;
@@ -496,7 +459,7 @@ Test(spin, each_message_to_a_sleeper_rings_once, .timeout = 30)
  */
 Test(spin, sleeping_consumer_sleeps_end_on_doorbells, .timeout = 30)
 {
-	struct wk_report *rep = shared(sizeof(*rep));
+	struct wk_report *rep = th_shared(sizeof(*rep));
 	struct ubt_ring *tx;
 	struct ubt_chan c;
 	uint64_t i, rs = 0x5eed, d;
