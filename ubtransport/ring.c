@@ -287,16 +287,14 @@ ssize_t ubt_stream_writev(struct ubt_ring *r, const struct iovec *iov, int cnt)
 		put_bytes(r, h + done, iov[i].iov_base, k);
 		done += k;
 	}
-	atomic_store_explicit(&r->shm->head, h + n, memory_order_release);
+	if (n)
+		atomic_store_explicit(&r->shm->head, h + n,
+				      memory_order_release);
 	ring_unlock(&r->shm->plock);
-	if (n == 0) {
-		/* Full: if a co-producer died between publishing and ringing,
-		 * the consumer may sleep on a full ring.  Ring for it. */
-		ubt_db_notify(r, &r->shm->data_db, r->data_efd);
-		return -EAGAIN;
-	}
+	/* Ring even when full: if a co-producer died between publishing and
+	 * ringing, the consumer may otherwise sleep on a full ring. */
 	ubt_db_notify(r, &r->shm->data_db, r->data_efd);
-	return (ssize_t)n;
+	return n ? (ssize_t)n : -EAGAIN;
 }
 
 ssize_t ubt_stream_write(struct ubt_ring *r, const void *buf, size_t len)
@@ -380,7 +378,7 @@ int ubt_msg_sendv(struct ubt_ring *r, uint32_t tag, const struct iovec *iov,
 	}
 	if (r->size - (uint64_t)used < ubt_rec_size(len)) {
 		ring_unlock(&r->shm->plock);
-		ubt_db_notify(r, &r->shm->data_db, r->data_efd); /* as above */
+		ubt_db_notify(r, &r->shm->data_db, r->data_efd); /* as in writev */
 		return -EAGAIN;
 	}
 	hdr[0] = (uint32_t)len;
