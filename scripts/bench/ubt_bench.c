@@ -310,20 +310,48 @@ struct result {
 	uint64_t wall_ns;
 };
 
+/* A warm-up period, then a measured window of secs seconds. */
+struct window {
+	uint64_t t0, end;
+	double secs;
+	int measuring;
+};
+
+static void window_start(struct window *w, double secs)
+{
+	w->secs = secs;
+	w->measuring = 0;
+	w->t0 = now_ns();
+	w->end = w->t0 + (uint64_t)(secs * 0.1e9 + 0.05e9);
+}
+
+/* Called at time t after each step: 1 once the measured window is over. */
+static int window_tick(struct window *w, uint64_t t)
+{
+	if (t < w->end)
+		return 0;
+	if (w->measuring)
+		return 1;
+	w->measuring = 1;
+	w->t0 = t;
+	w->end = t + (uint64_t)(w->secs * 1e9);
+	return 0;
+}
+
 /* Warm up, then time round trips for secs seconds. */
 static int parent_pingpong(struct ep *e, size_t size, double secs,
 			   struct result *res)
 {
 	char *buf = calloc(1, size);
-	uint64_t t0, t, prev, end, n = 0, seq;
+	struct window w;
+	uint64_t t, prev, n = 0, seq;
 	ssize_t r;
-	int ret = 0, measuring = 0;
+	int ret = 0;
 
 	if (!buf)
 		return -ENOMEM;
-	t0 = now_ns();
-	end = t0 + (uint64_t)(secs * 0.1e9 + 0.05e9); /* warm-up first */
-	prev = t0;
+	window_start(&w, secs);
+	prev = w.t0;
 	for (seq = 1;; seq++) {
 		memcpy(buf, &seq, size < sizeof(seq) ? size : sizeof(seq));
 		ret = ep_write_all(e, buf, size);
@@ -341,18 +369,13 @@ static int parent_pingpong(struct ep *e, size_t size, double secs,
 			break;
 		}
 		t = now_ns();
-		if (measuring) {
+		if (w.measuring) {
 			hist[hist_index(t - prev)]++;
 			n++;
 		}
 		prev = t;
-		if (t >= end) {
-			if (measuring)
-				break;
-			measuring = 1;
-			t0 = t;
-			end = t + (uint64_t)(secs * 1e9);
-		}
+		if (window_tick(&w, t))
+			break;
 	}
 	free(buf);
 	if (ret < 0)
@@ -362,7 +385,7 @@ static int parent_pingpong(struct ep *e, size_t size, double secs,
 	res->value = (double)hist_quantile(n, 0.5);
 	res->p99 = hist_quantile(n, 0.99);
 	res->iters = n;
-	res->wall_ns = prev - t0;
+	res->wall_ns = prev - w.t0;
 	return 0;
 }
 
@@ -371,15 +394,15 @@ static int parent_stream(struct ep *e, size_t size, double secs,
 			 struct result *res)
 {
 	char *buf = malloc(size);
-	uint64_t t0, t = 0, end, bytes = 0, off = 0;
+	struct window w;
+	uint64_t t = 0, bytes = 0, off = 0;
 	ssize_t r;
-	int ret = 0, measuring = 0;
+	int ret = 0;
 
 	if (!buf)
 		return -ENOMEM;
 	memset(buf, 0, size);
-	t0 = now_ns();
-	end = t0 + (uint64_t)(secs * 0.1e9 + 0.05e9);
+	window_start(&w, secs);
 	for (;;) {
 		r = ep_read_some(e, buf, size);
 		if (r <= 0) {
@@ -395,20 +418,15 @@ static int parent_stream(struct ep *e, size_t size, double secs,
 		}
 		off += (uint64_t)r;
 		t = now_ns();
-		if (measuring)
+		if (w.measuring)
 			bytes += (uint64_t)r;
-		if (t >= end) {
-			if (measuring)
-				break;
-			measuring = 1;
-			t0 = t;
-			end = t + (uint64_t)(secs * 1e9);
-		}
+		if (window_tick(&w, t))
+			break;
 	}
 	free(buf);
 	if (ret < 0)
 		return ret;
-	res->wall_ns = t - t0;
+	res->wall_ns = t - w.t0;
 	res->iters = bytes;
 	res->value = (double)bytes / (double)res->wall_ns; /* B/ns = GB/s */
 	res->p99 = 0;
