@@ -5,7 +5,7 @@
 #   make demo       install, build, run the main job (see README)
 #   make bench      transport benchmark (table + plot under docs/bench/)
 #   V=1             show commands;  SANITIZE=address|undefined
-PARTS := ubtransport preload scripts
+PARTS := ubtransport preload ubsd scripts
 
 all:
 	@set -e; for p in $(PARTS); do $(MAKE) --no-print-directory -C $$p; done

@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ctl_proto.c - validation of control messages, shared by ubsd, ubsctl and
+ * (later) the preload.  Never trusts a length or a string it is given.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "ctl_proto.h"
+
+int ctl_body_len(uint16_t type)
+{
+	switch (type) {
+	case CTL_REQ_HELLO:     return sizeof(struct ctl_hello);
+	case CTL_REQ_STATUS:    return 0;
+	case CTL_REQ_SESSIONS:  return 0;
+	case CTL_R_OK:          return 0;
+	case CTL_R_ERROR:       return sizeof(struct ctl_error);
+	case CTL_R_END:         return 0;
+	case CTL_R_STATUS:      return sizeof(struct ctl_status);
+	case CTL_R_SESSION:     return sizeof(struct ctl_session);
+	default:                return -1;
+	}
+}
+
+const char *ctl_type_name(uint16_t type)
+{
+	switch (type) {
+	case CTL_REQ_HELLO:     return "HELLO";
+	case CTL_REQ_STATUS:    return "STATUS";
+	case CTL_REQ_SESSIONS:  return "SESSIONS";
+	case CTL_R_OK:          return "OK";
+	case CTL_R_ERROR:       return "ERROR";
+	case CTL_R_END:         return "END";
+	case CTL_R_STATUS:      return "R_STATUS";
+	case CTL_R_SESSION:     return "R_SESSION";
+	default:                return "?";
+	}
+}
+
+/* Is the NUL-terminated field s[n] really terminated? */
+static int has_nul(const char *s, size_t n)
+{
+	return memchr(s, '\0', n) != NULL;
+}
+
+int ctl_check(const struct ctl_hdr *h, const void *body, const char **why)
+{
+	int want;
+
+	*why = NULL;
+	if (h->magic != CTL_MAGIC) {
+		*why = "bad magic";
+		return -EPROTO;
+	}
+	if (h->version != CTL_VERSION) {
+		*why = "unsupported protocol version";
+		return -EPROTONOSUPPORT;
+	}
+	if (h->len > CTL_MAX_BODY) {
+		*why = "body too large";
+		return -EMSGSIZE;
+	}
+	want = ctl_body_len(h->type);
+	if (want < 0) {
+		*why = "unknown message type";
+		return -EBADMSG;
+	}
+	if (h->len != (uint32_t)want) {
+		*why = "body length does not match its type";
+		return -EPROTO;
+	}
+	if (!body)
+		return 0;
+	switch (h->type) {
+	case CTL_REQ_HELLO:
+		if (!has_nul(((const struct ctl_hello *)body)->service,
+			     CTL_NAME_MAX))
+			goto unterminated;
+		break;
+	case CTL_R_ERROR:
+		if (!has_nul(((const struct ctl_error *)body)->msg,
+			     sizeof(((struct ctl_error *)0)->msg)))
+			goto unterminated;
+		break;
+	case CTL_R_SESSION:
+		if (!has_nul(((const struct ctl_session *)body)->service,
+			     CTL_NAME_MAX))
+			goto unterminated;
+		break;
+	}
+	return 0;
+unterminated:
+	*why = "string without its terminating NUL";
+	return -EPROTO;
+}
+
+void ctl_fill(struct ctl_hdr *h, uint16_t type, uint32_t len, uint32_t seq)
+{
+	h->magic = CTL_MAGIC;
+	h->version = CTL_VERSION;
+	h->type = type;
+	h->len = len;
+	h->seq = seq;
+}

@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ctl_proto.h - the control protocol between ubsd and its clients (the
+ * preload, ubsctl).  One Unix stream socket per client; every message is a
+ * fixed header followed by len bytes of body.  Bodies are fixed-layout
+ * structs (little-endian, host order on one host) or, for names, a
+ * NUL-terminated string inside the struct.  A multi-part reply is a series
+ * of CTL_R_* messages closed by CTL_R_END.
+ *
+ * Anything malformed (bad magic, other version, unknown type, a body length
+ * that does not match the type, a body over CTL_MAX_BODY, a string without
+ * its NUL) makes the receiver close the connection with a logged reason.
+ */
+#ifndef UBS_CTL_PROTO_H
+#define UBS_CTL_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CTL_MAGIC     0x55424331u       /* "UBC1" */
+#define CTL_VERSION   1u
+#define CTL_MAX_BODY  4096u
+#define CTL_NAME_MAX  64u               /* service name, NUL included */
+#define CTL_SOCK_NAME "ubsd.sock"       /* under the run directory */
+#define CTL_PID_NAME  "ubsd.pid"
+#define CTL_DEFAULT_RUN_DIR "/run/ubs"
+
+struct ctl_hdr {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t type;          /* enum ctl_type */
+	uint32_t len;           /* body bytes following */
+	uint32_t seq;           /* echoed in every reply to a request */
+};
+
+/* Type ranges: requests 0x01xx, replies 0x02xx. */
+enum ctl_type {
+	CTL_REQ_FIRST = 0x0100,
+	CTL_REQ_HELLO = 0x0100,         /* struct ctl_hello: start a session */
+	CTL_REQ_STATUS = 0x0101,        /* no body: one CTL_R_STATUS + END */
+	CTL_REQ_SESSIONS = 0x0102,      /* no body: CTL_R_SESSION... + END */
+	CTL_REQ_LAST = 0x0102,
+
+	CTL_R_FIRST = 0x0200,
+	CTL_R_OK = 0x0200,              /* no body */
+	CTL_R_ERROR = 0x0201,           /* struct ctl_error */
+	CTL_R_END = 0x0202,             /* no body: closes a multi-part reply */
+	CTL_R_STATUS = 0x0203,          /* struct ctl_status */
+	CTL_R_SESSION = 0x0204,         /* struct ctl_session */
+	CTL_R_LAST = 0x0204,
+};
+
+struct ctl_hello {
+	uint32_t pid;                   /* as the client sees itself; the
+					 * daemon trusts SO_PEERCRED instead */
+	uint32_t flags;
+	char service[CTL_NAME_MAX];
+};
+
+struct ctl_error {
+	int32_t err;                    /* positive errno */
+	char msg[124];
+};
+
+struct ctl_status {
+	uint32_t daemon_pid;
+	uint32_t sessions;
+	uint64_t uptime_ms;
+	uint64_t requests;              /* served since start */
+	uint64_t rejected;              /* connections closed for bad input */
+};
+
+struct ctl_session {
+	uint32_t pid;                   /* from SO_PEERCRED */
+	uint32_t uid;
+	uint64_t netns;                 /* inode of /proc/<pid>/ns/net */
+	uint64_t started_ms;            /* age, ms */
+	char service[CTL_NAME_MAX];
+};
+
+/*
+ * Check a received header and the body that follows it.  Returns 0, or a
+ * negative errno with *why set to a short reason: -EPROTO (magic, length,
+ * string), -EPROTONOSUPPORT (version), -EBADMSG (unknown type), -EMSGSIZE
+ * (body over CTL_MAX_BODY).  body may be NULL when only the header has
+ * arrived (then only the header is checked).
+ */
+int ctl_check(const struct ctl_hdr *h, const void *body, const char **why);
+/* Fill a header for type with len body bytes and sequence seq. */
+void ctl_fill(struct ctl_hdr *h, uint16_t type, uint32_t len, uint32_t seq);
+/* Body length a type must have, or -1 for an unknown type. */
+int ctl_body_len(uint16_t type);
+/* Human name of a type, for logs. */
+const char *ctl_type_name(uint16_t type);
+
+#endif /* UBS_CTL_PROTO_H */

@@ -1,0 +1,337 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ubsctl.c - the operator's CLI for ubsd.  One request per run over the
+ * control socket, then replies until CTL_R_END; each reply is validated
+ * with ctl_check before it is believed.
+ *
+ * Exit codes: 0 ok, 1 ubsd not running, 2 usage, 3 protocol or other error.
+ */
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctl_proto.h"
+
+#define EX_NOTRUNNING 1
+#define EX_USAGE      2
+#define EX_ERROR      3
+#define REPLY_TIMEOUT_S 10      /* a reply never takes this long */
+
+enum action { ACT_STATUS, ACT_SESSIONS };
+
+/* The command keywords; any unique prefix is accepted. */
+static const struct keyword {
+	const char *name;
+	enum action action;
+	uint16_t req;
+} keywords[] = {
+	{ "sessions", ACT_SESSIONS, CTL_REQ_SESSIONS },
+	{ "status", ACT_STATUS, CTL_REQ_STATUS },
+};
+
+static void __attribute__((noreturn)) usage(void)
+{
+	fprintf(stderr, "usage: ubsctl [--json] command\n"
+		"commands (any unique prefix):\n"
+		"  status     daemon pid, uptime, counters\n"
+		"  sessions   one line per preloaded process\n");
+	exit(EX_USAGE);
+}
+
+/* The keyword word names (exactly or as a unique prefix), or NULL. */
+static const struct keyword *match_keyword(const char *word)
+{
+	const struct keyword *found = NULL;
+	size_t n = strlen(word);
+
+	if (n == 0)
+		return NULL;
+	for (size_t i = 0; i < sizeof(keywords) / sizeof(keywords[0]); i++) {
+		if (strcmp(word, keywords[i].name) == 0)
+			return &keywords[i];
+		if (strncmp(word, keywords[i].name, n) == 0) {
+			if (found)
+				return NULL;    /* ambiguous */
+			found = &keywords[i];
+		}
+	}
+	return found;
+}
+
+/* Read exactly n bytes.  Returns 0, -EPIPE at EOF, or -errno. */
+static int read_full(int fd, void *buf, size_t n)
+{
+	unsigned char *p = buf;
+
+	while (n > 0) {
+		ssize_t r = read(fd, p, n);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		}
+		if (r == 0)
+			return -EPIPE;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+/*
+ * Connect to the control socket.  Returns the fd, or exits: 1 when no
+ * daemon is there, 3 on any other failure.
+ */
+static int ctl_connect(const char *path)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct timeval tv = { .tv_sec = REPLY_TIMEOUT_S };
+	int fd;
+
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		fprintf(stderr, "ubsctl: socket path too long: %s\n", path);
+		exit(EX_ERROR);
+	}
+	strcpy(sun.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		fprintf(stderr, "ubsctl: socket: %s\n", strerror(errno));
+		exit(EX_ERROR);
+	}
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		if (errno == ENOENT) {
+			fprintf(stderr, "ubsctl: ubsd is not running "
+				"(no socket at %s)\n", path);
+			exit(EX_NOTRUNNING);
+		}
+		if (errno == ECONNREFUSED) {
+			fprintf(stderr, "ubsctl: ubsd is not running "
+				"(nothing listening at %s)\n", path);
+			exit(EX_NOTRUNNING);
+		}
+		fprintf(stderr, "ubsctl: %s: %s\n", path, strerror(errno));
+		exit(EX_ERROR);
+	}
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+/*
+ * Receive one reply for seq into h and body (CTL_MAX_BODY bytes).
+ * Returns 0, or -errno with *why set.
+ */
+static int ctl_recv(int fd, uint32_t seq, struct ctl_hdr *h, void *body,
+		    const char **why)
+{
+	int err;
+
+	*why = NULL;
+	err = read_full(fd, h, sizeof(*h));
+	if (!err)
+		err = ctl_check(h, NULL, why);
+	if (!err)
+		err = read_full(fd, body, h->len);
+	if (!err)
+		err = ctl_check(h, body, why);
+	if (err) {
+		if (!*why)
+			*why = err == -EPIPE ? "connection closed by ubsd"
+			       : strerror(-err);
+		return err;
+	}
+	if (h->type < CTL_R_FIRST || h->type > CTL_R_LAST) {
+		*why = "request type in a reply";
+		return -EBADMSG;
+	}
+	if (h->seq != seq) {
+		*why = "reply to another request (sequence mismatch)";
+		return -EPROTO;
+	}
+	return 0;
+}
+
+/* Print s as a JSON string. */
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			printf("\\%c", c);
+		else if (c < 0x20 || c == 0x7f)
+			printf("\\u%04x", c);
+		else
+			putchar(c);
+	}
+	putchar('"');
+}
+
+/* Copy s for a table cell, non-printable bytes shown as '?'. */
+static void printable(char *dst, const char *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < n && s[i]; i++)
+		dst[i] = isprint((unsigned char)s[i]) ? s[i] : '?';
+	dst[i] = '\0';
+}
+
+static void print_age(uint64_t ms)
+{
+	char buf[32];
+
+	if (ms < 60 * 1000)
+		snprintf(buf, sizeof(buf), "%" PRIu64 ".%" PRIu64 "s",
+			 ms / 1000, ms % 1000 / 100);
+	else if (ms < 3600 * 1000)
+		snprintf(buf, sizeof(buf), "%" PRIu64 "m%02" PRIu64 "s",
+			 ms / 60000, ms / 1000 % 60);
+	else
+		snprintf(buf, sizeof(buf), "%" PRIu64 "h%02" PRIu64 "m",
+			 ms / 3600000, ms / 60000 % 60);
+	printf("%s", buf);
+}
+
+static void show_status(const struct ctl_status *st, bool json)
+{
+	if (json) {
+		printf("{\"daemon_pid\":%" PRIu32 ",\"sessions\":%" PRIu32
+		       ",\"uptime_ms\":%" PRIu64 ",\"requests\":%" PRIu64
+		       ",\"rejected\":%" PRIu64 "}\n", st->daemon_pid,
+		       st->sessions, st->uptime_ms, st->requests,
+		       st->rejected);
+		return;
+	}
+	printf("pid       %" PRIu32 "\n", st->daemon_pid);
+	printf("uptime    ");
+	print_age(st->uptime_ms);
+	printf("\nsessions  %" PRIu32 "\n", st->sessions);
+	printf("requests  %" PRIu64 "\n", st->requests);
+	printf("rejected  %" PRIu64 "\n", st->rejected);
+}
+
+static void show_session(const struct ctl_session *s, bool json, int n)
+{
+	char svc[CTL_NAME_MAX];
+
+	if (json) {
+		printf("%s{\"pid\":%" PRIu32 ",\"uid\":%" PRIu32
+		       ",\"service\":", n ? "," : "", s->pid, s->uid);
+		json_str(s->service);
+		printf(",\"netns\":%" PRIu64 ",\"age_ms\":%" PRIu64 "}",
+		       s->netns, s->started_ms);
+		return;
+	}
+	printable(svc, s->service, sizeof(svc));
+	printf("%-8" PRIu32 " %-6" PRIu32 " %-20s %-12" PRIu64 " ",
+	       s->pid, s->uid, svc, s->netns);
+	print_age(s->started_ms);
+	putchar('\n');
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	union {
+		unsigned char raw[CTL_MAX_BODY];
+		struct ctl_status status;
+		struct ctl_session session;
+		struct ctl_error error;
+	} body;
+	const struct keyword *kw;
+	const char *run_dir, *why;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 64];
+	struct ctl_hdr h;
+	bool json = false, got_status = false;
+	uint32_t seq = (uint32_t)getpid();
+	int ch, fd, n = 0;
+
+	while ((ch = getopt_long(argc, argv, "jh", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'j':
+			json = true;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (argc - optind != 1)
+		usage();
+	kw = match_keyword(argv[optind]);
+	if (!kw) {
+		fprintf(stderr, "ubsctl: unknown or ambiguous command: %s\n",
+			argv[optind]);
+		usage();
+	}
+
+	run_dir = getenv("UBS_RUN_DIR");
+	if (!run_dir || !*run_dir)
+		run_dir = CTL_DEFAULT_RUN_DIR;
+	snprintf(path, sizeof(path), "%s/%s", run_dir, CTL_SOCK_NAME);
+	fd = ctl_connect(path);
+
+	ctl_fill(&h, kw->req, 0, seq);
+	if (send(fd, &h, sizeof(h), MSG_NOSIGNAL) != (ssize_t)sizeof(h)) {
+		fprintf(stderr, "ubsctl: send: %s\n", strerror(errno));
+		return EX_ERROR;
+	}
+	if (kw->action == ACT_SESSIONS) {
+		if (json)
+			putchar('[');
+		else
+			printf("%-8s %-6s %-20s %-12s %s\n", "PID", "UID",
+			       "SERVICE", "NETNS", "AGE");
+	}
+	for (;;) {
+		if (ctl_recv(fd, seq, &h, &body, &why) < 0) {
+			fprintf(stderr, "ubsctl: bad reply: %s\n", why);
+			return EX_ERROR;
+		}
+		if (h.type == CTL_R_END)
+			break;
+		if (h.type == CTL_R_ERROR) {
+			fprintf(stderr, "ubsctl: ubsd: %s (%s)\n",
+				body.error.msg, strerror(body.error.err));
+			return EX_ERROR;
+		}
+		if (kw->action == ACT_STATUS && h.type == CTL_R_STATUS &&
+		    !got_status) {
+			show_status(&body.status, json);
+			got_status = true;
+		} else if (kw->action == ACT_SESSIONS &&
+			   h.type == CTL_R_SESSION) {
+			show_session(&body.session, json, n++);
+		} else {
+			fprintf(stderr, "ubsctl: bad reply: unexpected %s\n",
+				ctl_type_name(h.type));
+			return EX_ERROR;
+		}
+	}
+	if (kw->action == ACT_STATUS && !got_status) {
+		fprintf(stderr, "ubsctl: bad reply: END without status\n");
+		return EX_ERROR;
+	}
+	if (kw->action == ACT_SESSIONS && json)
+		printf("]\n");
+	close(fd);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "ubsctl: write: %s\n", strerror(errno));
+		return EX_ERROR;
+	}
+	return 0;
+}

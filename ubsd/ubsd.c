@@ -1,0 +1,737 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ubsd.c - the UBS daemon, first increment: run directory, pid/lock file,
+ * control socket, sessions.
+ *
+ * One thread, one epoll set holding the listening socket, a signalfd and
+ * every client connection.  Each connection has a bounded input buffer
+ * (one header plus the largest body) and a bounded output queue; reads and
+ * writes never block, so a slow or hostile client cannot stall the others.
+ * A malformed message closes its connection with a logged reason.  A
+ * session (HELLO) lives exactly as long as its connection.
+ *
+ * Logs go to stderr with -f, to syslog (facility daemon) otherwise.
+ */
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/queue.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctl_proto.h"
+
+#define IN_MAX   (sizeof(struct ctl_hdr) + CTL_MAX_BODY)
+#define OUT_MAX  (256u * 1024u)         /* queued reply bytes per client */
+#define MAX_EVENTS 64
+
+/* What an epoll event points at. */
+enum ev_kind { EV_LISTEN, EV_SIGNAL, EV_CONN };
+
+struct ev_src {
+	enum ev_kind kind;
+	int fd;
+};
+
+struct session {
+	TAILQ_ENTRY(session) entry;
+	pid_t pid;                      /* from SO_PEERCRED */
+	uid_t uid;
+	uint64_t netns;                 /* inode of /proc/<pid>/ns/net, or 0 */
+	uint64_t started_ms;            /* monotonic */
+	char service[CTL_NAME_MAX];
+};
+
+struct conn {
+	struct ev_src src;              /* first: epoll data.ptr */
+	TAILQ_ENTRY(conn) entry;
+	pid_t pid;
+	uid_t uid;
+	struct session *sess;           /* NULL until HELLO */
+	uint32_t events;                /* current epoll mask */
+	size_t inlen;
+	unsigned char in[IN_MAX];
+	unsigned char *out;             /* queued replies, out[outoff..outlen) */
+	size_t outlen, outoff, outcap;
+};
+
+static TAILQ_HEAD(, session) sessions = TAILQ_HEAD_INITIALIZER(sessions);
+static TAILQ_HEAD(, conn) conns = TAILQ_HEAD_INITIALIZER(conns);
+
+static struct {
+	bool foreground;
+	int verbose;
+	int epfd;
+	struct ev_src listen, sig;
+	char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char pid_path[PATH_MAX];
+	uint64_t start_ms;
+	uint32_t nsessions;
+	uint64_t requests;
+	uint64_t rejected;
+} d = { .epfd = -1, .listen = { EV_LISTEN, -1 }, .sig = { EV_SIGNAL, -1 } };
+
+static void logmsg(int prio, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Log to stderr in the foreground, else to syslog.  LOG_DEBUG needs -d. */
+static void logmsg(int prio, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (prio == LOG_DEBUG && !d.verbose)
+		return;
+	va_start(ap, fmt);
+	if (d.foreground) {
+		fputs("ubsd: ", stderr);
+		vfprintf(stderr, fmt, ap);
+		fputc('\n', stderr);
+	} else {
+		vsyslog(prio, fmt, ap);
+	}
+	va_end(ap);
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* mkdir -p with mode 0755 for every missing component.  Returns -errno. */
+static int make_dirs(const char *path)
+{
+	char buf[PATH_MAX];
+	size_t n = strlen(path);
+
+	if (n == 0 || n >= sizeof(buf))
+		return -ENAMETOOLONG;
+	memcpy(buf, path, n + 1);
+	for (char *p = buf + 1; ; p++) {
+		if (*p != '/' && *p != '\0')
+			continue;
+		char c = *p;
+		*p = '\0';
+		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		*p = c;
+		if (c == '\0')
+			break;
+	}
+	return 0;
+}
+
+/*
+ * Open and lock the pid file.  Returns its fd, -EWOULDBLOCK when another
+ * ubsd holds it (*owner then gets its pid, 0 if unreadable), or -errno.
+ */
+static int pidfile_lock(const char *path, long *owner)
+{
+	char buf[32];
+	ssize_t n;
+	int fd, err;
+
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+		return fd;
+	err = errno;
+	*owner = 0;
+	n = pread(fd, buf, sizeof(buf) - 1, 0);
+	if (n > 0) {
+		buf[n] = '\0';
+		*owner = strtol(buf, NULL, 10);
+	}
+	close(fd);
+	return err == EWOULDBLOCK ? -EWOULDBLOCK : -err;
+}
+
+/* Write our pid into the locked pid file.  Returns -errno. */
+static int pidfile_write(int fd)
+{
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, n, 0) != n)
+		return -errno;
+	return 0;
+}
+
+/*
+ * control_init: unlink a stale socket (safe: we hold the pid lock), bind,
+ * chmod 0666 (every request is authorized by what it proves, not by who
+ * connects), listen; non-blocking and close-on-exec.  Returns fd or -errno.
+ */
+static int control_init(const char *path)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int fd, err;
+
+	if (strlen(path) >= sizeof(sun.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sun.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (unlink(path) < 0 && errno != ENOENT)
+		goto fail;
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
+		goto fail;
+	if (chmod(path, 0666) < 0 || listen(fd, 128) < 0) {
+		err = errno;
+		unlink(path);
+		close(fd);
+		return -err;
+	}
+	return fd;
+fail:
+	err = errno;
+	close(fd);
+	return -err;
+}
+
+/* Classic double fork: the daemon is no session leader, has no tty. */
+static int daemonize(void)
+{
+	pid_t pid;
+	int fd;
+
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/") < 0)
+		return -errno;
+	fd = open("/dev/null", O_RDWR);
+	if (fd < 0)
+		return -errno;
+	dup2(fd, STDIN_FILENO);
+	dup2(fd, STDOUT_FILENO);
+	dup2(fd, STDERR_FILENO);
+	if (fd > STDERR_FILENO)
+		close(fd);
+	return 0;
+}
+
+static int ep_mod(int op, int fd, uint32_t events, void *ptr)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = ptr };
+
+	return epoll_ctl(d.epfd, op, fd, &ev) < 0 ? -errno : 0;
+}
+
+static void session_end(struct session *s)
+{
+	logmsg(LOG_INFO, "session end: pid %ld service \"%s\"",
+	       (long)s->pid, s->service);
+	TAILQ_REMOVE(&sessions, s, entry);
+	d.nsessions--;
+	free(s);
+}
+
+/* Close a connection, ending its session; reason != NULL counts a reject. */
+static void conn_close(struct conn *c, const char *reason)
+{
+	if (reason) {
+		d.rejected++;
+		logmsg(LOG_WARNING, "client pid %ld uid %ld dropped: %s",
+		       (long)c->pid, (long)c->uid, reason);
+	} else {
+		logmsg(LOG_DEBUG, "client pid %ld closed", (long)c->pid);
+	}
+	if (c->sess)
+		session_end(c->sess);
+	epoll_ctl(d.epfd, EPOLL_CTL_DEL, c->src.fd, NULL);
+	close(c->src.fd);
+	TAILQ_REMOVE(&conns, c, entry);
+	free(c->out);
+	free(c);
+}
+
+/* Write what is queued.  Returns 0 (maybe partly written) or -errno. */
+static int conn_flush(struct conn *c)
+{
+	while (c->outoff < c->outlen) {
+		ssize_t n = send(c->src.fd, c->out + c->outoff,
+				 c->outlen - c->outoff, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				break;
+			return -errno;
+		}
+		c->outoff += (size_t)n;
+	}
+	if (c->outoff == c->outlen)
+		c->outoff = c->outlen = 0;
+	uint32_t want = EPOLLIN | (c->outlen ? EPOLLOUT : 0);
+	if (want != c->events) {
+		int err = ep_mod(EPOLL_CTL_MOD, c->src.fd, want, c);
+		if (err)
+			return err;
+		c->events = want;
+	}
+	return 0;
+}
+
+/*
+ * Queue one message (header + body) for c.  Returns 0, or -ENOBUFS when
+ * the client's queue would exceed OUT_MAX (the caller drops it).
+ */
+static int conn_send(struct conn *c, uint16_t type, uint32_t seq,
+		     const void *body, uint32_t len)
+{
+	struct ctl_hdr h;
+	size_t need = sizeof(h) + len;
+
+	if (c->outoff > 0 && c->outlen + need > c->outcap) {
+		memmove(c->out, c->out + c->outoff, c->outlen - c->outoff);
+		c->outlen -= c->outoff;
+		c->outoff = 0;
+	}
+	if (c->outlen + need > OUT_MAX)
+		return -ENOBUFS;
+	if (c->outlen + need > c->outcap) {
+		size_t cap = c->outcap ? c->outcap : 1024;
+		while (cap < c->outlen + need)
+			cap *= 2;
+		if (cap > OUT_MAX)
+			cap = OUT_MAX;
+		unsigned char *p = realloc(c->out, cap);
+		if (!p)
+			return -ENOMEM;
+		c->out = p;
+		c->outcap = cap;
+	}
+	ctl_fill(&h, type, len, seq);
+	memcpy(c->out + c->outlen, &h, sizeof(h));
+	if (len)
+		memcpy(c->out + c->outlen + sizeof(h), body, len);
+	c->outlen += need;
+	return 0;
+}
+
+/* Inode of /proc/<pid>/ns/net, 0 when it cannot be read. */
+static uint64_t netns_of(pid_t pid)
+{
+	char path[64];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "/proc/%ld/ns/net", (long)pid);
+	return stat(path, &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+static int do_hello(struct conn *c, const struct ctl_hdr *h,
+		    const struct ctl_hello *m)
+{
+	struct ctl_error e = { .err = EEXIST };
+	struct session *s;
+
+	if (c->sess) {
+		snprintf(e.msg, sizeof(e.msg), "session already started");
+		return conn_send(c, CTL_R_ERROR, h->seq, &e, sizeof(e));
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s) {
+		e.err = ENOMEM;
+		snprintf(e.msg, sizeof(e.msg), "out of memory");
+		return conn_send(c, CTL_R_ERROR, h->seq, &e, sizeof(e));
+	}
+	s->pid = c->pid;
+	s->uid = c->uid;
+	s->netns = netns_of(c->pid);
+	s->started_ms = now_ms();
+	/* ctl_check proved the NUL is inside the field. */
+	memcpy(s->service, m->service, sizeof(s->service));
+	TAILQ_INSERT_TAIL(&sessions, s, entry);
+	d.nsessions++;
+	c->sess = s;
+	logmsg(LOG_INFO, "session start: pid %ld uid %ld service \"%s\" "
+	       "netns %llu", (long)s->pid, (long)s->uid, s->service,
+	       (unsigned long long)s->netns);
+	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
+}
+
+static int do_status(struct conn *c, const struct ctl_hdr *h)
+{
+	struct ctl_status st = {
+		.daemon_pid = (uint32_t)getpid(),
+		.sessions = d.nsessions,
+		.uptime_ms = now_ms() - d.start_ms,
+		.requests = d.requests,
+		.rejected = d.rejected,
+	};
+	int err = conn_send(c, CTL_R_STATUS, h->seq, &st, sizeof(st));
+
+	return err ? err : conn_send(c, CTL_R_END, h->seq, NULL, 0);
+}
+
+static int do_sessions(struct conn *c, const struct ctl_hdr *h)
+{
+	uint64_t now = now_ms();
+	struct session *s;
+	int err;
+
+	TAILQ_FOREACH(s, &sessions, entry) {
+		struct ctl_session m = {
+			.pid = (uint32_t)s->pid,
+			.uid = (uint32_t)s->uid,
+			.netns = s->netns,
+			.started_ms = now - s->started_ms,
+		};
+		memcpy(m.service, s->service, sizeof(m.service));
+		err = conn_send(c, CTL_R_SESSION, h->seq, &m, sizeof(m));
+		if (err)
+			return err;
+	}
+	return conn_send(c, CTL_R_END, h->seq, NULL, 0);
+}
+
+/*
+ * Handle every complete message in c's input buffer.  Returns 0, or -errno
+ * with *why set when the connection must be dropped.
+ */
+static int conn_dispatch(struct conn *c, const char **why)
+{
+	size_t off = 0;
+	int err = 0;
+
+	while (c->inlen - off >= sizeof(struct ctl_hdr)) {
+		struct ctl_hdr h;
+		const void *body;
+
+		memcpy(&h, c->in + off, sizeof(h));
+		err = ctl_check(&h, NULL, why);
+		if (err)
+			break;
+		if (c->inlen - off < sizeof(h) + h.len)
+			break;                  /* wait for the whole body */
+		body = c->in + off + sizeof(h);
+		err = ctl_check(&h, body, why);
+		if (err)
+			break;
+		logmsg(LOG_DEBUG, "pid %ld: %s seq %u", (long)c->pid,
+		       ctl_type_name(h.type), h.seq);
+		switch (h.type) {
+		case CTL_REQ_HELLO:
+			/* The body may be unaligned in the buffer: copy it. */
+			{
+				struct ctl_hello m;
+				memcpy(&m, body, sizeof(m));
+				err = do_hello(c, &h, &m);
+			}
+			break;
+		case CTL_REQ_STATUS:
+			err = do_status(c, &h);
+			break;
+		case CTL_REQ_SESSIONS:
+			err = do_sessions(c, &h);
+			break;
+		default:
+			*why = "reply type sent as a request";
+			err = -EBADMSG;
+			break;
+		}
+		if (err) {
+			if (!*why)
+				*why = err == -ENOBUFS ?
+				       "output queue full (client not reading)"
+				       : strerror(-err);
+			break;
+		}
+		d.requests++;
+		off += sizeof(h) + h.len;
+	}
+	if (off) {
+		memmove(c->in, c->in + off, c->inlen - off);
+		c->inlen -= off;
+	}
+	return err;
+}
+
+/* Readable connection: one read, then dispatch.  May free c. */
+static void conn_read(struct conn *c)
+{
+	const char *why = NULL;
+	ssize_t n;
+	int err;
+
+	n = recv(c->src.fd, c->in + c->inlen, sizeof(c->in) - c->inlen, 0);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EINTR)
+			return;
+		logmsg(LOG_DEBUG, "client pid %ld: read: %s", (long)c->pid,
+		       strerror(errno));
+		conn_close(c, NULL);
+		return;
+	}
+	if (n == 0) {
+		conn_close(c, c->inlen ? "truncated message at close" : NULL);
+		return;
+	}
+	c->inlen += (size_t)n;
+	err = conn_dispatch(c, &why);
+	if (!err)
+		err = conn_flush(c);
+	if (err)
+		conn_close(c, why ? why : strerror(-err));
+}
+
+static void control_accept(void)
+{
+	for (;;) {
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		struct conn *c;
+		int fd;
+
+		fd = accept4(d.listen.fd, NULL, NULL,
+			     SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR &&
+			    errno != ECONNABORTED)
+				logmsg(LOG_WARNING, "accept: %s",
+				       strerror(errno));
+			return;
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+			logmsg(LOG_WARNING, "SO_PEERCRED: %s", strerror(errno));
+			close(fd);
+			continue;
+		}
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			logmsg(LOG_WARNING, "accept: out of memory");
+			close(fd);
+			continue;
+		}
+		c->src.kind = EV_CONN;
+		c->src.fd = fd;
+		c->pid = cred.pid;
+		c->uid = cred.uid;
+		c->events = EPOLLIN;
+		if (ep_mod(EPOLL_CTL_ADD, fd, EPOLLIN, c) < 0) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		TAILQ_INSERT_TAIL(&conns, c, entry);
+		logmsg(LOG_DEBUG, "client pid %ld uid %ld connected",
+		       (long)c->pid, (long)c->uid);
+	}
+}
+
+/* Returns true when the daemon must stop. */
+static bool handle_signal(void)
+{
+	struct signalfd_siginfo si;
+
+	while (read(d.sig.fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+			logmsg(LOG_INFO, "signal %u: exiting", si.ssi_signo);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Serve until SIGTERM/SIGINT (returns 0) or a loop failure (-errno). */
+static int event_loop(void)
+{
+	struct epoll_event ev[MAX_EVENTS];
+
+	for (;;) {
+		int n = epoll_wait(d.epfd, ev, MAX_EVENTS, -1);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			logmsg(LOG_ERR, "epoll_wait: %s", strerror(errno));
+			return -errno;
+		}
+		for (int i = 0; i < n; i++) {
+			struct ev_src *src = ev[i].data.ptr;
+			struct conn *c;
+
+			switch (src->kind) {
+			case EV_LISTEN:
+				control_accept();
+				break;
+			case EV_SIGNAL:
+				if (handle_signal())
+					return 0;
+				break;
+			case EV_CONN:
+				/*
+				 * A connection closed earlier in this batch
+				 * is never reused here: each one appears at
+				 * most once per epoll_wait and is freed only
+				 * from its own event.
+				 */
+				c = (struct conn *)src;
+				if (ev[i].events & (EPOLLERR | EPOLLHUP) &&
+				    !(ev[i].events & EPOLLIN)) {
+					conn_close(c, c->inlen ?
+						   "truncated message at close"
+						   : NULL);
+					break;
+				}
+				if (ev[i].events & EPOLLOUT) {
+					int err = conn_flush(c);
+					if (err) {
+						conn_close(c, NULL);
+						break;
+					}
+				}
+				if (ev[i].events & EPOLLIN)
+					conn_read(c);
+				break;
+			}
+		}
+	}
+}
+
+static void cleanup(void)
+{
+	while (!TAILQ_EMPTY(&conns))
+		conn_close(TAILQ_FIRST(&conns), NULL);
+	if (d.listen.fd >= 0) {
+		close(d.listen.fd);
+		unlink(d.sock_path);
+	}
+	if (d.sig.fd >= 0)
+		close(d.sig.fd);
+	if (d.epfd >= 0)
+		close(d.epfd);
+}
+
+static void __attribute__((noreturn)) usage(void)
+{
+	fprintf(stderr, "usage: ubsd [-df]\n"
+		"  -f  stay in the foreground, log to stderr\n"
+		"  -d  verbose log\n"
+		"  run directory: $UBS_RUN_DIR, default " CTL_DEFAULT_RUN_DIR
+		"\n");
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	const char *run_dir;
+	sigset_t mask;
+	long owner = 0;
+	bool want_fg = false;
+	int ch, err, pidfd;
+
+	while ((ch = getopt(argc, argv, "df")) != -1) {
+		switch (ch) {
+		case 'd':
+			d.verbose++;
+			break;
+		case 'f':
+			want_fg = true;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+	/* Until we daemonize, errors go to the terminal. */
+	d.foreground = true;
+
+	run_dir = getenv("UBS_RUN_DIR");
+	if (!run_dir || !*run_dir)
+		run_dir = CTL_DEFAULT_RUN_DIR;
+	if (snprintf(d.sock_path, sizeof(d.sock_path), "%s/%s", run_dir,
+		     CTL_SOCK_NAME) >= (int)sizeof(d.sock_path) ||
+	    snprintf(d.pid_path, sizeof(d.pid_path), "%s/%s", run_dir,
+		     CTL_PID_NAME) >= (int)sizeof(d.pid_path)) {
+		logmsg(LOG_ERR, "run directory path too long: %s", run_dir);
+		return 1;
+	}
+	err = make_dirs(run_dir);
+	if (err) {
+		logmsg(LOG_ERR, "%s: %s", run_dir, strerror(-err));
+		return 1;
+	}
+	pidfd = pidfile_lock(d.pid_path, &owner);
+	if (pidfd == -EWOULDBLOCK) {
+		fprintf(stderr, "ubsd already running (pid %ld)\n", owner);
+		return 1;
+	}
+	if (pidfd < 0) {
+		logmsg(LOG_ERR, "%s: %s", d.pid_path, strerror(-pidfd));
+		return 1;
+	}
+	d.listen.fd = control_init(d.sock_path);
+	if (d.listen.fd < 0) {
+		logmsg(LOG_ERR, "%s: %s", d.sock_path,
+		       strerror(-d.listen.fd));
+		unlink(d.pid_path);
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	if (!want_fg) {
+		openlog("ubsd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+		d.foreground = false;
+		err = daemonize();
+		if (err) {
+			logmsg(LOG_ERR, "daemonize: %s", strerror(-err));
+			goto out;
+		}
+	}
+	err = pidfile_write(pidfd);
+	if (err) {
+		logmsg(LOG_ERR, "%s: %s", d.pid_path, strerror(-err));
+		goto out;
+	}
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0 ||
+	    (d.sig.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) < 0 ||
+	    (d.epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+	    ep_mod(EPOLL_CTL_ADD, d.listen.fd, EPOLLIN, &d.listen) < 0 ||
+	    ep_mod(EPOLL_CTL_ADD, d.sig.fd, EPOLLIN, &d.sig) < 0) {
+		err = -errno;
+		logmsg(LOG_ERR, "event loop setup: %s", strerror(errno));
+		goto out;
+	}
+	d.start_ms = now_ms();
+	logmsg(LOG_INFO, "listening on %s (pid %ld)", d.sock_path,
+	       (long)getpid());
+	err = event_loop();
+out:
+	cleanup();
+	unlink(d.pid_path);
+	close(pidfd);
+	return err ? 1 : 0;
+}
