@@ -46,12 +46,21 @@ int ubt_seg_create(struct ubt_seg *s, size_t size, uint16_t kind,
 			  MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return -errno;
+	/* The policy page gets F_SEAL_SEAL only after F_SEAL_FUTURE_WRITE. */
 	if (fchmod(fd, 0600) < 0 || ftruncate(fd, (off_t)size) < 0 ||
-	    fcntl(fd, F_ADD_SEALS, REQUIRED_SEALS | F_SEAL_SEAL) < 0)
+	    fcntl(fd, F_ADD_SEALS, REQUIRED_SEALS |
+		  (kind == UBT_SEG_POLICY ? 0 : F_SEAL_SEAL)) < 0)
 		goto fail;
 	base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (base == MAP_FAILED)
 		goto fail;
+	/* The policy page: only this (existing) mapping may write.  A passed
+	 * memfd is otherwise writable by whoever receives it. */
+	if (kind == UBT_SEG_POLICY &&
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0) {
+		munmap(base, size);
+		goto fail;
+	}
 
 	h = base;
 	h->magic = UBT_MAGIC;
@@ -88,14 +97,15 @@ int ubt_seg_map(struct ubt_seg *s, int fd, uint16_t kind)
 	seals = fcntl(fd, F_GET_SEALS);
 	if (seals < 0)
 		return errno == EINVAL ? -EPROTO : -errno;  /* not a memfd */
-	if ((seals & REQUIRED_SEALS) != REQUIRED_SEALS)
+	if ((seals & REQUIRED_SEALS) != REQUIRED_SEALS ||
+	    (kind == UBT_SEG_POLICY && !(seals & F_SEAL_FUTURE_WRITE)))
 		return -EPERM;
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (!S_ISREG(st.st_mode) || st.st_size < (off_t)UBT_SEG_HDR_SIZE)
 		return -EPROTO;
-	base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE,
-		    MAP_SHARED, fd, 0);
+	base = mmap(NULL, (size_t)st.st_size, kind == UBT_SEG_POLICY ?
+		    PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (base == MAP_FAILED)
 		return -errno;
 

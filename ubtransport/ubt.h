@@ -24,7 +24,8 @@
 enum ubt_seg_kind {
 	UBT_SEG_DATA = 1,       /* plain memory, addressed by id + offset */
 	UBT_SEG_CHAN = 2,       /* a channel: header + ring table + rings */
-	UBT_SEG_POLICY = 3,     /* reserved for ubsd's policy page */
+	UBT_SEG_POLICY = 3,     /* ubsd's policy page: others map it
+				 * read-only (F_SEAL_FUTURE_WRITE) */
 };
 
 /* First bytes of every segment; the rest of the first page is reserved. */
