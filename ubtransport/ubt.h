@@ -102,6 +102,7 @@ struct ubt_ring_stats {
 	uint64_t doorbells;     /* eventfd writes issued (syscalls) */
 	uint64_t sleeps;        /* real sleeps (poll) entered */
 	uint64_t spin_hits;     /* waits satisfied while spinning */
+	uint64_t strays;        /* stray doorbell tokens discarded */
 };
 
 /* A process's handle on one ring; the geometry is a private, validated copy. */

@@ -9,7 +9,8 @@
  * same CAS ("claims" them) and writes exactly that many tokens.  Each
  * claimed waiter reads exactly one token; a waiter that sees the eventfd
  * readable but whose epoch has not moved does not read (the tokens belong
- * to others) and yields.  So:
+ * to others) and yields; a token nobody takes for STRAY_MS is a stray
+ * (its claimed waiter was killed before reading it) and is discarded.  So:
  *   - no syscall on the notify side unless someone is registered;
  *   - no lost wake-up: registration is a seq_cst RMW, publication is
  *     followed by a seq_cst fence, so either the waiter sees the data or
@@ -29,7 +30,8 @@
 #define DB_EPOCH(s) ((uint32_t)((s) >> 32))
 #define DB_COUNT(s) ((uint32_t)(s))
 #define MAX_WAITERS   (1u << 24)
-#define TOKEN_WAIT_MS 1000      /* a claimed waiter's token is at most this late */
+#define TOKEN_WAIT_MS 200       /* a claimed waiter's token is at most this late */
+#define STRAY_MS      50        /* a token unclaimed this long is a stray */
 
 void ubt_db_notify(struct ubt_ring *r, _Atomic uint64_t *db, int efd)
 {
@@ -56,16 +58,16 @@ void ubt_db_notify(struct ubt_ring *r, _Atomic uint64_t *db, int efd)
 static void take_token(int efd)
 {
 	struct pollfd p = { .fd = efd, .events = POLLIN };
-	uint64_t v;
-	int waited = 0;
+	uint64_t v, end = 0;
 
 	while (read(efd, &v, sizeof(v)) != sizeof(v)) {
 		if (errno != EAGAIN && errno != EINTR)
 			return;
-		if (waited >= TOKEN_WAIT_MS)
+		if (!end)
+			end = ubt_now_ns() + TOKEN_WAIT_MS * 1000000ull;
+		else if (ubt_now_ns() >= end)
 			return;
-		if (poll(&p, 1, 10) == 0)
-			waited += 10;
+		poll(&p, 1, 10);
 	}
 }
 
@@ -153,7 +155,7 @@ static int spin(struct ubt_ring *r, cond_fn cond, uint64_t arg, int64_t budget)
 static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 		   cond_fn cond, uint64_t arg, const struct ubt_wait *w)
 {
-	uint64_t deadline = 0, s;
+	uint64_t deadline = 0, s, stray_t0 = 0;
 	int c, n, yields = 0;
 
 	c = cond(r, arg);
@@ -223,13 +225,24 @@ static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 				return -ETIMEDOUT;
 			}
 			/* Tokens of other waiters are pending: let them run.
-			 * Only stray tokens (a hostile peer) last long. */
+			 * Tokens nobody takes for STRAY_MS are strays (their
+			 * waiter was killed, or a hostile peer wrote them):
+			 * take one, so sleeping stays a real sleep. */
+			if (yields == 0)
+				stray_t0 = ubt_now_ns();
 			if (++yields < 200) {
 				sched_yield();
-			} else {
+			} else if (ubt_now_ns() - stray_t0 <
+				   STRAY_MS * 1000000ull) {
 				struct timespec ts = { 0, 1000000 };
 
 				nanosleep(&ts, NULL);
+			} else {
+				uint64_t v;
+
+				if (read(efd, &v, sizeof(v)) == sizeof(v))
+					r->st.strays++;
+				yields = 0;
 			}
 		}
 		c = cond(r, arg);

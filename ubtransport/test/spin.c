@@ -496,3 +496,71 @@ Test(spin, sleeping_consumer_sleeps_end_on_doorbells, .timeout = 30)
 	ubt_chan_close(&c);
 	munmap(rep, sizeof(*rep));
 }
+
+/* Child for the stray-token test: on "1" write a byte (it claims the
+ * killed waiter), on "2" write another after 400 ms. */
+static int write_twice(struct ubt_chan *c, void *arg)
+{
+	struct ubt_ring *tx = ubt_chan_tx(c, 0);
+	int go = *(int *)arg;
+	char b;
+
+	th_watch_parent();
+	CHECK(read(go, &b, 1) == 1);
+	CHECK(ubt_stream_write(tx, "a", 1) == 1);
+	CHECK(read(go, &b, 1) == 1);
+	usleep(400000);
+	CHECK(ubt_stream_write(tx, "b", 1) == 1);
+	return 0;
+}
+
+static int doomed_waiter(void *arg)
+{
+	struct ubt_wait w = { .spin_ns = 0, .timeout_ms = -1, .watch_fd = -1 };
+
+	ubt_wait_readable(arg, &w);
+	return 0;
+}
+
+/*
+ * A waiter killed while registered is claimed by the next doorbell, whose
+ * token then nobody reads.  The next sleeper on that eventfd must discard
+ * the stray and really sleep, not loop on a readable eventfd.
+ */
+Test(spin, stray_token_of_a_killed_waiter_is_discarded, .timeout = 30)
+{
+	struct ubt_wait w = { .spin_ns = 0, .timeout_ms = -1, .watch_fd = -1 };
+	struct rusage r0, r1;
+	struct ubt_chan c;
+	struct ubt_ring *rx;
+	int go[2];
+	pid_t pid, d;
+	char b;
+
+	cpu_alone();
+	cr_assert_eq(pipe(go), 0);
+	pid = th_chan_pair(&c, (struct ubt_ring_desc[]){
+		{ .kind = UBT_RING_STREAM, .producer = 1, .size = 4096 },
+	}, 1, write_twice, &go[0]);
+	cr_assert(pid > 0);
+	rx = ubt_chan_rx(&c, 0);
+	d = th_fork(doomed_waiter, rx);         /* a second consumer */
+	while (DB_COUNT(atomic_load(&rx->shm->data_db)) != 1 ||
+	       th_task_state(d, d) != 'S')
+		usleep(100);
+	kill(d, SIGKILL);
+	cr_assert_eq(th_wait(d, 5000), 128 + SIGKILL);
+	cr_assert_eq(write(go[1], "1", 1), 1);  /* claims the dead waiter */
+	while (ubt_stream_read(rx, &b, 1, 0) != 1)
+		usleep(100);
+	cr_assert_eq(write(go[1], "2", 1), 1);
+	getrusage(RUSAGE_THREAD, &r0);
+	cr_assert_eq(ubt_wait_readable(rx, &w), UBT_READY);
+	getrusage(RUSAGE_THREAD, &r1);
+	cr_assert_eq(rx->st.strays, 1, "the stray token must be discarded");
+	/* 50 ms of yields and naps, then one real sleep: not 400 ms of it. */
+	cr_assert_leq(r1.ru_nvcsw - r0.ru_nvcsw, 120, "%ld switches",
+		      r1.ru_nvcsw - r0.ru_nvcsw);
+	cr_assert_eq(th_wait(pid, 5000), 0);
+	ubt_chan_close(&c);
+}
