@@ -14,11 +14,16 @@ int ctl_body_len(uint16_t type)
 	case CTL_REQ_HELLO:     return sizeof(struct ctl_hello);
 	case CTL_REQ_STATUS:    return 0;
 	case CTL_REQ_SESSIONS:  return 0;
+	case CTL_REQ_SERVICES:  return 0;
+	case CTL_REQ_SERVICE_SET: return sizeof(struct ctl_service_set);
+	case CTL_REQ_POLICY_FD: return 0;
 	case CTL_R_OK:          return 0;
 	case CTL_R_ERROR:       return sizeof(struct ctl_error);
 	case CTL_R_END:         return 0;
 	case CTL_R_STATUS:      return sizeof(struct ctl_status);
 	case CTL_R_SESSION:     return sizeof(struct ctl_session);
+	case CTL_R_SERVICE:     return sizeof(struct ctl_service);
+	case CTL_R_POLICY:      return sizeof(struct ctl_policy);
 	default:                return -1;
 	}
 }
@@ -29,11 +34,16 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_REQ_HELLO:     return "HELLO";
 	case CTL_REQ_STATUS:    return "STATUS";
 	case CTL_REQ_SESSIONS:  return "SESSIONS";
+	case CTL_REQ_SERVICES:  return "SERVICES";
+	case CTL_REQ_SERVICE_SET: return "SERVICE_SET";
+	case CTL_REQ_POLICY_FD: return "POLICY_FD";
 	case CTL_R_OK:          return "OK";
 	case CTL_R_ERROR:       return "ERROR";
 	case CTL_R_END:         return "END";
 	case CTL_R_STATUS:      return "R_STATUS";
 	case CTL_R_SESSION:     return "R_SESSION";
+	case CTL_R_SERVICE:     return "R_SERVICE";
+	case CTL_R_POLICY:      return "R_POLICY";
 	default:                return "?";
 	}
 }
@@ -85,6 +95,20 @@ int ctl_check(const struct ctl_hdr *h, const void *body, const char **why)
 		break;
 	case CTL_R_SESSION:
 		if (!has_nul(((const struct ctl_session *)body)->service,
+			     CTL_NAME_MAX))
+			goto unterminated;
+		break;
+	case CTL_REQ_SERVICE_SET:
+		{
+			const struct ctl_service_set *m = body;
+			if (!has_nul(m->name, CTL_NAME_MAX) ||
+			    !has_nul(m->key, CTL_KEY_MAX) ||
+			    !has_nul(m->value, CTL_VALUE_MAX))
+				goto unterminated;
+		}
+		break;
+	case CTL_R_SERVICE:
+		if (!has_nul(((const struct ctl_service *)body)->name,
 			     CTL_NAME_MAX))
 			goto unterminated;
 		break;

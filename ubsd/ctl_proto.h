@@ -39,7 +39,12 @@ enum ctl_type {
 	CTL_REQ_HELLO = 0x0100,         /* struct ctl_hello: start a session */
 	CTL_REQ_STATUS = 0x0101,        /* no body: one CTL_R_STATUS + END */
 	CTL_REQ_SESSIONS = 0x0102,      /* no body: CTL_R_SESSION... + END */
-	CTL_REQ_LAST = 0x0102,
+	CTL_REQ_SERVICES = 0x0103,      /* no body: CTL_R_SERVICE... + END,
+					 * the default record first */
+	CTL_REQ_SERVICE_SET = 0x0104,   /* struct ctl_service_set: OK|ERROR */
+	CTL_REQ_POLICY_FD = 0x0105,     /* no body: CTL_R_POLICY carrying the
+					 * policy page's fd (SCM_RIGHTS) */
+	CTL_REQ_LAST = 0x0105,
 
 	CTL_R_FIRST = 0x0200,
 	CTL_R_OK = 0x0200,              /* no body */
@@ -47,7 +52,9 @@ enum ctl_type {
 	CTL_R_END = 0x0202,             /* no body: closes a multi-part reply */
 	CTL_R_STATUS = 0x0203,          /* struct ctl_status */
 	CTL_R_SESSION = 0x0204,         /* struct ctl_session */
-	CTL_R_LAST = 0x0204,
+	CTL_R_SERVICE = 0x0205,         /* struct ctl_service */
+	CTL_R_POLICY = 0x0206,          /* struct ctl_policy + one fd */
+	CTL_R_LAST = 0x0206,
 };
 
 struct ctl_hello {
@@ -76,6 +83,34 @@ struct ctl_session {
 	uint64_t netns;                 /* inode of /proc/<pid>/ns/net */
 	uint64_t started_ms;            /* age, ms */
 	char service[CTL_NAME_MAX];
+};
+
+#define CTL_KEY_MAX   32u               /* policy key, NUL included */
+#define CTL_VALUE_MAX 64u               /* its text value, NUL included */
+
+/* One service's policy; name "" is the default record. */
+struct ctl_service {
+	char name[CTL_NAME_MAX];
+	uint32_t accel;                 /* 1 on, 0 off */
+	uint32_t spin_us;
+	uint32_t ring_kib;
+	uint32_t reserved;
+	uint64_t mem_quota;             /* bytes, 0 = none */
+};
+
+/* Set one key of a service (created from the default record if it has
+ * none; name "" sets the default record).  Values are text, exactly as in
+ * ubs.conf: accel on|off, spin_us N, ring_kib N, mem_quota N[K|M|G]. */
+struct ctl_service_set {
+	char name[CTL_NAME_MAX];
+	char key[CTL_KEY_MAX];
+	char value[CTL_VALUE_MAX];
+};
+
+/* Sent with the policy page's memfd attached; the body is informative. */
+struct ctl_policy {
+	uint64_t generation;            /* at the time of the reply */
+	uint64_t size;                  /* segment bytes */
 };
 
 /*

@@ -4,7 +4,8 @@
  * control socket, then replies until CTL_R_END; each reply is validated
  * with ctl_check before it is believed.
  *
- * Exit codes: 0 ok, 1 ubsd not running, 2 usage, 3 protocol or other error.
+ * Exit codes: 0 ok, 1 ubsd not running, 2 usage, 3 error reported by ubsd
+ * (message on stderr), protocol or other error, 4 permission denied.
  */
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -25,9 +26,10 @@
 #define EX_NOTRUNNING 1
 #define EX_USAGE      2
 #define EX_ERROR      3
+#define EX_PERM       4
 #define REPLY_TIMEOUT_S 10      /* a reply never takes this long */
 
-enum action { ACT_STATUS, ACT_SESSIONS };
+enum action { ACT_STATUS, ACT_SESSIONS, ACT_SERVICES, ACT_SERVICE };
 
 /* The command keywords; any unique prefix is accepted. */
 static const struct keyword {
@@ -35,16 +37,27 @@ static const struct keyword {
 	enum action action;
 	uint16_t req;
 } keywords[] = {
+	{ "service", ACT_SERVICE, CTL_REQ_SERVICE_SET },
+	{ "services", ACT_SERVICES, CTL_REQ_SERVICES },
 	{ "sessions", ACT_SESSIONS, CTL_REQ_SESSIONS },
 	{ "status", ACT_STATUS, CTL_REQ_STATUS },
 };
+
+/* How the default record is named on the command line and in output. */
+#define DEFAULT_NAME "(default)"
+
 
 static void __attribute__((noreturn)) usage(void)
 {
 	fprintf(stderr, "usage: ubsctl [--json] command\n"
 		"commands (any unique prefix):\n"
 		"  status     daemon pid, uptime, counters\n"
-		"  sessions   one line per preloaded process\n");
+		"  sessions   one line per preloaded process\n"
+		"  services   policy of every service, default first\n"
+		"  service NAME on|off          accelerate NAME or not\n"
+		"  service NAME set KEY=VALUE   KEY: accel, spin_us, ring_kib,"
+		" mem_quota\n"
+		"  (NAME " DEFAULT_NAME " is the default record)\n");
 	exit(EX_USAGE);
 }
 
@@ -221,6 +234,85 @@ static void show_status(const struct ctl_status *st, bool json)
 	printf("rejected  %" PRIu64 "\n", st->rejected);
 }
 
+/* Bytes as N, NK, NM or NG when exact. */
+static void fmt_size(char *buf, size_t n, uint64_t v)
+{
+	static const char sfx[] = "KMG";
+	int i = -1;
+
+	while (i < 2 && v && (v & 1023) == 0) {
+		v >>= 10;
+		i++;
+	}
+	if (i < 0)
+		snprintf(buf, n, "%" PRIu64, v);
+	else
+		snprintf(buf, n, "%" PRIu64 "%c", v, sfx[i]);
+}
+
+static void show_service(const struct ctl_service *s, bool json, int n)
+{
+	char name[CTL_NAME_MAX], q[32];
+
+	if (s->name[0])
+		printable(name, s->name, sizeof(name));
+	else
+		strcpy(name, DEFAULT_NAME);
+	if (json) {
+		printf("%s{\"name\":", n ? "," : "");
+		json_str(s->name[0] ? s->name : DEFAULT_NAME);
+		printf(",\"accel\":%s,\"spin_us\":%" PRIu32 ",\"ring_kib\":%"
+		       PRIu32 ",\"mem_quota\":%" PRIu64 "}",
+		       s->accel ? "true" : "false", s->spin_us, s->ring_kib,
+		       s->mem_quota);
+		return;
+	}
+	fmt_size(q, sizeof(q), s->mem_quota);
+	printf("%-24s %-5s %-8" PRIu32 " %-8" PRIu32 " %s\n", name,
+	       s->accel ? "on" : "off", s->spin_us, s->ring_kib, q);
+}
+
+/*
+ * Build the SERVICE_SET body from `NAME on|off` or `NAME set KEY=VALUE`
+ * (args[0..n)).  Exits with EX_USAGE on bad syntax; values are checked by
+ * ubsd, which owns the rules.
+ */
+static void service_args(struct ctl_service_set *m, char **args, int n)
+{
+	const char *name = args[0];
+	char *eq;
+
+	memset(m, 0, sizeof(*m));
+	if (strcmp(name, DEFAULT_NAME) == 0)
+		name = "";
+	if (strlen(name) >= sizeof(m->name)) {
+		fprintf(stderr, "ubsctl: service name too long\n");
+		exit(EX_USAGE);
+	}
+	strcpy(m->name, name);
+	if (n == 2 && (strcmp(args[1], "on") == 0 ||
+		       strcmp(args[1], "off") == 0)) {
+		strcpy(m->key, "accel");
+		strcpy(m->value, args[1]);
+		return;
+	}
+	if (n != 3 || strcmp(args[1], "set") != 0)
+		usage();
+	eq = strchr(args[2], '=');
+	if (!eq || eq == args[2]) {
+		fprintf(stderr, "ubsctl: expected KEY=VALUE, got '%s'\n",
+			args[2]);
+		exit(EX_USAGE);
+	}
+	if ((size_t)(eq - args[2]) >= sizeof(m->key) ||
+	    strlen(eq + 1) >= sizeof(m->value)) {
+		fprintf(stderr, "ubsctl: key or value too long\n");
+		exit(EX_USAGE);
+	}
+	memcpy(m->key, args[2], (size_t)(eq - args[2]));
+	strcpy(m->value, eq + 1);
+}
+
 static void show_session(const struct ctl_session *s, bool json, int n)
 {
 	char svc[CTL_NAME_MAX];
@@ -251,8 +343,10 @@ int main(int argc, char **argv)
 		unsigned char raw[CTL_MAX_BODY];
 		struct ctl_status status;
 		struct ctl_session session;
+		struct ctl_service service;
 		struct ctl_error error;
 	} body;
+	struct ctl_service_set set = { .name = "" };
 	const struct keyword *kw;
 	const char *run_dir, *why;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 64];
@@ -270,12 +364,19 @@ int main(int argc, char **argv)
 			usage();
 		}
 	}
-	if (argc - optind != 1)
+	if (argc - optind < 1)
 		usage();
 	kw = match_keyword(argv[optind]);
 	if (!kw) {
 		fprintf(stderr, "ubsctl: unknown or ambiguous command: %s\n",
 			argv[optind]);
+		usage();
+	}
+	if (kw->action == ACT_SERVICE) {
+		if (argc - optind < 3)
+			usage();
+		service_args(&set, argv + optind + 1, argc - optind - 1);
+	} else if (argc - optind != 1) {
 		usage();
 	}
 
@@ -285,17 +386,29 @@ int main(int argc, char **argv)
 	snprintf(path, sizeof(path), "%s/%s", run_dir, CTL_SOCK_NAME);
 	fd = ctl_connect(path);
 
-	ctl_fill(&h, kw->req, 0, seq);
-	if (send(fd, &h, sizeof(h), MSG_NOSIGNAL) != (ssize_t)sizeof(h)) {
-		fprintf(stderr, "ubsctl: send: %s\n", strerror(errno));
-		return EX_ERROR;
+	{
+		unsigned char req[sizeof(h) + sizeof(set)];
+		uint32_t len = kw->action == ACT_SERVICE ? sizeof(set) : 0;
+
+		ctl_fill(&h, kw->req, len, seq);
+		memcpy(req, &h, sizeof(h));
+		memcpy(req + sizeof(h), &set, len);
+		if (send(fd, req, sizeof(h) + len, MSG_NOSIGNAL) !=
+		    (ssize_t)(sizeof(h) + len)) {
+			fprintf(stderr, "ubsctl: send: %s\n",
+				strerror(errno));
+			return EX_ERROR;
+		}
 	}
-	if (kw->action == ACT_SESSIONS) {
+	if (kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES) {
 		if (json)
 			putchar('[');
-		else
+		else if (kw->action == ACT_SESSIONS)
 			printf("%-8s %-6s %-20s %-12s %s\n", "PID", "UID",
 			       "SERVICE", "NETNS", "AGE");
+		else
+			printf("%-24s %-5s %-8s %-8s %s\n", "NAME", "ACCEL",
+			       "SPIN_US", "RING_KIB", "MEM_QUOTA");
 	}
 	for (;;) {
 		if (ctl_recv(fd, seq, &h, &body, &why) < 0) {
@@ -307,8 +420,10 @@ int main(int argc, char **argv)
 		if (h.type == CTL_R_ERROR) {
 			fprintf(stderr, "ubsctl: ubsd: %s (%s)\n",
 				body.error.msg, strerror(body.error.err));
-			return EX_ERROR;
+			return body.error.err == EPERM ? EX_PERM : EX_ERROR;
 		}
+		if (kw->action == ACT_SERVICE && h.type == CTL_R_OK)
+			break;          /* a single reply, no END */
 		if (kw->action == ACT_STATUS && h.type == CTL_R_STATUS &&
 		    !got_status) {
 			show_status(&body.status, json);
@@ -316,6 +431,9 @@ int main(int argc, char **argv)
 		} else if (kw->action == ACT_SESSIONS &&
 			   h.type == CTL_R_SESSION) {
 			show_session(&body.session, json, n++);
+		} else if (kw->action == ACT_SERVICES &&
+			   h.type == CTL_R_SERVICE) {
+			show_service(&body.service, json, n++);
 		} else {
 			fprintf(stderr, "ubsctl: bad reply: unexpected %s\n",
 				ctl_type_name(h.type));
@@ -326,7 +444,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ubsctl: bad reply: END without status\n");
 		return EX_ERROR;
 	}
-	if (kw->action == ACT_SESSIONS && json)
+	if ((kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES) &&
+	    json)
 		printf("]\n");
 	close(fd);
 	if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * ubsd.c - the UBS daemon, first increment: run directory, pid/lock file,
- * control socket, sessions.
+ * ubsd.c - the UBS daemon: run directory, pid/lock file, control socket,
+ * sessions, the service policy table (from ubs.conf, reloaded on SIGHUP,
+ * changed at run time by ubsctl) published in the shared policy page.
  *
  * One thread, one epoll set holding the listening socket, a signalfd and
  * every client connection.  Each connection has a bounded input buffer
@@ -9,6 +10,10 @@
  * writes never block, so a slow or hostile client cannot stall the others.
  * A malformed message closes its connection with a logged reason.  A
  * session (HELLO) lives exactly as long as its connection.
+ *
+ * Replies that carry an fd (POLICY_FD) are not queued: the queue is
+ * flushed, then the reply goes out at once with sendmsg; if the socket
+ * cannot take it (EAGAIN) the client is dropped, as for a full queue.
  *
  * Logs go to stderr with -f, to syslog (facility daemon) otherwise.
  */
@@ -20,6 +25,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -33,7 +39,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conf.h"
 #include "ctl_proto.h"
+#include "policy.h"
+#include "ubt.h"
 
 #define IN_MAX   (sizeof(struct ctl_hdr) + CTL_MAX_BODY)
 #define OUT_MAX  (256u * 1024u)         /* queued reply bytes per client */
@@ -61,6 +70,7 @@ struct conn {
 	TAILQ_ENTRY(conn) entry;
 	pid_t pid;
 	uid_t uid;
+	gid_t gid;
 	struct session *sess;           /* NULL until HELLO */
 	uint32_t events;                /* current epoll mask */
 	size_t inlen;
@@ -83,7 +93,12 @@ static struct {
 	uint32_t nsessions;
 	uint64_t requests;
 	uint64_t rejected;
-} d = { .epfd = -1, .listen = { EV_LISTEN, -1 }, .sig = { EV_SIGNAL, -1 } };
+	const char *conf_path;
+	bool conf_given;                /* -c: the file must exist */
+	struct ubs_conf *conf;          /* current table, as published */
+	struct ubt_seg page;            /* the policy page */
+} d = { .epfd = -1, .listen = { EV_LISTEN, -1 }, .sig = { EV_SIGNAL, -1 },
+	.conf_path = CONF_DEFAULT_PATH, .page = { .fd = -1 } };
 
 static void logmsg(int prio, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -301,14 +316,12 @@ static int conn_flush(struct conn *c)
 }
 
 /*
- * Queue one message (header + body) for c.  Returns 0, or -ENOBUFS when
- * the client's queue would exceed OUT_MAX (the caller drops it).
+ * Queue need bytes (one or more whole messages, or the unsent tail of
+ * one) for c.  Returns 0, or -ENOBUFS when the client's queue would
+ * exceed OUT_MAX (the caller drops it).
  */
-static int conn_send(struct conn *c, uint16_t type, uint32_t seq,
-		     const void *body, uint32_t len)
+static int conn_queue(struct conn *c, const void *data, size_t need)
 {
-	struct ctl_hdr h;
-	size_t need = sizeof(h) + len;
 
 	if (c->outoff > 0 && c->outlen + need > c->outcap) {
 		memmove(c->out, c->out + c->outoff, c->outlen - c->outoff);
@@ -329,12 +342,58 @@ static int conn_send(struct conn *c, uint16_t type, uint32_t seq,
 		c->out = p;
 		c->outcap = cap;
 	}
-	ctl_fill(&h, type, len, seq);
-	memcpy(c->out + c->outlen, &h, sizeof(h));
-	if (len)
-		memcpy(c->out + c->outlen + sizeof(h), body, len);
+	memcpy(c->out + c->outlen, data, need);
 	c->outlen += need;
 	return 0;
+}
+
+/* Queue one message (header + body) for c; as conn_queue. */
+static int conn_send(struct conn *c, uint16_t type, uint32_t seq,
+		     const void *body, uint32_t len)
+{
+	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
+	struct ctl_hdr h;
+
+	ctl_fill(&h, type, len, seq);
+	memcpy(buf, &h, sizeof(h));
+	if (len)
+		memcpy(buf + sizeof(h), body, len);
+	return conn_queue(c, buf, sizeof(h) + len);
+}
+
+/*
+ * Send one message with fd attached, now: what is queued goes first (the
+ * client must see replies in order), then one sendmsg.  Returns 0 (a
+ * partly sent message has its tail queued: the fd went with its first
+ * byte), -EAGAIN when the socket cannot take it now (the caller drops the
+ * client), or -errno.
+ */
+static int conn_send_fd(struct conn *c, uint16_t type, uint32_t seq,
+			const void *body, uint32_t len, int fd)
+{
+	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
+	struct ctl_hdr h;
+	size_t need = sizeof(h) + len;
+	int n;
+
+	while (c->outoff < c->outlen) {
+		ssize_t w = send(c->src.fd, c->out + c->outoff,
+				 c->outlen - c->outoff, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		c->outoff += (size_t)w;
+	}
+	c->outoff = c->outlen = 0;
+	ctl_fill(&h, type, len, seq);
+	memcpy(buf, &h, sizeof(h));
+	memcpy(buf + sizeof(h), body, len);
+	n = ubt_send_fds(c->src.fd, &fd, 1, buf, need);
+	if (n < 0)
+		return n;
+	return (size_t)n < need ? conn_queue(c, buf + n, need - (size_t)n) : 0;
 }
 
 /* Inode of /proc/<pid>/ns/net, 0 when it cannot be read. */
@@ -413,6 +472,175 @@ static int do_sessions(struct conn *c, const struct ctl_hdr *h)
 	return conn_send(c, CTL_R_END, h->seq, NULL, 0);
 }
 
+/* Publish d.conf into the policy page.  Returns -errno. */
+static int publish(void)
+{
+	return pp_publish(&d.page, &d.conf->deflt, d.conf->svc,
+			  d.conf->nsvc);
+}
+
+static void to_ctl_service(struct ctl_service *m,
+			   const struct ubs_svc_policy *p)
+{
+	memset(m, 0, sizeof(*m));
+	memcpy(m->name, p->name, sizeof(m->name));
+	m->name[sizeof(m->name) - 1] = '\0';
+	m->accel = p->accel;
+	m->spin_us = p->spin_us;
+	m->ring_kib = p->ring_kib;
+	m->mem_quota = p->mem_quota;
+}
+
+static int do_services(struct conn *c, const struct ctl_hdr *h)
+{
+	struct ctl_service m;
+	int err;
+
+	to_ctl_service(&m, &d.conf->deflt);
+	m.name[0] = '\0';
+	err = conn_send(c, CTL_R_SERVICE, h->seq, &m, sizeof(m));
+	for (uint32_t i = 0; !err && i < d.conf->nsvc; i++) {
+		to_ctl_service(&m, &d.conf->svc[i]);
+		err = conn_send(c, CTL_R_SERVICE, h->seq, &m, sizeof(m));
+	}
+	return err ? err : conn_send(c, CTL_R_END, h->seq, NULL, 0);
+}
+
+/*
+ * Is gid among the supplementary groups of pid, whose effective uid must
+ * still be uid (a pid reused by another user proves nothing)?  Reads the
+ * Uid: and Groups: lines of /proc/<pid>/status.
+ */
+static bool proc_in_group(pid_t pid, uid_t uid, gid_t gid)
+{
+	char path[64], line[4096];
+	bool uid_ok = false, member = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long real, eff;
+
+		if (sscanf(line, "Uid: %lu %lu", &real, &eff) == 2) {
+			uid_ok = eff == (unsigned long)uid;
+		} else if (strncmp(line, "Groups:", 7) == 0) {
+			char *p = line + 7, *end;
+
+			for (;;) {
+				while (isspace((unsigned char)*p))
+					p++;
+				if (!isdigit((unsigned char)*p))
+					break;
+				unsigned long g = strtoul(p, &end, 10);
+				if (g == (unsigned long)gid)
+					member = true;
+				p = end;
+			}
+		}
+	}
+	fclose(f);
+	return uid_ok && member;
+}
+
+/*
+ * May c change policy?  Root, or a member (primary group from
+ * SO_PEERCRED, or supplementary from /proc) of the configured admin group.
+ * Else false with the reason in msg.
+ */
+static bool may_change_policy(const struct conn *c, char *msg, size_t n)
+{
+	const struct ubs_conf *cf = d.conf;
+
+	if (c->uid == 0)
+		return true;
+	if (cf->has_admin_group &&
+	    (c->gid == cf->admin_gid ||
+	     proc_in_group(c->pid, c->uid, cf->admin_gid)))
+		return true;
+	if (cf->has_admin_group)
+		snprintf(msg, n, "permission denied: uid %ld is neither root "
+			 "nor in admin group %.40s", (long)c->uid,
+			 cf->admin_group);
+	else
+		snprintf(msg, n, "permission denied: uid %ld is not root "
+			 "(no admin_group configured)", (long)c->uid);
+	return false;
+}
+
+static int do_service_set(struct conn *c, const struct ctl_hdr *h,
+			  const struct ctl_service_set *m)
+{
+	struct ctl_error e = { .err = EINVAL };
+	struct ubs_svc_policy *p, old;
+	char msg[sizeof(e.msg)];
+	bool created = false;
+	int err;
+
+	if (!may_change_policy(c, e.msg, sizeof(e.msg))) {
+		e.err = EPERM;
+		logmsg(LOG_WARNING, "pid %ld uid %ld: set %s.%s refused: %s",
+		       (long)c->pid, (long)c->uid,
+		       m->name[0] ? m->name : "(default)", m->key, e.msg);
+		goto refuse;
+	}
+	if (m->name[0] && !conf_valid_name(m->name)) {
+		snprintf(e.msg, sizeof(e.msg), "bad service name (1 to %u of "
+			 "A-Z a-z 0-9 . _ -)", CTL_NAME_MAX - 1);
+		goto refuse;
+	}
+	p = m->name[0] ? conf_find(d.conf, m->name) : &d.conf->deflt;
+	if (!p) {
+		/* A service that has not connected yet: from [default]. */
+		if (d.conf->nsvc >= UBS_POLICY_MAX_SVC) {
+			e.err = ENOSPC;
+			snprintf(e.msg, sizeof(e.msg), "too many services "
+				 "(at most %u)", UBS_POLICY_MAX_SVC);
+			goto refuse;
+		}
+		p = &d.conf->svc[d.conf->nsvc++];
+		*p = d.conf->deflt;
+		strcpy(p->name, m->name);
+		created = true;
+	}
+	old = *p;
+	err = conf_set_key(p, m->key, m->value, msg, sizeof(msg));
+	if (!err) {
+		err = publish();
+		if (err)
+			snprintf(msg, sizeof(msg), "policy page: %s",
+				 strerror(-err));
+	}
+	if (err) {
+		*p = old;
+		if (created)
+			d.conf->nsvc--;
+		e.err = err == -ENOENT ? EINVAL : -err;
+		memcpy(e.msg, msg, sizeof(e.msg));
+		goto refuse;
+	}
+	logmsg(LOG_INFO, "policy: %s %s = %s (uid %ld pid %ld), "
+	       "generation %llu", m->name[0] ? m->name : "(default)", m->key,
+	       m->value, (long)c->uid, (long)c->pid,
+	       (unsigned long long)pp_generation(&d.page));
+	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
+refuse:
+	return conn_send(c, CTL_R_ERROR, h->seq, &e, sizeof(e));
+}
+
+static int do_policy_fd(struct conn *c, const struct ctl_hdr *h)
+{
+	struct ctl_policy m = {
+		.generation = pp_generation(&d.page),
+		.size = d.page.size,
+	};
+
+	return conn_send_fd(c, CTL_R_POLICY, h->seq, &m, sizeof(m),
+			    d.page.fd);
+}
+
 /*
  * Handle every complete message in c's input buffer.  Returns 0, or -errno
  * with *why set when the connection must be dropped.
@@ -453,6 +681,19 @@ static int conn_dispatch(struct conn *c, const char **why)
 		case CTL_REQ_SESSIONS:
 			err = do_sessions(c, &h);
 			break;
+		case CTL_REQ_SERVICES:
+			err = do_services(c, &h);
+			break;
+		case CTL_REQ_SERVICE_SET:
+			{
+				struct ctl_service_set m;
+				memcpy(&m, body, sizeof(m));
+				err = do_service_set(c, &h, &m);
+			}
+			break;
+		case CTL_REQ_POLICY_FD:
+			err = do_policy_fd(c, &h);
+			break;
 		default:
 			*why = "reply type sent as a request";
 			err = -EBADMSG;
@@ -462,6 +703,8 @@ static int conn_dispatch(struct conn *c, const char **why)
 			if (!*why)
 				*why = err == -ENOBUFS ?
 				       "output queue full (client not reading)"
+				       : err == -EAGAIN ?
+				       "socket full, cannot pass an fd"
 				       : strerror(-err);
 			break;
 		}
@@ -535,6 +778,7 @@ static void control_accept(void)
 		c->src.fd = fd;
 		c->pid = cred.pid;
 		c->uid = cred.uid;
+		c->gid = cred.gid;
 		c->events = EPOLLIN;
 		if (ep_mod(EPOLL_CTL_ADD, fd, EPOLLIN, c) < 0) {
 			close(fd);
@@ -547,6 +791,60 @@ static void control_accept(void)
 	}
 }
 
+/*
+ * Read the configuration into *c.  A missing file is the built-in
+ * configuration unless it was named with -c.  Returns 0, or -errno with
+ * "FILE:LINE: message" (or "FILE: message") in err.
+ */
+static int config_read(struct ubs_conf *c, char *err, size_t n)
+{
+	int r = conf_load(d.conf_path, c, err, n);
+
+	if (r == -ENOENT && !d.conf_given) {
+		conf_init(c);
+		logmsg(LOG_INFO, "%s: not found, built-in defaults",
+		       d.conf_path);
+		return 0;
+	}
+	return r;
+}
+
+/*
+ * SIGHUP: re-read the file.  A bad file keeps the old table (and page);
+ * a good one replaces the table, run-time changes included.
+ */
+static void config_reload(void)
+{
+	char err[CONF_ERR_MAX];
+	struct ubs_conf *nc = malloc(sizeof(*nc)), *old = d.conf;
+	int r;
+
+	if (!nc) {
+		logmsg(LOG_ERR, "reload: out of memory; keeping the old "
+		       "policy");
+		return;
+	}
+	r = config_read(nc, err, sizeof(err));
+	if (r) {
+		logmsg(LOG_ERR, "reload: %s; keeping the old policy", err);
+		free(nc);
+		return;
+	}
+	d.conf = nc;
+	r = publish();
+	if (r) {
+		logmsg(LOG_ERR, "reload: policy page: %s; keeping the old "
+		       "policy", strerror(-r));
+		d.conf = old;
+		free(nc);
+		return;
+	}
+	free(old);
+	logmsg(LOG_INFO, "reload: %s: %u services, generation %llu",
+	       d.conf_path, nc->nsvc,
+	       (unsigned long long)pp_generation(&d.page));
+}
+
 /* Returns true when the daemon must stop. */
 static bool handle_signal(void)
 {
@@ -557,6 +855,8 @@ static bool handle_signal(void)
 			logmsg(LOG_INFO, "signal %u: exiting", si.ssi_signo);
 			return true;
 		}
+		if (si.ssi_signo == SIGHUP)
+			config_reload();
 	}
 	return false;
 }
@@ -629,13 +929,19 @@ static void cleanup(void)
 		close(d.sig.fd);
 	if (d.epfd >= 0)
 		close(d.epfd);
+	if (d.page.base)
+		ubt_seg_unmap(&d.page);
+	free(d.conf);
+	d.conf = NULL;
 }
 
 static void __attribute__((noreturn)) usage(void)
 {
-	fprintf(stderr, "usage: ubsd [-df]\n"
-		"  -f  stay in the foreground, log to stderr\n"
-		"  -d  verbose log\n"
+	fprintf(stderr, "usage: ubsd [-df] [-c FILE]\n"
+		"  -f       stay in the foreground, log to stderr\n"
+		"  -d       verbose log\n"
+		"  -c FILE  configuration (default " CONF_DEFAULT_PATH
+		", may be missing)\n"
 		"  run directory: $UBS_RUN_DIR, default " CTL_DEFAULT_RUN_DIR
 		"\n");
 	exit(2);
@@ -649,8 +955,12 @@ int main(int argc, char **argv)
 	bool want_fg = false;
 	int ch, err, pidfd;
 
-	while ((ch = getopt(argc, argv, "df")) != -1) {
+	while ((ch = getopt(argc, argv, "c:df")) != -1) {
 		switch (ch) {
+		case 'c':
+			d.conf_path = optarg;
+			d.conf_given = true;
+			break;
 		case 'd':
 			d.verbose++;
 			break;
@@ -665,6 +975,23 @@ int main(int argc, char **argv)
 		usage();
 	/* Until we daemonize, errors go to the terminal. */
 	d.foreground = true;
+
+	/* A bad configuration stops us before anything is touched. */
+	{
+		char cerr[CONF_ERR_MAX];
+
+		d.conf = malloc(sizeof(*d.conf));
+		if (!d.conf) {
+			logmsg(LOG_ERR, "out of memory");
+			return 1;
+		}
+		err = config_read(d.conf, cerr, sizeof(cerr));
+		if (err) {
+			logmsg(LOG_ERR, "%s", cerr);
+			free(d.conf);
+			return 1;
+		}
+	}
 
 	run_dir = getenv("UBS_RUN_DIR");
 	if (!run_dir || !*run_dir)
@@ -713,9 +1040,18 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	err = pp_create(&d.page);
+	if (!err)
+		err = publish();
+	if (err) {
+		logmsg(LOG_ERR, "policy page: %s", strerror(-err));
+		goto out;
+	}
+
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
 	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0 ||
 	    (d.sig.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) < 0 ||
 	    (d.epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
@@ -726,8 +1062,9 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	d.start_ms = now_ms();
-	logmsg(LOG_INFO, "listening on %s (pid %ld)", d.sock_path,
-	       (long)getpid());
+	logmsg(LOG_INFO, "listening on %s (pid %ld), %u services, policy "
+	       "generation %llu", d.sock_path, (long)getpid(), d.conf->nsvc,
+	       (unsigned long long)pp_generation(&d.page));
 	err = event_loop();
 out:
 	cleanup();

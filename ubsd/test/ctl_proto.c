@@ -43,6 +43,36 @@ Test(ctl_proto, well_formed_messages_pass)
 	cr_assert_eq(check(CTL_R_SESSION, sizeof(s), &s), 0);
 }
 
+Test(ctl_proto, service_messages)
+{
+	struct ctl_service_set set = { .name = "svc-a" };
+	struct ctl_service sv = { .name = "", .accel = 1 };
+	struct ctl_policy pol = { .generation = 2 };
+
+	strcpy(set.key, "accel");
+	strcpy(set.value, "off");
+	cr_assert_eq(check(CTL_REQ_SERVICES, 0, ""), 0);
+	cr_assert_eq(check(CTL_REQ_POLICY_FD, 0, ""), 0);
+	cr_assert_eq(check(CTL_REQ_SERVICE_SET, sizeof(set), &set), 0);
+	cr_assert_eq(check(CTL_R_SERVICE, sizeof(sv), &sv), 0);
+	cr_assert_eq(check(CTL_R_POLICY, sizeof(pol), &pol), 0);
+	cr_assert_eq(check(CTL_REQ_SERVICES, 1, NULL), -EPROTO);
+	cr_assert_eq(check(CTL_REQ_SERVICE_SET, sizeof(set) - 1, NULL),
+		     -EPROTO);
+
+	/* Each of the three strings must carry its NUL. */
+	memset(set.name, 'n', sizeof(set.name));
+	cr_assert_eq(check(CTL_REQ_SERVICE_SET, sizeof(set), &set), -EPROTO);
+	strcpy(set.name, "svc-a");
+	memset(set.key, 'k', sizeof(set.key));
+	cr_assert_eq(check(CTL_REQ_SERVICE_SET, sizeof(set), &set), -EPROTO);
+	strcpy(set.key, "accel");
+	memset(set.value, 'v', sizeof(set.value));
+	cr_assert_eq(check(CTL_REQ_SERVICE_SET, sizeof(set), &set), -EPROTO);
+	memset(sv.name, 's', sizeof(sv.name));
+	cr_assert_eq(check(CTL_R_SERVICE, sizeof(sv), &sv), -EPROTO);
+}
+
 Test(ctl_proto, bad_headers_are_refused)
 {
 	struct ctl_hdr h;
@@ -128,7 +158,7 @@ Test(ctl_proto, random_input_never_passes_unchecked)
 			h->magic = CTL_MAGIC;
 			h->version = CTL_VERSION;
 			h->type = (uint16_t)((i & 2 ? CTL_REQ_FIRST : CTL_R_FIRST)
-					     + (s >> 40) % 6);
+					     + (s >> 40) % 8);
 			want = ctl_body_len(h->type);
 			if (want >= 0 && (i & 4))
 				h->len = (uint32_t)want;

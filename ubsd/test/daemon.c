@@ -3,16 +3,22 @@
  * daemon.c - ubsd and ubsctl as a user sees them: sessions that end with
  * their process, malformed input that closes only its own connection, a
  * half-sent message that stalls nobody, the pid lock, clean exit on
- * SIGTERM, and ubsctl's exit codes.
+ * SIGTERM, and ubsctl's exit codes; the service policy: from ubs.conf,
+ * flipped at run time by ubsctl and seen in the shared policy page without
+ * a restart, reloaded on SIGHUP (a bad file keeps the old policy), refused
+ * to other uids, and a policy fd its receiver cannot write.
  *
  * Each test runs its own `ubsd -f` in its own mkdtemp run directory; every
  * process started is killed and reaped by pid (and dies with the test
- * process through PR_SET_PDEATHSIG if the test is killed on timeout).  The
+ * process through PR_SET_PDEATHSIG if the test is killed on timeout).
+ * The daemon always gets `-c RUN_DIR/ubs.conf` (empty unless the test
+ * writes one), so /etc/ubs/ubs.conf of the host never matters.  The
  * daemon must still be alive at the end of each test and its log must be
  * free of sanitizer reports.
  */
 #include <criterion/criterion.h>
 
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -20,8 +26,10 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -31,6 +39,8 @@
 #include <unistd.h>
 
 #include "ctl_proto.h"
+#include "policy.h"
+#include "ubt.h"
 
 #ifndef UBSD_PATH
 #define UBSD_PATH "build/bin/ubsd"
@@ -84,15 +94,16 @@ static void kill_reap(pid_t *pid)
 }
 
 /*
- * Start `ubsd -f` (plus extra args) on run_dir, stderr into log_name in
- * run_dir.  Returns its pid.
+ * Start `ubsd -f -d -c CONF` on run_dir, stderr into log_name in run_dir;
+ * CONF is conf_name in run_dir.  Returns its pid.
  */
-static pid_t spawn_ubsd(const char *log_name)
+static pid_t spawn_ubsd_conf(const char *log_name, const char *conf_name)
 {
-	char log[128];
+	char log[128], conf[128];
 	pid_t pid;
 
 	path_in(log, sizeof(log), log_name);
+	path_in(conf, sizeof(conf), conf_name);
 	pid = fork();
 	cr_assert(pid >= 0);
 	if (pid == 0) {
@@ -101,10 +112,28 @@ static pid_t spawn_ubsd(const char *log_name)
 		if (fd >= 0)
 			dup2(fd, STDERR_FILENO);
 		setenv("UBS_RUN_DIR", run_dir, 1);
-		execl(UBSD_PATH, "ubsd", "-f", "-d", (char *)NULL);
+		execl(UBSD_PATH, "ubsd", "-f", "-d", "-c", conf, (char *)NULL);
 		_exit(127);
 	}
 	return pid;
+}
+
+static pid_t spawn_ubsd(const char *log_name)
+{
+	return spawn_ubsd_conf(log_name, "ubs.conf");
+}
+
+/* Write text to name in run_dir. */
+static void write_file(const char *name, const char *text)
+{
+	char path[128];
+	FILE *f;
+
+	path_in(path, sizeof(path), name);
+	f = fopen(path, "w");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	cr_assert(fputs(text, f) >= 0);
+	cr_assert(fclose(f) == 0);
 }
 
 /* Start the test's daemon and wait (bounded) until its socket exists. */
@@ -113,7 +142,7 @@ static void start_daemon(void)
 	char sock[128];
 	struct stat st;
 
-	daemon_pid = spawn_ubsd("ubsd.log");
+	daemon_pid = spawn_ubsd_conf("ubsd.log", "ubs.conf");
 	path_in(sock, sizeof(sock), CTL_SOCK_NAME);
 	for (int t = 0; t < WAIT_MS; t += 10) {
 		if (stat(sock, &st) == 0)
@@ -129,6 +158,7 @@ static void setup(void)
 {
 	strcpy(run_dir, "/tmp/ubsd-test.XXXXXX");
 	cr_assert(mkdtemp(run_dir));
+	write_file("ubs.conf", "");
 }
 
 /* Read all of a file into buf (NUL-terminated; empty if missing). */
@@ -162,24 +192,58 @@ static void teardown(void)
 			  !strstr(text, "runtime error"),
 			  "sanitizer report in ubsd log:\n%s", text);
 	}
-	const char *names[] = { "ubsd.log", "ubsd2.log", CTL_SOCK_NAME,
-				CTL_PID_NAME };
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		path_in(log, sizeof(log), names[i]);
-		unlink(log);
+	/* Everything in the run directory is the test's own. */
+	DIR *dir = opendir(run_dir);
+	struct dirent *de;
+	while (dir && (de = readdir(dir))) {
+		char ent[sizeof(run_dir) + sizeof(de->d_name) + 2];
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			path_in(ent, sizeof(ent), de->d_name);
+			unlink(ent);
+		}
 	}
+	if (dir)
+		closedir(dir);
 	rmdir(run_dir);
 }
 
-/*
- * Run ubsctl with args on run_dir; capture stdout and stderr.  Returns its
- * exit code (or -1 if it did not exit normally within WAIT_MS).
- */
-static int run_ubsctl(char *out, char *err, const char *a1, const char *a2)
+/* Drop to nobody (uid/gid 65534); with supp != 0, keep that one
+ * supplementary group, with prim != 0 use it as the primary group. */
+static int become_nobody(gid_t supp, gid_t prim)
 {
+	if (setgroups(supp ? 1 : 0, &supp) < 0 ||
+	    setgid(prim ? prim : 65534) < 0 || setuid(65534) < 0)
+		return -errno;
+	return 0;
+}
+
+/* ubsctl runs as nobody (see become_nobody) when this is set. */
+static int ubsctl_as_nobody;
+
+/*
+ * Run ubsctl with args (NULL-terminated, at most 6) on run_dir; capture
+ * stdout and stderr.  Returns its exit code (or -1 if it did not exit
+ * normally within WAIT_MS).
+ */
+static int run_ubsctlv(char *out, char *err, const char *const *args)
+{
+	const char *argv[8] = { "ubsctl" };
+	const char *prog = UBSCTL_PATH;
+	char copy[128];
 	int po[2], pe[2], status;
 	pid_t pid;
 
+	/* nobody may not be able to reach the build tree (a clone under
+	 * /root): run a copy from the run directory instead. */
+	if (ubsctl_as_nobody) {
+		char cmd[512];
+
+		snprintf(copy, sizeof(copy), "%s/ubsctl", run_dir);
+		snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'",
+			 UBSCTL_PATH, copy, copy);
+		cr_assert_eq(system(cmd), 0);
+		prog = copy;
+	}
 	cr_assert(pipe(po) == 0 && pipe(pe) == 0);
 	pid = fork();
 	cr_assert(pid >= 0);
@@ -190,7 +254,11 @@ static int run_ubsctl(char *out, char *err, const char *a1, const char *a2)
 		close(po[0]);
 		close(pe[0]);
 		setenv("UBS_RUN_DIR", run_dir, 1);
-		execl(UBSCTL_PATH, "ubsctl", a1, a2, (char *)NULL);
+		if (ubsctl_as_nobody && become_nobody(0, 0) < 0)
+			_exit(126);
+		for (int i = 0; i < 6 && args[i]; i++)
+			argv[i + 1] = args[i];
+		execv(prog, (char *const *)argv);
 		_exit(127);
 	}
 	close(po[1]);
@@ -215,6 +283,13 @@ static int run_ubsctl(char *out, char *err, const char *a1, const char *a2)
 	if (status < 0 || !WIFEXITED(status))
 		return -1;
 	return WEXITSTATUS(status);
+}
+
+static int run_ubsctl(char *out, char *err, const char *a1, const char *a2)
+{
+	const char *args[] = { a1, a2, NULL };
+
+	return run_ubsctlv(out, err, args);
 }
 
 /* A connected control socket with bounded receive/send waits. */
@@ -546,4 +621,380 @@ Test(daemon, ubsctl_exit_codes)
 	cr_assert_eq(run_ubsctl(out, err, "--json", "st"), 0, "%s", err);
 	snprintf(want, sizeof(want), "{\"daemon_pid\":%ld,", (long)daemon_pid);
 	cr_assert(strstr(out, want), "%s", out);
+}
+
+/* ------------------------------------------------------------- policy */
+
+/* Ask for the policy page's fd and map it with pp_map. */
+static void map_policy(struct ubt_seg *pg)
+{
+	unsigned char buf[sizeof(struct ctl_hdr) + sizeof(struct ctl_policy)];
+	struct ctl_policy pol;
+	struct ctl_hdr h;
+	const char *why;
+	int fds[2], nfds = 2, fd, n;
+
+	fd = ctl_open();
+	send_msg(fd, CTL_REQ_POLICY_FD, 11, NULL, 0);
+	n = ubt_recv_fds(fd, fds, &nfds, buf, sizeof(buf));
+	cr_assert_eq(n, (int)sizeof(buf), "recv: %d", n);
+	cr_assert_eq(nfds, 1, "no fd with the policy reply");
+	memcpy(&h, buf, sizeof(h));
+	memcpy(&pol, buf + sizeof(h), sizeof(pol));
+	cr_assert_eq(ctl_check(&h, &pol, &why), 0, "%s", why);
+	cr_assert_eq(h.type, CTL_R_POLICY);
+	cr_assert_eq(h.seq, 11);
+	cr_assert_eq(pp_map(pg, fds[0]), 0);
+	cr_assert_eq(pol.size, pg->size);
+	cr_assert_geq(pp_generation(pg), pol.generation);
+	close(fd);
+}
+
+/* pg's record for name; *own gets pp_lookup's 1/0. */
+static struct ubs_svc_policy lookup(const struct ubt_seg *pg,
+				    const char *name, int *own)
+{
+	struct ubs_svc_policy p;
+	int r = pp_lookup(pg, name, &p);
+
+	cr_assert_geq(r, 0, "pp_lookup(%s): %d", name, r);
+	if (own)
+		*own = r;
+	return p;
+}
+
+/* Wait (bounded) until the daemon's log contains text. */
+static void wait_log(const char *text)
+{
+	char log[128], buf[OUT_MAX * 4];
+
+	path_in(log, sizeof(log), "ubsd.log");
+	for (int t = 0; ; t += 10) {
+		slurp(log, buf, sizeof(buf));
+		if (strstr(buf, text))
+			return;
+		cr_assert(t < WAIT_MS, "no '%s' in the log:\n%s", text, buf);
+		sleep_ms(10);
+	}
+}
+
+/* The test's config: admin_group is our own gid, so the tests may set
+ * policy whoever runs them; text follows. */
+static void write_conf(const char *name, const char *text)
+{
+	char buf[2048];
+
+	snprintf(buf, sizeof(buf), "[daemon]\nadmin_group = %ld\n%s",
+		 (long)getegid(), text);
+	write_file(name, buf);
+}
+
+static const char two_services[] =
+	"[default]\n"
+	"spin_us = 20\n"
+	"[service svc-a]\n"
+	"ring_kib = 64\n"
+	"[service svc-b]\n"
+	"accel = off\n"
+	"mem_quota = 64M\n";
+
+Test(daemon, services_come_from_the_config)
+{
+	char out[OUT_MAX], err[OUT_MAX];
+	const char *json[] = { "--json", "services", NULL };
+
+	write_conf("ubs.conf", two_services);
+	start_daemon();
+	cr_assert_eq(run_ubsctlv(out, err, json), 0, "%s", err);
+	cr_assert(strstr(out, "{\"name\":\"(default)\",\"accel\":true,"
+			 "\"spin_us\":20,"), "%s", out);
+	cr_assert(strstr(out, "{\"name\":\"svc-a\",\"accel\":true,"
+			 "\"spin_us\":20,\"ring_kib\":64,\"mem_quota\":0}"),
+		  "%s", out);
+	cr_assert(strstr(out, "{\"name\":\"svc-b\",\"accel\":false,"
+			 "\"spin_us\":20,\"ring_kib\":1024,"
+			 "\"mem_quota\":67108864}"), "%s", out);
+	cr_assert_eq(run_ubsctl(out, err, "services", NULL), 0, "%s", err);
+	cr_assert(strstr(out, "NAME"), "%s", out);
+	cr_assert(strstr(out, "(default)"), "%s", out);
+	cr_assert(strstr(out, "64M"), "%s", out);
+
+	/* The page says the same. */
+	struct ubt_seg pg;
+	int own;
+	map_policy(&pg);
+	cr_assert_eq(lookup(&pg, "svc-b", &own).accel, 0);
+	cr_assert_eq(own, 1);
+	cr_assert_eq(lookup(&pg, "svc-a", &own).ring_kib, 64);
+	cr_assert_eq(lookup(&pg, "unknown", &own).spin_us, 20);
+	cr_assert_eq(own, 0);
+	ubt_seg_unmap(&pg);
+}
+
+Test(daemon, flipping_a_service_needs_no_restart)
+{
+	char out[OUT_MAX], err[OUT_MAX];
+	const char *off[] = { "service", "svc-a", "off", NULL };
+	const char *json[] = { "--json", "services", NULL };
+	const char *create[] = { "service", "late", "set", "spin_us=7", NULL };
+	const char *bad[] = { "service", "svc-a", "set", "ring_kib=3", NULL };
+	const char *badkey[] = { "service", "svc-a", "set", "color=red",
+				 NULL };
+	const char *deflt[] = { "service", "(default)", "set",
+				"mem_quota=1G", NULL };
+	struct ubs_svc_policy p;
+	struct ubt_seg pg;
+	uint64_t gen;
+	int own;
+
+	write_conf("ubs.conf", two_services);
+	start_daemon();
+	map_policy(&pg);
+	cr_assert_eq(lookup(&pg, "svc-a", NULL).accel, 1);
+	gen = pp_generation(&pg);
+
+	cr_assert_eq(run_ubsctlv(out, err, off), 0, "%s", err);
+	/* ubsctl has its OK: the page is already updated. */
+	cr_assert_eq(lookup(&pg, "svc-a", &own).accel, 0);
+	cr_assert_eq(own, 1);
+	cr_assert_neq(pp_generation(&pg), gen);
+	cr_assert_eq(lookup(&pg, "svc-b", NULL).accel, 0);
+	cr_assert_eq(run_ubsctlv(out, err, json), 0, "%s", err);
+	cr_assert(strstr(out, "{\"name\":\"svc-a\",\"accel\":false,"),
+		  "%s", out);
+
+	/* A service not seen yet is created from the default record. */
+	cr_assert_eq(lookup(&pg, "late", &own).spin_us, 20);
+	cr_assert_eq(own, 0);
+	cr_assert_eq(run_ubsctlv(out, err, create), 0, "%s", err);
+	p = lookup(&pg, "late", &own);
+	cr_assert_eq(own, 1);
+	cr_assert_eq(p.spin_us, 7);
+	cr_assert_eq(p.accel, 1);
+	cr_assert_eq(p.ring_kib, 1024);
+
+	/* The default record. */
+	cr_assert_eq(run_ubsctlv(out, err, deflt), 0, "%s", err);
+	cr_assert_eq(lookup(&pg, "nobody-knows", NULL).mem_quota, 1ull << 30);
+
+	/* Bad values and keys: exit 3, ubsd's message, page unchanged. */
+	gen = pp_generation(&pg);
+	cr_assert_eq(run_ubsctlv(out, err, bad), 3);
+	cr_assert(strstr(err, "bad value '3' for ring_kib"), "%s", err);
+	cr_assert_eq(run_ubsctlv(out, err, badkey), 3);
+	cr_assert(strstr(err, "unknown key 'color'"), "%s", err);
+	cr_assert_eq(pp_generation(&pg), gen);
+	cr_assert_eq(lookup(&pg, "svc-a", NULL).ring_kib, 64);
+
+	/* Usage errors need no daemon round trip. */
+	const char *u1[] = { "service", "svc-a", "maybe", NULL };
+	const char *u2[] = { "service", "svc-a", "set", "novalue", NULL };
+	cr_assert_eq(run_ubsctlv(out, err, u1), 2);
+	cr_assert_eq(run_ubsctlv(out, err, u2), 2);
+	ubt_seg_unmap(&pg);
+}
+
+Test(daemon, bad_config_refuses_to_start)
+{
+	char path[128], log[128], text[OUT_MAX], want[192];
+	pid_t pid;
+	int status;
+
+	write_file("bad.conf", "[default]\naccel = on\n\nspeed = 11\n");
+	pid = spawn_ubsd_conf("ubsd2.log", "bad.conf");
+	status = wait_exit(pid, WAIT_MS);
+	if (status < 0)
+		kill_reap(&pid);
+	cr_assert(status >= 0, "ubsd started with a bad config");
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1,
+		  "status %#x", status);
+	path_in(log, sizeof(log), "ubsd2.log");
+	slurp(log, text, sizeof(text));
+	path_in(path, sizeof(path), "bad.conf");
+	snprintf(want, sizeof(want), "%s:4: unknown key 'speed'", path);
+	cr_assert(strstr(text, want), "want '%s' in:\n%s", want, text);
+	/* Nothing was left behind. */
+	path_in(path, sizeof(path), CTL_SOCK_NAME);
+	cr_assert(access(path, F_OK) < 0);
+
+	/* A file named with -c must exist. */
+	unlink(log);
+	pid = spawn_ubsd_conf("ubsd2.log", "missing.conf");
+	status = wait_exit(pid, WAIT_MS);
+	if (status < 0)
+		kill_reap(&pid);
+	cr_assert(status >= 0 && WIFEXITED(status) &&
+		  WEXITSTATUS(status) == 1);
+	slurp(log, text, sizeof(text));
+	cr_assert(strstr(text, "missing.conf: No such file"), "%s", text);
+}
+
+Test(daemon, sighup_reloads_and_keeps_the_old_policy_on_error)
+{
+	char out[OUT_MAX], err[OUT_MAX], want[192], path[128];
+	const char *set[] = { "service", "svc-b", "set", "spin_us=99", NULL };
+	struct ubt_seg pg;
+	uint64_t gen;
+	int own;
+
+	write_conf("ubs.conf", two_services);
+	start_daemon();
+	map_policy(&pg);
+	/* A run-time change, to be lost by the reload. */
+	cr_assert_eq(run_ubsctlv(out, err, set), 0, "%s", err);
+	cr_assert_eq(lookup(&pg, "svc-b", NULL).spin_us, 99);
+	gen = pp_generation(&pg);
+
+	/* Bad file: logged with FILE:LINE, page unchanged. */
+	write_conf("ubs.conf", "[default]\n[service svc-a]\nring_kib = 100\n");
+	cr_assert(kill(daemon_pid, SIGHUP) == 0);
+	path_in(path, sizeof(path), "ubs.conf");
+	snprintf(want, sizeof(want), "%s:5: bad value '100' for ring_kib",
+		 path);
+	wait_log(want);
+	wait_log("keeping the old policy");
+	cr_assert_eq(pp_generation(&pg), gen);
+	cr_assert_eq(lookup(&pg, "svc-a", NULL).ring_kib, 64);
+	cr_assert_eq(lookup(&pg, "svc-b", NULL).spin_us, 99);
+	get_status();
+
+	/* Good file: applied. */
+	write_conf("ubs.conf", "[service svc-a]\naccel = off\n"
+		   "[service svc-c]\nring_kib = 8\n");
+	cr_assert(kill(daemon_pid, SIGHUP) == 0);
+	for (int t = 0; pp_generation(&pg) == gen; t += 10) {
+		cr_assert(t < WAIT_MS, "SIGHUP did not republish");
+		sleep_ms(10);
+	}
+	cr_assert_eq(lookup(&pg, "svc-a", &own).accel, 0);
+	cr_assert_eq(lookup(&pg, "svc-c", &own).ring_kib, 8);
+	cr_assert_eq(own, 1);
+	lookup(&pg, "svc-b", &own);
+	cr_assert_eq(own, 0, "svc-b should be gone after the reload");
+	cr_assert_eq(lookup(&pg, "svc-b", NULL).spin_us, 50,
+		     "built-in default spin_us expected");
+	ubt_seg_unmap(&pg);
+}
+
+/*
+ * In a child that became nobody (become_nobody(supp, prim)), send
+ * SERVICE_SET svc-a accel=off.  Returns 0 for OK, 1 for EPERM with a
+ * "permission denied" message, 2 for another error, 3+ for failures.
+ */
+static int set_as_nobody(gid_t supp, gid_t prim)
+{
+	int status;
+	pid_t pid = fork();
+
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		struct ctl_service_set m = { .name = "svc-a", .key = "accel",
+					     .value = "off" };
+		union {
+			unsigned char raw[CTL_MAX_BODY];
+			struct ctl_error e;
+		} body;
+		struct ctl_hdr h;
+		const char *why;
+		int fd;
+
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (become_nobody(supp, prim) < 0)
+			_exit(3);
+		/* No Criterion asserts in here: plain checks. */
+		struct sockaddr_un sun = { .sun_family = AF_UNIX };
+		path_in(sun.sun_path, sizeof(sun.sun_path), CTL_SOCK_NAME);
+		fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (fd < 0 || connect(fd, (struct sockaddr *)&sun,
+				      sizeof(sun)) < 0)
+			_exit(4);
+		unsigned char buf[sizeof(h) + sizeof(m)];
+		ctl_fill(&h, CTL_REQ_SERVICE_SET, sizeof(m), 5);
+		memcpy(buf, &h, sizeof(h));
+		memcpy(buf + sizeof(h), &m, sizeof(m));
+		if (write(fd, buf, sizeof(buf)) != (ssize_t)sizeof(buf))
+			_exit(5);
+		if (recv(fd, &h, sizeof(h), MSG_WAITALL) != sizeof(h) ||
+		    ctl_check(&h, NULL, &why) ||
+		    (h.len && recv(fd, &body, h.len, MSG_WAITALL) !=
+			      (ssize_t)h.len) ||
+		    ctl_check(&h, &body, &why))
+			_exit(6);
+		if (h.type == CTL_R_OK)
+			_exit(0);
+		if (h.type == CTL_R_ERROR && body.e.err == EPERM &&
+		    strncmp(body.e.msg, "permission denied: ", 19) == 0)
+			_exit(1);
+		_exit(2);
+	}
+	status = wait_exit(pid, WAIT_MS);
+	if (status < 0)
+		kill_reap(&pid);
+	cr_assert(status >= 0 && WIFEXITED(status), "child hung or died: %#x",
+		  status);
+	return WEXITSTATUS(status);
+}
+
+Test(daemon, other_uids_may_not_change_policy)
+{
+	char out[OUT_MAX], err[OUT_MAX];
+	const char *off[] = { "service", "svc-a", "off", NULL };
+	struct ubt_seg pg;
+	uint64_t gen;
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root to become another uid");
+	/* nobody must reach the socket; the admin group is 4242. */
+	cr_assert(chmod(run_dir, 0755) == 0);
+	write_file("ubs.conf", "[daemon]\nadmin_group = 4242\n"
+		   "[service svc-a]\naccel = on\n");
+	start_daemon();
+	map_policy(&pg);
+	gen = pp_generation(&pg);
+
+	cr_assert_eq(set_as_nobody(0, 0), 1, "nobody was not refused");
+	cr_assert_eq(pp_generation(&pg), gen);
+	cr_assert_eq(lookup(&pg, "svc-a", NULL).accel, 1);
+	wait_log("permission denied: uid 65534");
+
+	/* ubsctl: the message and exit code 4. */
+	ubsctl_as_nobody = 1;
+	int rc = run_ubsctlv(out, err, off);
+	ubsctl_as_nobody = 0;
+	cr_assert_eq(rc, 4, "rc %d: %s", rc, err);
+	cr_assert(strstr(err, "permission denied: uid 65534 is neither root "
+			 "nor in admin group 4242"), "%s", err);
+	cr_assert_eq(pp_generation(&pg), gen);
+
+	/* But nobody in the admin group may: supplementary (from /proc)
+	 * or primary (from SO_PEERCRED). */
+	cr_assert_eq(set_as_nobody(4242, 0), 0);
+	cr_assert_eq(lookup(&pg, "svc-a", NULL).accel, 0);
+	cr_assert_neq(pp_generation(&pg), gen);
+	gen = pp_generation(&pg);
+	cr_assert_eq(set_as_nobody(0, 4242), 0);
+	cr_assert_neq(pp_generation(&pg), gen);
+	ubt_seg_unmap(&pg);
+}
+
+Test(daemon, policy_fd_cannot_be_written)
+{
+	struct ubt_seg pg;
+	char byte = 1;
+	void *p;
+
+	start_daemon();
+	map_policy(&pg);
+	p = mmap(NULL, pg.size, PROT_READ | PROT_WRITE, MAP_SHARED, pg.fd, 0);
+	cr_assert_eq(p, MAP_FAILED, "the policy page mapped writable");
+	cr_assert_eq(errno, EPERM, "mmap: %s", strerror(errno));
+	cr_assert_eq(write(pg.fd, &byte, 1), -1);
+	cr_assert_eq(errno, EPERM, "write: %s", strerror(errno));
+	cr_assert_eq(pwrite(pg.fd, &byte, 1, UBT_SEG_HDR_SIZE), -1);
+	cr_assert_eq(errno, EPERM, "pwrite: %s", strerror(errno));
+	/* Nor can the read-only mapping be made writable. */
+	cr_assert_neq(mprotect(pg.base, pg.size, PROT_READ | PROT_WRITE), 0);
+	cr_assert_neq(ftruncate(pg.fd, 0), 0);
+	ubt_seg_unmap(&pg);
+	get_status();
 }
