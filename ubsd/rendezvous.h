@@ -1,0 +1,164 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rendezvous.h - the daemon's matching rules for the socket attach
+ * protocol, as a pure module: no sockets, no I/O, no clock (time is the
+ * caller's now_ms), no globals (all state lives in a struct rv_table the
+ * caller owns).  ubsd feeds it what the kernel told it about passed fds
+ * (4-tuples from getsockname/getpeername, SO_NETNS_COOKIE, fstat inode)
+ * and turns the answers into replies.
+ *
+ * Terms:
+ *  - listener:    one listening socket (sock_id = its inode), held by one
+ *                 or more sessions; lives while any holder remains.
+ *  - publication: the server side of an accepted connection, offering the
+ *                 channel chan_id under the connection's 4-tuple.
+ *  - request:     the client side of a connected socket asking for the
+ *                 channel of its 4-tuple; answered now or left pending.
+ *  - intent:      a client announcing "I am about to connect to dst from
+ *                 this port", so the server waits before sending first.
+ *
+ * Matching (publication P, request R): P.local == R.remote and
+ * P.remote == R.local, exact address and port after normalisation, and
+ * local != remote.  Among candidates, the unique one in the same netns
+ * wins; with none in the same netns, a single candidate in total wins (a
+ * veth between namespaces); anything else is ambiguous: use TCP.  A match
+ * is made only when BOTH sides choose each other (P's view of the pending
+ * requests and R's view of the publications), and a publication is
+ * consumed by its match.  A cross-namespace match is refused when the
+ * requester's own namespace has a listener the request's destination could
+ * reach (the connection may then have landed there), or when the table
+ * was created with RV_NO_CROSS_NETNS.
+ *
+ * Answers never allocate: every store is preallocated at rv_table_init.
+ * Lookups of publications and requests are a chained hash on the
+ * server-oriented 4-tuple (O(1) per connect/accept at thousands of live
+ * entries); listeners and intents are linear scans (a few hundred, and
+ * only touched on listen/close, cross-netns checks and intents); expiry
+ * and session teardown are linear sweeps.
+ */
+#ifndef UBS_RENDEZVOUS_H
+#define UBS_RENDEZVOUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* An endpoint.  family is AF_INET or AF_INET6; port in host byte order
+ * (any order works if the caller is consistent); AF_INET uses addr[0..3].
+ * Inputs are normalised: ::ffff:a.b.c.d becomes AF_INET a.b.c.d and
+ * unused bytes are zeroed, so equal endpoints compare equal.  IPv6 scope
+ * ids are not part of the key. */
+struct rv_addr {
+	uint16_t family;
+	uint16_t port;
+	uint8_t addr[16];
+};
+
+/* A socket's view of its connection: getsockname, getpeername. */
+struct rv_tuple {
+	struct rv_addr local, remote;
+};
+
+enum rv_verdict {
+	RV_MATCH = 1,   /* request + publication paired: hand chan_id to req */
+	RV_PENDING,     /* stored; answered later by rv_publish or rv_expire */
+	RV_TCP,         /* request answered: use TCP */
+	RV_WITHDRAWN,   /* publication dropped unmatched: server uses TCP */
+};
+
+/* One answer.  Which fields are meaningful depends on verdict:
+ *  RV_MATCH:     all of them.
+ *  RV_PENDING:   req_id/req_session (rv_request) or chan_id/pub_session
+ *                (rv_publish).
+ *  RV_TCP:       req_id, req_session.
+ *  RV_WITHDRAWN: chan_id, pub_session. */
+struct rv_answer {
+	enum rv_verdict verdict;
+	uint64_t req_id;
+	uint64_t req_session;
+	uint64_t chan_id;
+	uint64_t pub_session;
+};
+
+/* Capacities (0 is refused) and tunables, fixed at init. */
+struct rv_limits {
+	uint32_t listeners;     /* listening sockets */
+	uint32_t holders;       /* (listener, session) references in total */
+	uint32_t pubs;          /* unmatched publications */
+	uint32_t reqs;          /* pending requests */
+	uint32_t intents;       /* announced intents */
+	uint32_t stale_ms;      /* publication age at which rv_expire drops it */
+	uint32_t flags;         /* RV_NO_CROSS_NETNS */
+};
+
+#define RV_NO_CROSS_NETNS 0x1u
+
+/* Entry of rv_listener_list, for the shared listener page and ubsctl. */
+struct rv_listener_info {
+	uint64_t sock_id;
+	uint64_t netns;
+	struct rv_addr addr;
+	uint32_t v6only;
+	uint32_t holders;
+};
+
+/* Private to rendezvous.c; in the header only so the caller can own the
+ * table by value. */
+struct rv_entry;
+struct rv_listener;
+struct rv_intent;
+
+struct rv_store {
+	struct rv_entry *e;
+	uint32_t *bucket;
+	uint32_t cap, nbucket, count, free;
+};
+
+struct rv_table {
+	struct rv_limits lim;
+	struct rv_store pubs, reqs;
+	struct rv_listener *lst;
+	uint32_t nlst, nholders;
+	struct rv_intent *intents;
+	uint32_t nintents;
+	uint64_t next_req_id;
+};
+
+int rv_table_init(struct rv_table *t, const struct rv_limits *lim);
+void rv_table_fini(struct rv_table *t);
+
+/* Listeners. */
+int rv_listener_add(struct rv_table *t, uint64_t sock_id, uint64_t netns,
+		    const struct rv_addr *addr, int v6only, uint64_t session);
+int rv_listener_drop(struct rv_table *t, uint64_t sock_id, uint64_t session);
+int rv_listener_maybe(const struct rv_table *t, const struct rv_addr *dst);
+size_t rv_listener_list(const struct rv_table *t,
+			struct rv_listener_info *out, size_t cap);
+
+/* Publications and requests. */
+int rv_publish(struct rv_table *t, const struct rv_tuple *accepted,
+	       uint64_t netns, uint64_t session, uint64_t chan_id,
+	       uint64_t now_ms, struct rv_answer *ans);
+int rv_withdraw(struct rv_table *t, uint64_t session, uint64_t chan_id);
+int rv_request(struct rv_table *t, const struct rv_tuple *connected,
+	       uint64_t netns, uint64_t session, uint64_t now_ms,
+	       uint64_t deadline_ms, struct rv_answer *ans);
+int rv_request_cancel(struct rv_table *t, uint64_t session, uint64_t req_id);
+
+/* Intents. */
+int rv_intent(struct rv_table *t, const struct rv_addr *dst,
+	      uint16_t client_local_port, uint64_t netns, uint64_t session,
+	      uint64_t now_ms, uint64_t deadline_ms);
+int rv_intent_pending(struct rv_table *t, const struct rv_tuple *accepted,
+		      uint64_t netns, uint64_t now_ms);
+
+/* Time and teardown. */
+size_t rv_expire(struct rv_table *t, uint64_t now_ms,
+		 struct rv_answer *out, size_t cap);
+uint64_t rv_next_deadline(const struct rv_table *t);
+int rv_session_gone(struct rv_table *t, uint64_t session);
+
+/* Helpers for the daemon and tests. */
+int rv_addr_norm(struct rv_addr *a);
+int rv_addr_eq(const struct rv_addr *a, const struct rv_addr *b);
+
+#endif
