@@ -130,6 +130,12 @@ int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 
 int ubt_chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd)
 {
+	return ubt_chan_attach_efds(c, seg_fd, peer_efd, -1);
+}
+
+int ubt_chan_attach_efds(struct ubt_chan *c, int seg_fd, int peer_efd,
+			 int own_efd)
+{
 	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
 	struct ubt_chan_hdr *h;
 	uint32_t i, n, ver;
@@ -156,7 +162,7 @@ int ubt_chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd)
 			goto fail;
 	if (!descs_disjoint(d, n))
 		goto fail;
-	err = new_efd();
+	err = own_efd >= 0 ? own_efd : new_efd();
 	if (err < 0)
 		goto fail;
 	c->efd[1] = err;
@@ -188,6 +194,15 @@ void ubt_chan_set_peer_efd(struct ubt_chan *c, int efd)
 		else
 			r->space_efd = efd;     /* the peer produces */
 	}
+}
+
+int ubt_chan_make_peer_efd(struct ubt_chan *c)
+{
+	int fd = new_efd();
+
+	if (fd >= 0)
+		ubt_chan_set_peer_efd(c, fd);
+	return fd;
 }
 
 uint32_t ubt_chan_decide(struct ubt_chan *c, uint32_t want)

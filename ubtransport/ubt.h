@@ -227,8 +227,17 @@ int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 /* Attach to a channel segment fd as side 1; takes ownership of seg_fd and
  * peer_efd on success.  Creates this side's eventfd. */
 int ubt_chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd);
+/* The same, with the attacher's own eventfd given (own_efd, taken on
+ * success) instead of created: when the creator made both, a channel
+ * travels in one message (segment + both eventfds) and no reply is
+ * needed. */
+int ubt_chan_attach_efds(struct ubt_chan *c, int seg_fd, int peer_efd,
+			 int own_efd);
 /* Creator: install the attacher's eventfd (takes ownership). */
 void ubt_chan_set_peer_efd(struct ubt_chan *c, int efd);
+/* Creator: make the attacher's eventfd here and install it; returns it
+ * (still owned by the channel: pass a copy), or -errno. */
+int ubt_chan_make_peer_efd(struct ubt_chan *c);
 /* CAS the channel state from UNDECIDED; returns the state that holds. */
 uint32_t ubt_chan_decide(struct ubt_chan *c, uint32_t want);
 /* Shut down this side's ends: EOF to the peer's reader, EPIPE to the

@@ -455,3 +455,50 @@ Test(chan, shutdown_wakes_a_sleeping_reader, .timeout = 30)
 	cr_assert_lt(th_now_ms() - t0, 5000, "the reader was not woken");
 	ubt_chan_close(&c);
 }
+
+/* Child: receive segment + both eventfds in one message, attach with them,
+ * echo one message back; both sides sleep (spin 0), so the eventfds must
+ * really be each other's doorbells. */
+static int one_message_attacher(void *arg)
+{
+	int sock = *(int *)arg, fds[3], n = 3;
+	struct ubt_wait w = { .spin_ns = 0, .timeout_ms = 10000, .watch_fd = -1 };
+	struct ubt_chan ch;
+	char buf[8];
+
+	CHECK(ubt_recv_fds(sock, fds, &n, NULL, 0) == 0 && n == 3);
+	CHECK(ubt_chan_attach_efds(&ch, fds[0], fds[1], fds[2]) == 0);
+	CHECK(ch.efd[1] == fds[2]);
+	while (ubt_stream_read(ubt_chan_rx(&ch, 0), buf, 5, 0) == -EAGAIN)
+		CHECK(ubt_wait_readable(ubt_chan_rx(&ch, 0), &w) == UBT_READY);
+	CHECK(memcmp(buf, "hello", 5) == 0);
+	CHECK(ubt_stream_write(ubt_chan_tx(&ch, 0), "world", 5) == 5);
+	ubt_chan_close(&ch);
+	return 0;
+}
+
+Test(chan, travels_in_one_message_with_both_eventfds, .timeout = 30)
+{
+	struct ubt_wait w = { .spin_ns = 0, .timeout_ms = 10000, .watch_fd = -1 };
+	struct ubt_chan c;
+	int sv[2], fds[3];
+	char buf[8];
+	pid_t pid;
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_eq(ubt_chan_create_stream(&c, 4096), 0);
+	fds[0] = c.seg.fd;
+	fds[1] = c.efd[0];
+	fds[2] = ubt_chan_make_peer_efd(&c);
+	cr_assert_geq(fds[2], 0);
+	pid = th_fork(one_message_attacher, &sv[1]);
+	cr_assert_gt(pid, 0);
+	cr_assert_eq(ubt_send_fds(sv[0], fds, 3, NULL, 0), 0);
+	usleep(20000);                  /* let the child sleep first */
+	cr_assert_eq(ubt_stream_write(ubt_chan_tx(&c, 0), "hello", 5), 5);
+	while (ubt_stream_read(ubt_chan_rx(&c, 0), buf, 5, 0) == -EAGAIN)
+		cr_assert_eq(ubt_wait_readable(ubt_chan_rx(&c, 0), &w), UBT_READY);
+	cr_assert_eq(memcmp(buf, "world", 5), 0);
+	cr_assert_eq(th_wait(pid, 10000), 0);
+	ubt_chan_close(&c);
+}
