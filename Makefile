@@ -4,6 +4,7 @@
 #   make test       install missing packages, build, run every test
 #   make demo       install, build, run the main job (see README)
 #   make bench      transport benchmark (table + plot under docs/bench/)
+#   make install    PREFIX=/usr/local DESTDIR= (staging); see ubsd/README.md
 #   V=1             show commands;  SANITIZE=address|undefined
 PARTS := ubtransport preload ubsd scripts
 
@@ -26,7 +27,15 @@ demo: deps
 bench: all
 	@scripts/bench-transport
 
-clean:
-	rm -rf build build-address build-undefined
+# Installs what `make` built (build it first as yourself, then install
+# as root if PREFIX needs it).
+INSTALL_PARTS := preload ubsd
 
-.PHONY: all deps test demo bench clean
+install: all
+	@set -e; for p in $(INSTALL_PARTS); do \
+		$(MAKE) --no-print-directory -C $$p install; done
+
+clean:
+	rm -rf build build-address build-undefined build-fuzz
+
+.PHONY: all deps test demo bench install clean
