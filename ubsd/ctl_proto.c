@@ -17,6 +17,11 @@ int ctl_body_len(uint16_t type)
 	case CTL_REQ_SERVICES:  return 0;
 	case CTL_REQ_SERVICE_SET: return sizeof(struct ctl_service_set);
 	case CTL_REQ_POLICY_FD: return 0;
+	case CTL_REQ_LISTEN:    return 0;
+	case CTL_REQ_UNLISTEN:  return 0;
+	case CTL_REQ_PUBLISH:   return 0;
+	case CTL_REQ_REQUEST:   return sizeof(struct ctl_request);
+	case CTL_REQ_LISTENERS: return 0;
 	case CTL_R_OK:          return 0;
 	case CTL_R_ERROR:       return sizeof(struct ctl_error);
 	case CTL_R_END:         return 0;
@@ -24,6 +29,11 @@ int ctl_body_len(uint16_t type)
 	case CTL_R_SESSION:     return sizeof(struct ctl_session);
 	case CTL_R_SERVICE:     return sizeof(struct ctl_service);
 	case CTL_R_POLICY:      return sizeof(struct ctl_policy);
+	case CTL_R_PUBLISHED:   return sizeof(struct ctl_chan);
+	case CTL_R_CHANNEL:     return sizeof(struct ctl_chan);
+	case CTL_R_TCP:         return sizeof(struct ctl_tcp);
+	case CTL_R_WITHDRAWN:   return sizeof(struct ctl_chan);
+	case CTL_R_LISTENER:    return sizeof(struct ctl_listener);
 	default:                return -1;
 	}
 }
@@ -37,6 +47,11 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_REQ_SERVICES:  return "SERVICES";
 	case CTL_REQ_SERVICE_SET: return "SERVICE_SET";
 	case CTL_REQ_POLICY_FD: return "POLICY_FD";
+	case CTL_REQ_LISTEN:    return "LISTEN";
+	case CTL_REQ_UNLISTEN:  return "UNLISTEN";
+	case CTL_REQ_PUBLISH:   return "PUBLISH";
+	case CTL_REQ_REQUEST:   return "REQUEST";
+	case CTL_REQ_LISTENERS: return "LISTENERS";
 	case CTL_R_OK:          return "OK";
 	case CTL_R_ERROR:       return "ERROR";
 	case CTL_R_END:         return "END";
@@ -44,7 +59,25 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_R_SESSION:     return "R_SESSION";
 	case CTL_R_SERVICE:     return "R_SERVICE";
 	case CTL_R_POLICY:      return "R_POLICY";
+	case CTL_R_PUBLISHED:   return "R_PUBLISHED";
+	case CTL_R_CHANNEL:     return "R_CHANNEL";
+	case CTL_R_TCP:         return "R_TCP";
+	case CTL_R_WITHDRAWN:   return "R_WITHDRAWN";
+	case CTL_R_LISTENER:    return "R_LISTENER";
 	default:                return "?";
+	}
+}
+
+int ctl_fd_count(uint16_t type)
+{
+	switch (type) {
+	case CTL_REQ_LISTEN:    return 1;
+	case CTL_REQ_UNLISTEN:  return 1;
+	case CTL_REQ_PUBLISH:   return 4;
+	case CTL_REQ_REQUEST:   return 1;
+	case CTL_R_POLICY:      return 1;
+	case CTL_R_CHANNEL:     return 3;
+	default:                return 0;
 	}
 }
 
@@ -110,6 +143,11 @@ int ctl_check(const struct ctl_hdr *h, const void *body, const char **why)
 	case CTL_R_SERVICE:
 		if (!has_nul(((const struct ctl_service *)body)->name,
 			     CTL_NAME_MAX))
+			goto unterminated;
+		break;
+	case CTL_R_TCP:
+		if (!has_nul(((const struct ctl_tcp *)body)->reason,
+			     sizeof(((struct ctl_tcp *)0)->reason)))
 			goto unterminated;
 		break;
 	}

@@ -44,7 +44,20 @@ enum ctl_type {
 	CTL_REQ_SERVICE_SET = 0x0104,   /* struct ctl_service_set: OK|ERROR */
 	CTL_REQ_POLICY_FD = 0x0105,     /* no body: CTL_R_POLICY carrying the
 					 * policy page's fd (SCM_RIGHTS) */
-	CTL_REQ_LAST = 0x0105,
+	/* Rendezvous (socket attach protocol); all need a session (HELLO)
+	 * and carry ctl_fd_count(type) fds with their first byte. */
+	CTL_REQ_LISTEN = 0x0106,        /* no body; fd: a TCP listening
+					 * socket.  OK|ERROR */
+	CTL_REQ_UNLISTEN = 0x0107,      /* no body; fd: the same.  OK|ERROR */
+	CTL_REQ_PUBLISH = 0x0108,       /* no body; fds: accepted socket,
+					 * channel segment, creator's
+					 * eventfd, attacher's eventfd.
+					 * CTL_R_PUBLISHED|WITHDRAWN|ERROR */
+	CTL_REQ_REQUEST = 0x0109,       /* struct ctl_request; fd: connected
+					 * socket.  CTL_R_CHANNEL (+3 fds)|
+					 * CTL_R_TCP|ERROR, maybe later */
+	CTL_REQ_LISTENERS = 0x010a,     /* no body: CTL_R_LISTENER... + END */
+	CTL_REQ_LAST = 0x010a,
 
 	CTL_R_FIRST = 0x0200,
 	CTL_R_OK = 0x0200,              /* no body */
@@ -54,7 +67,15 @@ enum ctl_type {
 	CTL_R_SESSION = 0x0204,         /* struct ctl_session */
 	CTL_R_SERVICE = 0x0205,         /* struct ctl_service */
 	CTL_R_POLICY = 0x0206,          /* struct ctl_policy + one fd */
-	CTL_R_LAST = 0x0206,
+	CTL_R_PUBLISHED = 0x0207,       /* struct ctl_chan: offered */
+	CTL_R_CHANNEL = 0x0208,         /* struct ctl_chan + 3 fds: segment,
+					 * creator's eventfd, attacher's */
+	CTL_R_TCP = 0x0209,             /* struct ctl_tcp: use TCP */
+	CTL_R_WITHDRAWN = 0x020a,       /* struct ctl_chan: the publication
+					 * was dropped unmatched (also sent
+					 * unsolicited, seq of its PUBLISH) */
+	CTL_R_LISTENER = 0x020b,        /* struct ctl_listener */
+	CTL_R_LAST = 0x020b,
 };
 
 struct ctl_hello {
@@ -112,6 +133,36 @@ struct ctl_policy {
 	uint64_t generation;            /* at the time of the reply */
 	uint64_t size;                  /* segment bytes */
 };
+
+/* REQUEST: how long the daemon may hold the request unanswered. */
+#define CTL_REQUEST_MAX_MS 2000u
+struct ctl_request {
+	uint32_t timeout_ms;            /* capped at CTL_REQUEST_MAX_MS */
+	uint32_t reserved;
+};
+
+struct ctl_chan {
+	uint64_t chan_id;
+};
+
+struct ctl_tcp {
+	char reason[64];                /* NUL-terminated */
+};
+
+struct ctl_listener {
+	uint64_t sock_id;               /* inode of the listening socket */
+	uint64_t netns;                 /* SO_NETNS_COOKIE (or ns inode) */
+	uint16_t family;                /* AF_INET, AF_INET6 */
+	uint16_t port;                  /* host order */
+	uint32_t v6only;
+	uint8_t addr[16];
+	uint32_t holders;               /* sessions holding the socket */
+	uint32_t reserved;
+};
+
+/* Max fds any message carries, and how many a type carries. */
+#define CTL_MAX_FDS 4
+int ctl_fd_count(uint16_t type);
 
 /*
  * Check a received header and the body that follows it.  Returns 0, or a

@@ -8,6 +8,7 @@
  * (message on stderr), protocol or other error, 4 permission denied.
  */
 #include <sys/socket.h>
+#include <arpa/inet.h>
 #include <sys/time.h>
 #include <sys/un.h>
 
@@ -29,7 +30,8 @@
 #define EX_PERM       4
 #define REPLY_TIMEOUT_S 10      /* a reply never takes this long */
 
-enum action { ACT_STATUS, ACT_SESSIONS, ACT_SERVICES, ACT_SERVICE };
+enum action { ACT_STATUS, ACT_SESSIONS, ACT_SERVICES, ACT_SERVICE,
+	ACT_LISTENERS };
 
 /* The command keywords; any unique prefix is accepted. */
 static const struct keyword {
@@ -37,6 +39,7 @@ static const struct keyword {
 	enum action action;
 	uint16_t req;
 } keywords[] = {
+	{ "listeners", ACT_LISTENERS, CTL_REQ_LISTENERS },
 	{ "service", ACT_SERVICE, CTL_REQ_SERVICE_SET },
 	{ "services", ACT_SERVICES, CTL_REQ_SERVICES },
 	{ "sessions", ACT_SESSIONS, CTL_REQ_SESSIONS },
@@ -54,6 +57,7 @@ static void __attribute__((noreturn)) usage(void)
 		"  status     daemon pid, uptime, counters\n"
 		"  sessions   one line per preloaded process\n"
 		"  services   policy of every service, default first\n"
+		"  listeners  accelerated listening sockets and holders\n"
 		"  service NAME on|off          accelerate NAME or not\n"
 		"  service NAME set KEY=VALUE   KEY: accel, spin_us, ring_kib,"
 		" mem_quota\n"
@@ -332,6 +336,29 @@ static void show_session(const struct ctl_session *s, bool json, int n)
 	putchar('\n');
 }
 
+static void show_listener(const struct ctl_listener *l, bool json, int n)
+{
+	char a[INET6_ADDRSTRLEN + 2], ep[INET6_ADDRSTRLEN + 16];
+
+	if (!inet_ntop(l->family == AF_INET ? AF_INET : AF_INET6, l->addr, a,
+		       sizeof(a)))
+		strcpy(a, "?");
+	if (l->family == AF_INET6)
+		snprintf(ep, sizeof(ep), "[%s]:%u", a, l->port);
+	else
+		snprintf(ep, sizeof(ep), "%s:%u", a, l->port);
+	if (json) {
+		printf("%s{\"sock_id\":%" PRIu64 ",\"netns\":%" PRIu64
+		       ",\"address\":\"%s\",\"port\":%u,\"v6only\":%s,"
+		       "\"holders\":%" PRIu32 "}", n ? "," : "", l->sock_id,
+		       l->netns, a, l->port, l->v6only ? "true" : "false",
+		       l->holders);
+		return;
+	}
+	printf("%-12" PRIu64 " %-20" PRIu64 " %-46s %" PRIu32 "\n",
+	       l->sock_id, l->netns, ep, l->holders);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -345,6 +372,7 @@ int main(int argc, char **argv)
 		struct ctl_session session;
 		struct ctl_service service;
 		struct ctl_error error;
+		struct ctl_listener listener;
 	} body;
 	struct ctl_service_set set = { .name = "" };
 	const struct keyword *kw;
@@ -400,9 +428,13 @@ int main(int argc, char **argv)
 			return EX_ERROR;
 		}
 	}
-	if (kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES) {
+	if (kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES ||
+	    kw->action == ACT_LISTENERS) {
 		if (json)
 			putchar('[');
+		else if (kw->action == ACT_LISTENERS)
+			printf("%-12s %-20s %-46s %s\n", "SOCK_ID", "NETNS",
+			       "ADDRESS:PORT", "HOLDERS");
 		else if (kw->action == ACT_SESSIONS)
 			printf("%-8s %-6s %-20s %-12s %s\n", "PID", "UID",
 			       "SERVICE", "NETNS", "AGE");
@@ -434,6 +466,9 @@ int main(int argc, char **argv)
 		} else if (kw->action == ACT_SERVICES &&
 			   h.type == CTL_R_SERVICE) {
 			show_service(&body.service, json, n++);
+		} else if (kw->action == ACT_LISTENERS &&
+			   h.type == CTL_R_LISTENER) {
+			show_listener(&body.listener, json, n++);
 		} else {
 			fprintf(stderr, "ubsctl: bad reply: unexpected %s\n",
 				ctl_type_name(h.type));
@@ -444,8 +479,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ubsctl: bad reply: END without status\n");
 		return EX_ERROR;
 	}
-	if ((kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES) &&
-	    json)
+	if ((kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES ||
+	     kw->action == ACT_LISTENERS) && json)
 		printf("]\n");
 	close(fd);
 	if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -11,14 +11,33 @@
  * A malformed message closes its connection with a logged reason.  A
  * session (HELLO) lives exactly as long as its connection.
  *
- * Replies that carry an fd (POLICY_FD) are not queued: the queue is
- * flushed, then the reply goes out at once with sendmsg; if the socket
+ * Replies that carry fds (POLICY_FD, CHANNEL) are not queued: the queue
+ * is flushed, then the reply goes out at once with sendmsg; if the socket
  * cannot take it (EAGAIN) the client is dropped, as for a full queue.
+ *
+ * Requests that carry fds (LISTEN, UNLISTEN, PUBLISH, REQUEST: see
+ * ctl_fd_count) are read with recvmsg; received fds queue on the
+ * connection (at most CTL_MAX_FDS) and each message takes its count in
+ * order.  A message whose fds are missing when its header is complete, a
+ * connection holding fds no message claims, or too many fds drop the
+ * client.  Every fd the daemon takes is verified by what the kernel says
+ * about it (socket type, protocol, state, addresses, netns cookie).
+ *
+ * Rendezvous: rendezvous.c decides; this file feeds it the kernel's view
+ * of passed sockets and keeps the channel fds of each unmatched
+ * publication (struct chan) until they are handed to the matching client,
+ * withdrawn as stale, or their session ends.  Pending requests are
+ * answered from the epoll_wait timeout (rv_next_deadline).  A connection
+ * closed while another is being served is only unlinked (graveyard) and
+ * freed after the epoll batch, so no event of the batch points at freed
+ * memory.
  *
  * Logs go to stderr with -f, to syslog (facility daemon) otherwise.
  */
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/queue.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -42,7 +61,12 @@
 #include "conf.h"
 #include "ctl_proto.h"
 #include "policy.h"
+#include "rendezvous.h"
 #include "ubt.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
 
 #define IN_MAX   (sizeof(struct ctl_hdr) + CTL_MAX_BODY)
 #define OUT_MAX  (256u * 1024u)         /* queued reply bytes per client */
@@ -56,8 +80,12 @@ struct ev_src {
 	int fd;
 };
 
+struct conn;
+
 struct session {
 	TAILQ_ENTRY(session) entry;
+	uint64_t id;                    /* rendezvous session id, never 0 */
+	struct conn *conn;
 	pid_t pid;                      /* from SO_PEERCRED */
 	uid_t uid;
 	uint64_t netns;                 /* inode of /proc/<pid>/ns/net, or 0 */
@@ -77,10 +105,33 @@ struct conn {
 	unsigned char in[IN_MAX];
 	unsigned char *out;             /* queued replies, out[outoff..outlen) */
 	size_t outlen, outoff, outcap;
+	int fds[CTL_MAX_FDS];           /* received, not yet claimed */
+	int nfds;
+	bool dead;                      /* closed, in the graveyard */
+	bool req_pending;               /* a REQUEST awaits its answer */
+	uint64_t req_id;
+	uint32_t req_seq;
+};
+
+/* The channel fds of one unmatched publication. */
+struct chan {
+	TAILQ_ENTRY(chan) entry;
+	uint64_t id;
+	uint64_t session;
+	uint32_t seq;                   /* of the PUBLISH */
+	int fd[3];                      /* segment, creator's, attacher's efd */
 };
 
 static TAILQ_HEAD(, session) sessions = TAILQ_HEAD_INITIALIZER(sessions);
 static TAILQ_HEAD(, conn) conns = TAILQ_HEAD_INITIALIZER(conns);
+static TAILQ_HEAD(, conn) graveyard = TAILQ_HEAD_INITIALIZER(graveyard);
+static TAILQ_HEAD(, chan) chans = TAILQ_HEAD_INITIALIZER(chans);
+
+/* Rendezvous capacities: preallocated once. */
+static const struct rv_limits rv_lim = {
+	.listeners = 1024, .holders = 8192, .pubs = 4096, .reqs = 4096,
+	.intents = 1024, .stale_ms = 10000, .flags = RV_NO_CROSS_NETNS,
+};
 
 static struct {
 	bool foreground;
@@ -97,6 +148,9 @@ static struct {
 	bool conf_given;                /* -c: the file must exist */
 	struct ubs_conf *conf;          /* current table, as published */
 	struct ubt_seg page;            /* the policy page */
+	struct rv_table rv;
+	bool rv_ready;
+	uint64_t next_session_id, next_chan_id;
 } d = { .epfd = -1, .listen = { EV_LISTEN, -1 }, .sig = { EV_SIGNAL, -1 },
 	.conf_path = CONF_DEFAULT_PATH, .page = { .fd = -1 } };
 
@@ -260,18 +314,56 @@ static int ep_mod(int op, int fd, uint32_t events, void *ptr)
 	return epoll_ctl(d.epfd, op, fd, &ev) < 0 ? -errno : 0;
 }
 
+static void chan_free(struct chan *ch)
+{
+	TAILQ_REMOVE(&chans, ch, entry);
+	for (int i = 0; i < 3; i++)
+		close(ch->fd[i]);
+	free(ch);
+}
+
+static struct chan *chan_find(uint64_t id)
+{
+	struct chan *ch;
+
+	TAILQ_FOREACH(ch, &chans, entry)
+		if (ch->id == id)
+			return ch;
+	return NULL;
+}
+
 static void session_end(struct session *s)
 {
-	logmsg(LOG_INFO, "session end: pid %ld service \"%s\"",
-	       (long)s->pid, s->service);
+	struct chan *ch, *next;
+	int gone = d.rv_ready ? rv_session_gone(&d.rv, s->id) : 0;
+
+	for (ch = TAILQ_FIRST(&chans); ch; ch = next) {
+		next = TAILQ_NEXT(ch, entry);
+		if (ch->session == s->id)
+			chan_free(ch);
+	}
+	logmsg(LOG_INFO, "session end: pid %ld service \"%s\"%s",
+	       (long)s->pid, s->service, gone > 0 ? ", listeners gone" : "");
 	TAILQ_REMOVE(&sessions, s, entry);
 	d.nsessions--;
 	free(s);
 }
 
-/* Close a connection, ending its session; reason != NULL counts a reject. */
+static void close_fds(int *fds, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+/*
+ * Close a connection, ending its session; reason != NULL counts a reject.
+ * c itself is freed by graveyard_free after the epoll batch.
+ */
 static void conn_close(struct conn *c, const char *reason)
 {
+	if (c->dead)
+		return;
 	if (reason) {
 		d.rejected++;
 		logmsg(LOG_WARNING, "client pid %ld uid %ld dropped: %s",
@@ -281,11 +373,26 @@ static void conn_close(struct conn *c, const char *reason)
 	}
 	if (c->sess)
 		session_end(c->sess);
+	c->sess = NULL;
+	close_fds(c->fds, c->nfds);
+	c->nfds = 0;
 	epoll_ctl(d.epfd, EPOLL_CTL_DEL, c->src.fd, NULL);
 	close(c->src.fd);
+	c->src.fd = -1;
+	c->dead = true;
 	TAILQ_REMOVE(&conns, c, entry);
-	free(c->out);
-	free(c);
+	TAILQ_INSERT_TAIL(&graveyard, c, entry);
+}
+
+static void graveyard_free(void)
+{
+	struct conn *c;
+
+	while ((c = TAILQ_FIRST(&graveyard))) {
+		TAILQ_REMOVE(&graveyard, c, entry);
+		free(c->out);
+		free(c);
+	}
 }
 
 /* Write what is queued.  Returns 0 (maybe partly written) or -errno. */
@@ -362,14 +469,15 @@ static int conn_send(struct conn *c, uint16_t type, uint32_t seq,
 }
 
 /*
- * Send one message with fd attached, now: what is queued goes first (the
+ * Send one message with nfds fds attached, now: what is queued goes first (the
  * client must see replies in order), then one sendmsg.  Returns 0 (a
  * partly sent message has its tail queued: the fd went with its first
  * byte), -EAGAIN when the socket cannot take it now (the caller drops the
  * client), or -errno.
  */
-static int conn_send_fd(struct conn *c, uint16_t type, uint32_t seq,
-			const void *body, uint32_t len, int fd)
+static int conn_send_fds(struct conn *c, uint16_t type, uint32_t seq,
+			 const void *body, uint32_t len, const int *fds,
+			 int nfds)
 {
 	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
 	struct ctl_hdr h;
@@ -390,7 +498,7 @@ static int conn_send_fd(struct conn *c, uint16_t type, uint32_t seq,
 	ctl_fill(&h, type, len, seq);
 	memcpy(buf, &h, sizeof(h));
 	memcpy(buf + sizeof(h), body, len);
-	n = ubt_send_fds(c->src.fd, &fd, 1, buf, need);
+	n = ubt_send_fds(c->src.fd, fds, nfds, buf, need);
 	if (n < 0)
 		return n;
 	return (size_t)n < need ? conn_queue(c, buf + n, need - (size_t)n) : 0;
@@ -422,6 +530,8 @@ static int do_hello(struct conn *c, const struct ctl_hdr *h,
 		snprintf(e.msg, sizeof(e.msg), "out of memory");
 		return conn_send(c, CTL_R_ERROR, h->seq, &e, sizeof(e));
 	}
+	s->id = ++d.next_session_id;
+	s->conn = c;
 	s->pid = c->pid;
 	s->uid = c->uid;
 	s->netns = netns_of(c->pid);
@@ -637,8 +747,383 @@ static int do_policy_fd(struct conn *c, const struct ctl_hdr *h)
 		.size = d.page.size,
 	};
 
-	return conn_send_fd(c, CTL_R_POLICY, h->seq, &m, sizeof(m),
-			    d.page.fd);
+	return conn_send_fds(c, CTL_R_POLICY, h->seq, &m, sizeof(m),
+			     &d.page.fd, 1);
+}
+
+/* ------------------------------------------------------------ rendezvous */
+
+static int send_error(struct conn *c, uint32_t seq, int err, const char *msg)
+{
+	struct ctl_error e = { .err = err };
+
+	snprintf(e.msg, sizeof(e.msg), "%s", msg);
+	return conn_send(c, CTL_R_ERROR, seq, &e, sizeof(e));
+}
+
+static int send_tcp(struct conn *c, uint32_t seq, const char *reason)
+{
+	struct ctl_tcp m;
+
+	memset(&m, 0, sizeof(m));
+	snprintf(m.reason, sizeof(m.reason), "%s", reason);
+	return conn_send(c, CTL_R_TCP, seq, &m, sizeof(m));
+}
+
+static struct conn *session_conn(uint64_t id)
+{
+	struct session *s;
+
+	TAILQ_FOREACH(s, &sessions, entry)
+		if (s->id == id)
+			return s->conn && !s->conn->dead ? s->conn : NULL;
+	return NULL;
+}
+
+/* After an unsolicited message to o (not the connection being served):
+ * push it out, drop o if it cannot take it. */
+static void conn_after_push(struct conn *o, int err)
+{
+	if (!err)
+		err = conn_flush(o);
+	if (err)
+		conn_close(o, err == -ENOBUFS ? "output queue full (client "
+			   "not reading)" : err == -EAGAIN ? "socket full, "
+			   "cannot pass an fd" : strerror(-err));
+}
+
+static int to_rv_addr(const struct sockaddr_storage *ss, struct rv_addr *a)
+{
+	memset(a, 0, sizeof(*a));
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const void *)ss;
+		a->family = AF_INET;
+		a->port = ntohs(in->sin_port);
+		memcpy(a->addr, &in->sin_addr, 4);
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const void *)ss;
+		a->family = AF_INET6;
+		a->port = ntohs(in6->sin6_port);
+		memcpy(a->addr, &in6->sin6_addr, 16);
+	} else {
+		return -EAFNOSUPPORT;
+	}
+	return rv_addr_norm(a);
+}
+
+/* What the kernel says about a passed TCP socket. */
+struct sock_facts {
+	struct rv_tuple tu;             /* remote only when connected */
+	uint64_t netns;
+	uint64_t sock_id;               /* inode */
+	int v6only;
+};
+
+/*
+ * Verify fd is a TCP socket, listening (listening) or connected (else),
+ * and read its facts.  Returns 0, or -errno with *why set.
+ */
+static int sock_facts(const struct conn *c, int fd, bool listening,
+		      struct sock_facts *f, const char **why)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct stat st;
+	int v = 0;
+
+	memset(f, 0, sizeof(*f));
+	len = sizeof(v);
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) < 0 ||
+	    v != SOCK_STREAM) {
+		*why = "not a stream socket";
+		return -ENOTSOCK;
+	}
+	len = sizeof(v);
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &v, &len) < 0 ||
+	    v != IPPROTO_TCP) {
+		*why = "not a TCP socket";
+		return -EPROTOTYPE;
+	}
+	len = sizeof(v);
+	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) < 0 ||
+	    (v == 1) != listening) {
+		*why = listening ? "socket is not listening"
+				 : "socket is listening";
+		return -EINVAL;
+	}
+	len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
+	    to_rv_addr(&ss, &f->tu.local) < 0) {
+		*why = "cannot read the socket's address";
+		return -EAFNOSUPPORT;
+	}
+	if (!listening) {
+		len = sizeof(ss);
+		if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0) {
+			*why = "socket is not connected";
+			return -ENOTCONN;
+		}
+		if (to_rv_addr(&ss, &f->tu.remote) < 0) {
+			*why = "cannot read the peer's address";
+			return -EAFNOSUPPORT;
+		}
+	} else if (ss.ss_family == AF_INET6) {
+		len = sizeof(v);
+		if (getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v, &len) == 0)
+			f->v6only = v != 0;
+	}
+	len = sizeof(f->netns);
+	if (getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &f->netns,
+		       &len) < 0 || len != sizeof(f->netns))
+		f->netns = c->sess ? c->sess->netns : netns_of(c->pid);
+	if (fstat(fd, &st) < 0) {
+		*why = "fstat failed";
+		return -errno;
+	}
+	f->sock_id = (uint64_t)st.st_ino;
+	return 0;
+}
+
+/* Is fd an eventfd of ours (received)? */
+static bool is_eventfd(int fd)
+{
+	char path[64], link[64];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, link, sizeof(link) - 1);
+	if (n < 0)
+		return false;
+	link[n] = '\0';
+	return strcmp(link, "anon_inode:[eventfd]") == 0;
+}
+
+static int do_listen(struct conn *c, const struct ctl_hdr *h, int fd,
+		     bool add)
+{
+	const char *why = NULL;
+	struct sock_facts f;
+	int r;
+
+	r = sock_facts(c, fd, true, &f, &why);
+	close(fd);
+	if (r)
+		return send_error(c, h->seq, -r, why);
+	if (add)
+		r = rv_listener_add(&d.rv, f.sock_id, f.netns, &f.tu.local,
+				    f.v6only, c->sess->id);
+	else
+		r = rv_listener_drop(&d.rv, f.sock_id, c->sess->id);
+	if (r < 0)
+		return send_error(c, h->seq, -r, r == -ENOENT ?
+				  "no such listener for this session" :
+				  r == -ENOSPC ? "listener table full" :
+				  strerror(-r));
+	logmsg(LOG_DEBUG, "pid %ld: %s sock %llu port %u", (long)c->pid,
+	       add ? "listen" : "unlisten", (unsigned long long)f.sock_id,
+	       f.tu.local.port);
+	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
+}
+
+/* Hand ch to the client waiting with req_id in session req_session, then
+ * forget ch. */
+static void give_channel(struct chan *ch, uint64_t req_session,
+			 uint64_t req_id)
+{
+	struct conn *o = session_conn(req_session);
+	struct ctl_chan m = { .chan_id = ch->id };
+
+	if (o && o->req_pending && o->req_id == req_id) {
+		o->req_pending = false;
+		conn_after_push(o, conn_send_fds(o, CTL_R_CHANNEL, o->req_seq,
+						 &m, sizeof(m), ch->fd, 3));
+	}
+	chan_free(ch);
+}
+
+static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
+{
+	const char *why = NULL;
+	struct sock_facts f;
+	struct rv_answer ans;
+	struct ctl_chan m;
+	struct chan *ch;
+	struct stat st;
+	int r;
+
+	r = sock_facts(c, fds[0], false, &f, &why);
+	close(fds[0]);
+	fds[0] = -1;
+	if (!r && (fstat(fds[1], &st) < 0 || !S_ISREG(st.st_mode) ||
+		   st.st_size <= 0)) {
+		why = "channel segment is not a memfd";
+		r = -EBADF;
+	}
+	if (!r && (!is_eventfd(fds[2]) || !is_eventfd(fds[3]))) {
+		why = "channel doorbell is not an eventfd";
+		r = -EBADF;
+	}
+	if (r) {
+		close_fds(fds + 1, 3);
+		return send_error(c, h->seq, -r, why);
+	}
+	ch = calloc(1, sizeof(*ch));
+	if (!ch) {
+		close_fds(fds + 1, 3);
+		return send_error(c, h->seq, ENOMEM, "out of memory");
+	}
+	ch->id = ++d.next_chan_id;
+	ch->session = c->sess->id;
+	ch->seq = h->seq;
+	memcpy(ch->fd, fds + 1, sizeof(ch->fd));
+	TAILQ_INSERT_TAIL(&chans, ch, entry);
+	r = rv_publish(&d.rv, &f.tu, f.netns, c->sess->id, ch->id, now_ms(),
+		       &ans);
+	m.chan_id = ch->id;
+	if (r < 0) {
+		chan_free(ch);
+		return send_error(c, h->seq, -r, r == -ENOSPC ?
+				  "publication table full" : strerror(-r));
+	}
+	if (ans.verdict == RV_WITHDRAWN) {
+		chan_free(ch);
+		return conn_send(c, CTL_R_WITHDRAWN, h->seq, &m, sizeof(m));
+	}
+	r = conn_send(c, CTL_R_PUBLISHED, h->seq, &m, sizeof(m));
+	if (ans.verdict == RV_MATCH)
+		give_channel(ch, ans.req_session, ans.req_id);
+	return r;
+}
+
+static int do_request(struct conn *c, const struct ctl_hdr *h,
+		      const struct ctl_request *q, int fd)
+{
+	const char *why = NULL;
+	struct sock_facts f;
+	struct rv_answer ans;
+	uint64_t now = now_ms();
+	uint32_t tmo = q->timeout_ms;
+	int r;
+
+	r = sock_facts(c, fd, false, &f, &why);
+	close(fd);
+	if (r)
+		return send_error(c, h->seq, -r, why);
+	if (c->req_pending)
+		return send_error(c, h->seq, EBUSY, "a request is already "
+				  "pending on this connection");
+	if (tmo > CTL_REQUEST_MAX_MS)
+		tmo = CTL_REQUEST_MAX_MS;
+	r = rv_request(&d.rv, &f.tu, f.netns, c->sess->id, now, now + tmo,
+		       &ans);
+	if (r < 0)
+		return send_error(c, h->seq, -r, r == -ENOSPC ?
+				  "request table full" : strerror(-r));
+	switch (ans.verdict) {
+	case RV_MATCH:
+		{
+			struct chan *ch = chan_find(ans.chan_id);
+			struct ctl_chan m = { .chan_id = ans.chan_id };
+
+			if (!ch)        /* cannot happen: table and rv agree */
+				return send_tcp(c, h->seq, "channel lost");
+			r = conn_send_fds(c, CTL_R_CHANNEL, h->seq, &m,
+					  sizeof(m), ch->fd, 3);
+			chan_free(ch);
+			return r;
+		}
+	case RV_PENDING:
+		c->req_pending = true;
+		c->req_id = ans.req_id;
+		c->req_seq = h->seq;
+		return 0;
+	default:
+		return send_tcp(c, h->seq, tmo ? "ambiguous or self-connected"
+				: "no publication");
+	}
+}
+
+static int do_listeners(struct conn *c, const struct ctl_hdr *h)
+{
+	struct rv_listener_info *li;
+	size_t n;
+	int err = 0;
+
+	li = calloc(rv_lim.listeners, sizeof(*li));
+	if (!li)
+		return send_error(c, h->seq, ENOMEM, "out of memory");
+	n = rv_listener_list(&d.rv, li, rv_lim.listeners);
+	for (size_t i = 0; !err && i < n; i++) {
+		struct ctl_listener m;
+
+		memset(&m, 0, sizeof(m));
+		m.sock_id = li[i].sock_id;
+		m.netns = li[i].netns;
+		m.family = li[i].addr.family;
+		m.port = li[i].addr.port;
+		memcpy(m.addr, li[i].addr.addr, sizeof(m.addr));
+		m.v6only = li[i].v6only;
+		m.holders = li[i].holders;
+		err = conn_send(c, CTL_R_LISTENER, h->seq, &m, sizeof(m));
+	}
+	free(li);
+	return err ? err : conn_send(c, CTL_R_END, h->seq, NULL, 0);
+}
+
+/* Answer what has fallen due: pending requests (use TCP) and stale or
+ * superseded publications (withdrawn; the server is told). */
+static void rv_tick(void)
+{
+	struct rv_answer out[64];
+	size_t n;
+
+	do {
+		n = rv_expire(&d.rv, now_ms(), out, 64);
+		for (size_t i = 0; i < n; i++) {
+			struct conn *o;
+
+			if (out[i].verdict == RV_TCP) {
+				o = session_conn(out[i].req_session);
+				if (!o || !o->req_pending ||
+				    o->req_id != out[i].req_id)
+					continue;
+				o->req_pending = false;
+				conn_after_push(o, send_tcp(o, o->req_seq,
+							    "timeout"));
+			} else if (out[i].verdict == RV_WITHDRAWN) {
+				struct chan *ch = chan_find(out[i].chan_id);
+				struct ctl_chan m = {
+					.chan_id = out[i].chan_id };
+				uint32_t seq = ch ? ch->seq : 0;
+
+				if (ch)
+					chan_free(ch);
+				o = session_conn(out[i].pub_session);
+				if (o)
+					conn_after_push(o, conn_send(o,
+						CTL_R_WITHDRAWN, seq, &m,
+						sizeof(m)));
+			}
+		}
+	} while (n == 64);
+}
+
+/* epoll_wait timeout for the next rendezvous deadline, -1 for none. */
+static int rv_timeout(void)
+{
+	uint64_t dl, now;
+
+	/* rv_next_deadline sweeps the stores: skip it when they are empty
+	 * (the common case between rendezvous). */
+	if (d.rv.pubs.count == 0 && d.rv.reqs.count == 0)
+		return -1;
+	dl = rv_next_deadline(&d.rv);
+	if (dl == UINT64_MAX)
+		return -1;
+	now = now_ms();
+	if (dl <= now)
+		return 0;
+	return dl - now > INT_MAX ? INT_MAX : (int)(dl - now);
 }
 
 /*
@@ -650,22 +1135,44 @@ static int conn_dispatch(struct conn *c, const char **why)
 	size_t off = 0;
 	int err = 0;
 
-	while (c->inlen - off >= sizeof(struct ctl_hdr)) {
+	while (!c->dead && c->inlen - off >= sizeof(struct ctl_hdr)) {
 		struct ctl_hdr h;
 		const void *body;
+		int fds[CTL_MAX_FDS], nfds;
 
 		memcpy(&h, c->in + off, sizeof(h));
 		err = ctl_check(&h, NULL, why);
 		if (err)
 			break;
+		/* Fds ride with the first byte of their message: with the
+		 * header complete, they are here. */
+		nfds = h.type < CTL_R_FIRST ? ctl_fd_count(h.type) : 0;
+		if (c->nfds < nfds) {
+			*why = "message without the fds it needs";
+			err = -EPROTO;
+			break;
+		}
 		if (c->inlen - off < sizeof(h) + h.len)
 			break;                  /* wait for the whole body */
 		body = c->in + off + sizeof(h);
 		err = ctl_check(&h, body, why);
 		if (err)
 			break;
+		memcpy(fds, c->fds, sizeof(int) * (size_t)nfds);
+		c->nfds -= nfds;
+		memmove(c->fds, c->fds + nfds, sizeof(int) * (size_t)c->nfds);
 		logmsg(LOG_DEBUG, "pid %ld: %s seq %u", (long)c->pid,
 		       ctl_type_name(h.type), h.seq);
+		if (nfds && !c->sess) {
+			close_fds(fds, nfds);
+			err = send_error(c, h.seq, EPERM, "no session: send "
+					 "HELLO first");
+			if (err)
+				break;
+			d.requests++;
+			off += sizeof(h) + h.len;
+			continue;
+		}
 		switch (h.type) {
 		case CTL_REQ_HELLO:
 			/* The body may be unaligned in the buffer: copy it. */
@@ -694,6 +1201,24 @@ static int conn_dispatch(struct conn *c, const char **why)
 		case CTL_REQ_POLICY_FD:
 			err = do_policy_fd(c, &h);
 			break;
+		case CTL_REQ_LISTEN:
+		case CTL_REQ_UNLISTEN:
+			err = do_listen(c, &h, fds[0],
+					h.type == CTL_REQ_LISTEN);
+			break;
+		case CTL_REQ_PUBLISH:
+			err = do_publish(c, &h, fds);
+			break;
+		case CTL_REQ_REQUEST:
+			{
+				struct ctl_request m;
+				memcpy(&m, body, sizeof(m));
+				err = do_request(c, &h, &m, fds[0]);
+			}
+			break;
+		case CTL_REQ_LISTENERS:
+			err = do_listeners(c, &h);
+			break;
 		default:
 			*why = "reply type sent as a request";
 			err = -EBADMSG;
@@ -711,9 +1236,28 @@ static int conn_dispatch(struct conn *c, const char **why)
 		d.requests++;
 		off += sizeof(h) + h.len;
 	}
+	if (c->dead)
+		return 0;
 	if (off) {
 		memmove(c->in, c->in + off, c->inlen - off);
 		c->inlen -= off;
+	}
+	if (!err && c->nfds) {
+		/* Fds may only wait for a message still arriving, and no
+		 * more of them than it takes. */
+		struct ctl_hdr h;
+
+		if (c->inlen == 0) {
+			*why = "fds attached to no message";
+			err = -EPROTO;
+		} else if (c->inlen >= sizeof(h)) {
+			memcpy(&h, c->in, sizeof(h));
+			if (h.type >= CTL_R_FIRST ||
+			    c->nfds > ctl_fd_count(h.type)) {
+				*why = "more fds than the message takes";
+				err = -EPROTO;
+			}
+		}
 	}
 	return err;
 }
@@ -721,11 +1265,53 @@ static int conn_dispatch(struct conn *c, const char **why)
 /* Readable connection: one read, then dispatch.  May free c. */
 static void conn_read(struct conn *c)
 {
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * CTL_MAX_FDS * 2)];
+	} cm;
+	struct iovec iov = {
+		.iov_base = c->in + c->inlen,
+		.iov_len = sizeof(c->in) - c->inlen,
+	};
+	struct msghdr mh = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = cm.buf, .msg_controllen = sizeof(cm.buf),
+	};
 	const char *why = NULL;
+	bool too_many = false;
 	ssize_t n;
 	int err;
 
-	n = recv(c->src.fd, c->in + c->inlen, sizeof(c->in) - c->inlen, 0);
+	n = recvmsg(c->src.fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	if (n >= 0) {
+		for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&mh); cmsg;
+		     cmsg = CMSG_NXTHDR(&mh, cmsg)) {
+			int k;
+
+			if (cmsg->cmsg_level != SOL_SOCKET ||
+			    cmsg->cmsg_type != SCM_RIGHTS)
+				continue;
+			k = (int)((cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			for (int i = 0; i < k; i++) {
+				int fd;
+
+				memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int),
+				       sizeof(fd));
+				if (c->nfds < CTL_MAX_FDS) {
+					c->fds[c->nfds++] = fd;
+				} else {
+					close(fd);
+					too_many = true;
+				}
+			}
+		}
+		if (mh.msg_flags & MSG_CTRUNC)
+			too_many = true;
+		if (too_many) {
+			conn_close(c, "too many fds passed");
+			return;
+		}
+	}
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EINTR)
 			return;
@@ -740,6 +1326,8 @@ static void conn_read(struct conn *c)
 	}
 	c->inlen += (size_t)n;
 	err = conn_dispatch(c, &why);
+	if (c->dead)
+		return;
 	if (!err)
 		err = conn_flush(c);
 	if (err)
@@ -867,7 +1455,7 @@ static int event_loop(void)
 	struct epoll_event ev[MAX_EVENTS];
 
 	for (;;) {
-		int n = epoll_wait(d.epfd, ev, MAX_EVENTS, -1);
+		int n = epoll_wait(d.epfd, ev, MAX_EVENTS, rv_timeout());
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -895,6 +1483,8 @@ static int event_loop(void)
 				 * from its own event.
 				 */
 				c = (struct conn *)src;
+				if (c->dead)
+					break;
 				if (ev[i].events & (EPOLLERR | EPOLLHUP) &&
 				    !(ev[i].events & EPOLLIN)) {
 					conn_close(c, c->inlen ?
@@ -914,6 +1504,9 @@ static int event_loop(void)
 				break;
 			}
 		}
+		if (rv_timeout() == 0)
+			rv_tick();
+		graveyard_free();
 	}
 }
 
@@ -921,6 +1514,12 @@ static void cleanup(void)
 {
 	while (!TAILQ_EMPTY(&conns))
 		conn_close(TAILQ_FIRST(&conns), NULL);
+	graveyard_free();
+	while (!TAILQ_EMPTY(&chans))
+		chan_free(TAILQ_FIRST(&chans));
+	if (d.rv_ready)
+		rv_table_fini(&d.rv);
+	d.rv_ready = false;
 	if (d.listen.fd >= 0) {
 		close(d.listen.fd);
 		unlink(d.sock_path);
@@ -1040,6 +1639,12 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	err = rv_table_init(&d.rv, &rv_lim);
+	if (err) {
+		logmsg(LOG_ERR, "rendezvous table: %s", strerror(-err));
+		goto out;
+	}
+	d.rv_ready = true;
 	err = pp_create(&d.page);
 	if (!err)
 		err = publish();

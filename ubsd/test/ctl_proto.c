@@ -178,3 +178,24 @@ Test(ctl_proto, random_input_never_passes_unchecked)
 	}
 	cr_assert_gt(accepted, 1000, "the fuzz must reach the body checks");
 }
+
+Test(ctl_proto, fd_counts_are_declared_per_type)
+{
+	struct ctl_tcp tcp;
+	int t;
+
+	cr_assert_eq(ctl_fd_count(CTL_REQ_LISTEN), 1);
+	cr_assert_eq(ctl_fd_count(CTL_REQ_UNLISTEN), 1);
+	cr_assert_eq(ctl_fd_count(CTL_REQ_PUBLISH), 4);
+	cr_assert_eq(ctl_fd_count(CTL_REQ_REQUEST), 1);
+	cr_assert_eq(ctl_fd_count(CTL_R_CHANNEL), 3);
+	cr_assert_eq(ctl_fd_count(CTL_R_POLICY), 1);
+	cr_assert_eq(ctl_fd_count(CTL_REQ_STATUS), 0);
+	cr_assert_eq(ctl_fd_count(0xffff), 0);
+	for (t = CTL_REQ_FIRST; t <= CTL_R_LAST; t++)
+		cr_assert_leq(ctl_fd_count((uint16_t)t), CTL_MAX_FDS);
+	memset(&tcp, 'x', sizeof(tcp));
+	cr_assert_eq(check(CTL_R_TCP, sizeof(tcp), &tcp), -EPROTO);
+	tcp.reason[sizeof(tcp.reason) - 1] = '\0';
+	cr_assert_eq(check(CTL_R_TCP, sizeof(tcp), &tcp), 0);
+}

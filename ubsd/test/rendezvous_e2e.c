@@ -1,0 +1,932 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rendezvous_e2e.c - the socket attach protocol through a real ubsd:
+ * LISTEN / PUBLISH / REQUEST with the sockets passed over SCM_RIGHTS,
+ * the channel handed to the client and used for bytes that never touch
+ * TCP, pending requests answered by a later publication or by their
+ * timeout, mirror mismatches, listeners held by several sessions, a
+ * killed server's publication withdrawn, and malformed fd passing.  The
+ * daemon's fd count (/proc/PID/fd) returns to its baseline after each
+ * scenario.
+ *
+ * Each test runs its own `ubsd -f -d -c RUN_DIR/ubs.conf` (empty file) in
+ * a mkdtemp run directory; the programs are found next to this binary
+ * (BUILD/tests/../bin), so sanitizer builds test their own daemon.  Every
+ * process started is killed and reaped by pid.
+ */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctl_proto.h"
+#include "ubt.h"
+
+#define WAIT_MS 5000
+#define OUT_MAX 8192
+#define MAX_KIDS 8
+
+static char run_dir[64];
+static char ubsd_path[PATH_MAX], ubsctl_path[PATH_MAX];
+static pid_t daemon_pid = -1;
+static pid_t kids[MAX_KIDS];
+static int in_child;
+static int baseline;               /* daemon fds when idle */
+
+#define REQUIRE(x) do {							\
+	if (!(x)) {							\
+		if (in_child) {						\
+			fprintf(stderr, "child %d: %s:%d: %s (%s)\n",	\
+				getpid(), __FILE__, __LINE__, #x,	\
+				strerror(errno));			\
+			_exit(1);					\
+		}							\
+		cr_assert_fail("%s:%d: %s (errno: %s)", __FILE__,	\
+			       __LINE__, #x, strerror(errno));		\
+	}								\
+} while (0)
+
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+
+	nanosleep(&ts, NULL);
+}
+
+static void path_in(char *buf, size_t n, const char *name)
+{
+	snprintf(buf, n, "%s/%s", run_dir, name);
+}
+
+static void kill_reap(pid_t *pid)
+{
+	if (*pid > 0) {
+		kill(*pid, SIGKILL);
+		waitpid(*pid, NULL, 0);
+		*pid = -1;
+	}
+}
+
+/* Fork a child running fn(arg); it exits 0 when fn returns. */
+static pid_t spawn(void (*fn)(void *), void *arg)
+{
+	pid_t pid = fork();
+
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		in_child = 1;
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		fn(arg);
+		_exit(0);
+	}
+	for (int i = 0; i < MAX_KIDS; i++)
+		if (kids[i] <= 0) {
+			kids[i] = pid;
+			return pid;
+		}
+	cr_assert_fail("too many children");
+	return -1;
+}
+
+/* Wait (bounded) for a child of ours to exit; returns its status. */
+static int reap(pid_t pid)
+{
+	int status = -1;
+
+	for (int t = 0; t < WAIT_MS; t += 5) {
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			break;
+		sleep_ms(5);
+		status = -1;
+	}
+	if (status == -1) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		status = -1;
+	}
+	for (int i = 0; i < MAX_KIDS; i++)
+		if (kids[i] == pid)
+			kids[i] = -1;
+	return status;
+}
+
+static void write_file(const char *name, const char *text)
+{
+	char path[128];
+	FILE *f;
+
+	path_in(path, sizeof(path), name);
+	f = fopen(path, "w");
+	cr_assert(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+static void slurp(const char *path, char *buf, size_t n)
+{
+	int fd = open(path, O_RDONLY);
+	size_t len = 0;
+	ssize_t r;
+
+	buf[0] = '\0';
+	if (fd < 0)
+		return;
+	while (len + 1 < n && (r = read(fd, buf + len, n - 1 - len)) > 0)
+		len += (size_t)r;
+	buf[len] = '\0';
+	close(fd);
+}
+
+static void set_baseline(void);
+
+static void setup(void)
+{
+	char exe[PATH_MAX], dir[512], sock[128], log[128], conf[128];
+	ssize_t n;
+	struct stat st;
+
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	cr_assert(n > 0);
+	exe[n] = '\0';
+	/* BUILD/tests/ubsd-rendezvous_e2e -> BUILD/bin/ */
+	snprintf(dir, sizeof(dir), "%s", dirname(exe));
+	snprintf(ubsd_path, sizeof(ubsd_path), "%s/../bin/ubsd", dir);
+	snprintf(ubsctl_path, sizeof(ubsctl_path), "%s/../bin/ubsctl", dir);
+	strcpy(run_dir, "/tmp/ubsd-e2e.XXXXXX");
+	cr_assert(mkdtemp(run_dir));
+	write_file("ubs.conf", "");
+	for (int i = 0; i < MAX_KIDS; i++)
+		kids[i] = -1;
+	path_in(log, sizeof(log), "ubsd.log");
+	path_in(conf, sizeof(conf), "ubs.conf");
+	daemon_pid = fork();
+	cr_assert(daemon_pid >= 0);
+	if (daemon_pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (fd >= 0)
+			dup2(fd, STDERR_FILENO);
+		setenv("UBS_RUN_DIR", run_dir, 1);
+		execl(ubsd_path, "ubsd", "-f", "-d", "-c", conf, (char *)NULL);
+		_exit(127);
+	}
+	path_in(sock, sizeof(sock), CTL_SOCK_NAME);
+	for (int t = 0; t < WAIT_MS; t += 10) {
+		if (stat(sock, &st) == 0) {
+			set_baseline();
+			return;
+		}
+		cr_assert(waitpid(daemon_pid, NULL, WNOHANG) == 0,
+			  "ubsd (%s) exited at start", ubsd_path);
+		sleep_ms(10);
+	}
+	cr_assert_fail("ubsd socket did not appear");
+}
+
+static void teardown(void)
+{
+	static char text[OUT_MAX * 8];
+	char log[128];
+
+	for (int i = 0; i < MAX_KIDS; i++)
+		kill_reap(&kids[i]);
+	if (daemon_pid > 0) {
+		int alive = waitpid(daemon_pid, NULL, WNOHANG) == 0;
+		kill_reap(&daemon_pid);
+		path_in(log, sizeof(log), "ubsd.log");
+		slurp(log, text, sizeof(text));
+		cr_expect(alive, "ubsd died during the test; log:\n%s", text);
+		cr_expect(!strstr(text, "Sanitizer") &&
+			  !strstr(text, "runtime error"),
+			  "sanitizer report in ubsd log:\n%s", text);
+	}
+	DIR *dir = opendir(run_dir);
+	struct dirent *de;
+	while (dir && (de = readdir(dir))) {
+		char ent[sizeof(run_dir) + sizeof(de->d_name) + 2];
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			path_in(ent, sizeof(ent), de->d_name);
+			unlink(ent);
+		}
+	}
+	if (dir)
+		closedir(dir);
+	rmdir(run_dir);
+}
+
+/* Open fds of the daemon. */
+static int daemon_fds(void)
+{
+	char path[64];
+	struct dirent *de;
+	DIR *dir;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%ld/fd", (long)daemon_pid);
+	dir = opendir(path);
+	cr_assert(dir);
+	while ((de = readdir(dir)))
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(dir);
+	return n;
+}
+
+/* Wait (bounded) until the daemon holds want fds; returns the count. */
+static int daemon_fds_settle(int want)
+{
+	int n = daemon_fds();
+
+	for (int t = 0; n != want && t < WAIT_MS; t += 10) {
+		sleep_ms(10);
+		n = daemon_fds();
+	}
+	return n;
+}
+
+/* ---------------------------------------------------------- protocol */
+
+static int ctl_open(void)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
+	int fd;
+
+	path_in(sun.sun_path, sizeof(sun.sun_path), CTL_SOCK_NAME);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(fd >= 0);
+	REQUIRE(connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static void send_msg(int fd, uint16_t type, const void *body, uint32_t len,
+		     const int *fds, int nfds)
+{
+	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
+	struct ctl_hdr h;
+
+	ctl_fill(&h, type, len, type);
+	memcpy(buf, &h, sizeof(h));
+	if (len)
+		memcpy(buf + sizeof(h), body, len);
+	REQUIRE(ubt_send_fds(fd, fds, nfds, buf, sizeof(h) + len) ==
+		(int)(sizeof(h) + len));
+}
+
+/*
+ * Receive one message: header, body (up to CTL_MAX_BODY) and fds (up to
+ * 4, *nfds updated).  Returns 0, or -1 on EOF or timeout.
+ */
+static int recv_msg(int fd, struct ctl_hdr *h, void *body, int *fds,
+		    int *nfds)
+{
+	int got = 0, max = nfds ? *nfds : 0, n;
+	size_t off = 0;
+
+	if (nfds)
+		*nfds = 0;
+	while (off < sizeof(*h)) {
+		int k = max - got;
+		n = ubt_recv_fds(fd, fds ? fds + got : NULL, &k,
+				 (char *)h + off, sizeof(*h) - off);
+		if (n <= 0)
+			return -1;
+		got += k;
+		off += (size_t)n;
+	}
+	if (nfds)
+		*nfds = got;
+	if (h->len > CTL_MAX_BODY)
+		return -1;
+	for (off = 0; off < h->len; off += (size_t)n) {
+		n = (int)recv(fd, (char *)body + off, h->len - off, 0);
+		if (n <= 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Expect a reply of type want; returns the number of fds received. */
+static int expect(int fd, uint16_t want, void *body, int *fds)
+{
+	unsigned char tmp[CTL_MAX_BODY];
+	struct ctl_hdr h;
+	int nfds = 4, dummy[4];
+
+	REQUIRE(recv_msg(fd, &h, body ? body : tmp, fds ? fds : dummy,
+			 &nfds) == 0);
+	if (h.type != want && h.type == CTL_R_ERROR) {
+		struct ctl_error *e = (void *)(body ? body : tmp);
+		e->msg[sizeof(e->msg) - 1] = '\0';
+		fprintf(stderr, "ERROR reply: %s\n", e->msg);
+	}
+	REQUIRE(h.type == want);
+	if (!fds)
+		for (int i = 0; i < nfds; i++)
+			close(dummy[i]);
+	return nfds;
+}
+
+static int hello(const char *name)
+{
+	struct ctl_hello m = { .pid = (uint32_t)getpid() };
+	int fd = ctl_open();
+
+	snprintf(m.service, sizeof(m.service), "%s", name);
+	send_msg(fd, CTL_REQ_HELLO, &m, sizeof(m), NULL, 0);
+	expect(fd, CTL_R_OK, NULL, NULL);
+	return fd;
+}
+
+static int tcp_listen(uint16_t *port)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	socklen_t len = sizeof(sin);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	REQUIRE(fd >= 0);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	REQUIRE(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+	REQUIRE(listen(fd, 16) == 0);
+	REQUIRE(getsockname(fd, (struct sockaddr *)&sin, &len) == 0);
+	*port = ntohs(sin.sin_port);
+	return fd;
+}
+
+static int tcp_connect(uint16_t port)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET,
+				   .sin_port = htons(port) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	REQUIRE(fd >= 0);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	REQUIRE(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+	return fd;
+}
+
+static int tcp_queued(int fd)
+{
+	int n = -1;
+
+	REQUIRE(ioctl(fd, FIONREAD, &n) == 0);
+	return n;
+}
+
+/* Publish accepted socket afd with a fresh stream channel in *ch. */
+static void publish(int ctl, int afd, struct ubt_chan *ch, uint64_t *id)
+{
+	struct ctl_chan m;
+	int peer, fds[4];
+
+	REQUIRE(ubt_chan_create_stream(ch, 4096) == 0);
+	peer = ubt_chan_make_peer_efd(ch);
+	REQUIRE(peer >= 0);
+	fds[0] = afd;
+	fds[1] = ch->seg.fd;
+	fds[2] = ch->efd[0];
+	fds[3] = peer;
+	send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
+	expect(ctl, CTL_R_PUBLISHED, &m, NULL);
+	if (id)
+		*id = m.chan_id;
+}
+
+static void send_request(int ctl, int cfd, uint32_t timeout_ms)
+{
+	struct ctl_request q = { .timeout_ms = timeout_ms };
+
+	send_msg(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &cfd, 1);
+}
+
+/* After send_request: expect the channel and attach to it. */
+static void get_channel(int ctl, struct ubt_chan *ch)
+{
+	struct ctl_chan m;
+	int fds[4];
+
+	REQUIRE(expect(ctl, CTL_R_CHANNEL, &m, fds) == 3);
+	REQUIRE(ubt_chan_attach_efds(ch, fds[0], fds[1], fds[2]) == 0);
+}
+
+/* Bounded blocking read of exactly len bytes from a stream ring. */
+static void ring_read(struct ubt_chan *ch, void *buf, size_t len)
+{
+	size_t off = 0;
+
+	for (int t = 0; off < len && t < WAIT_MS * 10; t++) {
+		ssize_t n = ubt_stream_read(ubt_chan_rx(ch, 0),
+					    (char *)buf + off, len - off, 0);
+		if (n > 0)
+			off += (size_t)n;
+		else if (n == -EAGAIN)
+			usleep(100);
+		else
+			break;
+	}
+	REQUIRE(off == len);
+}
+
+static void ring_write(struct ubt_chan *ch, const void *buf, size_t len)
+{
+	REQUIRE(ubt_stream_write(ubt_chan_tx(ch, 0), buf, len) ==
+		(ssize_t)len);
+}
+
+/* Run `ubsctl --json listeners`; output in out.  Returns exit code. */
+static int ubsctl_listeners(char *out)
+{
+	int po[2], status;
+	size_t len = 0;
+	ssize_t r;
+	pid_t pid;
+
+	cr_assert(pipe(po) == 0);
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(po[1], STDOUT_FILENO);
+		close(po[0]);
+		setenv("UBS_RUN_DIR", run_dir, 1);
+		execl(ubsctl_path, "ubsctl", "--json", "listeners",
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(po[1]);
+	while (len + 1 < OUT_MAX &&
+	       (r = read(po[0], out + len, OUT_MAX - 1 - len)) > 0)
+		len += (size_t)r;
+	out[len] = '\0';
+	close(po[0]);
+	cr_assert(waitpid(pid, &status, 0) == pid);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Wait (bounded) until the listener on port is listed with holders
+ * (0: not listed). */
+static void expect_listener(uint16_t port, int holders)
+{
+	char out[OUT_MAX], want[64];
+	int ok = 0;
+
+	snprintf(want, sizeof(want), "\"port\":%u,", port);
+	for (int t = 0; !ok && t < WAIT_MS; t += 20) {
+		cr_assert_eq(ubsctl_listeners(out), 0);
+		char *p = strstr(out, want);
+		if (holders == 0) {
+			ok = !p;
+		} else if (p) {
+			char h[32];
+			snprintf(h, sizeof(h), "\"holders\":%d}", holders);
+			ok = strstr(p, h) != NULL;
+		}
+		if (!ok)
+			sleep_ms(20);
+	}
+	cr_assert(ok, "listener port %u holders %d not seen: %s", port,
+		  holders, out);
+}
+
+static void pipe_put(int fd, uint32_t v)
+{
+	REQUIRE(write(fd, &v, sizeof(v)) == sizeof(v));
+}
+
+static uint32_t pipe_get(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	uint32_t v = 0;
+
+	REQUIRE(poll(&p, 1, WAIT_MS) == 1);
+	REQUIRE(read(fd, &v, sizeof(v)) == sizeof(v));
+	return v;
+}
+
+/* Is a reply waiting on fd within ms? */
+static int readable(int fd, int ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	return poll(&p, 1, ms) == 1;
+}
+
+/*
+ * The socket exists before the daemon has opened everything else: one
+ * STATUS round trip proves the loop runs; the idle count is then the
+ * count with that connection, minus it.
+ */
+static void set_baseline(void)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int ctl = -1, n;
+
+	/* The socket file exists from bind, before listen. */
+	path_in(sun.sun_path, sizeof(sun.sun_path), CTL_SOCK_NAME);
+	for (int t = 0; ctl < 0 && t < WAIT_MS; t += 10) {
+		ctl = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		cr_assert(ctl >= 0);
+		if (connect(ctl, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+			close(ctl);
+			ctl = -1;
+			sleep_ms(10);
+		}
+	}
+	cr_assert(ctl >= 0, "ubsd does not accept connections");
+
+	send_msg(ctl, CTL_REQ_STATUS, NULL, 0, NULL, 0);
+	expect(ctl, CTL_R_STATUS, NULL, NULL);
+	expect(ctl, CTL_R_END, NULL, NULL);
+	n = daemon_fds();
+	close(ctl);
+	baseline = n - 1;
+	cr_assert_eq(daemon_fds_settle(baseline), baseline);
+}
+
+/* ------------------------------------------------------------ server */
+
+struct srv {
+	int up[2];              /* child -> test: port, then "published" */
+	int go[2];              /* test -> child: go on */
+	int wait_before_accept; /* read go before accepting */
+	int exchange;           /* talk over the channel, then report */
+};
+
+static const char ping[] = "ping over shared memory", pong[] = "pong!";
+
+static void server(void *arg)
+{
+	struct srv *s = arg;
+	struct ubt_chan ch;
+	uint16_t port;
+	char buf[64];
+	int ctl, lfd, afd;
+
+	ctl = hello("e2e-server");
+	lfd = tcp_listen(&port);
+	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
+	expect(ctl, CTL_R_OK, NULL, NULL);
+	pipe_put(s->up[1], port);
+	if (s->wait_before_accept)
+		pipe_get(s->go[0]);
+	afd = accept(lfd, NULL, NULL);
+	REQUIRE(afd >= 0);
+	publish(ctl, afd, &ch, NULL);
+	pipe_put(s->up[1], 1);
+	if (s->exchange) {
+		ring_write(&ch, ping, sizeof(ping));
+		ring_read(&ch, buf, sizeof(pong));
+		REQUIRE(memcmp(buf, pong, sizeof(pong)) == 0);
+		REQUIRE(tcp_queued(afd) == 0);
+		pipe_put(s->up[1], 2);
+	}
+	pipe_get(s->go[0]);     /* stay until told (or killed) */
+	ubt_chan_close(&ch);
+}
+
+static pid_t start_server(struct srv *s, uint16_t *port)
+{
+	pid_t pid;
+
+	cr_assert(pipe(s->up) == 0 && pipe(s->go) == 0);
+	pid = spawn(server, s);
+	close(s->up[1]);
+	close(s->go[0]);
+	*port = (uint16_t)pipe_get(s->up[0]);
+	return pid;
+}
+
+/* The test process is the client: channel bytes both ways. */
+static void client_exchange(int ctl, int cfd, struct srv *s)
+{
+	struct ubt_chan ch;
+	char buf[64];
+
+	get_channel(ctl, &ch);
+	ring_read(&ch, buf, sizeof(ping));
+	cr_assert_eq(memcmp(buf, ping, sizeof(ping)), 0);
+	ring_write(&ch, pong, sizeof(pong));
+	cr_assert_eq(pipe_get(s->up[0]), 1);
+	cr_assert_eq(pipe_get(s->up[0]), 2, "server side failed");
+	cr_assert_eq(tcp_queued(cfd), 0, "bytes went over TCP");
+	ubt_chan_close(&ch);
+}
+
+static void finish_server(struct srv *s, pid_t pid)
+{
+	pipe_put(s->go[1], 0);
+	cr_assert_eq(reap(pid), 0, "server child failed");
+	close(s->up[0]);
+	close(s->go[1]);
+}
+
+TestSuite(rendezvous_e2e, .init = setup, .fini = teardown, .timeout = 30);
+
+Test(rendezvous_e2e, publish_then_request_hands_over_the_channel)
+{
+	struct srv s = { .exchange = 1 };
+	uint16_t port;
+	int base = baseline, ctl, cfd;
+	pid_t pid;
+
+	pid = start_server(&s, &port);
+	expect_listener(port, 1);
+	cfd = tcp_connect(port);
+	ctl = hello("e2e-client");
+	send_request(ctl, cfd, 2000);
+	client_exchange(ctl, cfd, &s);
+	finish_server(&s, pid);
+	close(ctl);
+	close(cfd);
+	expect_listener(port, 0);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+Test(rendezvous_e2e, pending_request_is_answered_by_the_publication)
+{
+	struct srv s = { .exchange = 1, .wait_before_accept = 1 };
+	uint16_t port;
+	int base = baseline, ctl, cfd;
+	pid_t pid;
+
+	pid = start_server(&s, &port);
+	cfd = tcp_connect(port);
+	ctl = hello("e2e-client");
+	send_request(ctl, cfd, 2000);
+	cr_assert(!readable(ctl, 200), "request answered before publish");
+	pipe_put(s.go[1], 0);
+	client_exchange(ctl, cfd, &s);
+	finish_server(&s, pid);
+	close(ctl);
+	close(cfd);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+Test(rendezvous_e2e, request_without_publication_gets_tcp_in_time)
+{
+	struct ctl_tcp m;
+	uint16_t port;
+	int base = baseline, lfd, cfd, ctl;
+	uint64_t t0, ms;
+
+	lfd = tcp_listen(&port);
+	cfd = tcp_connect(port);
+	ctl = hello("e2e-client");
+	t0 = now_us();
+	send_request(ctl, cfd, 300);
+	expect(ctl, CTL_R_TCP, &m, NULL);
+	ms = (now_us() - t0) / 1000;
+	cr_assert(ms >= 250 && ms < 1500, "answered after %llu ms",
+		  (unsigned long long)ms);
+	cr_assert_str_eq(m.reason, "timeout");
+	/* An over-long timeout is capped. */
+	t0 = now_us();
+	send_request(ctl, cfd, 60000);
+	expect(ctl, CTL_R_TCP, &m, NULL);
+	ms = (now_us() - t0) / 1000;
+	cr_assert(ms < CTL_REQUEST_MAX_MS + 1000, "cap not applied: %llu ms",
+		  (unsigned long long)ms);
+	close(ctl);
+	close(cfd);
+	close(lfd);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+Test(rendezvous_e2e, connection_to_another_server_gets_tcp)
+{
+	struct ubt_chan sch, cch;
+	uint16_t pa, pb;
+	int base = baseline, la, lb, c1, c2, a1, srv, cli;
+
+	srv = hello("e2e-server");
+	cli = hello("e2e-client");
+	la = tcp_listen(&pa);
+	lb = tcp_listen(&pb);
+	send_msg(srv, CTL_REQ_LISTEN, NULL, 0, &la, 1);
+	expect(srv, CTL_R_OK, NULL, NULL);
+	c1 = tcp_connect(pa);
+	c2 = tcp_connect(pb);   /* to B: never accepted, never published */
+	a1 = accept(la, NULL, NULL);
+	cr_assert(a1 >= 0);
+	publish(srv, a1, &sch, NULL);
+	send_request(cli, c2, 300);
+	expect(cli, CTL_R_TCP, NULL, NULL);
+	/* The publication was not taken by the mismatch. */
+	send_request(cli, c1, 300);
+	get_channel(cli, &cch);
+	ring_write(&sch, "x", 1);
+	{
+		char b;
+		ring_read(&cch, &b, 1);
+		cr_assert_eq(b, 'x');
+	}
+	ubt_chan_close(&cch);
+	ubt_chan_close(&sch);
+	close(srv);
+	close(cli);
+	close(c1);
+	close(c2);
+	close(a1);
+	close(la);
+	close(lb);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+static int shared_lfd;
+
+static void holder(void *arg)
+{
+	int *go = arg, ctl = hello("e2e-holder");
+
+	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &shared_lfd, 1);
+	expect(ctl, CTL_R_OK, NULL, NULL);
+	pipe_put(go[3], 1);
+	pipe_get(go[0]);
+}
+
+Test(rendezvous_e2e, listener_lives_while_any_holder_does)
+{
+	int p1[4], p2[4], base = daemon_fds();
+	uint16_t port;
+	pid_t a, b;
+
+	shared_lfd = tcp_listen(&port);
+	cr_assert(pipe(p1) == 0 && pipe(p1 + 2) == 0);
+	cr_assert(pipe(p2) == 0 && pipe(p2 + 2) == 0);
+	a = spawn(holder, p1);
+	cr_assert_eq(pipe_get(p1[2]), 1);
+	b = spawn(holder, p2);
+	cr_assert_eq(pipe_get(p2[2]), 1);
+	close(shared_lfd);      /* only the children hold it now */
+	expect_listener(port, 2);
+	pipe_put(p1[1], 0);     /* the first registrant exits */
+	cr_assert_eq(reap(a), 0);
+	expect_listener(port, 1);
+	kill(b, SIGKILL);
+	reap(b);
+	expect_listener(port, 0);
+	for (int i = 0; i < 4; i++) {
+		close(p1[i]);
+		close(p2[i]);
+	}
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+Test(rendezvous_e2e, killed_server_publication_is_withdrawn)
+{
+	struct srv s = { 0 };
+	uint16_t port;
+	int base = baseline, ctl, cfd, n;
+	pid_t pid;
+
+	pid = start_server(&s, &port);
+	cfd = tcp_connect(port);
+	cr_assert_eq(pipe_get(s.up[0]), 1);     /* published */
+	n = daemon_fds();
+	cr_assert_eq(n, base + 4, "expected the server's control socket and "
+		     "3 channel fds, have %d over %d", n, base);
+	kill(pid, SIGKILL);
+	reap(pid);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+	ctl = hello("e2e-client");
+	send_request(ctl, cfd, 300);
+	expect(ctl, CTL_R_TCP, NULL, NULL);
+	close(ctl);
+	close(cfd);
+	close(s.up[0]);
+	close(s.go[1]);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+/* The daemon closes the connection: EOF (or reset) within WAIT_MS. */
+static void expect_dropped(int ctl)
+{
+	char b;
+
+	cr_assert(readable(ctl, WAIT_MS));
+	cr_assert(recv(ctl, &b, 1, 0) <= 0, "connection not dropped");
+	close(ctl);
+}
+
+Test(rendezvous_e2e, wrong_fd_counts_drop_the_client)
+{
+	int base = baseline, ctl, p[2], many[5];
+	uint16_t port;
+	int lfd = tcp_listen(&port);
+	struct ctl_error e;
+
+	cr_assert(pipe(p) == 0);
+	/* PUBLISH with one fd of four. */
+	ctl = hello("e2e-bad");
+	send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, &p[0], 1);
+	expect_dropped(ctl);
+	/* An fd attached to STATUS. */
+	ctl = hello("e2e-bad");
+	send_msg(ctl, CTL_REQ_STATUS, NULL, 0, &p[0], 1);
+	expect_dropped(ctl);
+	/* Five fds. */
+	ctl = hello("e2e-bad");
+	for (int i = 0; i < 5; i++)
+		many[i] = p[i % 2];
+	send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, many, 5);
+	expect_dropped(ctl);
+	/* Four fds of the wrong kinds: refused, connection kept. */
+	ctl = hello("e2e-bad");
+	send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, many, 4);
+	expect(ctl, CTL_R_ERROR, &e, NULL);
+	/* LISTEN with a pipe, and with a listening socket but no session. */
+	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &p[1], 1);
+	expect(ctl, CTL_R_ERROR, &e, NULL);
+	close(ctl);
+	ctl = ctl_open();
+	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
+	expect(ctl, CTL_R_ERROR, &e, NULL);
+	cr_assert_eq(e.err, EPERM);
+	/* The daemon still serves. */
+	send_msg(ctl, CTL_REQ_STATUS, NULL, 0, NULL, 0);
+	expect(ctl, CTL_R_STATUS, NULL, NULL);
+	expect(ctl, CTL_R_END, NULL, NULL);
+	close(ctl);
+	close(p[0]);
+	close(p[1]);
+	close(lfd);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+/* Not asserted: the cost of one rendezvous (PUBLISH -> PUBLISHED, then
+ * REQUEST -> CHANNEL + 3 fds) through the daemon. */
+Test(rendezvous_e2e, round_trip_cost)
+{
+	enum { N = 1000 };
+	struct ubt_chan ch;
+	uint16_t port;
+	int base = baseline, srv, cli, lfd, cfd, afd, peer, fds[4];
+	uint64_t t0, t1;
+
+	srv = hello("e2e-server");
+	cli = hello("e2e-client");
+	lfd = tcp_listen(&port);
+	cfd = tcp_connect(port);
+	afd = accept(lfd, NULL, NULL);
+	cr_assert(afd >= 0);
+	cr_assert_eq(ubt_chan_create_stream(&ch, 4096), 0);
+	peer = ubt_chan_make_peer_efd(&ch);
+	cr_assert(peer >= 0);
+	fds[0] = afd;
+	fds[1] = ch.seg.fd;
+	fds[2] = ch.efd[0];
+	fds[3] = peer;
+	t0 = now_us();
+	for (int i = 0; i < N; i++) {
+		int got[4];
+
+		send_msg(srv, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
+		expect(srv, CTL_R_PUBLISHED, NULL, NULL);
+		send_request(cli, cfd, 1000);
+		cr_assert_eq(expect(cli, CTL_R_CHANNEL, NULL, got), 3);
+		for (int k = 0; k < 3; k++)
+			close(got[k]);
+	}
+	t1 = now_us();
+	cr_log_info("rendezvous round trip (PUBLISH + REQUEST->CHANNEL): "
+		    "%.1f us over %d iterations", (double)(t1 - t0) / N, N);
+	fprintf(stderr, "rendezvous round trip (PUBLISH + REQUEST->CHANNEL):"
+		" %.1f us over %d iterations\n", (double)(t1 - t0) / N, N);
+	ubt_chan_close(&ch);
+	close(srv);
+	close(cli);
+	close(cfd);
+	close(afd);
+	close(lfd);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
