@@ -4,8 +4,10 @@
  * (anywhere on a line), blank lines are ignored, `[section]` opens a
  * section, `key = value` sets a key of the current section.  Every error
  * names the file and the line.  A [service NAME] key left unset inherits
- * the [default] value, wherever [default] appears in the file.
+ * the [default] value, wherever [default] appears in the file.  Each
+ * line of [exclude] is one rule (address, port or program).
  */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
@@ -31,7 +33,7 @@ static const char *const key_names[K_COUNT] = {
 #define RING_KIB_MIN  4u
 #define RING_KIB_MAX  65536u
 
-enum section { S_NONE, S_DAEMON, S_DEFAULT, S_SERVICE };
+enum section { S_NONE, S_DAEMON, S_DEFAULT, S_SERVICE, S_EXCLUDE };
 
 /* Parser state: the table being built plus where each thing was set. */
 struct parse {
@@ -43,7 +45,7 @@ struct parse {
 	enum section sec;
 	struct ubs_svc_policy *cur;     /* record of the current section */
 	unsigned *cur_lines;            /* its key lines, 0 = unset */
-	unsigned daemon_line, default_line, group_line;
+	unsigned daemon_line, default_line, group_line, exclude_line;
 	unsigned default_keys[K_COUNT];
 	unsigned svc_line[UBS_POLICY_MAX_SVC];
 	unsigned svc_keys[UBS_POLICY_MAX_SVC][K_COUNT];
@@ -236,10 +238,19 @@ static int parse_section(struct parse *p, char *s)
 		p->cur_lines = p->default_keys;
 		return 0;
 	}
+	if (strcmp(s, "exclude") == 0) {
+		if (p->exclude_line)
+			return fail(p, "duplicate section [exclude] (first at "
+				    "line %u)", p->exclude_line);
+		p->exclude_line = p->line;
+		p->sec = S_EXCLUDE;
+		p->cur = NULL;
+		return 0;
+	}
 	if (strncmp(s, "service", 7) != 0 ||
 	    (s[7] != '\0' && !isspace((unsigned char)s[7])))
 		return fail(p, "unknown section [%s] (known: [daemon], "
-			    "[default], [service NAME])", s);
+			    "[default], [service NAME], [exclude])", s);
 	name = trim(s + 7);
 	if (!*name)
 		return fail(p, "[service] needs a name: [service NAME]");
@@ -296,6 +307,146 @@ static int set_admin_group(struct parse *p, const char *value)
 	return 0;
 }
 
+/* N or N-M, 1 to 65535, N <= M.  Returns 0 or -EINVAL. */
+static int parse_ports(const char *s, uint16_t *lo, uint16_t *hi)
+{
+	char buf[16];
+	const char *dash = strchr(s, '-');
+	uint64_t a, b;
+
+	if (strlen(s) >= sizeof(buf))
+		return -EINVAL;
+	strcpy(buf, s);
+	if (dash) {
+		buf[dash - s] = '\0';
+		if (parse_u64(dash + 1, &b) < 0)
+			return -EINVAL;
+	}
+	if (parse_u64(buf, &a) < 0)
+		return -EINVAL;
+	if (!dash)
+		b = a;
+	if (a < 1 || b > 65535 || a > b)
+		return -EINVAL;
+	*lo = (uint16_t)a;
+	*hi = (uint16_t)b;
+	return 0;
+}
+
+/*
+ * A.B.C.D[/LEN][:PORT[-PORT]], IPV6[/LEN] or [IPV6][/LEN][:PORT[-PORT]]
+ * into r.  Host bits beyond LEN are cleared.  Returns 0 or -EINVAL.
+ */
+static int parse_address(const char *value, struct ubs_excl_rule *r)
+{
+	char buf[CONF_LINE_MAX + 1], *a, *rest, *len = NULL, *ports = NULL;
+	unsigned max;
+	uint64_t v;
+
+	if (strlen(value) >= sizeof(buf))
+		return -EINVAL;
+	strcpy(buf, value);
+	memset(r, 0, sizeof(*r));
+	r->kind = UBS_EXCL_ADDR;
+	if (buf[0] == '[') {
+		char *close = strchr(buf, ']');
+
+		if (!close)
+			return -EINVAL;
+		*close = '\0';
+		a = buf + 1;
+		rest = close + 1;
+		r->family = AF_INET6;
+		if (*rest == '/') {
+			*rest++ = '\0';
+			len = rest;
+			rest = strchr(rest, ':');
+		}
+		if (rest && *rest) {
+			if (*rest != ':')
+				return -EINVAL;
+			*rest = '\0';
+			ports = rest + 1;
+		}
+	} else {
+		char *c1 = strchr(buf, ':');
+
+		a = buf;
+		r->family = c1 && strchr(c1 + 1, ':') ? AF_INET6 : AF_INET;
+		if (r->family == AF_INET && c1) {
+			*c1 = '\0';
+			ports = c1 + 1;
+		}
+		len = strchr(buf, '/');
+		if (len)
+			*len++ = '\0';
+	}
+	if (inet_pton(r->family, a, r->addr) != 1)
+		return -EINVAL;
+	max = r->family == AF_INET ? 32 : 128;
+	r->prefix = (uint8_t)max;
+	if (len) {
+		if (parse_u64(len, &v) < 0 || v > max)
+			return -EINVAL;
+		r->prefix = (uint8_t)v;
+	}
+	if (ports && parse_ports(ports, &r->port_lo, &r->port_hi) < 0)
+		return -EINVAL;
+	for (unsigned bit = r->prefix; bit < max; bit++)
+		r->addr[bit / 8] &= (uint8_t)~(0x80u >> (bit % 8));
+	/* ::ffff:A.B.C.D/LEN (LEN >= 96) is the IPv4 rule it stands for,
+	 * as the reader matches v4-mapped addresses as IPv4. */
+	if (r->family == AF_INET6 && r->prefix >= 96 &&
+	    memcmp(r->addr, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
+		memmove(r->addr, r->addr + 12, 4);
+		memset(r->addr + 4, 0, 12);
+		r->family = AF_INET;
+		r->prefix = (uint8_t)(r->prefix - 96);
+	}
+	return 0;
+}
+
+/* One line of [exclude]: one rule. */
+static int parse_exclude(struct parse *p, const char *key, const char *value)
+{
+	struct ubs_conf *c = p->c;
+	struct ubs_excl_rule r;
+
+	memset(&r, 0, sizeof(r));
+	if (strcmp(key, "address") == 0) {
+		if (parse_address(value, &r) < 0)
+			return fail(p, "bad address '%s' (A.B.C.D[/LEN]"
+				    "[:PORT[-PORT]], IPV6[/LEN] or [IPV6]"
+				    "[/LEN]:PORT[-PORT])", value);
+	} else if (strcmp(key, "port") == 0) {
+		r.kind = UBS_EXCL_PORT;
+		if (parse_ports(value, &r.port_lo, &r.port_hi) < 0)
+			return fail(p, "bad port '%s' (N or N-M, 1 to 65535)",
+				    value);
+	} else if (strcmp(key, "program") == 0) {
+		r.kind = UBS_EXCL_PROGRAM;
+		if (!conf_valid_name(value))
+			return fail(p, "bad program name '%s' (1 to %u of "
+				    "A-Z a-z 0-9 . _ -)", value,
+				    CTL_NAME_MAX - 1);
+		strcpy(r.program, value);
+	} else {
+		return fail(p, "unknown key '%s' in [exclude] (known: "
+			    "address, port, program)", key);
+	}
+	if (c->nexcl >= UBS_POLICY_MAX_EXCL)
+		return fail(p, "too many exclude rules (at most %u)",
+			    UBS_POLICY_MAX_EXCL);
+	c->excl[c->nexcl++] = r;
+	return 0;
+}
+
+static bool is_exclude_key(const char *key)
+{
+	return strcmp(key, "address") == 0 || strcmp(key, "port") == 0 ||
+	       strcmp(key, "program") == 0;
+}
+
 /* "key = value" inside the current section. */
 static int parse_assign(struct parse *p, char *s)
 {
@@ -316,6 +467,10 @@ static int parse_assign(struct parse *p, char *s)
 	if (!*value)
 		return fail(p, "missing value for key '%s'", key);
 	k = key_index(key);
+	if (p->sec == S_EXCLUDE)
+		return parse_exclude(p, key, value);
+	if (is_exclude_key(key))
+		return fail(p, "key '%s' belongs in [exclude]", key);
 	if (p->sec == S_DAEMON) {
 		if (strcmp(key, "admin_group") == 0)
 			return set_admin_group(p, value);

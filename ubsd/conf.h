@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * conf.h - ubsd's configuration file (/etc/ubs/ubs.conf): sections
- * [daemon], [default] and [service NAME] of `key = value` lines.  The
+ * [daemon], [default], [service NAME] and [exclude] of `key = value`
+ * lines.  The
  * format is documented in ubsd/README.md and ubs.conf.example.
  *
  * conf_load is a pure function of the file (and of the group database for
@@ -30,6 +31,8 @@ struct ubs_conf {
 	bool has_admin_group;
 	gid_t admin_gid;
 	char admin_group[64];           /* as written in the file */
+	uint32_t nexcl;                 /* [exclude] rules, in file order */
+	struct ubs_excl_rule excl[UBS_POLICY_MAX_EXCL];
 };
 
 /* The built-in configuration: default policy, no services, no group. */

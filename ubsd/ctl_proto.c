@@ -22,6 +22,7 @@ int ctl_body_len(uint16_t type)
 	case CTL_REQ_PUBLISH:   return 0;
 	case CTL_REQ_REQUEST:   return sizeof(struct ctl_request);
 	case CTL_REQ_LISTENERS: return 0;
+	case CTL_REQ_EXCLUDES:  return 0;
 	case CTL_R_OK:          return 0;
 	case CTL_R_ERROR:       return sizeof(struct ctl_error);
 	case CTL_R_END:         return 0;
@@ -34,6 +35,7 @@ int ctl_body_len(uint16_t type)
 	case CTL_R_TCP:         return sizeof(struct ctl_tcp);
 	case CTL_R_WITHDRAWN:   return sizeof(struct ctl_chan);
 	case CTL_R_LISTENER:    return sizeof(struct ctl_listener);
+	case CTL_R_EXCLUDE:     return sizeof(struct ctl_exclude);
 	default:                return -1;
 	}
 }
@@ -52,6 +54,7 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_REQ_PUBLISH:   return "PUBLISH";
 	case CTL_REQ_REQUEST:   return "REQUEST";
 	case CTL_REQ_LISTENERS: return "LISTENERS";
+	case CTL_REQ_EXCLUDES:  return "EXCLUDES";
 	case CTL_R_OK:          return "OK";
 	case CTL_R_ERROR:       return "ERROR";
 	case CTL_R_END:         return "END";
@@ -64,6 +67,7 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_R_TCP:         return "R_TCP";
 	case CTL_R_WITHDRAWN:   return "R_WITHDRAWN";
 	case CTL_R_LISTENER:    return "R_LISTENER";
+	case CTL_R_EXCLUDE:     return "R_EXCLUDE";
 	default:                return "?";
 	}
 }
@@ -142,6 +146,11 @@ int ctl_check(const struct ctl_hdr *h, const void *body, const char **why)
 		break;
 	case CTL_R_SERVICE:
 		if (!has_nul(((const struct ctl_service *)body)->name,
+			     CTL_NAME_MAX))
+			goto unterminated;
+		break;
+	case CTL_R_EXCLUDE:
+		if (!has_nul(((const struct ctl_exclude *)body)->program,
 			     CTL_NAME_MAX))
 			goto unterminated;
 		break;

@@ -57,7 +57,9 @@ enum ctl_type {
 					 * socket.  CTL_R_CHANNEL (+3 fds)|
 					 * CTL_R_TCP|ERROR, maybe later */
 	CTL_REQ_LISTENERS = 0x010a,     /* no body: CTL_R_LISTENER... + END */
-	CTL_REQ_LAST = 0x010a,
+	CTL_REQ_EXCLUDES = 0x010b,      /* no body: CTL_R_EXCLUDE... + END,
+					 * in the order of the config */
+	CTL_REQ_LAST = 0x010b,
 
 	CTL_R_FIRST = 0x0200,
 	CTL_R_OK = 0x0200,              /* no body */
@@ -75,7 +77,8 @@ enum ctl_type {
 					 * was dropped unmatched (also sent
 					 * unsolicited, seq of its PUBLISH) */
 	CTL_R_LISTENER = 0x020b,        /* struct ctl_listener */
-	CTL_R_LAST = 0x020b,
+	CTL_R_EXCLUDE = 0x020c,         /* struct ctl_exclude */
+	CTL_R_LAST = 0x020c,
 };
 
 struct ctl_hello {
@@ -158,6 +161,17 @@ struct ctl_listener {
 	uint8_t addr[16];
 	uint32_t holders;               /* sessions holding the socket */
 	uint32_t reserved;
+};
+
+/* One exclude rule (ubs.conf(5) [exclude]; struct ubs_excl_rule). */
+struct ctl_exclude {
+	uint8_t kind;                   /* 1 address, 2 port, 3 program */
+	uint8_t family;                 /* AF_INET, AF_INET6 (address) */
+	uint8_t prefix;                 /* bits (address) */
+	uint8_t reserved;
+	uint16_t port_lo, port_hi;      /* host order; 0-0: any port */
+	uint8_t addr[16];               /* network order (address) */
+	char program[CTL_NAME_MAX];     /* service name (program) */
 };
 
 /* Max fds any message carries, and how many a type carries. */

@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "policy.h"
 
@@ -43,13 +44,26 @@ int pp_create(struct ubt_seg *s)
 	return pp_publish(s, &d, NULL, 0);
 }
 
-int pp_publish(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
-	       const struct ubs_svc_policy *svc, uint32_t n)
+/* Inside the seqlock: store the exclude rules, zeroing unused slots. */
+static void store_excl(struct ubs_policy_page *pg,
+		       const struct ubs_excl_rule *excl, uint32_t nexcl)
+{
+	if (nexcl)
+		memcpy(pg->excl, excl, sizeof(*excl) * nexcl);
+	memset(pg->excl + nexcl, 0,
+	       sizeof(*excl) * (UBS_POLICY_MAX_EXCL - nexcl));
+	pg->nexcl = nexcl;
+}
+
+static int publish(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
+		   const struct ubs_svc_policy *svc, uint32_t n,
+		   const struct ubs_excl_rule *excl, uint32_t nexcl,
+		   int with_excl)
 {
 	struct ubs_policy_page *pg = page_of(s);
 	uint64_t seq;
 
-	if (n > UBS_POLICY_MAX_SVC)
+	if (n > UBS_POLICY_MAX_SVC || nexcl > UBS_POLICY_MAX_EXCL)
 		return -E2BIG;
 	seq = atomic_load_explicit(&pg->seq, memory_order_relaxed);
 	atomic_store_explicit(&pg->seq, seq + 1, memory_order_relaxed);
@@ -59,8 +73,23 @@ int pp_publish(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
 	if (n)
 		memcpy(pg->svc, svc, sizeof(*svc) * n);
 	pg->nsvc = n;
+	if (with_excl)
+		store_excl(pg, excl, nexcl);
 	atomic_store_explicit(&pg->seq, seq + 2, memory_order_release);
 	return 0;
+}
+
+int pp_publish(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
+	       const struct ubs_svc_policy *svc, uint32_t n)
+{
+	return publish(s, deflt, svc, n, NULL, 0, 0);
+}
+
+int pp_publish_ex(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
+		  const struct ubs_svc_policy *svc, uint32_t n,
+		  const struct ubs_excl_rule *excl, uint32_t nexcl)
+{
+	return publish(s, deflt, svc, n, excl, nexcl, 1);
 }
 
 int pp_map(struct ubt_seg *s, int fd)
@@ -82,6 +111,23 @@ uint64_t pp_generation(const struct ubt_seg *s)
 	return atomic_load_explicit(&page_of(s)->seq, memory_order_acquire) / 2;
 }
 
+/* Seqlock read side: the sequence to hand to read_changed(); odd while
+ * the writer is inside (retry). */
+static uint64_t read_begin(const struct ubs_policy_page *pg)
+{
+	return atomic_load_explicit(&((struct ubs_policy_page *)pg)->seq,
+				    memory_order_acquire);
+}
+
+/* Did a writer run since read_begin() returned s1?  Then what was copied
+ * in between may be torn: throw it away. */
+static int read_changed(const struct ubs_policy_page *pg, uint64_t s1)
+{
+	atomic_thread_fence(memory_order_acquire);
+	return atomic_load_explicit(&((struct ubs_policy_page *)pg)->seq,
+				    memory_order_relaxed) != s1;
+}
+
 int pp_lookup(const struct ubt_seg *s, const char *name,
 	      struct ubs_svc_policy *out)
 {
@@ -95,12 +141,11 @@ int pp_lookup_hint(const struct ubt_seg *s, const char *name,
 	int tries;
 
 	for (tries = 0; tries < PP_READ_TRIES; tries++) {
-		uint64_t s1, s2;
+		uint64_t s1;
 		uint32_t i, n;
 		int found = 0;
 
-		s1 = atomic_load_explicit(&((struct ubs_policy_page *)pg)->seq,
-					  memory_order_acquire);
+		s1 = read_begin(pg);
 		if (s1 & 1)
 			continue;
 		n = pg->nsvc;
@@ -121,14 +166,91 @@ int pp_lookup_hint(const struct ubt_seg *s, const char *name,
 					*hint = i;
 			}
 		}
-		atomic_thread_fence(memory_order_acquire);
-		s2 = atomic_load_explicit(&((struct ubs_policy_page *)pg)->seq,
-					  memory_order_relaxed);
-		if (s1 != s2)
+		if (read_changed(pg, s1))
 			continue;
 		if (pg->nsvc > UBS_POLICY_MAX_SVC)
 			return -EPROTO;
 		out->name[CTL_NAME_MAX - 1] = '\0';
+		return found;
+	}
+	return -EAGAIN;
+}
+
+/* Do the first bits of a and b agree?  bits <= 128. */
+static int prefix_eq(const uint8_t *a, const uint8_t *b, unsigned bits)
+{
+	unsigned full = bits / 8, rest = bits % 8;
+
+	if (memcmp(a, b, full) != 0)
+		return 0;
+	if (rest) {
+		uint8_t mask = (uint8_t)(0xff00u >> rest);
+
+		if ((a[full] ^ b[full]) & mask)
+			return 0;
+	}
+	return 1;
+}
+
+/* Does rule r (read from the page: maybe torn, so bounded) match? */
+static int excl_match(const struct ubs_excl_rule *r, const char *service,
+		      int family, const uint8_t *a, uint16_t port)
+{
+	switch (r->kind) {
+	case UBS_EXCL_PROGRAM:
+		return service && service[0] &&
+		       strncmp(r->program, service, CTL_NAME_MAX) == 0;
+	case UBS_EXCL_PORT:
+		return port >= r->port_lo && port <= r->port_hi;
+	case UBS_EXCL_ADDR:
+		if (!a || r->family != family)
+			return 0;
+		if (r->prefix > (family == AF_INET ? 32 : 128))
+			return 0;
+		if (r->port_hi && (port < r->port_lo || port > r->port_hi))
+			return 0;
+		return prefix_eq(r->addr, a, r->prefix);
+	default:
+		return 0;
+	}
+}
+
+int pp_excluded(const struct ubt_seg *s, const char *service, int family,
+		const void *addr, uint16_t port)
+{
+	static const uint8_t v4mapped[12] = {
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	const struct ubs_policy_page *pg = page_of(s);
+	const uint8_t *a = NULL;
+	int tries;
+
+	if (addr && family == AF_INET) {
+		a = addr;
+	} else if (addr && family == AF_INET6) {
+		a = addr;
+		if (memcmp(a, v4mapped, sizeof(v4mapped)) == 0) {
+			family = AF_INET;
+			a += sizeof(v4mapped);
+		}
+	}
+	for (tries = 0; tries < PP_READ_TRIES; tries++) {
+		uint64_t s1;
+		uint32_t i, n;
+		int found = 0;
+
+		s1 = read_begin(pg);
+		if (s1 & 1)
+			continue;
+		n = pg->nexcl;
+		if (n > UBS_POLICY_MAX_EXCL)
+			n = UBS_POLICY_MAX_EXCL; /* torn or hostile */
+		for (i = 0; !found && i < n; i++)
+			found = excl_match(&pg->excl[i], service, family, a,
+					   port);
+		if (read_changed(pg, s1))
+			continue;
+		if (pg->nexcl > UBS_POLICY_MAX_EXCL)
+			return -EPROTO;
 		return found;
 	}
 	return -EAGAIN;

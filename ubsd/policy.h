@@ -16,6 +16,27 @@
 #include "ctl_proto.h"
 
 #define UBS_POLICY_MAX_SVC 256
+#define UBS_POLICY_MAX_EXCL 64
+
+/* Kinds of exclude rule (connections that must stay on TCP). */
+enum ubs_excl_kind {
+	UBS_EXCL_NONE = 0,              /* unused slot: never matches */
+	UBS_EXCL_ADDR = 1,              /* family + prefix [+ port range] */
+	UBS_EXCL_PORT = 2,              /* port range, any address */
+	UBS_EXCL_PROGRAM = 3,           /* every connection of a service */
+};
+
+/* One exclude rule.  A port range of 0-0 on an address rule means any
+ * port. */
+struct ubs_excl_rule {
+	uint8_t kind;                   /* enum ubs_excl_kind */
+	uint8_t family;                 /* AF_INET or AF_INET6 (ADDR) */
+	uint8_t prefix;                 /* prefix length in bits (ADDR) */
+	uint8_t reserved;
+	uint16_t port_lo, port_hi;      /* host order, inclusive */
+	uint8_t addr[16];               /* network order; v4 in addr[0..3] */
+	char program[CTL_NAME_MAX];     /* service name (PROGRAM) */
+};
 
 /* One service's policy.  name "" is the default record. */
 struct ubs_svc_policy {
@@ -34,6 +55,9 @@ struct ubs_policy_page {
 	uint32_t reserved;
 	struct ubs_svc_policy deflt;
 	struct ubs_svc_policy svc[UBS_POLICY_MAX_SVC];
+	uint32_t nexcl;
+	uint32_t reserved2;
+	struct ubs_excl_rule excl[UBS_POLICY_MAX_EXCL];
 };
 
 /* ubsd: create the page (kind UBT_SEG_POLICY, sealed read-only for
@@ -42,6 +66,12 @@ int pp_create(struct ubt_seg *s);
 /* ubsd: replace the whole table (n <= UBS_POLICY_MAX_SVC, else -E2BIG). */
 int pp_publish(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
 	       const struct ubs_svc_policy *svc, uint32_t n);
+/* ubsd: replace the whole table and the exclude rules in one update
+ * (n <= UBS_POLICY_MAX_SVC and nexcl <= UBS_POLICY_MAX_EXCL, else
+ * -E2BIG).  pp_publish leaves the exclude rules as they are. */
+int pp_publish_ex(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
+		  const struct ubs_svc_policy *svc, uint32_t n,
+		  const struct ubs_excl_rule *excl, uint32_t nexcl);
 /* The built-in default record. */
 void pp_defaults(struct ubs_svc_policy *p);
 
@@ -58,6 +88,16 @@ int pp_lookup(const struct ubt_seg *s, const char *name,
  * service. */
 int pp_lookup_hint(const struct ubt_seg *s, const char *name,
 		   struct ubs_svc_policy *out, uint32_t *hint);
+/*
+ * Must this connection stay on TCP?  service is the process's service
+ * name (NULL: none); family (AF_INET or AF_INET6, any other: no address)
+ * with addr (struct in_addr / struct in6_addr, network order) and port
+ * (host order) name the other side for connect and the local side for
+ * listen/accept.  A v4-mapped IPv6 address also matches IPv4 rules.
+ * Returns 1 if a rule matches, 0 if none, -EAGAIN / -EPROTO as pp_lookup.
+ */
+int pp_excluded(const struct ubt_seg *s, const char *service, int family,
+		const void *addr, uint16_t port);
 /* Generation of the page (changes on every publish). */
 uint64_t pp_generation(const struct ubt_seg *s);
 

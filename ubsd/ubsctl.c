@@ -31,7 +31,7 @@
 #define REPLY_TIMEOUT_S 10      /* a reply never takes this long */
 
 enum action { ACT_STATUS, ACT_SESSIONS, ACT_SERVICES, ACT_SERVICE,
-	ACT_LISTENERS };
+	ACT_LISTENERS, ACT_EXCLUDES };
 
 /* The command keywords; any unique prefix is accepted. */
 static const struct keyword {
@@ -39,6 +39,7 @@ static const struct keyword {
 	enum action action;
 	uint16_t req;
 } keywords[] = {
+	{ "excludes", ACT_EXCLUDES, CTL_REQ_EXCLUDES },
 	{ "listeners", ACT_LISTENERS, CTL_REQ_LISTENERS },
 	{ "service", ACT_SERVICE, CTL_REQ_SERVICE_SET },
 	{ "services", ACT_SERVICES, CTL_REQ_SERVICES },
@@ -58,6 +59,7 @@ static void __attribute__((noreturn)) usage(void)
 		"  sessions   one line per preloaded process\n"
 		"  services   policy of every service, default first\n"
 		"  listeners  accelerated listening sockets and holders\n"
+		"  excludes   exclude rules (connections kept on TCP)\n"
 		"  service NAME on|off          accelerate NAME or not\n"
 		"  service NAME set KEY=VALUE   KEY: accel, spin_us, ring_kib,"
 		" mem_quota\n"
@@ -359,6 +361,53 @@ static void show_listener(const struct ctl_listener *l, bool json, int n)
 	       l->sock_id, l->netns, ep, l->holders);
 }
 
+static void show_exclude(const struct ctl_exclude *x, bool json, int n)
+{
+	static const char *const kinds[] = { "?", "address", "port",
+					     "program" };
+	const char *kind = x->kind < 4 ? kinds[x->kind] : "?";
+	char a[INET6_ADDRSTRLEN], prog[CTL_NAME_MAX], ports[16] = "";
+	char rule[INET6_ADDRSTRLEN + 32];
+	int fam = x->family == AF_INET ? AF_INET : AF_INET6;
+
+	if (x->port_hi && x->port_lo != x->port_hi)
+		snprintf(ports, sizeof(ports), "%u-%u", x->port_lo,
+			 x->port_hi);
+	else if (x->port_hi)
+		snprintf(ports, sizeof(ports), "%u", x->port_lo);
+	if (!inet_ntop(fam, x->addr, a, sizeof(a)))
+		strcpy(a, "?");
+	printable(prog, x->program, sizeof(prog));
+	if (json) {
+		printf("%s{\"kind\":\"%s\"", n ? "," : "", kind);
+		if (x->kind == 1)
+			printf(",\"family\":\"%s\",\"address\":\"%s\","
+			       "\"prefix\":%u", fam == AF_INET ? "inet" :
+			       "inet6", a, x->prefix);
+		if (x->kind == 1 || x->kind == 2)
+			printf(",\"port_lo\":%u,\"port_hi\":%u",
+			       x->port_lo, x->port_hi);
+		if (x->kind == 3) {
+			printf(",\"program\":");
+			json_str(x->program);
+		}
+		putchar('}');
+		return;
+	}
+	if (x->kind == 1 && fam == AF_INET6 && ports[0])
+		snprintf(rule, sizeof(rule), "[%s]/%u:%s", a, x->prefix,
+			 ports);
+	else if (x->kind == 1 && ports[0])
+		snprintf(rule, sizeof(rule), "%s/%u:%s", a, x->prefix, ports);
+	else if (x->kind == 1)
+		snprintf(rule, sizeof(rule), "%s/%u", a, x->prefix);
+	else if (x->kind == 2)
+		snprintf(rule, sizeof(rule), "%s", ports);
+	else
+		snprintf(rule, sizeof(rule), "%s", prog);
+	printf("%-8s %s\n", kind, rule);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -373,6 +422,7 @@ int main(int argc, char **argv)
 		struct ctl_service service;
 		struct ctl_error error;
 		struct ctl_listener listener;
+		struct ctl_exclude exclude;
 	} body;
 	struct ctl_service_set set = { .name = "" };
 	const struct keyword *kw;
@@ -429,9 +479,11 @@ int main(int argc, char **argv)
 		}
 	}
 	if (kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES ||
-	    kw->action == ACT_LISTENERS) {
+	    kw->action == ACT_LISTENERS || kw->action == ACT_EXCLUDES) {
 		if (json)
 			putchar('[');
+		else if (kw->action == ACT_EXCLUDES)
+			printf("%-8s %s\n", "KIND", "RULE");
 		else if (kw->action == ACT_LISTENERS)
 			printf("%-12s %-20s %-46s %s\n", "SOCK_ID", "NETNS",
 			       "ADDRESS:PORT", "HOLDERS");
@@ -469,6 +521,9 @@ int main(int argc, char **argv)
 		} else if (kw->action == ACT_LISTENERS &&
 			   h.type == CTL_R_LISTENER) {
 			show_listener(&body.listener, json, n++);
+		} else if (kw->action == ACT_EXCLUDES &&
+			   h.type == CTL_R_EXCLUDE) {
+			show_exclude(&body.exclude, json, n++);
 		} else {
 			fprintf(stderr, "ubsctl: bad reply: unexpected %s\n",
 				ctl_type_name(h.type));
@@ -480,7 +535,8 @@ int main(int argc, char **argv)
 		return EX_ERROR;
 	}
 	if ((kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES ||
-	     kw->action == ACT_LISTENERS) && json)
+	     kw->action == ACT_LISTENERS || kw->action == ACT_EXCLUDES) &&
+	    json)
 		printf("]\n");
 	close(fd);
 	if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -585,8 +585,8 @@ static int do_sessions(struct conn *c, const struct ctl_hdr *h)
 /* Publish d.conf into the policy page.  Returns -errno. */
 static int publish(void)
 {
-	return pp_publish(&d.page, &d.conf->deflt, d.conf->svc,
-			  d.conf->nsvc);
+	return pp_publish_ex(&d.page, &d.conf->deflt, d.conf->svc,
+			     d.conf->nsvc, d.conf->excl, d.conf->nexcl);
 }
 
 static void to_ctl_service(struct ctl_service *m,
@@ -612,6 +612,30 @@ static int do_services(struct conn *c, const struct ctl_hdr *h)
 	for (uint32_t i = 0; !err && i < d.conf->nsvc; i++) {
 		to_ctl_service(&m, &d.conf->svc[i]);
 		err = conn_send(c, CTL_R_SERVICE, h->seq, &m, sizeof(m));
+	}
+	return err ? err : conn_send(c, CTL_R_END, h->seq, NULL, 0);
+}
+
+static int do_excludes(struct conn *c, const struct ctl_hdr *h)
+{
+	int err = 0;
+
+	_Static_assert(sizeof(struct ctl_exclude) ==
+		       sizeof(struct ubs_excl_rule), "exclude rule layouts");
+	for (uint32_t i = 0; !err && i < d.conf->nexcl; i++) {
+		const struct ubs_excl_rule *r = &d.conf->excl[i];
+		struct ctl_exclude m;
+
+		memset(&m, 0, sizeof(m));
+		m.kind = r->kind;
+		m.family = r->family;
+		m.prefix = r->prefix;
+		m.port_lo = r->port_lo;
+		m.port_hi = r->port_hi;
+		memcpy(m.addr, r->addr, sizeof(m.addr));
+		memcpy(m.program, r->program, sizeof(m.program));
+		m.program[CTL_NAME_MAX - 1] = '\0';
+		err = conn_send(c, CTL_R_EXCLUDE, h->seq, &m, sizeof(m));
 	}
 	return err ? err : conn_send(c, CTL_R_END, h->seq, NULL, 0);
 }
@@ -1218,6 +1242,9 @@ static int conn_dispatch(struct conn *c, const char **why)
 			break;
 		case CTL_REQ_LISTENERS:
 			err = do_listeners(c, &h);
+			break;
+		case CTL_REQ_EXCLUDES:
+			err = do_excludes(c, &h);
 			break;
 		default:
 			*why = "reply type sent as a request";

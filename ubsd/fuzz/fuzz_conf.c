@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/socket.h>
+
 #include "conf.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -71,5 +73,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (c.has_admin_group && !memchr(c.admin_group, '\0',
 					  sizeof(c.admin_group)))
 		abort();
+	if (c.nexcl > UBS_POLICY_MAX_EXCL)
+		abort();
+	for (uint32_t i = 0; i < c.nexcl; i++) {
+		const struct ubs_excl_rule *x = &c.excl[i];
+		int ok;
+
+		switch (x->kind) {
+		case UBS_EXCL_ADDR:
+			ok = (x->family == AF_INET && x->prefix <= 32) ||
+			     (x->family == AF_INET6 && x->prefix <= 128);
+			ok = ok && (x->port_hi == 0 ||
+				    (x->port_lo >= 1 &&
+				     x->port_lo <= x->port_hi));
+			break;
+		case UBS_EXCL_PORT:
+			ok = x->port_lo >= 1 && x->port_lo <= x->port_hi;
+			break;
+		case UBS_EXCL_PROGRAM:
+			ok = memchr(x->program, '\0', sizeof(x->program)) &&
+			     conf_valid_name(x->program);
+			break;
+		default:
+			ok = 0;
+		}
+		if (!ok) {
+			fprintf(stderr, "bad exclude rule %u\n", i);
+			abort();
+		}
+	}
 	return 0;
 }

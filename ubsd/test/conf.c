@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include "conf.h"
 
@@ -223,6 +225,146 @@ Test(conf, each_error_names_its_line)
 		     "duplicate key 'admin_group'");
 }
 
+/* Rule i of c is an address rule of family fam for text/prefix/ports. */
+static void expect_addr(const struct ubs_conf *c, uint32_t i, int fam,
+			const char *text, unsigned prefix, unsigned lo,
+			unsigned hi)
+{
+	uint8_t want[16] = { 0 };
+	const struct ubs_excl_rule *r = &c->excl[i];
+
+	cr_assert_eq(inet_pton(fam, text, want), 1);
+	cr_assert_eq(r->kind, UBS_EXCL_ADDR, "rule %u", i);
+	cr_assert_eq(r->family, fam, "rule %u", i);
+	cr_assert_eq(r->prefix, prefix, "rule %u", i);
+	cr_assert_eq(r->port_lo, lo, "rule %u", i);
+	cr_assert_eq(r->port_hi, hi, "rule %u", i);
+	cr_assert_eq(memcmp(r->addr, want, 16), 0, "rule %u address", i);
+}
+
+Test(conf, exclude_rules)
+{
+	static struct ubs_conf c;
+	char err[CONF_ERR_MAX];
+
+	write_file("[default]\naccel = on\n"
+		   "[exclude]\n"
+		   "address = 10.0.0.0/8\n"
+		   "address = 192.168.1.7            # one host\n"
+		   "address = 172.16.5.9/20:6379\n"        /* host bits go */
+		   "address = 10.1.2.3:8000-8100\n"
+		   "address = 0.0.0.0/0:53\n"
+		   "address = fd00::/8\n"
+		   "address = 2001:db8::1\n"
+		   "address = [2001:db8::]/32:443\n"
+		   "address = [::1]:80-81\n"
+		   "address = [::]\n"
+		   "address = ::ffff:10.9.8.0/120\n"     /* is IPv4 */
+		   "port = 11211\n"
+		   "port=5000-5010\n"
+		   "program = batch-etl\n"
+		   "[service x]\n");
+	cr_assert_eq(conf_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.nsvc, 1);
+	cr_assert_eq(c.nexcl, 14);
+	expect_addr(&c, 0, AF_INET, "10.0.0.0", 8, 0, 0);
+	expect_addr(&c, 1, AF_INET, "192.168.1.7", 32, 0, 0);
+	expect_addr(&c, 2, AF_INET, "172.16.0.0", 20, 6379, 6379);
+	expect_addr(&c, 3, AF_INET, "10.1.2.3", 32, 8000, 8100);
+	expect_addr(&c, 4, AF_INET, "0.0.0.0", 0, 53, 53);
+	expect_addr(&c, 5, AF_INET6, "fd00::", 8, 0, 0);
+	expect_addr(&c, 6, AF_INET6, "2001:db8::1", 128, 0, 0);
+	expect_addr(&c, 7, AF_INET6, "2001:db8::", 32, 443, 443);
+	expect_addr(&c, 8, AF_INET6, "::1", 128, 80, 81);
+	expect_addr(&c, 9, AF_INET6, "::", 128, 0, 0);
+	expect_addr(&c, 10, AF_INET, "10.9.8.0", 24, 0, 0);
+	cr_assert_eq(c.excl[11].kind, UBS_EXCL_PORT);
+	cr_assert_eq(c.excl[11].port_lo, 11211);
+	cr_assert_eq(c.excl[11].port_hi, 11211);
+	cr_assert_eq(c.excl[12].kind, UBS_EXCL_PORT);
+	cr_assert_eq(c.excl[12].port_lo, 5000);
+	cr_assert_eq(c.excl[12].port_hi, 5010);
+	cr_assert_eq(c.excl[13].kind, UBS_EXCL_PROGRAM);
+	cr_assert_str_eq(c.excl[13].program, "batch-etl");
+}
+
+Test(conf, exclude_errors_name_their_line)
+{
+	expect_error("[exclude]\nport = 1\n\n[exclude]\n", 4,
+		     "duplicate section [exclude] (first at line 1)");
+	expect_error("[exclude]\nport = 1\nspin_us = 5\n", 3,
+		     "unknown key 'spin_us' in [exclude]");
+	expect_error("[exclude]\nadmin_group = 0\n", 2,
+		     "unknown key 'admin_group' in [exclude]");
+	expect_error("[default]\naddress = 10.0.0.1\n", 2,
+		     "key 'address' belongs in [exclude]");
+	expect_error("[daemon]\nport = 80\n", 2,
+		     "key 'port' belongs in [exclude]");
+	expect_error("[service a]\nprogram = a\n", 2,
+		     "key 'program' belongs in [exclude]");
+	expect_error("port = 80\n", 1, "key 'port' outside a section");
+	static const char *const bad_addr[] = {
+		"10.0.0", "10.0.0.256", "10.0.0.1/33", "10.0.0.1/", "10.0.0.1/-1",
+		"10.0.0.1/8/8", "10.0.0.1:", "10.0.0.1:0", "10.0.0.1:65536",
+		"10.0.0.1:90-80", "10.0.0.1:80-", "10.0.0.1:x", "10.0.0.1/8:1:2",
+		"fd00::/129", "fd00::/", "[fd00::", "[fd00::]x", "[fd00::]:",
+		"[fd00::]/8:", "[10.0.0.1]:80", "fd00:::1", "gg::1", "host.example",
+		"[fd00::/8]:80", "fd00::/8:80",
+	};
+	for (size_t i = 0; i < sizeof(bad_addr) / sizeof(bad_addr[0]); i++) {
+		char text[128], msg[64];
+
+		snprintf(text, sizeof(text), "[exclude]\nport = 1\n"
+			 "address = %s\n", bad_addr[i]);
+		snprintf(msg, sizeof(msg), "bad address '%s'", bad_addr[i]);
+		expect_error(text, 3, msg);
+	}
+	static const char *const bad_port[] = {
+		"0", "65536", "-1", "1-", "-5", "5-4", "1-2-3", "+5", "80 81",
+		"http", "99999999999999999999999",
+	};
+	for (size_t i = 0; i < sizeof(bad_port) / sizeof(bad_port[0]); i++) {
+		char text[128], msg[64];
+
+		snprintf(text, sizeof(text), "[exclude]\n\nport = %s\n",
+			 bad_port[i]);
+		snprintf(msg, sizeof(msg), "bad port '%s'", bad_port[i]);
+		expect_error(text, 3, msg);
+	}
+	expect_error("[exclude]\nprogram = a/b\n", 2,
+		     "bad program name 'a/b'");
+	expect_error("[exclude]\nprogram = "
+		     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+		     "\n", 2, "bad program name");
+	expect_error("[exclude]\nprogram =\n", 2, "missing value");
+}
+
+Test(conf, too_many_exclude_rules)
+{
+	size_t cap = (UBS_POLICY_MAX_EXCL + 2) * 32;
+	char *text = malloc(cap);
+	size_t off = 0;
+
+	cr_assert(text);
+	off += (size_t)snprintf(text + off, cap - off, "[exclude]\n");
+	for (unsigned i = 0; i < UBS_POLICY_MAX_EXCL; i++)
+		off += (size_t)snprintf(text + off, cap - off,
+					"port = %u\n", i + 1);
+	write_file(text);
+	{
+		static struct ubs_conf c;
+		char err[CONF_ERR_MAX];
+
+		cr_assert_eq(conf_load(path, &c, err, sizeof(err)), 0, "%s",
+			     err);
+		cr_assert_eq(c.nexcl, UBS_POLICY_MAX_EXCL);
+	}
+	/* Rule number MAX+1 is on line MAX+2. */
+	snprintf(text + off, cap - off, "program = x\n");
+	expect_error(text, UBS_POLICY_MAX_EXCL + 2, "too many exclude rules");
+	free(text);
+}
+
 Test(conf, line_too_long)
 {
 	size_t n = CONF_LINE_MAX + 1;
@@ -275,6 +417,41 @@ Test(conf, the_shipped_example_parses)
 	cr_assert_eq(conf_find(&c, "nginx")->ring_kib, 4096);
 	cr_assert_eq(conf_find(&c, "nginx")->spin_us, 50);
 	cr_assert_eq(conf_find(&c, "batch-etl")->accel, 0);
+	cr_assert_eq(c.nexcl, 0);
+}
+
+/* The commented [exclude] example, uncommented, parses to its rules. */
+Test(conf, the_shipped_exclude_example_parses)
+{
+	static struct ubs_conf c;
+	char err[CONF_ERR_MAX], line[CONF_LINE_MAX + 2];
+	FILE *in = fopen(CONF_EXAMPLE, "r"), *out = fopen(path, "w");
+	int on = 0;
+
+	cr_assert(in && out);
+	while (fgets(line, sizeof(line), in)) {
+		if (strcmp(line, "#[exclude]\n") == 0)
+			on = 1;
+		/* "#key" (no space after '#') is a commented-out line. */
+		if (on && line[0] == '#' && line[1] != ' ' && line[1] != '\n')
+			fputs(line + 1, out);
+		else
+			fputs(line, out);
+	}
+	fclose(in);
+	cr_assert(fclose(out) == 0);
+	cr_assert(on, "no #[exclude] in the example");
+	cr_assert_eq(conf_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.nsvc, 3);
+	cr_assert_eq(c.nexcl, 7);
+	expect_addr(&c, 0, AF_INET, "10.20.0.0", 16, 0, 0);
+	expect_addr(&c, 1, AF_INET, "192.168.1.7", 32, 6379, 6379);
+	expect_addr(&c, 2, AF_INET6, "fd00:1::", 64, 8000, 8100);
+	expect_addr(&c, 3, AF_INET6, "2001:db8::", 32, 0, 0);
+	cr_assert_eq(c.excl[4].kind, UBS_EXCL_PORT);
+	cr_assert_eq(c.excl[4].port_lo, 53);
+	cr_assert_eq(c.excl[5].port_hi, 5010);
+	cr_assert_str_eq(c.excl[6].program, "backup-agent");
 }
 #endif
 

@@ -116,6 +116,15 @@ Test(ctl_proto, strings_must_be_terminated)
 	cr_assert_eq(check(CTL_REQ_HELLO, sizeof(hello), &hello), -EPROTO);
 	cr_assert_eq(check(CTL_R_SESSION, sizeof(s), &s), -EPROTO);
 	cr_assert_eq(check(CTL_R_ERROR, sizeof(e), &e), -EPROTO);
+	{
+		struct ctl_exclude x;
+
+		memset(&x, 'D', sizeof(x));
+		cr_assert_eq(check(CTL_R_EXCLUDE, sizeof(x), &x), -EPROTO);
+		x.program[CTL_NAME_MAX - 1] = '\0';
+		cr_assert_eq(check(CTL_R_EXCLUDE, sizeof(x), &x), 0);
+		cr_assert_eq(check(CTL_REQ_EXCLUDES, 0, NULL), 0);
+	}
 	/* A NUL in the last byte is enough. */
 	hello.service[CTL_NAME_MAX - 1] = '\0';
 	cr_assert_eq(check(CTL_REQ_HELLO, sizeof(hello), &hello), 0);

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 
 #include <dirent.h>
@@ -728,6 +729,98 @@ Test(daemon, services_come_from_the_config)
 	cr_assert_eq(lookup(&pg, "svc-a", &own).ring_kib, 64);
 	cr_assert_eq(lookup(&pg, "unknown", &own).spin_us, 20);
 	cr_assert_eq(own, 0);
+	ubt_seg_unmap(&pg);
+}
+
+/* pp_excluded on pg for an IPv4 address text and port. */
+static int excluded4(const struct ubt_seg *pg, const char *svc,
+		     const char *addr, uint16_t port)
+{
+	struct in_addr a;
+	int r;
+
+	cr_assert_eq(inet_pton(AF_INET, addr, &a), 1);
+	r = pp_excluded(pg, svc, AF_INET, &a, port);
+	cr_assert_geq(r, 0, "pp_excluded: %d", r);
+	return r;
+}
+
+Test(daemon, exclude_rules_come_from_the_config_and_reload)
+{
+	struct ubt_seg pg;
+	struct in6_addr a6;
+	uint64_t gen;
+
+	write_conf("ubs.conf", "[exclude]\n"
+		   "address = 10.20.0.0/16:6379\n"
+		   "address = [fd00::]/8\n"
+		   "port = 53\n"
+		   "program = backup-agent\n"
+		   "[service svc-a]\nring_kib = 64\n");
+	start_daemon();
+	map_policy(&pg);
+	cr_assert_eq(excluded4(&pg, "web", "10.20.3.4", 6379), 1);
+	cr_assert_eq(excluded4(&pg, "web", "10.20.3.4", 6380), 0);
+	cr_assert_eq(excluded4(&pg, "web", "10.21.3.4", 6379), 0);
+	cr_assert_eq(excluded4(&pg, "web", "8.8.8.8", 53), 1);
+	cr_assert_eq(excluded4(&pg, "backup-agent", "8.8.8.8", 80), 1);
+	cr_assert_eq(excluded4(&pg, "svc-a", "8.8.8.8", 80), 0);
+	cr_assert_eq(inet_pton(AF_INET6, "fd12::1", &a6), 1);
+	cr_assert_eq(pp_excluded(&pg, "web", AF_INET6, &a6, 80), 1);
+	cr_assert_eq(lookup(&pg, "svc-a", NULL).ring_kib, 64);
+	gen = pp_generation(&pg);
+
+	/* ubsctl shows them, in file order. */
+	{
+		char out[OUT_MAX], err[OUT_MAX];
+		const char *json[] = { "--json", "excludes", NULL };
+
+		cr_assert_eq(run_ubsctl(out, err, "excludes", NULL), 0, "%s",
+			     err);
+		cr_assert(strstr(out, "KIND     RULE\n"
+				 "address  10.20.0.0/16:6379\n"
+				 "address  fd00::/8\n"
+				 "port     53\n"
+				 "program  backup-agent\n"), "%s", out);
+		cr_assert_eq(run_ubsctlv(out, err, json), 0, "%s", err);
+		cr_assert_str_eq(out, "[{\"kind\":\"address\",\"family\":"
+				 "\"inet\",\"address\":\"10.20.0.0\",\"prefix\":"
+				 "16,\"port_lo\":6379,\"port_hi\":6379},"
+				 "{\"kind\":\"address\",\"family\":\"inet6\","
+				 "\"address\":\"fd00::\",\"prefix\":8,"
+				 "\"port_lo\":0,\"port_hi\":0},"
+				 "{\"kind\":\"port\",\"port_lo\":53,"
+				 "\"port_hi\":53},"
+				 "{\"kind\":\"program\",\"program\":"
+				 "\"backup-agent\"}]\n");
+	}
+
+	/* A bad rule: the old rules stay. */
+	write_conf("ubs.conf", "[exclude]\nport = 53\naddress = 10.0.0.0/33\n");
+	cr_assert(kill(daemon_pid, SIGHUP) == 0);
+	wait_log("bad address '10.0.0.0/33'");
+	wait_log("keeping the old policy");
+	cr_assert_eq(pp_generation(&pg), gen);
+	cr_assert_eq(excluded4(&pg, "backup-agent", "8.8.8.8", 80), 1);
+
+	/* A good file replaces them. */
+	write_conf("ubs.conf", "[exclude]\nport = 8000-8100\n");
+	cr_assert(kill(daemon_pid, SIGHUP) == 0);
+	for (int t = 0; pp_generation(&pg) == gen; t += 10) {
+		cr_assert(t < WAIT_MS, "SIGHUP did not republish");
+		sleep_ms(10);
+	}
+	cr_assert_eq(excluded4(&pg, "backup-agent", "8.8.8.8", 80), 0);
+	cr_assert_eq(excluded4(&pg, "web", "10.20.3.4", 6379), 0);
+	cr_assert_eq(excluded4(&pg, "web", "8.8.8.8", 53), 0);
+	cr_assert_eq(excluded4(&pg, "web", "8.8.8.8", 8050), 1);
+	cr_assert_eq(pp_excluded(&pg, "web", AF_INET6, &a6, 80), 0);
+	{
+		char out[OUT_MAX], err[OUT_MAX];
+
+		cr_assert_eq(run_ubsctl(out, err, "ex", NULL), 0, "%s", err);
+		cr_assert_str_eq(out, "KIND     RULE\nport     8000-8100\n");
+	}
 	ubt_seg_unmap(&pg);
 }
 
