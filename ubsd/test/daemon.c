@@ -42,6 +42,7 @@
 #include "ctl_proto.h"
 #include "policy.h"
 #include "ubt.h"
+#include "support/dtest.h"
 
 #ifndef UBSD_PATH
 #define UBSD_PATH "build/bin/ubsd"
@@ -50,24 +51,7 @@
 #define UBSCTL_PATH "build/bin/ubsctl"
 #endif
 
-#define WAIT_MS  5000           /* any bounded wait; tests time out at 30 s */
-#define OUT_MAX  8192
-
-static char run_dir[64];
-static pid_t daemon_pid = -1;
 static pid_t client_pid = -1;
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-
-	nanosleep(&ts, NULL);
-}
-
-static void path_in(char *buf, size_t n, const char *name)
-{
-	snprintf(buf, n, "%s/%s", run_dir, name);
-}
 
 /* Wait up to ms for pid to exit; returns its wait status or -1. */
 static int wait_exit(pid_t pid, int ms)
@@ -85,127 +69,23 @@ static int wait_exit(pid_t pid, int ms)
 	return -1;
 }
 
-static void kill_reap(pid_t *pid)
-{
-	if (*pid > 0) {
-		kill(*pid, SIGKILL);
-		waitpid(*pid, NULL, 0);
-		*pid = -1;
-	}
-}
-
-/*
- * Start `ubsd -f -d -c CONF` on run_dir, stderr into log_name in run_dir;
- * CONF is conf_name in run_dir.  Returns its pid.
- */
-static pid_t spawn_ubsd_conf(const char *log_name, const char *conf_name)
-{
-	char log[128], conf[128];
-	pid_t pid;
-
-	path_in(log, sizeof(log), log_name);
-	path_in(conf, sizeof(conf), conf_name);
-	pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (fd >= 0)
-			dup2(fd, STDERR_FILENO);
-		setenv("UBS_RUN_DIR", run_dir, 1);
-		execl(UBSD_PATH, "ubsd", "-f", "-d", "-c", conf, (char *)NULL);
-		_exit(127);
-	}
-	return pid;
-}
-
-static pid_t spawn_ubsd(const char *log_name)
-{
-	return spawn_ubsd_conf(log_name, "ubs.conf");
-}
-
-/* Write text to name in run_dir. */
-static void write_file(const char *name, const char *text)
-{
-	char path[128];
-	FILE *f;
-
-	path_in(path, sizeof(path), name);
-	f = fopen(path, "w");
-	cr_assert(f, "%s: %s", path, strerror(errno));
-	cr_assert(fputs(text, f) >= 0);
-	cr_assert(fclose(f) == 0);
-}
-
 /* Start the test's daemon and wait (bounded) until its socket exists. */
 static void start_daemon(void)
 {
-	char sock[128];
-	struct stat st;
-
-	daemon_pid = spawn_ubsd_conf("ubsd.log", "ubs.conf");
-	path_in(sock, sizeof(sock), CTL_SOCK_NAME);
-	for (int t = 0; t < WAIT_MS; t += 10) {
-		if (stat(sock, &st) == 0)
-			return;
-		cr_assert(waitpid(daemon_pid, NULL, WNOHANG) == 0,
-			  "ubsd exited at start");
-		sleep_ms(10);
-	}
-	cr_assert_fail("ubsd socket did not appear");
+	dt_start_daemon(UBSD_PATH);
 }
 
+/* A fresh run directory with an empty ubs.conf; no daemon yet. */
 static void setup(void)
 {
-	strcpy(run_dir, "/tmp/ubsd-test.XXXXXX");
-	cr_assert(mkdtemp(run_dir));
-	write_file("ubs.conf", "");
+	dt_make_run_dir("/tmp/ubsd-test.XXXXXX");
 }
 
-/* Read all of a file into buf (NUL-terminated; empty if missing). */
-static void slurp(const char *path, char *buf, size_t n)
-{
-	int fd = open(path, O_RDONLY);
-	size_t len = 0;
-	ssize_t r;
-
-	buf[0] = '\0';
-	if (fd < 0)
-		return;
-	while (len + 1 < n && (r = read(fd, buf + len, n - 1 - len)) > 0)
-		len += (size_t)r;
-	buf[len] = '\0';
-	close(fd);
-}
-
+/* Reap the test's client, then check the daemon and clean up. */
 static void teardown(void)
 {
-	char log[128], text[OUT_MAX * 4];
-
 	kill_reap(&client_pid);
-	if (daemon_pid > 0) {
-		int alive = waitpid(daemon_pid, NULL, WNOHANG) == 0;
-		kill_reap(&daemon_pid);
-		path_in(log, sizeof(log), "ubsd.log");
-		slurp(log, text, sizeof(text));
-		cr_expect(alive, "ubsd died during the test; log:\n%s", text);
-		cr_expect(!strstr(text, "Sanitizer") &&
-			  !strstr(text, "runtime error"),
-			  "sanitizer report in ubsd log:\n%s", text);
-	}
-	/* Everything in the run directory is the test's own. */
-	DIR *dir = opendir(run_dir);
-	struct dirent *de;
-	while (dir && (de = readdir(dir))) {
-		char ent[sizeof(run_dir) + sizeof(de->d_name) + 2];
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-			path_in(ent, sizeof(ent), de->d_name);
-			unlink(ent);
-		}
-	}
-	if (dir)
-		closedir(dir);
-	rmdir(run_dir);
+	dt_teardown();
 }
 
 /* Drop to nobody (uid/gid 65534); with supp != 0, keep that one
@@ -296,17 +176,9 @@ static int run_ubsctl(char *out, char *err, const char *a1, const char *a2)
 /* A connected control socket with bounded receive/send waits. */
 static int ctl_open(void)
 {
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
-	int fd;
+	int fd = dt_ctl_connect();
 
-	path_in(sun.sun_path, sizeof(sun.sun_path), CTL_SOCK_NAME);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert(fd >= 0);
-	cr_assert(connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0,
-		  "connect: %s", strerror(errno));
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	cr_assert(fd >= 0, "connect: %s", strerror(errno));
 	return fd;
 }
 
@@ -320,13 +192,8 @@ static void send_msg(int fd, uint16_t type, uint32_t seq, const void *body,
 		     uint32_t len)
 {
 	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
-	struct ctl_hdr h;
 
-	ctl_fill(&h, type, len, seq);
-	memcpy(buf, &h, sizeof(h));
-	if (len)
-		memcpy(buf + sizeof(h), body, len);
-	send_all(fd, buf, sizeof(h) + len);
+	send_all(fd, buf, dt_ctl_frame(buf, type, seq, body, len));
 }
 
 static void recv_all(int fd, void *buf, size_t n)
@@ -560,7 +427,7 @@ Test(daemon, second_instance_refuses_to_start)
 	int status;
 
 	start_daemon();
-	second = spawn_ubsd("ubsd2.log");
+	second = dt_spawn_ubsd(UBSD_PATH, "ubsd2.log", "ubs.conf");
 	status = wait_exit(second, WAIT_MS);
 	if (status < 0)
 		kill_reap(&second);
@@ -894,7 +761,7 @@ Test(daemon, bad_config_refuses_to_start)
 	int status;
 
 	write_file("bad.conf", "[default]\naccel = on\n\nspeed = 11\n");
-	pid = spawn_ubsd_conf("ubsd2.log", "bad.conf");
+	pid = dt_spawn_ubsd(UBSD_PATH, "ubsd2.log", "bad.conf");
 	status = wait_exit(pid, WAIT_MS);
 	if (status < 0)
 		kill_reap(&pid);
@@ -912,7 +779,7 @@ Test(daemon, bad_config_refuses_to_start)
 
 	/* A file named with -c must exist. */
 	unlink(log);
-	pid = spawn_ubsd_conf("ubsd2.log", "missing.conf");
+	pid = dt_spawn_ubsd(UBSD_PATH, "ubsd2.log", "missing.conf");
 	status = wait_exit(pid, WAIT_MS);
 	if (status < 0)
 		kill_reap(&pid);

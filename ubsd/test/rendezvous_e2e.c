@@ -41,14 +41,11 @@
 
 #include "ctl_proto.h"
 #include "ubt.h"
+#include "support/dtest.h"
 
-#define WAIT_MS 5000
-#define OUT_MAX 8192
 #define MAX_KIDS 8
 
-static char run_dir[64];
 static char ubsd_path[PATH_MAX], ubsctl_path[PATH_MAX];
-static pid_t daemon_pid = -1;
 static pid_t kids[MAX_KIDS];
 static int in_child;
 static int baseline;               /* daemon fds when idle */
@@ -72,27 +69,6 @@ static uint64_t now_us(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-
-	nanosleep(&ts, NULL);
-}
-
-static void path_in(char *buf, size_t n, const char *name)
-{
-	snprintf(buf, n, "%s/%s", run_dir, name);
-}
-
-static void kill_reap(pid_t *pid)
-{
-	if (*pid > 0) {
-		kill(*pid, SIGKILL);
-		waitpid(*pid, NULL, 0);
-		*pid = -1;
-	}
 }
 
 /* Fork a child running fn(arg); it exits 0 when fn returns. */
@@ -138,40 +114,16 @@ static int reap(pid_t pid)
 	return status;
 }
 
-static void write_file(const char *name, const char *text)
-{
-	char path[128];
-	FILE *f;
-
-	path_in(path, sizeof(path), name);
-	f = fopen(path, "w");
-	cr_assert(f);
-	fputs(text, f);
-	fclose(f);
-}
-
-static void slurp(const char *path, char *buf, size_t n)
-{
-	int fd = open(path, O_RDONLY);
-	size_t len = 0;
-	ssize_t r;
-
-	buf[0] = '\0';
-	if (fd < 0)
-		return;
-	while (len + 1 < n && (r = read(fd, buf + len, n - 1 - len)) > 0)
-		len += (size_t)r;
-	buf[len] = '\0';
-	close(fd);
-}
-
 static void set_baseline(void);
 
+/*
+ * A fresh run directory and its daemon (the ubsd next to this binary);
+ * the daemon's idle fd count becomes the baseline.
+ */
 static void setup(void)
 {
-	char exe[PATH_MAX], dir[512], sock[128], log[128], conf[128];
+	char exe[PATH_MAX], dir[512];
 	ssize_t n;
-	struct stat st;
 
 	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	cr_assert(n > 0);
@@ -180,66 +132,19 @@ static void setup(void)
 	snprintf(dir, sizeof(dir), "%s", dirname(exe));
 	snprintf(ubsd_path, sizeof(ubsd_path), "%s/../bin/ubsd", dir);
 	snprintf(ubsctl_path, sizeof(ubsctl_path), "%s/../bin/ubsctl", dir);
-	strcpy(run_dir, "/tmp/ubsd-e2e.XXXXXX");
-	cr_assert(mkdtemp(run_dir));
-	write_file("ubs.conf", "");
+	dt_make_run_dir("/tmp/ubsd-e2e.XXXXXX");
 	for (int i = 0; i < MAX_KIDS; i++)
 		kids[i] = -1;
-	path_in(log, sizeof(log), "ubsd.log");
-	path_in(conf, sizeof(conf), "ubs.conf");
-	daemon_pid = fork();
-	cr_assert(daemon_pid >= 0);
-	if (daemon_pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (fd >= 0)
-			dup2(fd, STDERR_FILENO);
-		setenv("UBS_RUN_DIR", run_dir, 1);
-		execl(ubsd_path, "ubsd", "-f", "-d", "-c", conf, (char *)NULL);
-		_exit(127);
-	}
-	path_in(sock, sizeof(sock), CTL_SOCK_NAME);
-	for (int t = 0; t < WAIT_MS; t += 10) {
-		if (stat(sock, &st) == 0) {
-			set_baseline();
-			return;
-		}
-		cr_assert(waitpid(daemon_pid, NULL, WNOHANG) == 0,
-			  "ubsd (%s) exited at start", ubsd_path);
-		sleep_ms(10);
-	}
-	cr_assert_fail("ubsd socket did not appear");
+	dt_start_daemon(ubsd_path);
+	set_baseline();
 }
 
+/* Reap the test's children, then check the daemon and clean up. */
 static void teardown(void)
 {
-	static char text[OUT_MAX * 8];
-	char log[128];
-
 	for (int i = 0; i < MAX_KIDS; i++)
 		kill_reap(&kids[i]);
-	if (daemon_pid > 0) {
-		int alive = waitpid(daemon_pid, NULL, WNOHANG) == 0;
-		kill_reap(&daemon_pid);
-		path_in(log, sizeof(log), "ubsd.log");
-		slurp(log, text, sizeof(text));
-		cr_expect(alive, "ubsd died during the test; log:\n%s", text);
-		cr_expect(!strstr(text, "Sanitizer") &&
-			  !strstr(text, "runtime error"),
-			  "sanitizer report in ubsd log:\n%s", text);
-	}
-	DIR *dir = opendir(run_dir);
-	struct dirent *de;
-	while (dir && (de = readdir(dir))) {
-		char ent[sizeof(run_dir) + sizeof(de->d_name) + 2];
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-			path_in(ent, sizeof(ent), de->d_name);
-			unlink(ent);
-		}
-	}
-	if (dir)
-		closedir(dir);
-	rmdir(run_dir);
+	dt_teardown();
 }
 
 /* Open fds of the daemon. */
@@ -276,16 +181,9 @@ static int daemon_fds_settle(int want)
 
 static int ctl_open(void)
 {
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
-	int fd;
+	int fd = dt_ctl_connect();
 
-	path_in(sun.sun_path, sizeof(sun.sun_path), CTL_SOCK_NAME);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	REQUIRE(fd >= 0);
-	REQUIRE(connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0);
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	return fd;
 }
 
@@ -293,14 +191,9 @@ static void send_msg(int fd, uint16_t type, const void *body, uint32_t len,
 		     const int *fds, int nfds)
 {
 	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
-	struct ctl_hdr h;
+	size_t n = dt_ctl_frame(buf, type, type, body, len);
 
-	ctl_fill(&h, type, len, type);
-	memcpy(buf, &h, sizeof(h));
-	if (len)
-		memcpy(buf + sizeof(h), body, len);
-	REQUIRE(ubt_send_fds(fd, fds, nfds, buf, sizeof(h) + len) ==
-		(int)(sizeof(h) + len));
+	REQUIRE(ubt_send_fds(fd, fds, nfds, buf, n) == (int)n);
 }
 
 /*

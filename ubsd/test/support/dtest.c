@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dtest.c - helpers shared by the tests that start a real ubsd in a
+ * private run directory; see dtest.h.
+ */
+#include <criterion/criterion.h>
+
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctl_proto.h"
+#include "dtest.h"
+
+char run_dir[64];
+pid_t daemon_pid = -1;
+
+/* Sleep for ms milliseconds. */
+void sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+
+	nanosleep(&ts, NULL);
+}
+
+/* buf = RUN_DIR/name. */
+void path_in(char *buf, size_t n, const char *name)
+{
+	snprintf(buf, n, "%s/%s", run_dir, name);
+}
+
+/* SIGKILL and reap *pid if it is > 0; *pid becomes -1. */
+void kill_reap(pid_t *pid)
+{
+	if (*pid > 0) {
+		kill(*pid, SIGKILL);
+		waitpid(*pid, NULL, 0);
+		*pid = -1;
+	}
+}
+
+/* Write text to name in run_dir. */
+void write_file(const char *name, const char *text)
+{
+	char path[128];
+	FILE *f;
+
+	path_in(path, sizeof(path), name);
+	f = fopen(path, "w");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	cr_assert(fputs(text, f) >= 0);
+	cr_assert(fclose(f) == 0);
+}
+
+/* Read all of a file into buf (NUL-terminated; empty if missing). */
+void slurp(const char *path, char *buf, size_t n)
+{
+	int fd = open(path, O_RDONLY);
+	size_t len = 0;
+	ssize_t r;
+
+	buf[0] = '\0';
+	if (fd < 0)
+		return;
+	while (len + 1 < n && (r = read(fd, buf + len, n - 1 - len)) > 0)
+		len += (size_t)r;
+	buf[len] = '\0';
+	close(fd);
+}
+
+/* Create run_dir from the mkdtemp template tmpl, with an empty ubs.conf. */
+void dt_make_run_dir(const char *tmpl)
+{
+	snprintf(run_dir, sizeof(run_dir), "%s", tmpl);
+	cr_assert(mkdtemp(run_dir));
+	write_file("ubs.conf", "");
+}
+
+/*
+ * Start `PROG -f -d -c CONF` on run_dir, stderr into log_name in run_dir;
+ * CONF is conf_name in run_dir.  The daemon dies with the test process
+ * (PR_SET_PDEATHSIG).  Returns its pid.
+ */
+pid_t dt_spawn_ubsd(const char *prog, const char *log_name,
+		    const char *conf_name)
+{
+	char log[128], conf[128];
+	pid_t pid;
+
+	path_in(log, sizeof(log), log_name);
+	path_in(conf, sizeof(conf), conf_name);
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (fd >= 0)
+			dup2(fd, STDERR_FILENO);
+		setenv("UBS_RUN_DIR", run_dir, 1);
+		execl(prog, "ubsd", "-f", "-d", "-c", conf, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/*
+ * Start the test's daemon (prog, log ubsd.log, conf ubs.conf) into
+ * daemon_pid and wait (bounded) until its socket exists.
+ */
+void dt_start_daemon(const char *prog)
+{
+	char sock[128];
+	struct stat st;
+
+	daemon_pid = dt_spawn_ubsd(prog, "ubsd.log", "ubs.conf");
+	path_in(sock, sizeof(sock), CTL_SOCK_NAME);
+	for (int t = 0; t < WAIT_MS; t += 10) {
+		if (stat(sock, &st) == 0)
+			return;
+		cr_assert(waitpid(daemon_pid, NULL, WNOHANG) == 0,
+			  "ubsd (%s) exited at start", prog);
+		sleep_ms(10);
+	}
+	cr_assert_fail("ubsd socket did not appear");
+}
+
+/*
+ * End of a test, once its own processes are reaped: the daemon must still
+ * be alive and its log free of sanitizer reports; it is killed and
+ * everything in the run directory (all the test's own) removed.
+ */
+void dt_teardown(void)
+{
+	static char text[OUT_MAX * 8];
+	char log[128];
+
+	if (daemon_pid > 0) {
+		int alive = waitpid(daemon_pid, NULL, WNOHANG) == 0;
+		kill_reap(&daemon_pid);
+		path_in(log, sizeof(log), "ubsd.log");
+		slurp(log, text, sizeof(text));
+		cr_expect(alive, "ubsd died during the test; log:\n%s", text);
+		cr_expect(!strstr(text, "Sanitizer") &&
+			  !strstr(text, "runtime error"),
+			  "sanitizer report in ubsd log:\n%s", text);
+	}
+	DIR *dir = opendir(run_dir);
+	struct dirent *de;
+	while (dir && (de = readdir(dir))) {
+		char ent[sizeof(run_dir) + sizeof(de->d_name) + 2];
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			path_in(ent, sizeof(ent), de->d_name);
+			unlink(ent);
+		}
+	}
+	if (dir)
+		closedir(dir);
+	rmdir(run_dir);
+}
+
+/*
+ * A control socket connected to the daemon, with bounded receive/send
+ * waits; -1 with errno set if it cannot be created or connected.  No
+ * assertion here: callers assert in their own way (some in children).
+ */
+int dt_ctl_connect(void)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
+	int fd, err;
+
+	path_in(sun.sun_path, sizeof(sun.sun_path), CTL_SOCK_NAME);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		err = errno;
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+/*
+ * Frame a message (header with sequence seq, then len bytes of body) into
+ * buf, which holds sizeof(struct ctl_hdr) + CTL_MAX_BODY bytes; returns
+ * its size.
+ */
+size_t dt_ctl_frame(void *buf, uint16_t type, uint32_t seq,
+		    const void *body, uint32_t len)
+{
+	struct ctl_hdr h;
+
+	ctl_fill(&h, type, len, seq);
+	memcpy(buf, &h, sizeof(h));
+	if (len)
+		memcpy((char *)buf + sizeof(h), body, len);
+	return sizeof(h) + len;
+}
