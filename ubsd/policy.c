@@ -19,6 +19,13 @@
 #define PP_SIZE (UBT_SEG_HDR_SIZE + sizeof(struct ubs_policy_page))
 #define PP_READ_TRIES 1000
 
+static const uint8_t v4mapped[12] = {
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+static const uint8_t zero16[16];
+
+/* The layout is shared by separately built programs: keep it fixed. */
+_Static_assert(sizeof(struct ubs_lst_entry) == 32, "listener entry layout");
+
 static struct ubs_policy_page *page_of(const struct ubt_seg *s)
 {
 	return (struct ubs_policy_page *)(s->base + UBT_SEG_HDR_SIZE);
@@ -92,12 +99,67 @@ int pp_publish_ex(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
 	return publish(s, deflt, svc, n, excl, nexcl, 1);
 }
 
+/*
+ * Normalise a listener entry: an IPv4-mapped IPv6 address becomes
+ * AF_INET, bytes and flags its family does not use are zeroed.  Returns 0
+ * or -EINVAL (neither AF_INET nor AF_INET6).
+ */
+static int lst_norm(struct ubs_lst_entry *e)
+{
+	if (e->family == AF_INET6 &&
+	    memcmp(e->addr, v4mapped, sizeof(v4mapped)) == 0) {
+		e->family = AF_INET;
+		memmove(e->addr, e->addr + sizeof(v4mapped), 4);
+	}
+	if (e->family == AF_INET) {
+		memset(e->addr + 4, 0, sizeof(e->addr) - 4);
+		e->v6only = 0;
+		return 0;
+	}
+	if (e->family == AF_INET6) {
+		e->v6only = e->v6only != 0;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+int pp_publish_listeners(struct ubt_seg *s, const struct ubs_lst_entry *l,
+			 uint32_t n)
+{
+	struct ubs_policy_page *pg = page_of(s);
+	struct ubs_lst_entry e;
+	uint64_t seq;
+	uint32_t i;
+
+	if (n > UBS_POLICY_MAX_LST)
+		return -E2BIG;
+	/* All checked before the update: a refusal changes nothing. */
+	for (i = 0; i < n; i++) {
+		e = l[i];
+		if (lst_norm(&e))
+			return -EINVAL;
+	}
+	seq = atomic_load_explicit(&pg->seq, memory_order_relaxed);
+	atomic_store_explicit(&pg->seq, seq + 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_release);
+	for (i = 0; i < n; i++) {
+		e = l[i];
+		lst_norm(&e);
+		pg->lst[i] = e;
+	}
+	memset(pg->lst + n, 0, sizeof(pg->lst[0]) * (UBS_POLICY_MAX_LST - n));
+	pg->nlst = n;
+	atomic_store_explicit(&pg->seq, seq + 2, memory_order_release);
+	return 0;
+}
+
 int pp_map(struct ubt_seg *s, int fd)
 {
 	int err = ubt_seg_map(s, fd, UBT_SEG_POLICY);
 
 	if (err)
 		return err;
+	/* Every table, listeners last, must lie inside the mapping. */
 	if (s->size < PP_SIZE) {
 		s->fd = -1;             /* the caller keeps fd on failure */
 		ubt_seg_unmap(s);
@@ -218,8 +280,6 @@ static int excl_match(const struct ubs_excl_rule *r, const char *service,
 int pp_excluded(const struct ubt_seg *s, const char *service, int family,
 		const void *addr, uint16_t port)
 {
-	static const uint8_t v4mapped[12] = {
-		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 	const struct ubs_policy_page *pg = page_of(s);
 	const uint8_t *a = NULL;
 	int tries;
@@ -250,6 +310,63 @@ int pp_excluded(const struct ubt_seg *s, const char *service, int family,
 		if (read_changed(pg, s1))
 			continue;
 		if (pg->nexcl > UBS_POLICY_MAX_EXCL)
+			return -EPROTO;
+		return found;
+	}
+	return -EAGAIN;
+}
+
+/*
+ * Could a connect to (family, a, port), normalised, reach listener entry
+ * e?  e is read from the page (maybe torn, so only compared): the same
+ * port, and the same address or a wildcard that takes the family.
+ */
+static int lst_reaches(const struct ubs_lst_entry *e, int family,
+		       const uint8_t *a, uint16_t port)
+{
+	size_t len = family == AF_INET ? 4 : 16;
+
+	if (e->port != port)
+		return 0;
+	if (e->family == family)
+		return memcmp(e->addr, zero16, len) == 0 ||
+		       memcmp(e->addr, a, len) == 0;
+	/* A dual-stack :: listener also takes IPv4. */
+	return e->family == AF_INET6 && family == AF_INET && !e->v6only &&
+	       memcmp(e->addr, zero16, sizeof(zero16)) == 0;
+}
+
+int pp_listener_maybe(const struct ubt_seg *s, int family, const void *addr,
+		      uint16_t port)
+{
+	const struct ubs_policy_page *pg = page_of(s);
+	const uint8_t *a = addr;
+	int tries;
+
+	if (family != AF_INET && family != AF_INET6)
+		return -EAFNOSUPPORT;
+	if (!a)
+		return -EINVAL;
+	if (family == AF_INET6 && memcmp(a, v4mapped, sizeof(v4mapped)) == 0) {
+		family = AF_INET;
+		a += sizeof(v4mapped);
+	}
+	for (tries = 0; tries < PP_READ_TRIES; tries++) {
+		uint64_t s1;
+		uint32_t i, n;
+		int found = 0;
+
+		s1 = read_begin(pg);
+		if (s1 & 1)
+			continue;
+		n = pg->nlst;
+		if (n > UBS_POLICY_MAX_LST)
+			n = UBS_POLICY_MAX_LST; /* torn or hostile */
+		for (i = 0; !found && i < n; i++)
+			found = lst_reaches(&pg->lst[i], family, a, port);
+		if (read_changed(pg, s1))
+			continue;
+		if (pg->nlst > UBS_POLICY_MAX_LST)
 			return -EPROTO;
 		return found;
 	}

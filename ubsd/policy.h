@@ -3,8 +3,9 @@
  * policy.h - the shared policy page: ubsd writes per-service policy into a
  * memfd segment sealed against writes by anyone else (F_SEAL_FUTURE_WRITE:
  * a receiver can map it read-only only); every preloaded process maps it
- * and reads a service's record with no syscall.  A seqlock (seq odd while
- * the writer is inside) guarantees a reader never uses a torn record.
+ * and reads a service's record, the exclude rules and the table of UB
+ * listeners with no syscall.  A seqlock (seq odd while the writer is
+ * inside) guarantees a reader never uses a torn record.
  */
 #ifndef UBS_POLICY_H
 #define UBS_POLICY_H
@@ -17,6 +18,7 @@
 
 #define UBS_POLICY_MAX_SVC 256
 #define UBS_POLICY_MAX_EXCL 64
+#define UBS_POLICY_MAX_LST 1024
 
 /* Kinds of exclude rule (connections that must stay on TCP). */
 enum ubs_excl_kind {
@@ -48,6 +50,17 @@ struct ubs_svc_policy {
 	uint64_t mem_quota;             /* bytes of pool memory, 0 = none */
 };
 
+/* One listening socket registered with ubsd (LISTEN).  ubsd publishes
+ * normalised entries: an IPv4-mapped IPv6 address is AF_INET, unused
+ * address bytes are zero, v6only is 0 unless family is AF_INET6. */
+struct ubs_lst_entry {
+	uint16_t family;                /* AF_INET or AF_INET6 */
+	uint16_t port;                  /* host order */
+	uint32_t v6only;                /* IPV6_V6ONLY of a :: listener */
+	uint8_t addr[16];               /* network order; v4 in addr[0..3] */
+	uint64_t netns;                 /* SO_NETNS_COOKIE of the listener */
+};
+
 /* Follows the segment header page. */
 struct ubs_policy_page {
 	_Atomic uint64_t seq;           /* even: stable; odd: being written */
@@ -58,6 +71,9 @@ struct ubs_policy_page {
 	uint32_t nexcl;
 	uint32_t reserved2;
 	struct ubs_excl_rule excl[UBS_POLICY_MAX_EXCL];
+	uint32_t nlst;
+	uint32_t reserved3;
+	struct ubs_lst_entry lst[UBS_POLICY_MAX_LST];
 };
 
 /* ubsd: create the page (kind UBT_SEG_POLICY, sealed read-only for
@@ -72,6 +88,15 @@ int pp_publish(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
 int pp_publish_ex(struct ubt_seg *s, const struct ubs_svc_policy *deflt,
 		  const struct ubs_svc_policy *svc, uint32_t n,
 		  const struct ubs_excl_rule *excl, uint32_t nexcl);
+/*
+ * ubsd: replace the listener table in one seqlock update (n <=
+ * UBS_POLICY_MAX_LST, else -E2BIG; an entry of another family: -EINVAL).
+ * Entries are normalised as they are stored (see struct ubs_lst_entry).
+ * Services and exclude rules are untouched, and pp_publish /
+ * pp_publish_ex leave the listener table as it is.
+ */
+int pp_publish_listeners(struct ubt_seg *s, const struct ubs_lst_entry *l,
+			 uint32_t n);
 /* The built-in default record. */
 void pp_defaults(struct ubs_svc_policy *p);
 
@@ -98,6 +123,19 @@ int pp_lookup_hint(const struct ubt_seg *s, const char *name,
  */
 int pp_excluded(const struct ubt_seg *s, const char *service, int family,
 		const void *addr, uint16_t port);
+/*
+ * Preload, on connect(): might a UB listener accept a connection to
+ * addr:port?  family AF_INET (addr: struct in_addr) or AF_INET6 (struct
+ * in6_addr; v4-mapped is treated as IPv4), network order; port in host
+ * order.  1 if some listener has that port and either the same address or
+ * a wildcard that takes it (0.0.0.0 for IPv4; :: for IPv6, and for IPv4
+ * too unless v6only), in any network namespace; 0 if none; -EAFNOSUPPORT
+ * for another family, -EINVAL without addr; -EAGAIN / -EPROTO as
+ * pp_lookup.  No
+ * syscall, no allocation; never reads past the table, whatever nlst says.
+ */
+int pp_listener_maybe(const struct ubt_seg *s, int family, const void *addr,
+		      uint16_t port);
 /* Generation of the page (changes on every publish). */
 uint64_t pp_generation(const struct ubt_seg *s);
 

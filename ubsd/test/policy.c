@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -515,6 +516,319 @@ Test(policy, concurrent_exclude_reader_sees_one_whole_set, .timeout = 30)
 			if (got == -EAGAIN)
 				continue;
 			cr_assert_eq(got, 1, "torn rule count");
+			break;
+		}
+		reads++;
+	}
+	gens = pp_generation(&r) - g0;
+	cr_assert_eq(wait_ok(pid), 0);
+	cr_assert_gt(reads, 10000);
+	cr_assert_gt(gens, 100, "the reader must really race the writer");
+	ubt_seg_unmap(&r);
+	ubt_seg_unmap(&shared_seg);
+}
+
+/* ------------------------------------------------------------ listeners */
+
+/* A listener entry from text. */
+static struct ubs_lst_entry lent(int fam, const char *a, unsigned port,
+				 int v6only)
+{
+	struct ubs_lst_entry e;
+
+	memset(&e, 0, sizeof(e));
+	e.family = (uint16_t)fam;
+	e.port = (uint16_t)port;
+	e.v6only = (uint32_t)v6only;
+	e.netns = 4026531840u;
+	cr_assert_eq(inet_pton(fam, a, e.addr), 1, "%s", a);
+	return e;
+}
+
+/* pp_listener_maybe for address text a (family fam) and port. */
+static int lm(const struct ubt_seg *r, int fam, const char *a, unsigned port)
+{
+	uint8_t buf[16];
+
+	cr_assert_eq(inet_pton(fam, a, buf), 1, "%s", a);
+	return pp_listener_maybe(r, fam, buf, (uint16_t)port);
+}
+
+Test(policy, listener_table_wildcards_and_exact_addresses)
+{
+	struct ubs_lst_entry v[8];
+	struct ubt_seg s, r;
+	uint64_t g;
+
+	cr_assert_eq(pp_create(&s), 0);
+	cr_assert_eq(pp_map(&r, dup(s.fd)), 0);
+	/* A fresh page has no listener. */
+	cr_assert_eq(lm(&r, AF_INET, "127.0.0.1", 80), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "::1", 80), 0);
+	cr_assert_eq(lm(&r, AF_INET, "0.0.0.0", 0), 0);
+
+	v[0] = lent(AF_INET, "0.0.0.0", 1000, 0);
+	v[1] = lent(AF_INET6, "::", 2000, 0);
+	v[2] = lent(AF_INET6, "::", 3000, 1);
+	v[3] = lent(AF_INET, "127.0.0.1", 4000, 0);
+	v[4] = lent(AF_INET6, "2001:db8::1", 5000, 0);
+	v[5] = lent(AF_INET6, "::ffff:10.0.0.1", 7000, 0);     /* mapped */
+	v[6] = lent(AF_INET, "10.0.0.2", 8000, 1);  /* v6only ignored */
+	g = pp_generation(&r);
+	cr_assert_eq(pp_publish_listeners(&s, v, 7), 0);
+	cr_assert_eq(pp_generation(&r), g + 1, "one seqlock update");
+
+	/* 0.0.0.0: every IPv4 address (and v4-mapped), no IPv6 one. */
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 1000), 1);
+	cr_assert_eq(lm(&r, AF_INET, "127.0.0.1", 1000), 1);
+	cr_assert_eq(lm(&r, AF_INET6, "::ffff:1.2.3.4", 1000), 1);
+	cr_assert_eq(lm(&r, AF_INET6, "2001:db8::9", 1000), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "::1", 1000), 0);
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 1001), 0);
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 999), 0);
+	/* Dual-stack ::: IPv6, IPv4 and v4-mapped. */
+	cr_assert_eq(lm(&r, AF_INET6, "2001:db8::9", 2000), 1);
+	cr_assert_eq(lm(&r, AF_INET6, "::1", 2000), 1);
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 2000), 1);
+	cr_assert_eq(lm(&r, AF_INET6, "::ffff:127.0.0.1", 2000), 1);
+	cr_assert_eq(lm(&r, AF_INET6, "::1", 2001), 0);
+	/* v6only ::: IPv6 only. */
+	cr_assert_eq(lm(&r, AF_INET6, "::1", 3000), 1);
+	cr_assert_eq(lm(&r, AF_INET6, "fe80::1", 3000), 1);
+	cr_assert_eq(lm(&r, AF_INET, "127.0.0.1", 3000), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "::ffff:127.0.0.1", 3000), 0);
+	/* An exact IPv4 address: that one, also v4-mapped. */
+	cr_assert_eq(lm(&r, AF_INET, "127.0.0.1", 4000), 1);
+	cr_assert_eq(lm(&r, AF_INET6, "::ffff:127.0.0.1", 4000), 1);
+	cr_assert_eq(lm(&r, AF_INET, "127.0.0.2", 4000), 0);
+	cr_assert_eq(lm(&r, AF_INET, "0.0.0.0", 4000), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "::1", 4000), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "::7f00:1", 4000), 0); /* not mapped */
+	cr_assert_eq(lm(&r, AF_INET, "127.0.0.1", 4001), 0);
+	/* An exact IPv6 address. */
+	cr_assert_eq(lm(&r, AF_INET6, "2001:db8::1", 5000), 1);
+	cr_assert_eq(lm(&r, AF_INET6, "2001:db8::2", 5000), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "2001:db8::1:0:0:1", 5000), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "::", 5000), 0);
+	cr_assert_eq(lm(&r, AF_INET, "32.1.13.184", 5000), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "2001:db8::1", 5001), 0);
+	/* A listener on a v4-mapped address was stored as IPv4. */
+	cr_assert_eq(lm(&r, AF_INET, "10.0.0.1", 7000), 1);
+	cr_assert_eq(lm(&r, AF_INET6, "::ffff:10.0.0.1", 7000), 1);
+	cr_assert_eq(lm(&r, AF_INET, "10.0.0.3", 7000), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "::", 7000), 0);
+	/* v6only means nothing on IPv4. */
+	cr_assert_eq(lm(&r, AF_INET, "10.0.0.2", 8000), 1);
+	/* Other families and no address. */
+	cr_assert_eq(pp_listener_maybe(&r, AF_UNIX, "\x7f\0\0\1", 4000),
+		     -EAFNOSUPPORT);
+	cr_assert_eq(pp_listener_maybe(&r, AF_INET, NULL, 4000), -EINVAL);
+
+	/* Refusals change nothing. */
+	g = pp_generation(&r);
+	cr_assert_eq(pp_publish_listeners(&s, v, UBS_POLICY_MAX_LST + 1),
+		     -E2BIG);
+	v[7] = v[0];
+	v[7].family = AF_UNIX;
+	cr_assert_eq(pp_publish_listeners(&s, v, 8), -EINVAL);
+	cr_assert_eq(pp_generation(&r), g);
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 1000), 1);
+
+	/* Republishing with none clears the table. */
+	cr_assert_eq(pp_publish_listeners(&s, NULL, 0), 0);
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 1000), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "::1", 2000), 0);
+	cr_assert_eq(lm(&r, AF_INET, "127.0.0.1", 4000), 0);
+	ubt_seg_unmap(&r);
+	ubt_seg_unmap(&s);
+}
+
+Test(policy, listener_table_full_and_independent_of_the_policy)
+{
+	static struct ubs_lst_entry v[UBS_POLICY_MAX_LST];
+	struct ubs_svc_policy d, a = rec("svc-a", 3), p;
+	struct ubs_excl_rule x = xport(11211, 11211);
+	struct ubt_seg s, r;
+
+	cr_assert_eq(pp_create(&s), 0);
+	cr_assert_eq(pp_map(&r, dup(s.fd)), 0);
+	/* Every slot is searched, the last one too. */
+	for (unsigned i = 0; i < UBS_POLICY_MAX_LST; i++) {
+		char t[32];
+
+		snprintf(t, sizeof(t), "10.0.%u.%u", i / 256, i % 256);
+		v[i] = lent(AF_INET, t, 10000 + i, 0);
+	}
+	cr_assert_eq(pp_publish_listeners(&s, v, UBS_POLICY_MAX_LST), 0);
+	cr_assert_eq(lm(&r, AF_INET, "10.0.0.0", 10000), 1);
+	cr_assert_eq(lm(&r, AF_INET, "10.0.3.255", 10000 + 1023), 1);
+	cr_assert_eq(lm(&r, AF_INET, "10.0.3.255", 10000 + 1022), 0);
+	/* Services and exclude rules leave the listeners alone ... */
+	pp_defaults(&d);
+	cr_assert_eq(pp_publish_ex(&s, &d, &a, 1, &x, 1), 0);
+	cr_assert_eq(pp_publish(&s, &d, &a, 1), 0);
+	cr_assert_eq(lm(&r, AF_INET, "10.0.3.255", 10000 + 1023), 1);
+	/* ... and the listeners leave services and exclude rules alone. */
+	cr_assert_eq(pp_publish_listeners(&s, v, 1), 0);
+	cr_assert_eq(pp_lookup(&r, "svc-a", &p), 1);
+	cr_assert_eq(p.spin_us, 3);
+	cr_assert_eq(pp_excluded(&r, "web", 0, NULL, 11211), 1);
+	cr_assert_eq(lm(&r, AF_INET, "10.0.0.0", 10000), 1);
+	cr_assert_eq(lm(&r, AF_INET, "10.0.3.255", 10000 + 1023), 0);
+	ubt_seg_unmap(&r);
+	ubt_seg_unmap(&s);
+}
+
+/*
+ * A count past the table (from a buggy or hostile writer: the reader
+ * cannot trust shared memory) is refused, and the scan never leaves the
+ * table: unclamped, 2^32 entries would run far off the mapping.
+ */
+Test(policy, listener_count_out_of_range_is_refused)
+{
+	struct ubs_lst_entry e = lent(AF_INET, "0.0.0.0", 1000, 0);
+	struct ubs_policy_page *pg;
+	struct ubt_seg s, r;
+
+	cr_assert_eq(pp_create(&s), 0);
+	cr_assert_eq(pp_map(&r, dup(s.fd)), 0);
+	cr_assert_eq(pp_publish_listeners(&s, &e, 1), 0);
+	pg = (struct ubs_policy_page *)(s.base + UBT_SEG_HDR_SIZE);
+	pg->nlst = UINT32_MAX;
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 999), -EPROTO);
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 1000), -EPROTO);
+	pg->nlst = UBS_POLICY_MAX_LST + 1;
+	cr_assert_eq(lm(&r, AF_INET6, "::1", 1), -EPROTO);
+	pg->nlst = UBS_POLICY_MAX_LST;  /* in range: unused slots never match */
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 1000), 1);
+	cr_assert_eq(lm(&r, AF_INET, "0.0.0.0", 0), 0);
+	cr_assert_eq(lm(&r, AF_INET6, "::", 0), 0);
+	/* A writer stuck inside an update: no stable copy. */
+	atomic_fetch_add(&pg->seq, 1);
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 1000), -EAGAIN);
+	atomic_fetch_add(&pg->seq, 1);
+	cr_assert_eq(lm(&r, AF_INET, "1.2.3.4", 1000), 1);
+	ubt_seg_unmap(&r);
+	ubt_seg_unmap(&s);
+}
+
+/* A policy segment too small for the listener table is not mapped. */
+Test(policy, reader_refuses_a_page_without_the_listener_table)
+{
+	size_t small = UBT_SEG_HDR_SIZE +
+		offsetof(struct ubs_policy_page, lst) + 4096;
+	struct ubt_seg w, r;
+
+	small &= ~(size_t)4095;
+	cr_assert_lt(small, UBT_SEG_HDR_SIZE + sizeof(struct ubs_policy_page));
+	cr_assert_eq(ubt_seg_create(&w, small, UBT_SEG_POLICY, "x"), 0);
+	cr_assert_eq(pp_map(&r, w.fd), -EPROTO);
+	cr_assert_geq(fcntl(w.fd, F_GETFD), 0);
+	ubt_seg_unmap(&w);
+	cr_assert_eq(pp_create(&w), 0);
+	cr_assert_geq(w.size, UBT_SEG_HDR_SIZE +
+		      sizeof(struct ubs_policy_page));
+	cr_assert_eq(pp_map(&r, dup(w.fd)), 0);
+	ubt_seg_unmap(&r);
+	ubt_seg_unmap(&w);
+}
+
+/*
+ * Two listener tables, A and B, whose every probe below answers the same
+ * from A and from B and differently from any mix of the two:
+ *  - entry i (1..996) is 10.x.y.1 port 10000+i in A, 11.x.y.1 port
+ *    20000+i in B: probes 10.x.y.1:20000+i and 11.x.y.1:10000+i answer 0
+ *    from both, 1 from an entry torn between them;
+ *  - 1.2.3.4:9 is first in A and at 997 in B, 5.6.7.8:9 the other way
+ *    round: both answer 1 from either table, 0 from the new table's head
+ *    over the old table's tail (a reader overtaking the writer);
+ *  - 9.9.9.9:9 is last of A's 1000 entries and of B's 999: 1 from both, 0
+ *    from B's count over A's entries.
+ */
+#define TORN_LST 1000
+
+static void torn_lst(struct ubs_lst_entry *v, int b, uint32_t *n)
+{
+	char a[32];
+
+	for (unsigned i = 1; i <= 996; i++) {
+		snprintf(a, sizeof(a), "%u.%u.%u.1", b ? 11 : 10, i / 256,
+			 i % 256);
+		v[i] = lent(AF_INET, a, (b ? 20000 : 10000) + i, 0);
+	}
+	v[0] = lent(AF_INET, b ? "5.6.7.8" : "1.2.3.4", 9, 0);
+	v[997] = lent(AF_INET, b ? "1.2.3.4" : "5.6.7.8", 9, 0);
+	if (b) {
+		v[998] = lent(AF_INET, "9.9.9.9", 9, 0);
+		*n = TORN_LST - 1;
+	} else {
+		v[998] = lent(AF_INET6, "::", 8, 1);
+		v[999] = lent(AF_INET, "9.9.9.9", 9, 0);
+		*n = TORN_LST;
+	}
+}
+
+static int lst_writer(int secs)
+{
+	static struct ubs_lst_entry v[2][TORN_LST];
+	uint64_t end = now_ms() + (uint64_t)secs * 1000;
+	uint32_t n[2], k = 0;
+
+	torn_lst(v[0], 0, &n[0]);
+	torn_lst(v[1], 1, &n[1]);
+	while (now_ms() < end) {
+		k++;
+		if (pp_publish_listeners(&shared_seg, v[k & 1], n[k & 1]))
+			return 1;
+	}
+	return 0;
+}
+
+Test(policy, concurrent_listener_reader_sees_one_whole_table, .timeout = 30)
+{
+	static const uint8_t both[3][4] = {
+		{ 1, 2, 3, 4 }, { 5, 6, 7, 8 }, { 9, 9, 9, 9 } };
+	static struct ubs_lst_entry v[TORN_LST];
+	uint64_t end, reads = 0, rs = 1, gens = 0, g0;
+	struct ubt_seg r;
+	uint32_t n;
+	pid_t pid;
+
+	cr_assert_eq(pp_create(&shared_seg), 0);
+	torn_lst(v, 0, &n);
+	cr_assert_eq(pp_publish_listeners(&shared_seg, v, n), 0);
+	cr_assert_eq(pp_map(&r, dup(shared_seg.fd)), 0);
+	g0 = pp_generation(&r);
+	pid = child(lst_writer, 1);
+	end = now_ms() + 1000;
+	while (now_ms() < end) {
+		unsigned i;
+		uint8_t a[4];
+		int got;
+
+		rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+		i = 1 + (unsigned)((rs >> 33) % 996);
+		switch ((rs >> 20) & 7) {
+		case 0:                         /* 10.x.y.1 : 20000+i */
+		case 1:                         /* 11.x.y.1 : 10000+i */
+			a[0] = (rs >> 20) & 1 ? 11 : 10;
+			a[1] = (uint8_t)(i / 256);
+			a[2] = (uint8_t)(i % 256);
+			a[3] = 1;
+			got = pp_listener_maybe(&r, AF_INET, a,
+						(uint16_t)(((rs >> 20) & 1 ?
+							    10000 : 20000) + i));
+			if (got == -EAGAIN)
+				continue;
+			cr_assert_eq(got, 0, "torn entry %u", i);
+			break;
+		default:                        /* in both, moved or last */
+			memcpy(a, both[((rs >> 20) & 7) % 3], sizeof(a));
+			got = pp_listener_maybe(&r, AF_INET, a, 9);
+			if (got == -EAGAIN)
+				continue;
+			cr_assert_eq(got, 1, "torn table: %u.%u.%u.%u:9 missed",
+				     a[0], a[1], a[2], a[3]);
 			break;
 		}
 		reads++;
