@@ -359,7 +359,8 @@ int pp_listener_maybe(const struct ubt_seg *s, int family, const void *addr,
 		s1 = read_begin(pg);
 		if (s1 & 1)
 			continue;
-		n = pg->nlst;
+		/* One load: the bound checked is the bound used. */
+		n = *(const volatile uint32_t *)&pg->nlst;
 		if (n > UBS_POLICY_MAX_LST)
 			n = UBS_POLICY_MAX_LST; /* torn or hostile */
 		for (i = 0; !found && i < n; i++)
