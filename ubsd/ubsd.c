@@ -27,10 +27,14 @@
  * of passed sockets and keeps the channel fds of each unmatched
  * publication (struct chan) until they are handed to the matching client,
  * withdrawn as stale, or their session ends.  Pending requests are
- * answered from the epoll_wait timeout (rv_next_deadline).  A connection
- * closed while another is being served is only unlinked (graveyard) and
- * freed after the epoll batch, so no event of the batch points at freed
- * memory.
+ * answered from the epoll_wait timeout (rv_next_deadline).  The
+ * listeners are also published in the policy page (publish_listeners),
+ * so a preloaded client can tell on connect, without a syscall, whether
+ * asking for a channel is worth it.
+ *
+ * A connection closed while another is being served is only unlinked
+ * (graveyard) and freed after the epoll batch, so no event of the batch
+ * points at freed memory.
  *
  * Logs go to stderr with -f, to syslog (facility daemon) otherwise.
  */
@@ -127,9 +131,10 @@ static TAILQ_HEAD(, conn) conns = TAILQ_HEAD_INITIALIZER(conns);
 static TAILQ_HEAD(, conn) graveyard = TAILQ_HEAD_INITIALIZER(graveyard);
 static TAILQ_HEAD(, chan) chans = TAILQ_HEAD_INITIALIZER(chans);
 
-/* Rendezvous capacities: preallocated once. */
+/* Rendezvous capacities: preallocated once.  Every listener fits in the
+ * policy page. */
 static const struct rv_limits rv_lim = {
-	.listeners = 1024, .holders = 8192, .pubs = 4096, .reqs = 4096,
+	.listeners = UBS_POLICY_MAX_LST, .holders = 8192, .pubs = 4096, .reqs = 4096,
 	.intents = 1024, .stale_ms = 10000, .flags = RV_NO_CROSS_NETNS,
 };
 
@@ -153,6 +158,14 @@ static struct {
 	uint64_t next_session_id, next_chan_id;
 } d = { .epfd = -1, .listen = { EV_LISTEN, -1 }, .sig = { EV_SIGNAL, -1 },
 	.conf_path = CONF_DEFAULT_PATH, .page = { .fd = -1 } };
+
+/* The listener table as last published in the page, and scratch space to
+ * build the next one in. */
+static struct {
+	struct rv_listener_info info[UBS_POLICY_MAX_LST];
+	struct ubs_lst_entry pub[UBS_POLICY_MAX_LST], next[UBS_POLICY_MAX_LST];
+	uint32_t npub;
+} lst;
 
 static void logmsg(int prio, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -332,6 +345,8 @@ static struct chan *chan_find(uint64_t id)
 	return NULL;
 }
 
+static int publish_listeners(void);
+
 static void session_end(struct session *s)
 {
 	struct chan *ch, *next;
@@ -344,6 +359,8 @@ static void session_end(struct session *s)
 	}
 	logmsg(LOG_INFO, "session end: pid %ld service \"%s\"%s",
 	       (long)s->pid, s->service, gone > 0 ? ", listeners gone" : "");
+	if (gone > 0)
+		publish_listeners();
 	TAILQ_REMOVE(&sessions, s, entry);
 	d.nsessions--;
 	free(s);
@@ -582,11 +599,54 @@ static int do_sessions(struct conn *c, const struct ctl_hdr *h)
 	return conn_send(c, CTL_R_END, h->seq, NULL, 0);
 }
 
-/* Publish d.conf into the policy page.  Returns -errno. */
+/* Publish d.conf into the policy page (the listener table stays as it
+ * is).  Returns -errno. */
 static int publish(void)
 {
 	return pp_publish_ex(&d.page, &d.conf->deflt, d.conf->svc,
 			     d.conf->nsvc, d.conf->excl, d.conf->nexcl);
+}
+
+/*
+ * Publish the rendezvous table's listeners in the policy page, if they
+ * differ from what was last published there (a new reference to a known
+ * listener changes nothing).  Called after every LISTEN / UNLISTEN and
+ * when a session's end made listeners disappear.  Returns -errno (logged:
+ * the page then keeps the old table until the next change).
+ */
+static int publish_listeners(void)
+{
+	size_t i, n;
+	int err;
+
+	if (!d.rv_ready || !d.page.base)
+		return 0;
+	n = rv_listener_list(&d.rv, lst.info, UBS_POLICY_MAX_LST);
+	if (n > UBS_POLICY_MAX_LST)
+		n = UBS_POLICY_MAX_LST; /* rv_lim.listeners keeps it in range */
+	memset(lst.next, 0, n * sizeof(lst.next[0]));
+	for (i = 0; i < n; i++) {
+		lst.next[i].family = lst.info[i].addr.family;
+		lst.next[i].port = lst.info[i].addr.port;
+		lst.next[i].v6only = lst.info[i].v6only;
+		memcpy(lst.next[i].addr, lst.info[i].addr.addr,
+		       sizeof(lst.next[i].addr));
+		lst.next[i].netns = lst.info[i].netns;
+	}
+	if (n == lst.npub &&
+	    memcmp(lst.next, lst.pub, n * sizeof(lst.next[0])) == 0)
+		return 0;
+	err = pp_publish_listeners(&d.page, lst.next, (uint32_t)n);
+	if (err) {
+		logmsg(LOG_ERR, "policy page: listener table: %s",
+		       strerror(-err));
+		return err;
+	}
+	memcpy(lst.pub, lst.next, n * sizeof(lst.next[0]));
+	lst.npub = (uint32_t)n;
+	logmsg(LOG_DEBUG, "listener table: %zu listeners, generation %llu", n,
+	       (unsigned long long)pp_generation(&d.page));
+	return 0;
 }
 
 static void to_ctl_service(struct ctl_service *m,
@@ -938,6 +998,8 @@ static int do_listen(struct conn *c, const struct ctl_hdr *h, int fd,
 				    f.v6only, c->sess->id);
 	else
 		r = rv_listener_drop(&d.rv, f.sock_id, c->sess->id);
+	/* Even after a refusal: an add may have dropped a replaced entry. */
+	publish_listeners();
 	if (r < 0)
 		return send_error(c, h->seq, -r, r == -ENOENT ?
 				  "no such listener for this session" :

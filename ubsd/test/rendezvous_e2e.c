@@ -5,7 +5,8 @@
  * the channel handed to the client and used for bytes that never touch
  * TCP, pending requests answered by a later publication or by their
  * timeout, mirror mismatches, listeners held by several sessions, a
- * killed server's publication withdrawn, and malformed fd passing.  The
+ * killed server's publication withdrawn, malformed fd passing, and the
+ * listener table a client sees in its mapped policy page.  The
  * daemon's fd count (/proc/PID/fd) returns to its baseline after each
  * scenario.
  *
@@ -40,6 +41,7 @@
 #include <unistd.h>
 
 #include "ctl_proto.h"
+#include "policy.h"
 #include "ubt.h"
 #include "support/dtest.h"
 
@@ -822,4 +824,173 @@ Test(rendezvous_e2e, round_trip_cost)
 	close(afd);
 	close(lfd);
 	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+/* ------------------------------------------------------ policy page */
+
+/* Map the daemon's policy page read-only, as a preload does (POLICY_FD). */
+static void map_policy(struct ubt_seg *pg)
+{
+	struct ctl_policy pol;
+	int ctl = ctl_open(), fds[4];
+
+	send_msg(ctl, CTL_REQ_POLICY_FD, NULL, 0, NULL, 0);
+	cr_assert_eq(expect(ctl, CTL_R_POLICY, &pol, fds), 1);
+	cr_assert_eq(pp_map(pg, fds[0]), 0);
+	cr_assert_eq(pol.size, pg->size);
+	close(ctl);
+}
+
+/* pp_listener_maybe for address text a (family fam) and port. */
+static int maybe(const struct ubt_seg *pg, int fam, const char *a,
+		 uint16_t port)
+{
+	uint8_t buf[16];
+
+	cr_assert_eq(inet_pton(fam, a, buf), 1, "%s", a);
+	return pp_listener_maybe(pg, fam, buf, port);
+}
+
+/* Wait (bounded) until maybe() answers want. */
+static void expect_maybe(const struct ubt_seg *pg, int fam, const char *a,
+			 uint16_t port, int want)
+{
+	int got = maybe(pg, fam, a, port);
+
+	for (int t = 0; got != want && t < WAIT_MS; t += 10) {
+		sleep_ms(10);
+		got = maybe(pg, fam, a, port);
+	}
+	cr_assert_eq(got, want, "%s port %u: pp_listener_maybe %d, wanted %d",
+		     a, port, got, want);
+}
+
+/* A listening TCP socket on [::]:0 (*port set), or -1 without IPv6. */
+static int tcp6_listen_any(int v6only, uint16_t *port)
+{
+	struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6,
+				     .sin6_addr = IN6ADDR_ANY_INIT };
+	socklen_t len = sizeof(sin6);
+	int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	REQUIRE(setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only,
+			   sizeof(v6only)) == 0);
+	if (bind(fd, (struct sockaddr *)&sin6, sizeof(sin6)) < 0) {
+		close(fd);
+		return -1;
+	}
+	REQUIRE(listen(fd, 16) == 0);
+	REQUIRE(getsockname(fd, (struct sockaddr *)&sin6, &len) == 0);
+	*port = ntohs(sin6.sin6_port);
+	return fd;
+}
+
+static void listen_msg(int ctl, uint16_t type, int lfd)
+{
+	send_msg(ctl, type, NULL, 0, &lfd, 1);
+	expect(ctl, CTL_R_OK, NULL, NULL);
+}
+
+Test(rendezvous_e2e, listeners_are_published_in_the_policy_page)
+{
+	struct ubt_seg pg;
+	uint16_t port, p6 = 0, p6only = 0;
+	int base = baseline, lfd, l6, l6only, srv, other;
+	uint64_t g;
+
+	map_policy(&pg);
+	lfd = tcp_listen(&port);
+	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", port), 0);
+
+	/* LISTEN: in the page before the OK. */
+	srv = hello("e2e-server");
+	g = pp_generation(&pg);
+	listen_msg(srv, CTL_REQ_LISTEN, lfd);
+	cr_assert_gt(pp_generation(&pg), g);
+	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", port), 1);
+	cr_assert_eq(maybe(&pg, AF_INET6, "::ffff:127.0.0.1", port), 1);
+	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.2", port), 0);
+	cr_assert_eq(maybe(&pg, AF_INET6, "::1", port), 0);
+	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", (uint16_t)(port + 1)),
+		     0);
+
+	/* Another holder of the same listener changes nothing in the page,
+	 * and neither does its leaving. */
+	other = hello("e2e-holder");
+	g = pp_generation(&pg);
+	listen_msg(other, CTL_REQ_LISTEN, lfd);
+	listen_msg(other, CTL_REQ_UNLISTEN, lfd);
+	cr_assert_eq(pp_generation(&pg), g, "republished with no change");
+	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", port), 1);
+
+	/* UNLISTEN by the last holder: gone before the OK. */
+	listen_msg(srv, CTL_REQ_UNLISTEN, lfd);
+	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", port), 0);
+
+	/* Wildcards: dual-stack :: takes IPv4 too, v6only :: does not. */
+	l6 = tcp6_listen_any(0, &p6);
+	l6only = tcp6_listen_any(1, &p6only);
+	if (l6 >= 0 && l6only >= 0) {
+		listen_msg(srv, CTL_REQ_LISTEN, l6);
+		listen_msg(srv, CTL_REQ_LISTEN, l6only);
+		cr_assert_eq(maybe(&pg, AF_INET6, "::1", p6), 1);
+		cr_assert_eq(maybe(&pg, AF_INET, "10.1.2.3", p6), 1);
+		cr_assert_eq(maybe(&pg, AF_INET6, "::1", p6only), 1);
+		cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", p6only), 0);
+		cr_assert_eq(maybe(&pg, AF_INET6, "::ffff:127.0.0.1", p6only),
+			     0);
+	} else {
+		cr_log_warn("no IPv6: wildcard listeners not tested");
+	}
+
+	/* A reload (SIGHUP) republishes the policy, not the listeners. */
+	listen_msg(srv, CTL_REQ_LISTEN, lfd);
+	g = pp_generation(&pg);
+	cr_assert_eq(kill(daemon_pid, SIGHUP), 0);
+	for (int t = 0; pp_generation(&pg) == g && t < WAIT_MS; t += 10)
+		sleep_ms(10);
+	cr_assert_gt(pp_generation(&pg), g, "reload not published");
+	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", port), 1);
+	if (l6 >= 0 && l6only >= 0)
+		cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", p6), 1);
+
+	/* The session's control connection closes: its listeners go. */
+	close(srv);
+	expect_maybe(&pg, AF_INET, "127.0.0.1", port, 0);
+	if (l6 >= 0 && l6only >= 0) {
+		expect_maybe(&pg, AF_INET, "127.0.0.1", p6, 0);
+		expect_maybe(&pg, AF_INET6, "::1", p6only, 0);
+	}
+	expect_listener(port, 0);
+
+	close(other);
+	close(lfd);
+	if (l6 >= 0)
+		close(l6);
+	if (l6only >= 0)
+		close(l6only);
+	ubt_seg_unmap(&pg);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+/* A killed listening server's listener leaves the page too. */
+Test(rendezvous_e2e, killed_server_listener_leaves_the_policy_page)
+{
+	struct srv s = { 0 };
+	struct ubt_seg pg;
+	uint16_t port;
+	pid_t pid;
+
+	map_policy(&pg);
+	s.wait_before_accept = 1;
+	pid = start_server(&s, &port);
+	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", port), 1);
+	kill(pid, SIGKILL);
+	reap(pid);
+	expect_maybe(&pg, AF_INET, "127.0.0.1", port, 0);
+	close(s.up[0]);
+	close(s.go[1]);
+	ubt_seg_unmap(&pg);
 }
