@@ -121,6 +121,7 @@ int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 	atomic_store(&h->state, UBT_CHAN_UNDECIDED);
 	h->nrings = nrings;
 	atomic_store(&h->pid[0], ubt_self_pid());
+	atomic_store(&h->holders[0], 1);
 	memcpy(h->ring, d, sizeof(d[0]) * nrings);
 	for (i = 0; i < nrings; i++)
 		ubt_ring_format(c->seg.base + d[i].off, d[i].size);
@@ -170,6 +171,7 @@ int ubt_chan_attach_efds(struct ubt_chan *c, int seg_fd, int peer_efd,
 	c->side = 1;
 	c->nrings = n;
 	atomic_store(&h->pid[1], ubt_self_pid());
+	atomic_store(&h->holders[1], 1);
 	bind_rings(c, d);
 	return 0;
 fail:
@@ -274,4 +276,38 @@ int ubt_pidfd(int pid)
 	long fd = syscall(SYS_pidfd_open, pid, 0);
 
 	return fd < 0 ? -errno : (int)fd;
+}
+
+void ubt_chan_hold(struct ubt_chan *c)
+{
+	atomic_fetch_add(&chan_hdr(c)->holders[c->side], 1);
+}
+
+uint32_t ubt_chan_release(struct ubt_chan *c)
+{
+	_Atomic uint32_t *h = &chan_hdr(c)->holders[c->side];
+	uint32_t v = atomic_load(h);
+
+	/* A peer may scribble on the count: never wrap below zero. */
+	while (v && !atomic_compare_exchange_weak(h, &v, v - 1))
+		;
+	return v ? v - 1 : 0;
+}
+
+uint32_t ubt_chan_state(const struct ubt_chan *c)
+{
+	return atomic_load_explicit(&chan_hdr(c)->state, memory_order_acquire);
+}
+
+void ubt_chan_move_efd(struct ubt_chan *c, int side, int newfd)
+{
+	int old = c->efd[side & 1];
+
+	for (uint32_t i = 0; i < c->nrings; i++) {
+		if (c->ring[i].data_efd == old)
+			c->ring[i].data_efd = newfd;
+		if (c->ring[i].space_efd == old)
+			c->ring[i].space_efd = newfd;
+	}
+	c->efd[side & 1] = newfd;
 }

@@ -17,7 +17,7 @@
 #include <sys/uio.h>
 
 #define UBT_MAGIC        0x55425453u /* "UBTS" */
-#define UBT_LAYOUT_VER   1u          /* bump on any shared layout change */
+#define UBT_LAYOUT_VER   2u          /* bump on any shared layout change */
 
 /* ---------------------------------------------------------------- segments */
 
@@ -179,6 +179,20 @@ int ubt_wait_readable(struct ubt_ring *r, const struct ubt_wait *w);
 int ubt_wait_writable(struct ubt_ring *r, uint64_t need,
 		      const struct ubt_wait *w);
 
+/*
+ * Waiting on many rings at once (poll/epoll emulation): arm registers this
+ * process as a sleeper on r's data doorbell (space = 0, consumer side) or
+ * space doorbell (space = 1, producer side), so that the next change rings
+ * this side's eventfd; the caller re-checks its conditions, sleeps on the
+ * eventfd with whatever else it waits for, then must disarm with the key
+ * arm returned (which consumes the token if the doorbell was rung).
+ */
+uint32_t ubt_ring_arm(struct ubt_ring *r, int space);
+void ubt_ring_disarm(struct ubt_ring *r, int space, uint32_t key);
+/* Has the producer / consumer side of r been shut down? */
+int ubt_ring_pclosed(const struct ubt_ring *r);
+int ubt_ring_cclosed(const struct ubt_ring *r);
+
 /* A pidfd for pid: readable once the process has exited (a watch_fd). */
 int ubt_pidfd(int pid);
 
@@ -209,6 +223,10 @@ struct ubt_chan_hdr {
 	uint32_t nrings;
 	uint32_t reserved;
 	_Atomic uint32_t pid[2];        /* pid of each side, for diagnostics */
+	_Atomic uint32_t holders[2];    /* processes holding each side (fork
+					 * adds one): the last one to let go
+					 * shuts the side down */
+	uint32_t reserved2[2];
 	struct ubt_ring_desc ring[UBT_CHAN_MAX_RINGS];
 };
 
@@ -238,12 +256,24 @@ void ubt_chan_set_peer_efd(struct ubt_chan *c, int efd);
 /* Creator: make the attacher's eventfd here and install it; returns it
  * (still owned by the channel: pass a copy), or -errno. */
 int ubt_chan_make_peer_efd(struct ubt_chan *c);
+/* Renumber side's eventfd to newfd (a dup of it, e.g. placed high): the
+ * channel and its rings use newfd from now on; the old fd is the
+ * caller's to close. */
+void ubt_chan_move_efd(struct ubt_chan *c, int side, int newfd);
 /* CAS the channel state from UNDECIDED; returns the state that holds. */
 uint32_t ubt_chan_decide(struct ubt_chan *c, uint32_t want);
 /* Shut down this side's ends: EOF to the peer's reader, EPIPE to the
  * peer's writer.  ubt_chan_close only releases this process's handles. */
 void ubt_chan_shutdown(struct ubt_chan *c);
 void ubt_chan_close(struct ubt_chan *c);
+
+/* This process takes / drops a hold on its side of the channel (a forked
+ * child holding the same socket takes one).  Create and attach count as
+ * one hold.  ubt_chan_release returns the holds that remain. */
+void ubt_chan_hold(struct ubt_chan *c);
+uint32_t ubt_chan_release(struct ubt_chan *c);
+/* The channel's decided state, as both sides see it. */
+uint32_t ubt_chan_state(const struct ubt_chan *c);
 
 /* The n-th ring this side produces into / consumes from, or NULL. */
 struct ubt_ring *ubt_chan_tx(struct ubt_chan *c, int n);

@@ -252,6 +252,31 @@ static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 	}
 }
 
+uint32_t ubt_ring_arm(struct ubt_ring *r, int space)
+{
+	_Atomic uint64_t *db = space ? &r->shm->space_db : &r->shm->data_db;
+
+	return DB_EPOCH(atomic_fetch_add_explicit(db, 1, memory_order_seq_cst));
+}
+
+void ubt_ring_disarm(struct ubt_ring *r, int space, uint32_t key)
+{
+	if (space)
+		db_cancel(&r->shm->space_db, key, r->space_efd);
+	else
+		db_cancel(&r->shm->data_db, key, r->data_efd);
+}
+
+int ubt_ring_pclosed(const struct ubt_ring *r)
+{
+	return atomic_load_explicit(&r->shm->pclosed, memory_order_acquire) != 0;
+}
+
+int ubt_ring_cclosed(const struct ubt_ring *r)
+{
+	return atomic_load_explicit(&r->shm->cclosed, memory_order_acquire) != 0;
+}
+
 int ubt_wait_readable(struct ubt_ring *r, const struct ubt_wait *w)
 {
 	return db_wait(r, &r->shm->data_db, r->data_efd, cond_readable, 0, w);
