@@ -7,6 +7,8 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,16 +35,31 @@ static int ubs_real_resolve(void)
 		ubs_real.fn = (__typeof__(ubs_real.fn))dlsym(RTLD_NEXT, #fn); \
 		if (!ubs_real.fn)					\
 			return -ENOSYS;					\
-	} while (0)
-	UBS_RESOLVE(socket);
-	UBS_RESOLVE(bind);
-	UBS_RESOLVE(listen);
-	UBS_RESOLVE(connect);
-	UBS_RESOLVE(accept);
-	UBS_RESOLVE(accept4);
-	UBS_RESOLVE(close);
+	} while (0);
+	UBS_REAL_FUNCS(UBS_RESOLVE)
+	ubs_real.epoll_pwait2 = (__typeof__(ubs_real.epoll_pwait2))
+		dlsym(RTLD_NEXT, "epoll_pwait2");
 #undef UBS_RESOLVE
 	return 0;
+}
+
+/* Integer from the environment, def when unset or out of [lo, hi]. */
+static int ubs_env_int(const char *name, int def, int lo, int hi)
+{
+	const char *v = secure_getenv(name);
+	char *end;
+	long n;
+
+	if (!v || !*v)
+		return def;
+	if (!strcmp(v, "error"))
+		return 1;
+	if (!strcmp(v, "info"))
+		return 2;
+	if (!strcmp(v, "debug"))
+		return 3;
+	n = strtol(v, &end, 10);
+	return *end || n < lo || n > hi ? def : (int)n;
 }
 
 /* Copies src into dst[size], truncating, always NUL-terminated. */
@@ -92,6 +109,12 @@ static void ubs_config_load(void)
 	v = secure_getenv("UBS_DISABLE");
 	ubs_config.disabled = v && strcmp(v, "1") == 0;
 
+	ubs_config.connect_wait_ms = ubs_env_int("UBS_CONNECT_WAIT_MS", 500,
+						 0, 2000);
+	ubs_config.first_send_wait_ms = ubs_env_int("UBS_FIRST_SEND_WAIT_MS",
+						    20, 0, 2000);
+	ubs_config.log_level = ubs_env_int("UBS_LOG", 0, 0, 3);
+
 	v = secure_getenv("UBS_RUN_DIR");
 	ubs_strlcpy(ubs_config.run_dir, v && v[0] ? v : "/run/ubs",
 		    sizeof(ubs_config.run_dir));
@@ -101,6 +124,33 @@ static void ubs_config_load(void)
 		ubs_strlcpy(ubs_config.service, v, sizeof(ubs_config.service));
 	else
 		ubs_program_name(ubs_config.service, sizeof(ubs_config.service));
+}
+
+/*
+ * ubs_log: one line "ubs[pid]: message" on stderr, written with one
+ * write(2) so lines of several processes do not interleave.
+ */
+void ubs_log(int level, const char *fmt, ...)
+{
+	static const char *const tag[] = { "", "error", "info", "debug" };
+	int saved = errno;
+	char buf[512];
+	va_list ap;
+	int n;
+
+	if (level > ubs_config.log_level)
+		return;
+	n = snprintf(buf, sizeof(buf), "ubs[%d] %s: ", (int)getpid(),
+		     tag[level & 3]);
+	va_start(ap, fmt);
+	n += vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(buf) - 2)
+		n = (int)sizeof(buf) - 2;
+	buf[n++] = '\n';
+	if (ubs_real.write)
+		ubs_real.write(2, buf, (size_t)n);
+	errno = saved;
 }
 
 /*
@@ -133,6 +183,7 @@ int ubs_init(void)
 			ubs_config_load();
 			ubs_stats_init();
 			pthread_atfork(NULL, NULL, ubs_stats_atfork_child);
+			sock_init();
 			state = UBS_INIT_READY;
 		}
 		__atomic_store_n(&ubs_init_state, state, __ATOMIC_RELEASE);

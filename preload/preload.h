@@ -15,7 +15,14 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "ubs_stats.h"
@@ -26,20 +33,39 @@
 /* initial-exec TLS: no __tls_get_addr, so no allocation on first touch. */
 #define UBS_TLS __thread __attribute__((tls_model("initial-exec")))
 
-/* The real libc functions, resolved once with dlsym(RTLD_NEXT, ...). */
+/*
+ * The real libc functions, resolved once with dlsym(RTLD_NEXT, ...):
+ * X(name) for every function the library interposes or calls past
+ * itself.  A missing one leaves its slot NULL and the library broken
+ * (calls fail ENOSYS) only if it is in the required set.
+ */
+#define UBS_REAL_FUNCS(X)						\
+	X(socket) X(bind) X(listen) X(connect) X(accept) X(accept4)	\
+	X(close) X(shutdown) X(read) X(write) X(readv) X(writev)	\
+	X(recv) X(send) X(recvfrom) X(sendto) X(recvmsg) X(sendmsg)	\
+	X(dup) X(dup2) X(dup3) X(fcntl) X(ioctl) X(getsockopt)		\
+	X(setsockopt) X(getsockname) X(getpeername) X(poll) X(ppoll) X(select) X(pselect)		\
+	X(epoll_create) X(epoll_create1) X(epoll_ctl) X(epoll_wait)	\
+	X(epoll_pwait) X(sendfile) X(pread)
+
 struct ubs_real {
-	__typeof__(socket) *socket;
-	__typeof__(bind) *bind;
-	__typeof__(listen) *listen;
-	__typeof__(connect) *connect;
-	__typeof__(accept) *accept;
-	__typeof__(accept4) *accept4;
-	__typeof__(close) *close;
+#define UBS_REAL_SLOT_(fn) __typeof__(fn) *fn;
+	UBS_REAL_FUNCS(UBS_REAL_SLOT_)
+#undef UBS_REAL_SLOT_
+	/* Newer or optional: may be NULL. */
+	int (*epoll_pwait2)(int, void *, int, const void *, const void *);
 };
 
 /* Configuration, read once from the environment at init. */
 struct ubs_config {
 	bool disabled;				/* UBS_DISABLE=1: pure pass-through */
+	int connect_wait_ms;			/* UBS_CONNECT_WAIT_MS: client's wait
+						 * for its channel (default 500) */
+	int first_send_wait_ms;			/* UBS_FIRST_SEND_WAIT_MS: server's
+						 * wait before it speaks first on an
+						 * undecided connection (default 20) */
+	int log_level;				/* UBS_LOG: 0 silent (default),
+						 * 1 error, 2 info, 3 debug */
 	char run_dir[PATH_MAX];			/* UBS_RUN_DIR, default /run/ubs */
 	char service[UBS_STATS_SERVICE_MAX];	/* UBS_SERVICE, default program */
 };
@@ -57,6 +83,7 @@ extern struct ubs_stats_page *ubs_stats;	/* NULL when disabled */
 extern UBS_TLS bool ubs_guard;
 
 int ubs_init(void);
+void sock_init(void);           /* shim-socket: fork handler, reconnect hook */
 void ubs_stats_init(void);
 void ubs_stats_atfork_child(void);
 
@@ -107,6 +134,23 @@ static inline int ubs_enter(enum ubs_stat_id id)
 		ubs_stats_add(id, 1);
 	return 0;
 }
+
+/* Is the real table usable (init done or done enough)?  The data path
+ * calls this instead of ubs_enter: it counts nothing. */
+static inline bool ubs_ready(void)
+{
+	return __builtin_expect(__atomic_load_n(&ubs_init_state,
+						__ATOMIC_ACQUIRE) ==
+				UBS_INIT_READY, 1) || ubs_init() == 0;
+}
+
+/* Log at level (1 error, 2 info, 3 debug) to stderr when UBS_LOG allows;
+ * never changes errno. */
+void ubs_log(int level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+#define ubs_dbg(...) do { if (ubs_config.log_level >= 3) ubs_log(3, __VA_ARGS__); } while (0)
+#define ubs_info(...) do { if (ubs_config.log_level >= 2) ubs_log(2, __VA_ARGS__); } while (0)
+#define ubs_err(...) do { if (ubs_config.log_level >= 1) ubs_log(1, __VA_ARGS__); } while (0)
 
 /* The libc boundary: turns a -errno into errno = e and a -1 return. */
 static inline int ubs_fail(int neg_errno)

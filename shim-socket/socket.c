@@ -1,12 +1,124 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * socket.c - pass-through interposition of the socket calls.
+ * socket.c - connection set-up and teardown of the socket shim: listen,
+ * accept, connect, the decision UB or TCP, close/shutdown/dup/fork.
  *
- * Each entry point counts the call and hands it to libc unchanged: same
- * arguments, same return value, same errno (set by the real call only).
- * The real shim (issue 4) will dispatch on the fd here.
+ * The attach protocol (DESIGN.md): a preloaded server registers each
+ * listening socket with ubsd; on accept it creates the connection's
+ * channel and publishes it under the socket (ubsd reads the 4-tuple from
+ * the kernel).  A preloaded client whose connect() went to a possible UB
+ * listener (the policy page says so, no syscall) asks ubsd for the
+ * channel of its socket once connected, attaches, and decides the
+ * connection by CAS UNDECIDED->UB in the channel header.  The server
+ * decides TCP (CAS UNDECIDED->TCP) when bytes arrive on the kernel socket
+ * or when it must speak first and no client attached within
+ * UBS_FIRST_SEND_WAIT_MS.  Whatever fails, both ends are on TCP.
+ *
+ * The kernel connection stays open beside the channel: its FIN is the
+ * end-of-stream signal of a peer that died without closing its rings.
  */
-#include "preload.h"
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+
+#include "sock.h"
+#include "ctl.h"
+#include "policy.h"
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Is fd a TCP socket?  (One syscall; only on listen/connect.) */
+static bool is_tcp(int fd)
+{
+	int proto = 0;
+	socklen_t len = sizeof(proto);
+
+	return ubs_real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto,
+				   &len) == 0 && proto == IPPROTO_TCP;
+}
+
+/* Address and port of a sockaddr, for policy checks.  Returns family or
+ * 0 if not AF_INET/AF_INET6. */
+static int sa_parts(const struct sockaddr *sa, socklen_t len,
+		    const void **addr, uint16_t *port)
+{
+	if (!sa)
+		return 0;
+	if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+		const struct sockaddr_in *in = (const void *)sa;
+
+		*addr = &in->sin_addr;
+		*port = ntohs(in->sin_port);
+		return AF_INET;
+	}
+	if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+		const struct sockaddr_in6 *in6 = (const void *)sa;
+
+		*addr = &in6->sin6_addr;
+		*port = ntohs(in6->sin6_port);
+		return AF_INET6;
+	}
+	return 0;
+}
+
+/* This service's policy, or false when it says "stay on TCP". */
+static bool policy_on(struct ubs_svc_policy *p)
+{
+	if (ubs_config.disabled || ubs_ctl_policy(p) < 0 || !p->accel)
+		return false;
+	return true;
+}
+
+static void set_spin(struct sock *s, const struct ubs_svc_policy *p)
+{
+	s->spin_ns = (int64_t)p->spin_us * 1000;
+}
+
+/* Place the channel's eventfds high (the program's fd numbering must not
+ * change: invariant 3). */
+static void chan_fds_high(struct ubt_chan *c)
+{
+	for (int side = 0; side < 2; side++) {
+		int old = c->efd[side], nfd;
+
+		if (old < 0)
+			continue;
+		nfd = ubs_real.fcntl(old, F_DUPFD_CLOEXEC, 0);
+		if (nfd < 0)
+			continue;
+		nfd = ubs_fd_high(nfd);
+		ubt_chan_move_efd(c, side, nfd);
+		ubs_real.close(old);
+	}
+}
+
+/* Bind the sock's ring pointers after create/attach. */
+static void bind_chan(struct sock *s)
+{
+	s->have_chan = true;
+	s->rx = ubt_chan_rx(&s->ch, 0);
+	s->tx = ubt_chan_tx(&s->ch, 0);
+}
+
+static void count_conn(bool ub)
+{
+	ubs_stats_add(ub ? UBS_STAT_UB_CONNS : UBS_STAT_TCP_CONNS, 1);
+}
+
+/* ---------------------------------------------------- socket, bind */
 
 UBS_EXPORT int socket(int domain, int type, int protocol)
 {
@@ -22,37 +134,650 @@ UBS_EXPORT int bind(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 	return err ? ubs_fail(err) : ubs_real.bind(fd, addr, len);
 }
 
+/* ------------------------------------------------------------ listen */
+
 UBS_EXPORT int listen(int fd, int backlog)
 {
-	int err = ubs_enter(UBS_STAT_LISTEN);
+	struct ubs_svc_policy pol;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	const void *addr;
+	uint16_t port;
+	struct sock *s;
+	int err = ubs_enter(UBS_STAT_LISTEN), r, fam;
 
-	return err ? ubs_fail(err) : ubs_real.listen(fd, backlog);
+	if (err)
+		return ubs_fail(err);
+	r = ubs_real.listen(fd, backlog);
+	if (r < 0 || ubs_guard || sock_slot_used(fd))
+		return r;
+	err = errno;
+	ubs_guard_enter();
+	if (policy_on(&pol) && is_tcp(fd) &&
+	    ubs_real.getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+	    (fam = sa_parts((struct sockaddr *)&ss, sl, &addr, &port)) &&
+	    !ubs_ctl_excluded(fam, addr, port) &&
+	    ubs_ctl_listen(fd, true) == 0 && (s = sock_new(fd))) {
+		atomic_store(&s->state, SK_LISTEN);
+		if (sock_install(fd, s) < 0)
+			free(s);
+		ubs_dbg("fd %d: UB listener on port %u", fd, port);
+	}
+	ubs_guard_exit();
+	errno = err;
+	return r;
 }
 
-UBS_EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
+/* After a daemon restart, register again every listener we hold. */
+static void relisten_one(int fd, struct sock *s, void *arg)
 {
-	int err = ubs_enter(UBS_STAT_CONNECT);
+	(void)arg;
+	if (atomic_load(&s->state) == SK_LISTEN)
+		ubs_ctl_listen_locked(fd);
+}
 
-	return err ? ubs_fail(err) : ubs_real.connect(fd, addr, len);
+static void relisten_all(void)
+{
+	sock_for_each(relisten_one, NULL);
+}
+
+/* ------------------------------------------------------------ accept */
+
+/*
+ * A connection accepted on a UB listener: create its channel, offer it
+ * through ubsd, and track the socket as UNDECIDED.  Any failure leaves a
+ * plain TCP socket.
+ */
+static void accepted(int fd, int flags)
+{
+	struct ubs_svc_policy pol;
+	struct sock *s;
+	uint64_t ring;
+	int r;
+
+	if (!policy_on(&pol))
+		return;
+	s = sock_new(fd);
+	if (!s)
+		return;
+	ring = (uint64_t)pol.ring_kib * 1024;
+	if (ring < 4096 || (ring & (ring - 1)))
+		ring = 1 << 20;
+	r = ubt_chan_create_stream(&s->ch, ring);
+	if (r == 0 && (r = ubt_chan_make_peer_efd(&s->ch)) >= 0)
+		r = 0;
+	if (r) {
+		ubs_info("fd %d: no channel (%s): TCP", fd, strerror(-r));
+		if (s->ch.seg.base)
+			ubt_chan_close(&s->ch);
+		free(s);
+		count_conn(false);
+		return;
+	}
+	chan_fds_high(&s->ch);
+	r = ubs_ctl_publish(fd, s->ch.seg.fd, s->ch.efd[0], s->ch.efd[1]);
+	/* The mapping is all this side needs of the segment. */
+	ubs_real.close(s->ch.seg.fd);
+	s->ch.seg.fd = -1;
+	if (r) {
+		ubt_chan_close(&s->ch);
+		free(s);
+		count_conn(false);
+		return;
+	}
+	bind_chan(s);
+	set_spin(s, &pol);
+	s->nonblock = flags & SOCK_NONBLOCK;
+	s->undecided_until_ns = now_ns() +
+		(uint64_t)ubs_config.first_send_wait_ms * 1000000ull;
+	atomic_store(&s->state, SK_UNDECIDED);
+	if (sock_install(fd, s) < 0) {
+		ubt_chan_close(&s->ch);
+		free(s);
+	}
+}
+
+static int do_accept(int lfd, __SOCKADDR_ARG addr, socklen_t *len,
+		     int flags, bool four)
+{
+	struct sock *ls;
+	int fd, err;
+
+	fd = four ? ubs_real.accept4(lfd, addr, len, flags) :
+		ubs_real.accept(lfd, addr, len);
+	if (fd < 0 || ubs_guard || !(ls = sock_get(lfd)))
+		return fd;
+	err = errno;
+	if (atomic_load(&ls->state) == SK_LISTEN) {
+		ubs_guard_enter();
+		accepted(fd, four ? flags : 0);
+		ubs_guard_exit();
+	}
+	sock_put(ls);
+	errno = err;
+	return fd;
 }
 
 UBS_EXPORT int accept(int fd, __SOCKADDR_ARG addr, socklen_t *restrict len)
 {
 	int err = ubs_enter(UBS_STAT_ACCEPT);
 
-	return err ? ubs_fail(err) : ubs_real.accept(fd, addr, len);
+	return err ? ubs_fail(err) : do_accept(fd, addr, len, 0, false);
 }
 
-UBS_EXPORT int accept4(int fd, __SOCKADDR_ARG addr, socklen_t *restrict len, int flags)
+UBS_EXPORT int accept4(int fd, __SOCKADDR_ARG addr, socklen_t *restrict len,
+		       int flags)
 {
 	int err = ubs_enter(UBS_STAT_ACCEPT4);
 
-	return err ? ubs_fail(err) : ubs_real.accept4(fd, addr, len, flags);
+	return err ? ubs_fail(err) : do_accept(fd, addr, len, flags, true);
+}
+
+/* ----------------------------------------------------------- connect */
+
+UBS_EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
+{
+	struct ubs_svc_policy pol;
+	const void *a;
+	uint16_t port;
+	struct sock *s = NULL;
+	int err = ubs_enter(UBS_STAT_CONNECT), r, fam, saved;
+
+	if (err)
+		return ubs_fail(err);
+	if (ubs_guard || sock_slot_used(fd))
+		return ubs_real.connect(fd, addr, len);
+	ubs_guard_enter();
+	fam = sa_parts(addr.__sockaddr__, len, &a, &port);
+	if (fam && policy_on(&pol) && ubs_ctl_listener_maybe(fam, a, port) &&
+	    !ubs_ctl_excluded(fam, a, port) && is_tcp(fd)) {
+		s = sock_new(fd);
+		if (s) {
+			set_spin(s, &pol);
+			s->nonblock = ubs_real.fcntl(fd, F_GETFL) & O_NONBLOCK;
+		}
+	}
+	ubs_guard_exit();
+	r = ubs_real.connect(fd, addr, len);
+	if (!s)
+		return r;
+	saved = errno;
+	if (r == 0 || errno == EINPROGRESS || errno == EINTR) {
+		atomic_store(&s->state, SK_CONNECTING);
+		if (sock_install(fd, s) < 0) {
+			free(s);
+		} else if (r == 0) {
+			ubs_guard_enter();
+			sock_settle_connect(s, fd, true);
+			ubs_guard_exit();
+		}
+	} else {
+		free(s);
+	}
+	errno = saved;
+	return r;
+}
+
+/*
+ * Move the tracking of every fd of s back to plain TCP: epoll
+ * registrations return to the kernel, the slots are cleared, the channel
+ * is released.  Called with s referenced (not with its mutex held).
+ */
+struct drop_arg {
+	struct sock *s;
+	int fds[16];
+	int n;
+};
+
+static void collect_fds(int fd, struct sock *s, void *arg)
+{
+	struct drop_arg *d = arg;
+
+	if (s == d->s && d->n < 16)
+		d->fds[d->n++] = fd;
+}
+
+void sock_to_tcp(struct sock *s, int fd)
+{
+	struct drop_arg d = { .s = s };
+
+	(void)fd;
+	ep_sock_rehome(s, fd);
+	sock_for_each(collect_fds, &d);
+	for (int i = 0; i < d.n; i++) {
+		struct sock *o = sock_detach(d.fds[i]);
+
+		if (o == s)
+			sock_put(o);
+		else if (o)     /* raced with an install: put it back */
+			sock_install(d.fds[i], o), sock_put(o);
+	}
+}
+
+/*
+ * A client's connect has completed (or may have): ask ubsd for the
+ * channel and decide.  Returns the state now held (SK_UB, or 0 after the
+ * connection went TCP), or SK_CONNECTING when the kernel connection is
+ * not established yet (nothing decided).
+ */
+int sock_settle_connect(struct sock *s, int fd, bool may_wait)
+{
+	struct pollfd p = { .fd = fd, .events = POLLOUT };
+	char why[96] = "";
+	int fds[3], r, st;
+
+	(void)may_wait;
+	pthread_mutex_lock(&s->mu);
+	st = atomic_load(&s->state);
+	if (st != SK_CONNECTING) {
+		pthread_mutex_unlock(&s->mu);
+		return st;
+	}
+	r = ubs_real.poll(&p, 1, 0);
+	if (r == 0 || (r > 0 && !(p.revents & (POLLOUT | POLLERR | POLLHUP)))) {
+		pthread_mutex_unlock(&s->mu);
+		return SK_CONNECTING;
+	}
+	if (r < 0 || (p.revents & (POLLERR | POLLHUP))) {
+		snprintf(why, sizeof(why), "connect failed");
+		goto tcp;
+	}
+	r = ubs_ctl_request(fd, ubs_config.connect_wait_ms, fds, why,
+			    sizeof(why));
+	if (r)
+		goto tcp;
+	r = ubt_chan_attach_efds(&s->ch, fds[0], fds[1], fds[2]);
+	if (r) {
+		snprintf(why, sizeof(why), "attach: %s", strerror(-r));
+		for (int i = 0; i < 3; i++)
+			ubs_real.close(fds[i]);
+		goto tcp;
+	}
+	/* The mapping is all we need of the segment. */
+	ubs_real.close(s->ch.seg.fd);
+	s->ch.seg.fd = -1;
+	chan_fds_high(&s->ch);
+	bind_chan(s);
+	if (ubt_chan_decide(&s->ch, UBT_CHAN_UB) != UBT_CHAN_UB) {
+		snprintf(why, sizeof(why), "server chose TCP");
+		goto tcp;
+	}
+	atomic_store(&s->state, SK_UB);
+	pthread_mutex_unlock(&s->mu);
+	ep_sock_adopt(s, fd);
+	count_conn(true);
+	ubs_dbg("fd %d: connected over UB", fd);
+	return SK_UB;
+tcp:
+	atomic_store(&s->state, 0);
+	pthread_mutex_unlock(&s->mu);
+	ubs_dbg("fd %d: TCP (%s)", fd, why);
+	count_conn(false);
+	sock_to_tcp(s, fd);
+	return 0;
+}
+
+/* Is there something on the kernel socket: 1 bytes, 0 nothing, -1 FIN
+ * or error (recorded on s). */
+int sock_probe_kernel(struct sock *s, int fd)
+{
+	char c;
+	ssize_t n = ubs_real.recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+
+	if (n > 0)
+		return 1;
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;
+	if (n < 0 && errno != EAGAIN)
+		s->peer_reset = true;
+	atomic_store(&s->peer_fin, true);
+	return -1;
+}
+
+/*
+ * An accepted connection still UNDECIDED: settle it if it can be.
+ * for_write: the server is about to send first, so wait (bounded) for a
+ * client to attach, then choose TCP.  Returns SK_UB, 0 (now TCP) or
+ * SK_UNDECIDED (nothing known yet, reads only).
+ */
+int sock_settle_undecided(struct sock *s, int fd, bool for_write)
+{
+	uint32_t cs;
+	int k;
+
+	for (;;) {
+		cs = ubt_chan_state(&s->ch);
+		if (cs == UBT_CHAN_UB)
+			goto ub;
+		if (cs == UBT_CHAN_TCP)
+			goto tcp;
+		k = sock_probe_kernel(s, fd);
+		if (k != 0)
+			break;          /* bytes or FIN on TCP: a plain peer */
+		if (!for_write || now_ns() >= s->undecided_until_ns)
+			break;
+		{
+			struct pollfd p = { .fd = fd, .events = POLLIN };
+
+			ubs_real.poll(&p, 1, 1);
+		}
+	}
+	if (!for_write && k == 0)
+		return SK_UNDECIDED;
+	cs = ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
+	if (cs == UBT_CHAN_UB)
+		goto ub;
+tcp:
+	pthread_mutex_lock(&s->mu);
+	if (atomic_load(&s->state) == SK_UNDECIDED) {
+		atomic_store(&s->state, 0);
+		pthread_mutex_unlock(&s->mu);
+		ubs_dbg("fd %d: accepted connection stays TCP", fd);
+		count_conn(false);
+		sock_to_tcp(s, fd);
+		return 0;
+	}
+	pthread_mutex_unlock(&s->mu);
+	return atomic_load(&s->state);
+ub:
+	if (atomic_exchange(&s->state, SK_UB) == SK_UNDECIDED) {
+		count_conn(true);
+		ubs_dbg("fd %d: accepted connection over UB", fd);
+	}
+	return SK_UB;
+}
+
+/* ------------------------------------------------------------ close */
+
+/*
+ * The process's last fd of s is being closed.  Release our hold on the
+ * channel; the last holder anywhere shuts its side down (the peer reads
+ * EOF after the data, its writes fail).  A listener is unregistered.
+ */
+void sock_last_close(struct sock *s)
+{
+	int st = atomic_load(&s->state);
+
+	if (st == SK_UNDECIDED)
+		ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
+	if (s->have_chan && (st == SK_UB || st == SK_UNDECIDED) &&
+	    ubt_chan_release(&s->ch) == 0)
+		ubt_chan_shutdown(&s->ch);
+	ep_sock_gone(s);
 }
 
 UBS_EXPORT int close(int fd)
 {
+	struct sock *s;
 	int err = ubs_enter(UBS_STAT_CLOSE);
 
-	return err ? ubs_fail(err) : ubs_real.close(fd);
+	if (err)
+		return ubs_fail(err);
+	if (ubs_guard)
+		return ubs_real.close(fd);
+	ep_fd_closing(fd);
+	s = sock_detach(fd);
+	if (s) {
+		struct drop_arg d = { .s = s };
+		int saved;
+
+		sock_for_each(collect_fds, &d);
+		saved = errno;
+		ubs_guard_enter();
+		if (d.n == 0) {
+			if (atomic_load(&s->state) == SK_LISTEN)
+				ubs_ctl_listen(fd, false);
+			sock_last_close(s);
+		}
+		ubs_guard_exit();
+		errno = saved;
+		sock_put(s);
+	}
+	return ubs_real.close(fd);
+}
+
+UBS_EXPORT int shutdown(int fd, int how)
+{
+	struct sock *s;
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard || !(s = sock_get(fd)))
+		return ubs_real.shutdown(fd, how);
+	r = ubs_real.shutdown(fd, how);
+	if (r == 0 && atomic_load(&s->state) == SK_UB) {
+		if (how == SHUT_WR || how == SHUT_RDWR) {
+			s->shut_wr = true;
+			ubt_ring_close_producer(s->tx);
+		}
+		if (how == SHUT_RD || how == SHUT_RDWR)
+			s->shut_rd = true;
+	}
+	sock_put(s);
+	return r;
+}
+
+/* -------------------------------------------------------- dup, fcntl */
+
+/* newfd now names the same socket as oldfd: share the sock. */
+static int dup_track(int oldfd, int newfd)
+{
+	struct sock *s, *old;
+
+	if (newfd < 0 || ubs_guard)
+		return newfd;
+	old = sock_detach(newfd);       /* dup2 over a tracked fd closed it */
+	if (old) {
+		struct drop_arg d = { .s = old };
+
+		sock_for_each(collect_fds, &d);
+		if (d.n == 0)
+			sock_last_close(old);
+		sock_put(old);
+	}
+	s = sock_get(oldfd);
+	if (s) {
+		sock_install(newfd, s);
+		sock_put(s);
+	}
+	return newfd;
+}
+
+UBS_EXPORT int dup(int fd)
+{
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	return dup_track(fd, ubs_real.dup(fd));
+}
+
+UBS_EXPORT int dup2(int fd, int nfd)
+{
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (fd != nfd && !ubs_guard)
+		ep_fd_closing(nfd);
+	r = ubs_real.dup2(fd, nfd);
+	return r < 0 || fd == nfd ? r : dup_track(fd, r);
+}
+
+UBS_EXPORT int dup3(int fd, int nfd, int flags)
+{
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (!ubs_guard)
+		ep_fd_closing(nfd);
+	r = ubs_real.dup3(fd, nfd, flags);
+	return r < 0 ? r : dup_track(fd, r);
+}
+
+static int do_fcntl(int fd, int cmd, va_list ap)
+{
+	struct sock *s;
+	long arg = va_arg(ap, long);
+	int r;
+
+	r = ubs_real.fcntl(fd, cmd, arg);
+	if (r < 0 || ubs_guard)
+		return r;
+	if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+		return dup_track(fd, r);
+	if (cmd == F_SETFL && (s = sock_get(fd))) {
+		s->nonblock = arg & O_NONBLOCK;
+		sock_put(s);
+	}
+	return r;
+}
+
+UBS_EXPORT int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	va_start(ap, cmd);
+	r = do_fcntl(fd, cmd, ap);
+	va_end(ap);
+	return r;
+}
+
+UBS_EXPORT int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	va_start(ap, cmd);
+	r = do_fcntl(fd, cmd, ap);
+	va_end(ap);
+	return r;
+}
+
+UBS_EXPORT int ioctl(int fd, unsigned long req, ...)
+{
+	struct sock *s;
+	va_list ap;
+	void *arg;
+	int r;
+
+	va_start(ap, req);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard || !(s = sock_get(fd)))
+		return ubs_real.ioctl(fd, req, arg);
+	if (req == FIONBIO) {
+		r = ubs_real.ioctl(fd, req, arg);
+		if (r == 0)
+			s->nonblock = *(int *)arg != 0;
+	} else if ((req == FIONREAD || req == TIOCOUTQ) &&
+		   atomic_load(&s->state) == SK_UB) {
+		int64_t n = req == FIONREAD ? ubt_ring_readable(s->rx) :
+			(int64_t)s->tx->size - ubt_ring_writable(s->tx);
+
+		*(int *)arg = n < 0 ? 0 : (int)n;
+		r = 0;
+	} else {
+		r = ubs_real.ioctl(fd, req, arg);
+	}
+	sock_put(s);
+	return r;
+}
+
+/* ------------------------------------------------------- sockopts */
+
+UBS_EXPORT int setsockopt(int fd, int level, int name, const void *val,
+			  socklen_t len)
+{
+	struct sock *s;
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	r = ubs_real.setsockopt(fd, level, name, val, len);
+	if (r < 0 || ubs_guard || level != SOL_SOCKET ||
+	    (name != SO_RCVTIMEO && name != SO_SNDTIMEO) ||
+	    len < sizeof(struct timeval) || !(s = sock_get(fd)))
+		return r;
+	{
+		const struct timeval *tv = val;
+		long ms = tv->tv_sec * 1000 + (tv->tv_usec + 999) / 1000;
+
+		if (ms > INT32_MAX)
+			ms = INT32_MAX;
+		if (name == SO_RCVTIMEO)
+			s->rcvtimeo_ms = ms ? (int)ms : -1;
+		else
+			s->sndtimeo_ms = ms ? (int)ms : -1;
+	}
+	sock_put(s);
+	return r;
+}
+
+UBS_EXPORT int getsockopt(int fd, int level, int name, void *val,
+			  socklen_t *restrict len)
+{
+	struct sock *s;
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard || !(s = sock_get(fd)))
+		return ubs_real.getsockopt(fd, level, name, val, len);
+	if (level == SOL_SOCKET && name == SO_ERROR &&
+	    atomic_load(&s->state) == SK_CONNECTING) {
+		/* Settle now: the program is asking whether connect
+		 * finished, and it will use the socket next. */
+		ubs_guard_enter();
+		sock_settle_connect(s, fd, true);
+		ubs_guard_exit();
+	}
+	r = ubs_real.getsockopt(fd, level, name, val, len);
+	sock_put(s);
+	return r;
+}
+
+/* ------------------------------------------------------------ fork */
+
+static void fork_hold(int fd, struct sock *s, void *arg)
+{
+	int st = atomic_load(&s->state);
+
+	(void)fd;
+	(void)arg;
+	/* Each slot of a sock is visited; hold once per sock. */
+	if (s->have_chan && (st == SK_UB || st == SK_UNDECIDED) &&
+	    !s->fork_seen) {
+		ubt_chan_hold(&s->ch);
+		s->fork_seen = true;
+	}
+}
+
+static void fork_unmark(int fd, struct sock *s, void *arg)
+{
+	(void)fd;
+	(void)arg;
+	s->fork_seen = false;
+}
+
+void sock_atfork_child(void)
+{
+	sock_tab_atfork_child();
+	ubs_ctl_atfork_child();
+	sock_for_each(fork_hold, NULL);
+	sock_for_each(fork_unmark, NULL);
+	ep_atfork_child();
+}
+
+void sock_init(void)
+{
+	ubs_ctl_on_reconnect(relisten_all);
+	pthread_atfork(NULL, NULL, sock_atfork_child);
 }

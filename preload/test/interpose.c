@@ -332,7 +332,14 @@ Test(interpose, same_bytes_with_and_without, .init = setup, .fini = teardown, .t
 Test(interpose, exports_only_interposed_names, .timeout = 30)
 {
 	static const char *const expected[] = {
-		"accept", "accept4", "bind", "close", "connect", "listen", "socket",
+		"__poll_chk", "__read_chk", "__recv_chk", "__recvfrom_chk",
+		"accept", "accept4", "bind", "close", "connect", "dup", "dup2",
+		"dup3", "epoll_create", "epoll_create1", "epoll_ctl",
+		"epoll_pwait", "epoll_pwait2", "epoll_wait", "fcntl", "fcntl64",
+		"getsockopt", "ioctl", "listen", "poll", "ppoll", "pselect",
+		"read", "readv", "recv", "recvfrom", "recvmsg", "select", "send",
+		"sendfile", "sendfile64", "sendmsg", "sendto", "setsockopt",
+		"shutdown", "socket", "write", "writev",
 	};
 	const size_t nexp = sizeof(expected) / sizeof(expected[0]);
 	const char *argv[] = { "nm", "-D", "--defined-only", preload_lib(), NULL };

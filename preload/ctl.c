@@ -1,0 +1,452 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ctl.c - the preload's side of the control protocol (ubsd/ctl_proto.h):
+ * one Unix stream connection per process to ubsd, opened lazily on the
+ * first call that needs the daemon, a session (HELLO), the shared policy
+ * page mapped read-only, and the socket attach requests (LISTEN,
+ * UNLISTEN, PUBLISH, REQUEST).
+ *
+ * No helper thread: requests are made by the application's own calls,
+ * under one mutex.  Replies to requests sent without waiting (PUBLISH,
+ * UNLISTEN) and unsolicited ones (WITHDRAWN) are read and dropped by the
+ * next request that waits for its own reply, matched by sequence number.
+ *
+ * When the daemon is down or dies, every call here fails fast and the
+ * caller stays on TCP; a new connection is tried at most once per
+ * UBS_CTL_RETRY_MS, so a process without a daemon pays nearly nothing.
+ * After a reconnect the process's UB listeners are registered again.
+ *
+ * The connection's fd is placed high (see ubs_fd_high) and close-on-exec;
+ * a program that closes or dup2()s over it only costs a reconnect.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+
+#include "preload.h"
+#include "ctl.h"
+#include "ctl_proto.h"
+#include "policy.h"
+#include "ubt.h"
+
+#define UBS_CTL_RETRY_MS 1000   /* between attempts to reach a dead daemon */
+#define UBS_CTL_IO_MS    2500   /* any reply; REQUEST adds its own wait */
+
+static struct {
+	pthread_mutex_t lock;
+	int fd;                 /* control connection, -1 when down */
+	dev_t dev;              /* its identity, to notice a program's */
+	ino_t ino;              /* close/dup2 over the fd number */
+	uint32_t seq;
+	uint64_t next_try_ms;   /* no connect attempt before this */
+	struct ubt_seg *page;   /* current policy page, NULL before the
+				 * daemon was first reached */
+	uint32_t hint;          /* pp_lookup_hint's */
+	void (*reconnected)(void);
+} ctl = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int ubs_fd_high(int fd)
+{
+	struct rlimit rl;
+	int floor = 900, nfd;
+
+	if (fd < 0)
+		return fd;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		/* Room below the limit, out of the range programs fill. */
+		if (rl.rlim_cur > 1024)
+			floor = rl.rlim_cur > (1u << 20) ? (1 << 20) - 256 :
+				(int)rl.rlim_cur - 256;
+		else if (rl.rlim_cur > 128)
+			floor = (int)rl.rlim_cur - 64;
+		else
+			floor = 3;
+	}
+	nfd = ubs_real.fcntl(fd, F_DUPFD_CLOEXEC, floor);
+	if (nfd < 0)
+		return fd;              /* no room up there: keep it low */
+	ubs_real.close(fd);
+	return nfd;
+}
+
+static void ctl_drop(const char *why)
+{
+	if (ctl.fd >= 0) {
+		ubs_info("control connection to ubsd dropped: %s", why);
+		ubs_real.close(ctl.fd);
+	}
+	ctl.fd = -1;
+	ctl.next_try_ms = now_ms() + UBS_CTL_RETRY_MS;
+}
+
+/* Is ctl.fd still our socket (a program may have closed or reused the
+ * number)? */
+static bool ctl_fd_ours(void)
+{
+	struct stat st;
+
+	return ctl.fd >= 0 && fstat(ctl.fd, &st) == 0 &&
+	       st.st_dev == ctl.dev && st.st_ino == ctl.ino;
+}
+
+/* Send one message with fds.  Returns 0 or -errno (connection dropped). */
+static int ctl_send(uint16_t type, const void *body, uint32_t len,
+		    const int *fds, int nfds, uint32_t *seq)
+{
+	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
+	struct ctl_hdr *h = (struct ctl_hdr *)buf;
+	int r;
+
+	*seq = ++ctl.seq;
+	ctl_fill(h, type, len, *seq);
+	if (len)
+		memcpy(buf + sizeof(*h), body, len);
+	r = ubt_send_fds(ctl.fd, fds, nfds, buf, sizeof(*h) + len);
+	if (r < 0) {
+		ctl_drop("send failed");
+		return r;
+	}
+	return 0;
+}
+
+/* Read exactly n bytes by deadline; the first read may carry fds. */
+static int ctl_read_full(void *p, size_t n, int *fds, int *nfds,
+			 uint64_t deadline)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		struct pollfd pfd = { .fd = ctl.fd, .events = POLLIN };
+		uint64_t now = now_ms();
+		int r;
+
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		r = ubs_real.poll(&pfd, 1, (int)(deadline - now));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -ETIMEDOUT;
+		if (got == 0 && fds) {
+			r = ubt_recv_fds(ctl.fd, fds, nfds, p, n);
+			fds = NULL;
+		} else {
+			r = (int)ubs_real.recv(ctl.fd, (char *)p + got,
+					       n - got, MSG_DONTWAIT);
+			if (r == 0)
+				r = -EPIPE;
+			else if (r < 0)
+				r = errno == EAGAIN || errno == EINTR ? 0 :
+					-errno;
+		}
+		if (r < 0)
+			return r;
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+static void close_fds(int *fds, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			ubs_real.close(fds[i]);
+}
+
+/*
+ * Wait for the reply to seq, dropping other messages.  On success the
+ * reply's type, body (up to cap bytes) and fds (up to *nfds, the rest
+ * closed) are returned.  Returns 0 or -errno; any failure drops the
+ * connection (the stream is then out of step).
+ */
+static int ctl_wait(uint32_t seq, uint16_t *type, void *body, size_t cap,
+		    int *fds, int *nfds, int wait_ms)
+{
+	uint64_t deadline = now_ms() + (uint64_t)wait_ms;
+	unsigned char in[CTL_MAX_BODY];
+
+	for (;;) {
+		struct ctl_hdr h;
+		int got[CTL_MAX_FDS], ngot = CTL_MAX_FDS;
+		const char *why = NULL;
+		int r;
+
+		r = ctl_read_full(&h, sizeof(h), got, &ngot, deadline);
+		if (r == 0 && (r = ctl_check(&h, NULL, &why)) == 0)
+			r = ctl_read_full(in, h.len, NULL, NULL, deadline);
+		if (r == 0 && (r = ctl_check(&h, in, &why)) == 0 &&
+		    ngot != ctl_fd_count(h.type)) {
+			why = "wrong number of fds";
+			r = -EPROTO;
+		}
+		if (r) {
+			if (r > -4096 && ngot > 0 && ngot <= CTL_MAX_FDS)
+				close_fds(got, ngot);
+			ctl_drop(why ? why : "reply not read");
+			return r;
+		}
+		if (h.seq != seq || h.type == CTL_R_WITHDRAWN) {
+			close_fds(got, ngot);   /* not ours, or unsolicited */
+			continue;
+		}
+		*type = h.type;
+		memcpy(body, in, h.len < cap ? h.len : cap);
+		if (fds) {
+			int keep = ngot < *nfds ? ngot : *nfds;
+
+			memcpy(fds, got, sizeof(int) * (size_t)keep);
+			close_fds(got + keep, ngot - keep);
+			*nfds = keep;
+		} else {
+			close_fds(got, ngot);
+		}
+		return 0;
+	}
+}
+
+/* A request that waits for a plain OK/ERROR.  Returns 0 or -errno. */
+static int ctl_call(uint16_t type, const void *body, uint32_t len,
+		    const int *fds, int nfds)
+{
+	struct ctl_error e;
+	uint16_t rt;
+	uint32_t seq;
+	int r;
+
+	r = ctl_send(type, body, len, fds, nfds, &seq);
+	if (r == 0)
+		r = ctl_wait(seq, &rt, &e, sizeof(e), NULL, NULL,
+			     UBS_CTL_IO_MS);
+	if (r)
+		return r;
+	if (rt == CTL_R_OK)
+		return 0;
+	return rt == CTL_R_ERROR && e.err > 0 ? -e.err : -EPROTO;
+}
+
+/* Connect, HELLO, map the policy page.  Called with the lock held. */
+static int ctl_connect(void)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct ctl_hello hello = { .pid = (uint32_t)getpid() };
+	struct ctl_policy pol;
+	struct ubt_seg *page;
+	struct stat st;
+	int pfd = -1, n = 1, r;
+	uint16_t rt;
+	uint32_t seq;
+	int fd;
+
+	if ((size_t)snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/%s",
+			     ubs_config.run_dir, CTL_SOCK_NAME) >=
+	    sizeof(sun.sun_path))
+		return -ENAMETOOLONG;
+	fd = ubs_real.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (ubs_real.connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		r = -errno;
+		ubs_real.close(fd);
+		ctl.next_try_ms = now_ms() + UBS_CTL_RETRY_MS;
+		return r;
+	}
+	ctl.fd = ubs_fd_high(fd);
+	if (fstat(ctl.fd, &st) == 0) {
+		ctl.dev = st.st_dev;
+		ctl.ino = st.st_ino;
+	}
+	memcpy(hello.service, ubs_config.service,
+	       strnlen(ubs_config.service, sizeof(hello.service) - 1));
+	r = ctl_call(CTL_REQ_HELLO, &hello, sizeof(hello), NULL, 0);
+	if (r == 0)
+		r = ctl_send(CTL_REQ_POLICY_FD, NULL, 0, NULL, 0, &seq);
+	if (r == 0)
+		r = ctl_wait(seq, &rt, &pol, sizeof(pol), &pfd, &n,
+			     UBS_CTL_IO_MS);
+	if (r == 0 && (rt != CTL_R_POLICY || n != 1))
+		r = -EPROTO;
+	if (r) {
+		if (pfd >= 0 && n == 1)
+			ubs_real.close(pfd);
+		ctl_drop("session refused");
+		return r;
+	}
+	/* The old page (a previous daemon's) may still be read by other
+	 * threads without the lock: it is left mapped, never reused. */
+	page = calloc(1, sizeof(*page));
+	if (!page || pp_map(page, pfd) < 0) {
+		free(page);
+		ubs_real.close(pfd);
+		ctl_drop("policy page refused");
+		return -EPROTO;
+	}
+	if (page->fd >= 0) {            /* the mapping is all we need */
+		ubs_real.close(page->fd);
+		page->fd = -1;
+	}
+	__atomic_store_n(&ctl.page, page, __ATOMIC_RELEASE);
+	ctl.hint = 0;
+	ubs_info("session with ubsd as service %s", ubs_config.service);
+	if (ctl.reconnected)
+		ctl.reconnected();
+	return 0;
+}
+
+/* Make sure the connection is up.  Called with the lock held. */
+static int ctl_up(void)
+{
+	if (ctl.fd >= 0 && !ctl_fd_ours()) {
+		ctl.fd = -1;            /* the program took the number */
+		ctl.next_try_ms = 0;
+	}
+	if (ctl.fd >= 0)
+		return 0;
+	if (now_ms() < ctl.next_try_ms)
+		return -ENOTCONN;
+	return ctl_connect();
+}
+
+void ubs_ctl_on_reconnect(void (*fn)(void))
+{
+	ctl.reconnected = fn;
+}
+
+int ubs_ctl_policy(struct ubs_svc_policy *p)
+{
+	struct ubt_seg *page = __atomic_load_n(&ctl.page, __ATOMIC_ACQUIRE);
+
+	if (!page || (ctl.fd < 0 && now_ms() >= ctl.next_try_ms)) {
+		/* Never reached, or down and due for a retry. */
+		pthread_mutex_lock(&ctl.lock);
+		ctl_up();
+		pthread_mutex_unlock(&ctl.lock);
+		page = __atomic_load_n(&ctl.page, __ATOMIC_ACQUIRE);
+	}
+	if (!page)
+		return -ENOTCONN;
+	if (pp_lookup_hint(page, ubs_config.service, p, &ctl.hint) < 0)
+		return -EAGAIN;
+	return 0;
+}
+
+int ubs_ctl_excluded(int family, const void *addr, uint16_t port)
+{
+	struct ubt_seg *page = __atomic_load_n(&ctl.page, __ATOMIC_ACQUIRE);
+
+	if (!page)
+		return 1;
+	return pp_excluded(page, ubs_config.service, family, addr, port) != 0;
+}
+
+int ubs_ctl_listener_maybe(int family, const void *addr, uint16_t port)
+{
+	struct ubt_seg *page = __atomic_load_n(&ctl.page, __ATOMIC_ACQUIRE);
+
+	if (!page)
+		return 0;
+	return pp_listener_maybe(page, family, addr, port) == 1;
+}
+
+int ubs_ctl_listen(int fd, bool add)
+{
+	int r;
+
+	pthread_mutex_lock(&ctl.lock);
+	r = ctl_up();
+	if (r == 0)
+		r = ctl_call(add ? CTL_REQ_LISTEN : CTL_REQ_UNLISTEN, NULL, 0,
+			     &fd, 1);
+	pthread_mutex_unlock(&ctl.lock);
+	return r;
+}
+
+int ubs_ctl_listen_locked(int fd)
+{
+	/* Only from the reconnect hook: the lock is held, the link up. */
+	return ctl.fd >= 0 ? ctl_call(CTL_REQ_LISTEN, NULL, 0, &fd, 1) :
+		-ENOTCONN;
+}
+
+int ubs_ctl_publish(int sock_fd, int seg_fd, int efd0, int efd1)
+{
+	int fds[4] = { sock_fd, seg_fd, efd0, efd1 };
+	uint32_t seq;
+	int r;
+
+	pthread_mutex_lock(&ctl.lock);
+	r = ctl_up();
+	if (r == 0)
+		r = ctl_send(CTL_REQ_PUBLISH, NULL, 0, fds, 4, &seq);
+	pthread_mutex_unlock(&ctl.lock);
+	return r;
+}
+
+int ubs_ctl_request(int sock_fd, int wait_ms, int fds[3], char *why,
+		    size_t whylen)
+{
+	struct ctl_request q = { .timeout_ms = (uint32_t)wait_ms };
+	union {
+		struct ctl_chan chan;
+		struct ctl_tcp tcp;
+		struct ctl_error err;
+	} m;
+	uint16_t rt;
+	uint32_t seq;
+	int n = 3, r;
+
+	memset(&m, 0, sizeof(m));
+	pthread_mutex_lock(&ctl.lock);
+	r = ctl_up();
+	if (r == 0)
+		r = ctl_send(CTL_REQ_REQUEST, &q, sizeof(q), &sock_fd, 1, &seq);
+	if (r == 0)
+		r = ctl_wait(seq, &rt, &m, sizeof(m), fds, &n,
+			     wait_ms + UBS_CTL_IO_MS);
+	pthread_mutex_unlock(&ctl.lock);
+	if (r) {
+		snprintf(why, whylen, "daemon: %s", strerror(-r));
+		return r;
+	}
+	if (rt == CTL_R_CHANNEL && n == 3)
+		return 0;
+	close_fds(fds, rt == CTL_R_CHANNEL ? n : 0);
+	if (rt == CTL_R_TCP) {
+		m.tcp.reason[sizeof(m.tcp.reason) - 1] = '\0';
+		snprintf(why, whylen, "%s", m.tcp.reason);
+		return -ENOENT;
+	}
+	if (rt == CTL_R_ERROR) {
+		m.err.msg[sizeof(m.err.msg) - 1] = '\0';
+		snprintf(why, whylen, "%s", m.err.msg);
+		return m.err.err > 0 ? -m.err.err : -EPROTO;
+	}
+	snprintf(why, whylen, "unexpected reply");
+	return -EPROTO;
+}
+
+void ubs_ctl_atfork_child(void)
+{
+	/* The connection is the parent's session: the child makes its own
+	 * on first need.  The page mapping is shared and stays valid. */
+	pthread_mutex_init(&ctl.lock, NULL);
+	if (ctl.fd >= 0)
+		ubs_real.close(ctl.fd);
+	ctl.fd = -1;
+	ctl.next_try_ms = 0;
+}

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ctl.h - the preload's client of ubsd (see ctl.c).  Every call returns
+ * 0 or -errno and never sets errno for the caller; a failure means "stay
+ * on TCP".
+ */
+#ifndef UBS_PRELOAD_CTL_H
+#define UBS_PRELOAD_CTL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct ubs_svc_policy;
+
+/* This process's service policy from the shared page (no syscall once
+ * the daemon has been reached); -ENOTCONN when no daemon ever was. */
+int ubs_ctl_policy(struct ubs_svc_policy *p);
+/* Must a connection to/at addr:port stay on TCP (exclude rules)?  1 yes,
+ * 0 no; 1 when no policy page is mapped. */
+int ubs_ctl_excluded(int family, const void *addr, uint16_t port);
+/* Might a UB listener accept a connection to addr:port?  1 or 0. */
+int ubs_ctl_listener_maybe(int family, const void *addr, uint16_t port);
+
+/* Register (add) or drop a listening socket; waits for the answer. */
+int ubs_ctl_listen(int fd, bool add);
+/* The same from inside the reconnect hook (lock already held). */
+int ubs_ctl_listen_locked(int fd);
+/* Offer the channel of an accepted socket; does not wait. */
+int ubs_ctl_publish(int sock_fd, int seg_fd, int efd0, int efd1);
+/* Ask for the channel of a connected socket, waiting up to wait_ms for
+ * the server's publication.  0 with fds[0..2] = segment, creator's and
+ * attacher's eventfds; -ENOENT when the daemon said "use TCP"; else an
+ * error.  why gets a short reason on failure. */
+int ubs_ctl_request(int sock_fd, int wait_ms, int fds[3], char *why,
+		    size_t whylen);
+
+/* Called (with the control lock held) after each new session. */
+void ubs_ctl_on_reconnect(void (*fn)(void));
+void ubs_ctl_atfork_child(void);
+
+/* Move a library-owned fd above the range programs use (close-on-exec);
+ * returns the new fd (the old one closed) or fd itself if no room. */
+int ubs_fd_high(int fd);
+
+#endif

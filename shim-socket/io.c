@@ -1,0 +1,505 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * io.c - the data path of the socket shim: read/write/recv/send and their
+ * vector, message and fortify forms, and sendfile, on UB connections.
+ *
+ * Each entry point looks the fd up (two loads when the library does not
+ * track it) and either calls libc or works on the channel's rings with
+ * the kernel's semantics: blocking and non-blocking (O_NONBLOCK,
+ * MSG_DONTWAIT), MSG_PEEK, MSG_WAITALL, SO_RCVTIMEO/SO_SNDTIMEO, EOF after
+ * every byte written before the peer's close or shutdown, EPIPE/SIGPIPE
+ * (or not, with MSG_NOSIGNAL) once the peer is gone.
+ *
+ * Waiting spins for the service's budget, then sleeps on the ring's
+ * doorbell and on the kernel socket (whose FIN/RST tells that a peer died
+ * without closing its rings).
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "sock.h"
+
+/* The fortify entry points (glibc's own prototypes are not exported). */
+ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen);
+ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen, int flags);
+ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags,
+		       __SOCKADDR_ARG from, socklen_t *restrict len);
+
+#define RESTART_KERNEL (-4095 + 1)      /* not an errno: decided TCP */
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * The sock behind fd if the data call must go through the shim: a UB
+ * connection, or (reads only) an accepted one still undecided.  Settles
+ * connections on the way.  NULL: use the kernel.
+ */
+static struct sock *io_sock(int fd, bool for_write)
+{
+	struct sock *s;
+	int st;
+
+	if (!ubs_ready() || ubs_guard || !(s = sock_get(fd)))
+		return NULL;
+	st = atomic_load(&s->state);
+	if (st == SK_UB)
+		return s;
+	ubs_guard_enter();
+	if (st == SK_CONNECTING)
+		st = sock_settle_connect(s, fd, true);
+	if (st == SK_UNDECIDED)
+		st = sock_settle_undecided(s, fd, for_write);
+	ubs_guard_exit();
+	if (st == SK_UB || (st == SK_UNDECIDED && !for_write))
+		return s;
+	sock_put(s);
+	return NULL;
+}
+
+static size_t iov_total(const struct iovec *iov, int cnt)
+{
+	size_t t = 0;
+
+	for (int i = 0; i < cnt; i++)
+		t += iov[i].iov_len;
+	return t;
+}
+
+/* out = iov without its first skip bytes; returns the count of out. */
+static int iov_skip(const struct iovec *iov, int cnt, size_t skip,
+		    struct iovec *out, int max)
+{
+	int n = 0;
+
+	for (int i = 0; i < cnt && n < max; i++) {
+		if (skip >= iov[i].iov_len) {
+			skip -= iov[i].iov_len;
+			continue;
+		}
+		out[n].iov_base = (char *)iov[i].iov_base + skip;
+		out[n].iov_len = iov[i].iov_len - skip;
+		skip = 0;
+		n++;
+	}
+	return n;
+}
+
+/* Remaining ms of a timeout that started at t0 (-1: none). */
+static int remaining(int tmo_ms, uint64_t t0)
+{
+	uint64_t el;
+
+	if (tmo_ms < 0)
+		return -1;
+	el = now_ms() - t0;
+	return el >= (uint64_t)tmo_ms ? 0 : tmo_ms - (int)el;
+}
+
+/* Wait on a ring with the sock's budget, the kernel socket watched.
+ * Returns 0 to go round again, or -EAGAIN (timeout) / -EINTR. */
+static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
+		   uint64_t t0)
+{
+	struct ubt_wait w = {
+		.spin_ns = atomic_load(&s->state) == SK_UB ? s->spin_ns : 0,
+		.timeout_ms = remaining(tmo_ms, t0),
+		.watch_fd = atomic_load(&s->peer_fin) || s->bypass_seen ?
+			-1 : fd,
+		.watch_events = POLLIN | POLLRDHUP,
+	};
+	int r;
+
+	if (w.timeout_ms == 0)
+		return -EAGAIN;
+	/* A half-closed peer leaves the kernel socket readable for good:
+	 * sleep in slices instead of watching it. */
+	if (w.watch_fd < 0 && (w.timeout_ms < 0 || w.timeout_ms > 100))
+		w.timeout_ms = 100;
+	ubs_guard_enter();
+	r = write ? ubt_wait_writable(s->tx, 1, &w) :
+		ubt_wait_readable(s->rx, &w);
+	if (r == UBT_WATCH && sock_probe_kernel(s, fd) > 0 &&
+	    atomic_load(&s->state) == SK_UB && !s->bypass_seen) {
+		s->bypass_seen = true;
+		ubs_err("fd %d: bytes on the kernel socket of a UB connection "
+			"(a call the library cannot see): ignored", fd);
+	}
+	ubs_guard_exit();
+	if (r == -ETIMEDOUT)
+		return tmo_ms >= 0 && remaining(tmo_ms, t0) == 0 ? -EAGAIN : 0;
+	if (r == -EINTR)
+		return -EINTR;
+	return 0;
+}
+
+/* Receive into iov.  Returns bytes, 0 at EOF, -errno, or RESTART_KERNEL
+ * when the connection turned out to be TCP. */
+static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
+		       int cnt, int flags)
+{
+	size_t total = iov_total(iov, cnt), got = 0;
+	bool nb = s->nonblock || (flags & MSG_DONTWAIT);
+	bool peek = flags & MSG_PEEK;
+	bool all = (flags & MSG_WAITALL) && !peek && !nb;
+	uint64_t t0 = s->rcvtimeo_ms >= 0 ? now_ms() : 0;
+	struct iovec v[64];
+	ssize_t n;
+	int r;
+
+	if (total == 0)
+		return 0;
+	for (;;) {
+		if (atomic_load(&s->state) == SK_UNDECIDED) {
+			ubs_guard_enter();
+			r = sock_settle_undecided(s, fd, false);
+			ubs_guard_exit();
+			if (r == 0)
+				return RESTART_KERNEL;
+			if (r == SK_UNDECIDED) {
+				if (nb)
+					return -EAGAIN;
+				r = io_wait(s, fd, false, s->rcvtimeo_ms, t0);
+				if (r)
+					return r;
+				continue;
+			}
+		}
+		if (s->shut_rd)
+			return (ssize_t)got;
+		n = ubt_stream_readv(s->rx, v, iov_skip(iov, cnt, got, v, 64),
+				     peek ? UBT_PEEK : 0);
+		if (n > 0) {
+			if (!peek)
+				ubs_stats_add(UBS_STAT_UB_BYTES_RX, (uint64_t)n);
+			got += (size_t)n;
+			if (!all || got == total)
+				return (ssize_t)got;
+			continue;
+		}
+		if (n == 0)
+			return (ssize_t)got;    /* EOF */
+		if (n != -EAGAIN)
+			return got ? (ssize_t)got : -ECONNRESET;
+		if (atomic_load(&s->peer_fin))
+			return got ? (ssize_t)got :
+				s->peer_reset ? -ECONNRESET : 0;
+		if (nb) {
+			ubs_guard_enter();
+			r = sock_probe_kernel(s, fd);
+			ubs_guard_exit();
+			if (r < 0)
+				continue;       /* FIN: report after data */
+			return got ? (ssize_t)got : -EAGAIN;
+		}
+		r = io_wait(s, fd, false, s->rcvtimeo_ms, t0);
+		if (r)
+			return got ? (ssize_t)got : r;
+	}
+}
+
+/* The peer is gone (closed or died): the kernel accepts one more write
+ * (the peer answers it with a reset), then fails with EPIPE. */
+static bool peer_gone(struct sock *s)
+{
+	return ubt_ring_cclosed(s->tx) ||
+		(atomic_load(&s->peer_fin) && !ubt_ring_pclosed(s->rx));
+}
+
+static ssize_t epipe(int flags)
+{
+	if (!(flags & MSG_NOSIGNAL))
+		pthread_kill(pthread_self(), SIGPIPE);
+	return -EPIPE;
+}
+
+/* Send iov.  Returns bytes or -errno. */
+static ssize_t ub_send(struct sock *s, int fd, const struct iovec *iov,
+		       int cnt, int flags)
+{
+	size_t total = iov_total(iov, cnt), sent = 0;
+	bool nb = s->nonblock || (flags & MSG_DONTWAIT);
+	uint64_t t0 = s->sndtimeo_ms >= 0 ? now_ms() : 0;
+	struct iovec v[64];
+	ssize_t n;
+	int r;
+
+	if (s->shut_wr)
+		return epipe(flags);
+	if (total == 0)
+		return 0;
+	for (;;) {
+		if (peer_gone(s)) {
+			if (sent)
+				return (ssize_t)sent;
+			if (!s->epipe_sent) {
+				s->epipe_sent = true;
+				return (ssize_t)total;
+			}
+			return epipe(flags);
+		}
+		n = ubt_stream_writev(s->tx, v,
+				      iov_skip(iov, cnt, sent, v, 64));
+		if (n > 0) {
+			ubs_stats_add(UBS_STAT_UB_BYTES_TX, (uint64_t)n);
+			sent += (size_t)n;
+			if (sent == total || nb)
+				return (ssize_t)sent;
+			continue;
+		}
+		if (n == -EPIPE)
+			continue;       /* peer_gone() says it next round */
+		if (n != -EAGAIN)
+			return sent ? (ssize_t)sent : -ECONNRESET;
+		if (nb)
+			return sent ? (ssize_t)sent : -EAGAIN;
+		r = io_wait(s, fd, true, s->sndtimeo_ms, t0);
+		if (r)
+			return sent ? (ssize_t)sent : r;
+	}
+}
+
+/* The libc boundary for the data calls. */
+static ssize_t io_ret(struct sock *s, ssize_t r)
+{
+	sock_put(s);
+	if (r < 0) {
+		errno = (int)-r;
+		return -1;
+	}
+	return r;
+}
+
+/* ------------------------------------------------------------ receive */
+
+#define RECV_BODY(fd, iov, cnt, flags, kernel_call)			\
+	do {								\
+		struct sock *s_ = io_sock(fd, false);			\
+		ssize_t r_;						\
+									\
+		if (!s_)						\
+			return kernel_call;				\
+		r_ = ub_recv(s_, fd, iov, cnt, flags);			\
+		if (r_ == RESTART_KERNEL) {				\
+			sock_put(s_);					\
+			return kernel_call;				\
+		}							\
+		return io_ret(s_, r_);					\
+	} while (0)
+
+UBS_EXPORT ssize_t read(int fd, void *buf, size_t n)
+{
+	struct iovec v = { buf, n };
+
+	RECV_BODY(fd, &v, 1, 0, ubs_real.read(fd, buf, n));
+}
+
+UBS_EXPORT ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen)
+{
+	if (n > buflen)
+		__builtin_trap();       /* what glibc's __chk_fail ends in */
+	return read(fd, buf, n);
+}
+
+UBS_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt)
+{
+	if (cnt < 0 || cnt > IOV_MAX)
+		return ubs_real.readv(fd, iov, cnt);
+	RECV_BODY(fd, iov, cnt, 0, ubs_real.readv(fd, iov, cnt));
+}
+
+UBS_EXPORT ssize_t recv(int fd, void *buf, size_t n, int flags)
+{
+	struct iovec v = { buf, n };
+
+	RECV_BODY(fd, &v, 1, flags, ubs_real.recv(fd, buf, n, flags));
+}
+
+UBS_EXPORT ssize_t __recv_chk(int fd, void *buf, size_t n, size_t buflen,
+			      int flags)
+{
+	if (n > buflen)
+		__builtin_trap();
+	return recv(fd, buf, n, flags);
+}
+
+UBS_EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags,
+			    __SOCKADDR_ARG from, socklen_t *restrict len)
+{
+	struct iovec v = { buf, n };
+	struct sock *s = io_sock(fd, false);
+	ssize_t r;
+
+	if (!s)
+		return ubs_real.recvfrom(fd, buf, n, flags, from, len);
+	r = ub_recv(s, fd, &v, 1, flags);
+	if (r == RESTART_KERNEL) {
+		sock_put(s);
+		return ubs_real.recvfrom(fd, buf, n, flags, from, len);
+	}
+	/* TCP leaves the address alone (Linux reports no source for a
+	 * stream socket: *len is set to 0). */
+	if (r >= 0 && from.__sockaddr__ && len)
+		*len = 0;
+	return io_ret(s, r);
+}
+
+UBS_EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen,
+				  int flags, __SOCKADDR_ARG from,
+				  socklen_t *restrict len)
+{
+	if (n > buflen)
+		__builtin_trap();
+	return recvfrom(fd, buf, n, flags, from, len);
+}
+
+UBS_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	struct sock *s;
+	ssize_t r;
+
+	if (!msg || msg->msg_iovlen > IOV_MAX || !(s = io_sock(fd, false)))
+		return ubs_real.recvmsg(fd, msg, flags);
+	r = ub_recv(s, fd, msg->msg_iov, (int)msg->msg_iovlen, flags);
+	if (r == RESTART_KERNEL) {
+		sock_put(s);
+		return ubs_real.recvmsg(fd, msg, flags);
+	}
+	if (r >= 0) {
+		msg->msg_namelen = 0;
+		msg->msg_controllen = 0;
+		msg->msg_flags = 0;
+	}
+	return io_ret(s, r);
+}
+
+/* --------------------------------------------------------------- send */
+
+#define SEND_BODY(fd, iov, cnt, flags, kernel_call)			\
+	do {								\
+		struct sock *s_ = io_sock(fd, true);			\
+									\
+		if (!s_)						\
+			return kernel_call;				\
+		return io_ret(s_, ub_send(s_, fd, iov, cnt, flags));	\
+	} while (0)
+
+UBS_EXPORT ssize_t write(int fd, const void *buf, size_t n)
+{
+	struct iovec v = { (void *)buf, n };
+
+	SEND_BODY(fd, &v, 1, 0, ubs_real.write(fd, buf, n));
+}
+
+UBS_EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
+{
+	if (cnt < 0 || cnt > IOV_MAX)
+		return ubs_real.writev(fd, iov, cnt);
+	SEND_BODY(fd, iov, cnt, 0, ubs_real.writev(fd, iov, cnt));
+}
+
+UBS_EXPORT ssize_t send(int fd, const void *buf, size_t n, int flags)
+{
+	struct iovec v = { (void *)buf, n };
+
+	SEND_BODY(fd, &v, 1, flags, ubs_real.send(fd, buf, n, flags));
+}
+
+UBS_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags,
+			  __CONST_SOCKADDR_ARG to, socklen_t len)
+{
+	struct iovec v = { (void *)buf, n };
+
+	/* A connected stream socket ignores the address (Linux). */
+	SEND_BODY(fd, &v, 1, flags, ubs_real.sendto(fd, buf, n, flags, to,
+						    len));
+}
+
+UBS_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	if (!msg || msg->msg_iovlen > IOV_MAX || msg->msg_controllen)
+		return ubs_real.sendmsg(fd, msg, flags);
+	SEND_BODY(fd, msg->msg_iov, (int)msg->msg_iovlen, flags,
+		  ubs_real.sendmsg(fd, msg, flags));
+}
+
+/*
+ * sendfile to a UB connection: file bytes are read into a bounce buffer
+ * no larger than the room in the ring, so a short send never consumes
+ * file bytes it did not send.  With offset, the file position is left
+ * alone (pread); without, it advances by what was sent.
+ */
+static ssize_t ub_sendfile(struct sock *s, int out, int in, off_t *off,
+			   size_t count)
+{
+	char buf[65536];
+	size_t done = 0;
+	off_t pos = off ? *off : 0;
+
+	while (done < count) {
+		int64_t room = ubt_ring_writable(s->tx);
+		size_t want = count - done;
+		struct iovec v;
+		ssize_t n, w;
+
+		if (room <= 0 && !peer_gone(s)) {
+			if (done || s->nonblock)
+				break;
+			w = io_wait(s, out, true, s->sndtimeo_ms, now_ms());
+			if (w)
+				return w;
+			continue;
+		}
+		if (want > sizeof(buf))
+			want = sizeof(buf);
+		if (room > 0 && want > (size_t)room)
+			want = (size_t)room;
+		n = off ? ubs_real.pread(in, buf, want, pos) :
+			ubs_real.read(in, buf, want);
+		if (n < 0)
+			return done ? (ssize_t)done : -errno;
+		if (n == 0)
+			break;
+		v.iov_base = buf;
+		v.iov_len = (size_t)n;
+		w = ub_send(s, out, &v, 1, MSG_DONTWAIT);
+		if (w < 0) {
+			if (!off)       /* give the bytes back to the file */
+				lseek(in, -(off_t)n, SEEK_CUR);
+			return done ? (ssize_t)done : w;
+		}
+		if (w < n && !off)
+			lseek(in, (off_t)w - n, SEEK_CUR);
+		done += (size_t)w;
+		pos += w;
+		if (w < n && s->nonblock)
+			break;
+	}
+	if (off)
+		*off = pos;
+	return (ssize_t)done;
+}
+
+UBS_EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t count)
+{
+	struct sock *s = io_sock(out, true);
+
+	if (!s)
+		return ubs_real.sendfile(out, in, off, count);
+	return io_ret(s, ub_sendfile(s, out, in, off, count));
+}
+
+UBS_EXPORT ssize_t sendfile64(int out, int in, off_t *off, size_t count)
+{
+	return sendfile(out, in, off, count);
+}

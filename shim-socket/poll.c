@@ -1,0 +1,1062 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * poll.c - readiness over any mix of UB and kernel fds: poll, ppoll,
+ * select, pselect, and epoll emulated for UB connections.
+ *
+ * A UB connection's readiness lives in its rings, which the kernel does
+ * not see, so its registrations are kept here (struct ep_reg) instead of
+ * in the kernel epoll set; kernel fds stay in the kernel, as libvma and
+ * Onload do.  A wait first collects UB readiness (no syscall) and the
+ * kernel's (timeout 0), then spins for the sockets' budget, then sleeps:
+ * it arms the doorbells of the UB rings it waits on (so a peer rings this
+ * side's eventfd only when somebody sleeps), and sleeps in one kernel
+ * wait over the kernel fds, those eventfds and the UB connections'
+ * kernel sockets (whose FIN/RST tells that a peer died).
+ *
+ * Known limit of this increment: a sleep arms every UB registration of
+ * the set, O(registrations); the per-process notification queue of
+ * DESIGN.md would make it O(ready).
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include <time.h>
+
+#include "sock.h"
+#include "ctl.h"
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen);
+
+/* Is s a connection whose readiness is computed here? */
+static bool emulated(struct sock *s)
+{
+	int st = atomic_load(&s->state);
+
+	return st == SK_UB || st == SK_UNDECIDED;
+}
+
+static bool peer_gone(struct sock *s)
+{
+	return ubt_ring_cclosed(s->tx) ||
+		(atomic_load(&s->peer_fin) && !ubt_ring_pclosed(s->rx));
+}
+
+uint32_t sock_ready(struct sock *s, uint32_t want, bool probe)
+{
+	uint32_t ev = 0;
+	bool fin, pcl;
+
+	if (atomic_load(&s->state) == SK_UNDECIDED) {
+		if (ubt_ring_readable(s->rx) > 0)
+			ev |= EPOLLIN | EPOLLRDNORM;
+		else if (probe && sock_probe_kernel(s, s->fd) != 0)
+			ev |= EPOLLIN | EPOLLRDNORM;
+		ev |= EPOLLOUT | EPOLLWRNORM;
+		return ev & (want | EPOLLHUP | EPOLLERR);
+	}
+	fin = atomic_load(&s->peer_fin);
+	pcl = ubt_ring_pclosed(s->rx);
+	if (ubt_ring_readable(s->rx) != 0 || pcl || fin || s->shut_rd)
+		ev |= EPOLLIN | EPOLLRDNORM;
+	if (pcl || fin || s->shut_rd)
+		ev |= EPOLLRDHUP;
+	if (ubt_ring_writable(s->tx) > 0 || peer_gone(s) || s->shut_wr)
+		ev |= EPOLLOUT | EPOLLWRNORM;
+	if ((pcl || fin) && s->shut_wr)
+		ev |= EPOLLHUP;
+	if (s->peer_reset)
+		ev |= EPOLLERR | EPOLLHUP;
+	return ev & (want | EPOLLHUP | EPOLLERR);
+}
+
+/* Doorbells of s for a wait on want: armed[0] data, armed[1] space. */
+struct arm {
+	struct sock *s;
+	uint32_t key[2];
+	bool on[2];
+};
+
+static void arm(struct arm *a, struct sock *s, uint32_t want)
+{
+	a->s = s;
+	a->on[0] = a->on[1] = false;
+	if (want & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP)) {
+		a->key[0] = ubt_ring_arm(s->rx, 0);
+		a->on[0] = true;
+	}
+	if ((want & (EPOLLOUT | EPOLLWRNORM)) &&
+	    atomic_load(&s->state) == SK_UB) {
+		a->key[1] = ubt_ring_arm(s->tx, 1);
+		a->on[1] = true;
+	}
+}
+
+static void disarm(struct arm *a)
+{
+	if (a->on[0])
+		ubt_ring_disarm(a->s->rx, 0, a->key[0]);
+	if (a->on[1])
+		ubt_ring_disarm(a->s->tx, 1, a->key[1]);
+}
+
+/* Spin budget of a wait: the largest of its sockets'. */
+static int64_t spin_of(struct sock *s, int64_t cur)
+{
+	return atomic_load(&s->state) == SK_UB && s->spin_ns > cur ?
+		s->spin_ns : cur;
+}
+
+/* Remaining ms until deadline (0: none left; -1: no deadline). */
+static int left_ms(uint64_t deadline)
+{
+	uint64_t now;
+
+	if (!deadline)
+		return -1;
+	now = now_ns();
+	return now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+}
+
+/* ----------------------------------------------------------- poll */
+
+/*
+ * poll over fds, some of them UB (socks[i] non-NULL).  timeout_ms -1 is
+ * forever.  Returns the count of fds with events, or -errno.
+ */
+static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
+		   int timeout_ms, const sigset_t *mask)
+{
+	uint64_t deadline = timeout_ms > 0 ?
+		now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+	int64_t budget = 0;
+	nfds_t nk = 0, nu = 0;
+	struct pollfd *kp;
+	struct arm *arms;
+	int ready, r;
+
+	for (nfds_t i = 0; i < n; i++) {
+		if (socks[i]) {
+			nu++;
+			budget = spin_of(socks[i], budget);
+		} else {
+			nk++;
+		}
+	}
+	/* Kernel fds, then per UB sock its eventfd and its kernel socket. */
+	kp = calloc(nk + 2 * nu + 1, sizeof(*kp));
+	arms = calloc(nu + 1, sizeof(*arms));
+	if (!kp || !arms) {
+		free(kp);
+		free(arms);
+		return -ENOMEM;
+	}
+	for (bool first = true;; first = false) {
+		nfds_t k = 0, u = 0;
+		uint64_t spin_end;
+
+		ready = 0;
+		for (nfds_t i = 0; i < n; i++) {
+			fds[i].revents = 0;
+			if (socks[i] && emulated(socks[i])) {
+				fds[i].revents = (short)sock_ready(socks[i],
+					(uint32_t)(uint16_t)fds[i].events, true);
+				ready += fds[i].revents != 0;
+			}
+		}
+		if (nk) {
+			for (nfds_t i = 0; i < n; i++)
+				if (!socks[i] || !emulated(socks[i]))
+					kp[k++] = fds[i];
+			r = ubs_real.poll(kp, k, 0);
+			if (r < 0) {
+				ready = -errno;
+				break;
+			}
+			k = 0;
+			for (nfds_t i = 0; i < n; i++)
+				if (!socks[i] || !emulated(socks[i])) {
+					fds[i].revents = kp[k++].revents;
+					ready += fds[i].revents != 0;
+				}
+		}
+		if (ready || timeout_ms == 0 || (!first && left_ms(deadline) == 0))
+			break;
+		/* Spin on the rings only: kernel fds wait for the sleep. */
+		spin_end = now_ns() + (uint64_t)budget;
+		while (budget && now_ns() < spin_end && !ready) {
+			for (nfds_t i = 0; i < n; i++)
+				if (socks[i] && emulated(socks[i]) &&
+				    sock_ready(socks[i], (uint16_t)fds[i].events,
+					       false))
+					ready = 1;
+			for (int j = 0; j < 32 && !ready; j++)
+				__builtin_ia32_pause();
+		}
+		if (ready)
+			continue;       /* collect properly */
+		/* Sleep. */
+		k = 0;
+		for (nfds_t i = 0; i < n; i++) {
+			struct sock *s = socks[i];
+
+			if (!s || !emulated(s)) {
+				kp[k++] = fds[i];
+				continue;
+			}
+			arm(&arms[u++], s, (uint16_t)fds[i].events);
+			if (sock_ready(s, (uint16_t)fds[i].events, false))
+				ready = 1;
+			kp[k].fd = s->ch.efd[s->ch.side];
+			kp[k++].events = POLLIN;
+			kp[k].fd = atomic_load(&s->peer_fin) ||
+				s->bypass_seen ? -1 : fds[i].fd;
+			kp[k++].events = POLLIN | POLLRDHUP;
+		}
+		if (!ready) {
+			struct timespec ts, *tsp = NULL;
+			int lm = timeout_ms < 0 ? -1 : left_ms(deadline);
+
+			if (lm >= 0) {
+				ts.tv_sec = lm / 1000;
+				ts.tv_nsec = (long)(lm % 1000) * 1000000;
+				tsp = &ts;
+			}
+			r = ubs_real.ppoll(kp, k, tsp, mask);
+			if (r < 0)
+				ready = -errno;
+		}
+		for (nfds_t j = 0; j < u; j++)
+			disarm(&arms[j]);
+		if (ready < 0)
+			break;
+		/* Learn what the kernel sockets of UB connections said. */
+		k = 0;
+		for (nfds_t i = 0; i < n; i++) {
+			if (!socks[i] || !emulated(socks[i])) {
+				k++;
+				continue;
+			}
+			if (kp[k + 1].fd >= 0 && kp[k + 1].revents)
+				sock_probe_kernel(socks[i], fds[i].fd);
+			k += 2;
+		}
+		ready = 0;
+		if (timeout_ms > 0 && left_ms(deadline) == 0)
+			timeout_ms = 0;         /* one last collection */
+	}
+	free(kp);
+	free(arms);
+	return ready;
+}
+
+/* Socks of the fds in a poll set, or NULL when none is emulated. */
+static struct sock **poll_socks(struct pollfd *fds, nfds_t n)
+{
+	struct sock **socks = NULL;
+	bool any = false;
+
+	for (nfds_t i = 0; i < n; i++)
+		if (sock_slot_used(fds[i].fd))
+			any = true;
+	if (!any)
+		return NULL;
+	socks = calloc(n, sizeof(*socks));
+	if (!socks)
+		return NULL;
+	any = false;
+	for (nfds_t i = 0; i < n; i++) {
+		struct sock *s = sock_get(fds[i].fd);
+
+		if (s && atomic_load(&s->state) == SK_CONNECTING) {
+			sock_settle_connect(s, fds[i].fd, true);
+		}
+		if (s && !emulated(s)) {
+			sock_put(s);
+			s = NULL;
+		}
+		socks[i] = s;
+		any |= s != NULL;
+	}
+	if (!any) {
+		free(socks);
+		return NULL;
+	}
+	return socks;
+}
+
+static void put_socks(struct sock **socks, nfds_t n)
+{
+	for (nfds_t i = 0; i < n; i++)
+		sock_put(socks[i]);
+	free(socks);
+}
+
+static int do_poll(struct pollfd *fds, nfds_t n, int timeout_ms,
+		   const sigset_t *mask, bool is_ppoll,
+		   const struct timespec *ts)
+{
+	struct sock **socks;
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard)
+		goto kernel;
+	ubs_guard_enter();
+	socks = poll_socks(fds, n);
+	if (!socks) {
+		ubs_guard_exit();
+		goto kernel;
+	}
+	r = ub_poll(fds, n, socks, timeout_ms, mask);
+	put_socks(socks, n);
+	ubs_guard_exit();
+	return r < 0 ? ubs_fail(r) : r;
+kernel:
+	return is_ppoll ? ubs_real.ppoll(fds, n, ts, mask) :
+		ubs_real.poll(fds, n, timeout_ms);
+}
+
+UBS_EXPORT int poll(struct pollfd *fds, nfds_t n, int timeout)
+{
+	return do_poll(fds, n, timeout < 0 ? -1 : timeout, NULL, false, NULL);
+}
+
+UBS_EXPORT int __poll_chk(struct pollfd *fds, nfds_t n, int timeout,
+			  size_t fdslen)
+{
+	if (fdslen / sizeof(*fds) < n)
+		__builtin_trap();
+	return poll(fds, n, timeout);
+}
+
+static int ts_ms(const struct timespec *ts)
+{
+	if (!ts)
+		return -1;
+	if (ts->tv_sec > INT32_MAX / 1000 - 1)
+		return INT32_MAX;
+	return (int)(ts->tv_sec * 1000 + (ts->tv_nsec + 999999) / 1000000);
+}
+
+UBS_EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts,
+		     const sigset_t *mask)
+{
+	return do_poll(fds, n, ts_ms(ts), mask, true, ts);
+}
+
+/* ---------------------------------------------------------- select */
+
+static int do_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex,
+		     int timeout_ms, const sigset_t *mask)
+{
+	struct pollfd *p;
+	struct sock **socks;
+	int n = 0, r, cnt = 0;
+
+	for (int fd = 0; fd < nfds && fd < FD_SETSIZE; fd++)
+		if ((rd && FD_ISSET(fd, rd)) || (wr && FD_ISSET(fd, wr)) ||
+		    (ex && FD_ISSET(fd, ex)))
+			n++;
+	p = calloc((size_t)n + 1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	n = 0;
+	for (int fd = 0; fd < nfds && fd < FD_SETSIZE; fd++) {
+		short ev = 0;
+
+		if (rd && FD_ISSET(fd, rd))
+			ev |= POLLIN;
+		if (wr && FD_ISSET(fd, wr))
+			ev |= POLLOUT;
+		if (ex && FD_ISSET(fd, ex))
+			ev |= POLLPRI;
+		if (ev) {
+			p[n].fd = fd;
+			p[n++].events = ev;
+		}
+	}
+	socks = poll_socks(p, (nfds_t)n);
+	if (!socks) {
+		free(p);
+		return 1 << 30;         /* not ours after all */
+	}
+	r = ub_poll(p, (nfds_t)n, socks, timeout_ms, mask);
+	put_socks(socks, (nfds_t)n);
+	if (r < 0) {
+		free(p);
+		return r;
+	}
+	for (int i = 0; i < n; i++) {
+		int fd = p[i].fd;
+		short re = p[i].revents;
+
+		if (re & POLLNVAL) {
+			free(p);
+			return -EBADF;
+		}
+		if (rd && FD_ISSET(fd, rd) && !(re & (POLLIN | POLLHUP | POLLERR)))
+			FD_CLR(fd, rd);
+		else if (rd && FD_ISSET(fd, rd))
+			cnt++;
+		if (wr && FD_ISSET(fd, wr) && !(re & (POLLOUT | POLLERR)))
+			FD_CLR(fd, wr);
+		else if (wr && FD_ISSET(fd, wr))
+			cnt++;
+		if (ex && FD_ISSET(fd, ex) && !(re & POLLPRI))
+			FD_CLR(fd, ex);
+		else if (ex && FD_ISSET(fd, ex))
+			cnt++;
+	}
+	free(p);
+	return cnt;
+}
+
+static bool select_has_ub(int nfds, fd_set *rd, fd_set *wr, fd_set *ex)
+{
+	for (int fd = 0; fd < nfds && fd < FD_SETSIZE; fd++)
+		if (((rd && FD_ISSET(fd, rd)) || (wr && FD_ISSET(fd, wr)) ||
+		     (ex && FD_ISSET(fd, ex))) && sock_slot_used(fd))
+			return true;
+	return false;
+}
+
+UBS_EXPORT int select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex,
+		      struct timeval *tv)
+{
+	uint64_t t0;
+	int r, ms;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard || nfds < 0 || !select_has_ub(nfds, rd, wr, ex))
+		return ubs_real.select(nfds, rd, wr, ex, tv);
+	if (tv && (tv->tv_sec < 0 || tv->tv_usec < 0))
+		return ubs_fail(-EINVAL);
+	ms = !tv ? -1 : tv->tv_sec > INT32_MAX / 1000 - 1 ? INT32_MAX :
+		(int)(tv->tv_sec * 1000 + (tv->tv_usec + 999) / 1000);
+	t0 = now_ns();
+	ubs_guard_enter();
+	r = do_select(nfds, rd, wr, ex, ms, NULL);
+	ubs_guard_exit();
+	if (r == 1 << 30)
+		return ubs_real.select(nfds, rd, wr, ex, tv);
+	if (tv) {       /* Linux reports the time left */
+		uint64_t el = (now_ns() - t0) / 1000, all =
+			(uint64_t)tv->tv_sec * 1000000 + (uint64_t)tv->tv_usec;
+
+		all = el >= all ? 0 : all - el;
+		tv->tv_sec = (time_t)(all / 1000000);
+		tv->tv_usec = (suseconds_t)(all % 1000000);
+	}
+	return r < 0 ? ubs_fail(r) : r;
+}
+
+UBS_EXPORT int pselect(int nfds, fd_set *rd, fd_set *wr, fd_set *ex,
+		       const struct timespec *ts, const sigset_t *mask)
+{
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard || nfds < 0 || !select_has_ub(nfds, rd, wr, ex))
+		return ubs_real.pselect(nfds, rd, wr, ex, ts, mask);
+	ubs_guard_enter();
+	r = do_select(nfds, rd, wr, ex, ts_ms(ts), mask);
+	ubs_guard_exit();
+	if (r == 1 << 30)
+		return ubs_real.pselect(nfds, rd, wr, ex, ts, mask);
+	return r < 0 ? ubs_fail(r) : r;
+}
+
+/* ----------------------------------------------------------- epoll */
+
+struct ep_reg {
+	struct ep_reg *next;
+	int fd;
+	struct sock *s;                 /* one ref */
+	uint32_t events;
+	epoll_data_t data;
+	bool disabled;                  /* EPOLLONESHOT fired */
+	uint32_t last;                  /* EPOLLET: mask last reported */
+	uint64_t et_head, et_tail;      /* EPOLLET: ring positions seen */
+};
+
+struct ep_set {
+	struct ep_set *next;
+	int epfd;
+	int inner;                      /* our epoll: epfd + UB wake fds */
+	pthread_mutex_t mu;
+	struct ep_reg *regs;
+	int nregs;
+	unsigned rot;                   /* fairness: first reg to look at */
+};
+
+static pthread_mutex_t ep_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ep_set *ep_sets;
+static int ep_nregs;                    /* over all sets (ep_lock) */
+
+/* Tags of the inner epoll's data: low bits say what woke. */
+#define TAG_EPFD 1u
+#define TAG_EFD  2u
+#define TAG_SOCK 3u
+
+static struct ep_set *ep_find(int epfd, bool make)
+{
+	struct ep_set *e;
+
+	pthread_mutex_lock(&ep_lock);
+	for (e = ep_sets; e; e = e->next)
+		if (e->epfd == epfd)
+			break;
+	if (!e && make && (e = calloc(1, sizeof(*e)))) {
+		e->epfd = epfd;
+		e->inner = -1;
+		pthread_mutex_init(&e->mu, NULL);
+		e->next = ep_sets;
+		ep_sets = e;
+	}
+	pthread_mutex_unlock(&ep_lock);
+	return e;
+}
+
+/* Has the set another registration of s (besides skip)? */
+static bool set_has_sock(struct ep_set *e, struct sock *s, struct ep_reg *skip)
+{
+	for (struct ep_reg *r = e->regs; r; r = r->next)
+		if (r != skip && r->s == s)
+			return true;
+	return false;
+}
+
+/* Inner epoll: watch s's eventfd and kernel socket (first reg of s). */
+static void inner_add(struct ep_set *e, struct sock *s, int fd)
+{
+	struct epoll_event ev;
+
+	if (e->inner < 0) {
+		int in = ubs_real.epoll_create1(EPOLL_CLOEXEC);
+
+		if (in < 0)
+			return;
+		e->inner = ubs_fd_high(in);
+		ev.events = EPOLLIN;
+		ev.data.u64 = TAG_EPFD;
+		ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, e->epfd, &ev);
+	}
+	ev.events = EPOLLIN;
+	ev.data.u64 = (uint64_t)(uintptr_t)s | TAG_EFD;
+	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, s->ch.efd[s->ch.side], &ev);
+	ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+	ev.data.u64 = (uint64_t)(uintptr_t)s | TAG_SOCK;
+	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static void inner_del(struct ep_set *e, struct sock *s, int fd)
+{
+	struct epoll_event ev = { 0 };
+
+	if (e->inner < 0)
+		return;
+	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL, s->ch.efd[s->ch.side], &ev);
+	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL, fd, &ev);
+}
+
+/* Unlink and free r (e->mu held). */
+static void reg_drop(struct ep_set *e, struct ep_reg *r)
+{
+	struct ep_reg **pp;
+
+	for (pp = &e->regs; *pp; pp = &(*pp)->next)
+		if (*pp == r) {
+			*pp = r->next;
+			break;
+		}
+	e->nregs--;
+	__atomic_sub_fetch(&ep_nregs, 1, __ATOMIC_RELAXED);
+	if (!set_has_sock(e, r->s, NULL))
+		inner_del(e, r->s, r->fd);
+	sock_put(r->s);
+	free(r);
+}
+
+static struct ep_reg *reg_find(struct ep_set *e, int fd)
+{
+	for (struct ep_reg *r = e->regs; r; r = r->next)
+		if (r->fd == fd)
+			return r;
+	return NULL;
+}
+
+static void reg_reset_edge(struct ep_reg *r)
+{
+	r->last = 0;
+	r->et_head = UINT64_MAX;
+	r->et_tail = UINT64_MAX;
+}
+
+static int reg_add(struct ep_set *e, int fd, struct sock *s,
+		   const struct epoll_event *ev)
+{
+	struct ep_reg *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return -ENOMEM;
+	r->fd = fd;
+	r->s = s;
+	r->events = ev->events;
+	r->data = ev->data;
+	reg_reset_edge(r);
+	if (!set_has_sock(e, s, NULL))
+		inner_add(e, s, fd);
+	r->next = e->regs;
+	e->regs = r;
+	e->nregs++;
+	__atomic_add_fetch(&ep_nregs, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/*
+ * Emulated epoll_ctl for a UB/undecided sock.  The kernel still checks
+ * epfd and fd (an ADD then DEL of the real socket gives its exact errors
+ * for bad descriptors, loops and the like).  Takes over the caller's
+ * reference to s on a successful ADD.
+ */
+static int ep_ctl_emul(int epfd, int op, int fd, struct sock *s,
+		       struct epoll_event *ev, bool *kept)
+{
+	struct epoll_event probe = { 0 };
+	struct ep_set *e;
+	struct ep_reg *r;
+	int ret = 0;
+
+	*kept = false;
+	if (op == EPOLL_CTL_ADD) {
+		if (!ev)
+			return -EFAULT;
+		if (ubs_real.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &probe) < 0)
+			return -errno;
+		ubs_real.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &probe);
+	}
+	e = ep_find(epfd, op == EPOLL_CTL_ADD);
+	if (!e)
+		return op == EPOLL_CTL_ADD ? -ENOMEM : -ENOENT;
+	pthread_mutex_lock(&e->mu);
+	r = reg_find(e, fd);
+	switch (op) {
+	case EPOLL_CTL_ADD:
+		if (r) {
+			ret = -EEXIST;
+		} else {
+			ret = reg_add(e, fd, s, ev);
+			*kept = ret == 0;
+		}
+		break;
+	case EPOLL_CTL_MOD:
+		if (!ev)
+			ret = -EFAULT;
+		else if (!r)
+			ret = -ENOENT;
+		else if (r->events & EPOLLEXCLUSIVE)
+			ret = -EINVAL;
+		else {
+			r->events = ev->events;
+			r->data = ev->data;
+			r->disabled = false;
+			reg_reset_edge(r);
+		}
+		break;
+	case EPOLL_CTL_DEL:
+		if (!r)
+			ret = -ENOENT;
+		else
+			reg_drop(e, r);
+		break;
+	default:
+		ret = -EINVAL;
+	}
+	pthread_mutex_unlock(&e->mu);
+	return ret;
+}
+
+UBS_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	struct sock *s;
+	bool kept;
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard || !(s = sock_get(fd)))
+		return ubs_real.epoll_ctl(epfd, op, fd, ev);
+	/* A connecting socket stays in the kernel set: adopted if it goes
+	 * UB (ep_sock_adopt). */
+	if (!emulated(s)) {
+		sock_put(s);
+		return ubs_real.epoll_ctl(epfd, op, fd, ev);
+	}
+	ubs_guard_enter();
+	r = ep_ctl_emul(epfd, op, fd, s, ev, &kept);
+	ubs_guard_exit();
+	if (!kept)
+		sock_put(s);
+	return r < 0 ? ubs_fail(r) : 0;
+}
+
+/* Collect ready emulated registrations into out (e->mu held). */
+static int ep_collect(struct ep_set *e, struct epoll_event *out, int max,
+		      bool probe)
+{
+	int n = 0, i = 0, start;
+	struct ep_reg *r;
+
+	if (!e->nregs)
+		return 0;
+	start = (int)(e->rot++ % (unsigned)e->nregs);
+	/* Two passes over the list from a rotating start: fairness when
+	 * max is smaller than the ready set. */
+	for (int pass = 0; pass < 2 && n < max; pass++) {
+		i = 0;
+		for (r = e->regs; r && n < max; r = r->next, i++) {
+			uint32_t m, rep;
+
+			if ((pass == 0) != (i >= start))
+				continue;
+			if (r->disabled || !emulated(r->s))
+				continue;
+			m = sock_ready(r->s, r->events, probe);
+			if (!m)
+				continue;
+			rep = m;
+			if (r->events & EPOLLET) {
+				uint64_t h = atomic_load_explicit(
+					&r->s->rx->shm->head,
+					memory_order_acquire);
+				uint64_t t = atomic_load_explicit(
+					&r->s->tx->shm->tail,
+					memory_order_acquire);
+
+				rep = m & ~r->last;
+				if (h != r->et_head && (m & EPOLLIN))
+					rep |= EPOLLIN | (m & EPOLLRDNORM);
+				if (t != r->et_tail && (m & EPOLLOUT))
+					rep |= EPOLLOUT | (m & EPOLLWRNORM);
+				r->last = m;
+				r->et_head = h;
+				r->et_tail = t;
+				if (!(rep & ~(EPOLLRDNORM | EPOLLWRNORM)))
+					continue;
+				rep = m;        /* report the whole state */
+			}
+			out[n].events = rep;
+			out[n].data = r->data;
+			n++;
+			if (r->events & EPOLLONESHOT)
+				r->disabled = true;
+		}
+	}
+	return n;
+}
+
+/*
+ * epoll_wait on a set with UB registrations.  Returns events or -errno.
+ */
+static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
+		   int timeout_ms, const sigset_t *mask)
+{
+	uint64_t deadline = timeout_ms > 0 ?
+		now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+	int n, k;
+
+	for (;;) {
+		int64_t budget = 0;
+		struct arm *arms;
+		struct epoll_event tmp[32];
+		int na = 0, lm;
+
+		pthread_mutex_lock(&e->mu);
+		n = ep_collect(e, ev, max, true);
+		for (struct ep_reg *r = e->regs; r; r = r->next)
+			budget = spin_of(r->s, budget);
+		pthread_mutex_unlock(&e->mu);
+		if (n < max) {
+			k = ubs_real.epoll_wait(e->epfd, ev + n, max - n, 0);
+			if (k < 0 && n == 0)
+				return -errno;
+			n += k > 0 ? k : 0;
+		}
+		if (n || timeout_ms == 0)
+			return n;
+		if (deadline && left_ms(deadline) == 0)
+			return 0;
+		/* Spin on the rings. */
+		if (budget) {
+			uint64_t end = now_ns() + (uint64_t)budget;
+
+			while (now_ns() < end) {
+				pthread_mutex_lock(&e->mu);
+				n = ep_collect(e, ev, max, false);
+				pthread_mutex_unlock(&e->mu);
+				if (n)
+					return n;
+				for (int j = 0; j < 64; j++)
+					__builtin_ia32_pause();
+			}
+		}
+		/* Sleep: arm every registration, re-check, then wait. */
+		pthread_mutex_lock(&e->mu);
+		arms = calloc((size_t)e->nregs + 1, sizeof(*arms));
+		if (!arms) {
+			pthread_mutex_unlock(&e->mu);
+			return -ENOMEM;
+		}
+		for (struct ep_reg *r = e->regs; r; r = r->next)
+			if (!r->disabled && emulated(r->s))
+				arm(&arms[na++], r->s, r->events);
+		n = ep_collect(e, ev, max, false);
+		pthread_mutex_unlock(&e->mu);
+		k = 0;
+		if (!n) {
+			lm = timeout_ms < 0 ? -1 : left_ms(deadline);
+			k = ubs_real.epoll_pwait(e->inner >= 0 ? e->inner :
+						 e->epfd, tmp, 32, lm, mask);
+			if (k < 0)
+				k = -errno;
+		}
+		for (int j = 0; j < na; j++)
+			disarm(&arms[j]);
+		free(arms);
+		if (n)
+			return n;
+		if (k < 0)
+			return k;
+		for (int j = 0; j < k; j++)
+			if ((tmp[j].data.u64 & 3) == TAG_SOCK) {
+				struct sock *s = (struct sock *)(uintptr_t)
+					(tmp[j].data.u64 & ~(uint64_t)3);
+
+				pthread_mutex_lock(&e->mu);
+				if (set_has_sock(e, s, NULL))
+					sock_probe_kernel(s, s->fd);
+				pthread_mutex_unlock(&e->mu);
+			}
+		if (k == 0 && timeout_ms > 0)
+			timeout_ms = 0;         /* one last collection */
+	}
+}
+
+static int do_epoll_wait(int epfd, struct epoll_event *ev, int max,
+			 int timeout, const sigset_t *mask, bool pwait)
+{
+	struct ep_set *e;
+	int r;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard || !__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED) ||
+	    !(e = ep_find(epfd, false)) || !e->nregs || max <= 0)
+		return pwait ? ubs_real.epoll_pwait(epfd, ev, max, timeout, mask)
+			: ubs_real.epoll_wait(epfd, ev, max, timeout);
+	ubs_guard_enter();
+	r = ep_wait(e, ev, max, timeout < 0 ? -1 : timeout, mask);
+	ubs_guard_exit();
+	return r < 0 ? ubs_fail(r) : r;
+}
+
+UBS_EXPORT int epoll_wait(int epfd, struct epoll_event *ev, int max,
+			  int timeout)
+{
+	return do_epoll_wait(epfd, ev, max, timeout, NULL, false);
+}
+
+UBS_EXPORT int epoll_pwait(int epfd, struct epoll_event *ev, int max,
+			   int timeout, const sigset_t *mask)
+{
+	return do_epoll_wait(epfd, ev, max, timeout, mask, true);
+}
+
+UBS_EXPORT int epoll_pwait2(int epfd, struct epoll_event *ev, int max,
+			    const struct timespec *ts, const sigset_t *mask)
+{
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard || !__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED) ||
+	    !ep_find(epfd, false)) {
+		if (!ubs_real.epoll_pwait2)
+			return ubs_fail(-ENOSYS);
+		return ubs_real.epoll_pwait2(epfd, ev, max, ts, mask);
+	}
+	return do_epoll_wait(epfd, ev, max, ts_ms(ts), mask, true);
+}
+
+UBS_EXPORT int epoll_create(int size)
+{
+	int fd;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	fd = ubs_real.epoll_create(size);
+	if (fd >= 0 && !ubs_guard)
+		ep_find(fd, true);
+	return fd;
+}
+
+UBS_EXPORT int epoll_create1(int flags)
+{
+	int fd;
+
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	fd = ubs_real.epoll_create1(flags);
+	if (fd >= 0 && !ubs_guard)
+		ep_find(fd, true);
+	return fd;
+}
+
+/* ------------------------------------------- transitions, close, fork */
+
+/* Remove (and with rehome, give back to the kernel) every registration
+ * of s. */
+static void ep_sock_drop(struct sock *s, bool rehome)
+{
+	pthread_mutex_lock(&ep_lock);
+	for (struct ep_set *e = ep_sets; e; e = e->next) {
+		struct ep_reg *r, *nx;
+
+		pthread_mutex_lock(&e->mu);
+		for (r = e->regs; r; r = nx) {
+			nx = r->next;
+			if (r->s != s)
+				continue;
+			if (rehome) {
+				struct epoll_event ev = {
+					.events = r->disabled ?
+						EPOLLONESHOT : r->events,
+					.data = r->data,
+				};
+
+				ubs_real.epoll_ctl(e->epfd, EPOLL_CTL_ADD,
+						   r->fd, &ev);
+			}
+			reg_drop(e, r);
+		}
+		pthread_mutex_unlock(&e->mu);
+	}
+	pthread_mutex_unlock(&ep_lock);
+}
+
+void ep_sock_gone(struct sock *s)
+{
+	if (__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED))
+		ep_sock_drop(s, false);
+}
+
+void ep_sock_rehome(struct sock *s, int fd)
+{
+	(void)fd;
+	if (__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED))
+		ep_sock_drop(s, true);
+}
+
+/*
+ * A connecting socket went UB: registrations the program made in the
+ * kernel (before or during connect) move here.  The kernel tells which
+ * sets hold the fd in /proc/self/fdinfo/EPFD ("tfd: N events: X data: Y").
+ */
+void ep_sock_adopt(struct sock *s, int fd)
+{
+	pthread_mutex_lock(&ep_lock);
+	for (struct ep_set *e = ep_sets; e; e = e->next) {
+		char path[64], buf[8192], *line;
+		ssize_t len;
+		int f;
+
+		snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", e->epfd);
+		f = open(path, O_RDONLY | O_CLOEXEC);
+		if (f < 0)
+			continue;
+		len = ubs_real.read(f, buf, sizeof(buf) - 1);
+		ubs_real.close(f);
+		if (len <= 0)
+			continue;
+		buf[len] = '\0';
+		for (line = buf; line; line = strchr(line, '\n')) {
+			unsigned int evs;
+			unsigned long long data;
+			int tfd;
+
+			while (*line == '\n')
+				line++;
+			if (sscanf(line, "tfd: %d events: %x data: %llx", &tfd,
+				   &evs, &data) != 3 || tfd != fd)
+				continue;
+			{
+				struct epoll_event ev = { .events = evs };
+
+				ev.data.u64 = data;
+				ubs_real.epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd,
+						   &ev);
+				__atomic_add_fetch(&s->refs, 1,
+						   __ATOMIC_RELAXED);
+				pthread_mutex_lock(&e->mu);
+				if (reg_add(e, fd, s, &ev))
+					sock_put(s);
+				pthread_mutex_unlock(&e->mu);
+			}
+		}
+	}
+	pthread_mutex_unlock(&ep_lock);
+}
+
+void ep_fd_closing(int fd)
+{
+	struct ep_set *e, **pp;
+
+	if (!ep_sets)
+		return;
+	pthread_mutex_lock(&ep_lock);
+	for (pp = &ep_sets; (e = *pp); pp = &e->next)
+		if (e->epfd == fd)
+			break;
+	if (e) {                /* an epoll set: forget it */
+		*pp = e->next;
+		pthread_mutex_lock(&e->mu);
+		while (e->regs)
+			reg_drop(e, e->regs);
+		pthread_mutex_unlock(&e->mu);
+		if (e->inner >= 0)
+			ubs_real.close(e->inner);
+		pthread_mutex_destroy(&e->mu);
+		free(e);
+	} else if (__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED)) {
+		/* A registered fd: the kernel drops it from its sets. */
+		for (e = ep_sets; e; e = e->next) {
+			struct ep_reg *r;
+
+			pthread_mutex_lock(&e->mu);
+			if ((r = reg_find(e, fd)))
+				reg_drop(e, r);
+			pthread_mutex_unlock(&e->mu);
+		}
+	}
+	pthread_mutex_unlock(&ep_lock);
+}
+
+void ep_atfork_child(void)
+{
+	pthread_mutex_init(&ep_lock, NULL);
+	for (struct ep_set *e = ep_sets; e; e = e->next)
+		pthread_mutex_init(&e->mu, NULL);
+}

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * sock.h - private header of the socket shim: the per-socket state the
+ * library keeps beside a kernel TCP socket, and the fd table that finds it.
+ *
+ * A program's fd is always the real kernel socket (invariant 3).  Only
+ * sockets the library may accelerate have an entry: a registered UB
+ * listener, a client whose connect() went towards a possible UB listener
+ * (CONNECTING until settled), an accepted connection whose channel is
+ * offered (UNDECIDED until the client attaches or TCP wins), and a UB
+ * connection.  Everything else (and a connection decided TCP, whose entry
+ * is dropped) goes straight to libc after one table load.
+ *
+ * Locking: the fd table's rwlock guards the slots and the sock refcounts;
+ * a sock's mutex guards its state changes; the rings have their own
+ * locks.  Order: control lock (ctl.c) -> table lock -> sock mutex.  No
+ * ubt_* or ctl call is made with the table lock held for writing.
+ */
+#ifndef UBS_SOCK_H
+#define UBS_SOCK_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+
+#include "preload.h"
+#include "ubt.h"
+
+enum sk_state {
+	SK_LISTEN = 1,          /* listening socket registered with ubsd */
+	SK_CONNECTING,          /* client towards a maybe-UB listener */
+	SK_UNDECIDED,           /* accepted, channel offered */
+	SK_UB,                  /* both ends on the channel */
+};
+
+struct sock {
+	int refs;               /* fd slots + calls in flight (table lock) */
+	_Atomic int state;      /* enum sk_state */
+	pthread_mutex_t mu;     /* state changes */
+	int fd;                 /* an fd of this socket, for kernel calls
+				 * made on its behalf (watch, FIN probe) */
+	struct ubt_chan ch;
+	bool have_chan;
+	struct ubt_ring *rx, *tx;
+	bool nonblock;          /* O_NONBLOCK of the open file (cached) */
+	bool shut_rd, shut_wr;  /* local shutdown */
+	_Atomic bool peer_fin;  /* the kernel socket saw FIN or RST */
+	bool peer_reset;        /* ... and it was a reset / error */
+	bool epipe_sent;        /* one write after peer close succeeded */
+	int rcvtimeo_ms, sndtimeo_ms;   /* -1: none */
+	int64_t spin_ns;        /* wait budget from the service policy */
+	uint64_t undecided_until_ns;    /* first-send wait deadline */
+	bool connect_settled;   /* SK_CONNECTING: REQUEST done */
+	uint64_t rx_seen_head;  /* edge-triggered emulation */
+	uint64_t tx_seen_tail;
+	bool fork_seen;         /* atfork walk: hold taken */
+	bool bypass_seen;       /* bytes arrived on the kernel socket of a
+				 * UB connection (logged once) */
+};
+
+/* The fd table. */
+struct sock *sock_get(int fd);          /* +1 ref, or NULL */
+void sock_put(struct sock *s);          /* -1 ref, frees at 0 */
+int sock_install(int fd, struct sock *s);       /* +1 ref for the slot */
+struct sock *sock_detach(int fd);       /* clear the slot; the slot's ref
+					 * is handed to the caller */
+bool sock_slot_used(int fd);            /* no lock, no ref: a hint */
+struct sock *sock_new(int fd);          /* refs 0, state 0 */
+/* Call fn(fd, s) for every slot (table read-locked: fn must not take it
+ * for writing). */
+void sock_for_each(void (*fn)(int fd, struct sock *s, void *arg), void *arg);
+
+/* Transitions. */
+void sock_to_tcp(struct sock *s, int fd);       /* drop the channel, detach
+						 * every slot of s, re-home
+						 * epoll registrations */
+int sock_settle_connect(struct sock *s, int fd, bool may_wait);
+int sock_settle_undecided(struct sock *s, int fd, bool for_write);
+int sock_probe_kernel(struct sock *s, int fd);
+void sock_tab_atfork_child(void);
+void sock_last_close(struct sock *s);
+
+/* Readiness of a sock for poll/epoll (EPOLL* bits of want, plus
+ * EPOLLHUP/EPOLLERR).  probe: may make syscalls to learn about FIN. */
+uint32_t sock_ready(struct sock *s, uint32_t want, bool probe);
+
+/* epoll emulation (poll.c). */
+void ep_sock_gone(struct sock *s);              /* drop its registrations */
+void ep_sock_rehome(struct sock *s, int fd);    /* emulated -> kernel */
+void ep_sock_adopt(struct sock *s, int fd);     /* kernel -> emulated */
+void ep_fd_closing(int fd);                     /* fd is about to close */
+void ep_atfork_child(void);
+
+void sock_init(void);
+void sock_atfork_child(void);
+
+#endif
