@@ -1,0 +1,472 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * behaviour.c - the differential behaviour suite of the socket shim.
+ *
+ * Each test is one scenario of sockcase (sockcase.c): it runs it twice,
+ * without the preload and with LD_PRELOAD=$UBS_PRELOAD_LIB (default: the
+ * build's libubs_preload.so) against a private ubsd, and requires:
+ *   - both runs exit 0 and print the same trace, byte for byte (what the
+ *     program observed through the interposed calls: return values, errno,
+ *     bytes, events, fd numbers);
+ *   - the preloaded run was accelerated: the ub_conns counters of the
+ *     stats pages its processes published in RUN_DIR/stats add up to at
+ *     least the case's expect_ub (exactly 0 when the case must stay on
+ *     TCP), and when the case moved 1 MiB or more, the kernel sockets'
+ *     TCP_INFO byte counters (acked + received) stay under 1/100 of it;
+ *   - the plain run proves the kernel counters work: there they cover
+ *     every byte moved.
+ * Every run is bounded (sockcase has its own alarm; the spawner kills its
+ * process group and reaps it after RUN_TIMEOUT_MS).
+ */
+#include <criterion/criterion.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dtest.h"
+#include "ubs_stats.h"
+
+#ifndef UBS_PRELOAD_DEFAULT
+#define UBS_PRELOAD_DEFAULT "build/libubs_preload.so"
+#endif
+#ifndef UBSD_PATH
+#define UBSD_PATH "build/bin/ubsd"
+#endif
+#ifndef SOCKCASE_PATH
+#define SOCKCASE_PATH "build/shim-socket/sockcase"
+#endif
+
+#define RUN_TIMEOUT_MS	25000		/* sockcase's own alarm is 20 s */
+#define TRACE_CAP	(128 * 1024)
+#define BIG_MOVE	(1024u * 1024u)	/* from here on, kbytes is checked */
+
+extern char **environ;
+
+/* One finished sockcase run. */
+struct run {
+	int status;
+	size_t len;
+	char out[TRACE_CAP];
+	char err[2048];		/* tail of its stderr */
+	bool have_k;
+	uint64_t kbytes, moved;
+	int expect_ub;
+};
+
+static const char *preload_lib(void)
+{
+	const char *lib = getenv("UBS_PRELOAD_LIB");
+
+	return lib && lib[0] ? lib : UBS_PRELOAD_DEFAULT;
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/* Creates the run directory with stats/ and starts the private ubsd. */
+static void setup(void)
+{
+	char stats[128];
+
+	dt_make_run_dir("/tmp/ubs-behaviour-XXXXXX");
+	path_in(stats, sizeof(stats), "stats");
+	cr_assert_eq(mkdir(stats, 0755), 0, "mkdir %s: %s", stats, strerror(errno));
+	dt_start_daemon(UBSD_PATH);
+}
+
+/* Empties and removes stats/, then the daemon and the run directory. */
+static void teardown(void)
+{
+	char stats[128], path[512];
+	struct dirent *de;
+	DIR *d;
+
+	path_in(stats, sizeof(stats), "stats");
+	d = opendir(stats);
+	while (d && (de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", stats, de->d_name);
+		unlink(path);
+	}
+	if (d)
+		closedir(d);
+	rmdir(stats);
+	dt_teardown();
+}
+
+/*
+ * Our environment minus LD_PRELOAD, UBS_* and SOCKCASE_*, plus the
+ * NULL-terminated extra.  Free with free_env().
+ */
+static char **child_env(const char *const *extra)
+{
+	size_t n = 0, k = 0;
+	char **env;
+
+	for (char **e = environ; *e; e++)
+		n++;
+	for (const char *const *x = extra; *x; x++)
+		n++;
+	env = calloc(n + 1, sizeof(*env));
+	cr_assert_not_null(env);
+	for (char **e = environ; *e; e++)
+		if (strncmp(*e, "LD_PRELOAD=", 11) && strncmp(*e, "UBS_", 4) &&
+		    strncmp(*e, "SOCKCASE_", 9))
+			env[k++] = strdup(*e);
+	for (const char *const *x = extra; *x; x++)
+		env[k++] = strdup(*x);
+	return env;
+}
+
+static void free_env(char **env)
+{
+	for (char **e = env; *e; e++)
+		free(*e);
+	free(env);
+}
+
+/* Reads the kstats file sockcase wrote (kbytes, moved, expect_ub). */
+static void read_kstats(const char *path, struct run *r)
+{
+	char text[256];
+	int got = 0;
+	unsigned long long k, m;
+	int ub;
+
+	slurp(path, text, sizeof(text));
+	got = sscanf(text, "kbytes %llu\nmoved %llu\nexpect_ub %d", &k, &m, &ub);
+	if (got == 3) {
+		r->have_k = true;
+		r->kbytes = k;
+		r->moved = m;
+		r->expect_ub = ub;
+	}
+}
+
+/*
+ * Runs `sockcase name` with stdout captured into r, with the preload (and
+ * UBS_RUN_DIR = the test's run dir) or without, in a clean process: its
+ * own process group, stdin /dev/null, no inherited fd above 2 (so fd
+ * numbers are the same in both runs).  Bounded: after RUN_TIMEOUT_MS its
+ * group is killed and it is reaped, and the test fails.
+ */
+static void run_case(const char *name, bool preload, struct run *r)
+{
+	const char *mode = preload ? "ub" : "plain";
+	char ld[4200], dir[128], kvar[200], kpath[128], errpath[128], tmp[64];
+	const char *extra[4] = { kvar, NULL, NULL, NULL };
+	long long deadline = now_ms() + RUN_TIMEOUT_MS;
+	bool timed_out = false;
+	char **env;
+	int p[2], ret;
+	pid_t pid;
+
+	memset(r, 0, sizeof(*r));
+	snprintf(tmp, sizeof(tmp), "%s.%s.kstats", name, mode);
+	path_in(kpath, sizeof(kpath), tmp);
+	snprintf(tmp, sizeof(tmp), "%s.%s.err", name, mode);
+	path_in(errpath, sizeof(errpath), tmp);
+	snprintf(kvar, sizeof(kvar), "SOCKCASE_KSTATS=%s", kpath);
+	unlink(kpath);
+	if (preload) {
+		cr_assert_eq(access(preload_lib(), R_OK), 0, "%s: %s", preload_lib(),
+			     strerror(errno));
+		snprintf(ld, sizeof(ld), "LD_PRELOAD=%s", preload_lib());
+		snprintf(dir, sizeof(dir), "UBS_RUN_DIR=%s", run_dir);
+		extra[1] = ld;
+		extra[2] = dir;
+	}
+	cr_assert_eq(access(SOCKCASE_PATH, X_OK), 0, "%s: %s", SOCKCASE_PATH,
+		     strerror(errno));
+	env = child_env(extra);
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		int in = open("/dev/null", O_RDONLY);
+		int err = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		setpgid(0, 0);
+		if (in < 0 || err < 0 || dup2(in, 0) < 0 || dup2(p[1], 1) < 0 ||
+		    dup2(err, 2) < 0)
+			_exit(126);
+		syscall(SYS_close_range, 3U, ~0U, 0U);
+		execle(SOCKCASE_PATH, "sockcase", name, (char *)NULL, env);
+		_exit(127);
+	}
+	setpgid(pid, pid);	/* either side may win; both set the same */
+	free_env(env);
+	close(p[1]);
+
+	for (;;) {
+		struct pollfd pfd = { .fd = p[0], .events = POLLIN };
+		long long left = deadline - now_ms();
+		ssize_t n;
+
+		if (left <= 0) {
+			timed_out = true;
+			break;
+		}
+		ret = poll(&pfd, 1, (int)left);
+		if (ret <= 0)
+			continue;
+		n = read(p[0], r->out + r->len, sizeof(r->out) - 1 - r->len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0 || (r->len += (size_t)n) == sizeof(r->out) - 1)
+			break;
+	}
+	close(p[0]);
+	r->out[r->len] = '\0';
+	while (!timed_out) {
+		ret = waitpid(pid, &r->status, WNOHANG);
+		if (ret == pid)
+			break;
+		if (now_ms() >= deadline)
+			timed_out = true;
+		else
+			sleep_ms(5);
+	}
+	if (timed_out) {
+		kill(-pid, SIGKILL);
+		kill(pid, SIGKILL);
+		waitpid(pid, &r->status, 0);
+	}
+	{
+		static char errtext[64 * 1024];
+		size_t el;
+
+		slurp(errpath, errtext, sizeof(errtext));
+		el = strlen(errtext);
+		snprintf(r->err, sizeof(r->err), "%s",
+			 errtext + (el > sizeof(r->err) - 1 ? el - (sizeof(r->err) - 1) : 0));
+	}
+	cr_assert(!timed_out, "%s (%s) still running after %d ms; trace so far:\n%s",
+		  name, mode, RUN_TIMEOUT_MS, r->out);
+	read_kstats(kpath, r);
+}
+
+/* Copies line number `line` (0-based) of text into out ("<none>" past the end). */
+static void nth_line(const char *text, int line, char *out, size_t n)
+{
+	const char *s = text, *e;
+
+	for (int i = 0; i < line && s; i++) {
+		s = strchr(s, '\n');
+		if (s)
+			s++;
+	}
+	if (!s || !*s) {
+		snprintf(out, n, "<none: trace ended>");
+		return;
+	}
+	e = strchr(s, '\n');
+	snprintf(out, n, "%.*s", (int)(e ? e - s : (long)strlen(s)), s);
+}
+
+/* The 0-based line of the first difference between a and b, or -1. */
+static int first_diff(const char *a, const char *b)
+{
+	int line = 0;
+
+	for (size_t i = 0;; i++) {
+		if (a[i] != b[i])
+			return line;
+		if (!a[i])
+			return -1;
+		if (a[i] == '\n')
+			line++;
+	}
+}
+
+/*
+ * Sums the ub_conns counter over every stats page in RUN_DIR/stats (each
+ * checked for magic, version and size); *pages gets how many there were.
+ */
+static uint64_t sum_ub_conns(int *pages)
+{
+	char stats[128], path[512];
+	struct ubs_stats_page page;
+	struct dirent *de;
+	uint64_t sum = 0;
+	DIR *d;
+
+	*pages = 0;
+	path_in(stats, sizeof(stats), "stats");
+	d = opendir(stats);
+	cr_assert_not_null(d, "%s: %s", stats, strerror(errno));
+	while ((de = readdir(d))) {
+		ssize_t n;
+		int fd;
+
+		if (de->d_name[0] < '0' || de->d_name[0] > '9')
+			continue;	/* ".", "..", a temporary name */
+		snprintf(path, sizeof(path), "%s/%s", stats, de->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		n = pread(fd, &page, sizeof(page), 0);
+		close(fd);
+		cr_assert_eq(n, (ssize_t)sizeof(page), "short stats page %s", path);
+		cr_assert_eq(page.magic, UBS_STATS_MAGIC, "bad magic in %s", path);
+		cr_assert_eq(page.version, UBS_STATS_VERSION, "version of %s", path);
+		cr_assert_gt(page.ncounters, UBS_STAT_UB_CONNS, "ncounters of %s", path);
+		sum += __atomic_load_n(&page.counters[UBS_STAT_UB_CONNS], __ATOMIC_RELAXED);
+		(*pages)++;
+	}
+	closedir(d);
+	return sum;
+}
+
+/* How a run ended, for messages. */
+static const char *status_text(int st, char *buf, size_t n)
+{
+	if (WIFEXITED(st))
+		snprintf(buf, n, "exit %d", WEXITSTATUS(st));
+	else if (WIFSIGNALED(st))
+		snprintf(buf, n, "signal %d", WTERMSIG(st));
+	else
+		snprintf(buf, n, "status 0x%x", st);
+	return buf;
+}
+
+static struct run plain_run, ub_run;
+
+/* The whole check of one case; see the file comment. */
+static void check_case(const char *name)
+{
+	struct run *plain = &plain_run, *ub = &ub_run;
+	char a[640], b[640], st[64];
+	uint64_t ub_conns;
+	int line, pages;
+
+	run_case(name, false, plain);
+	cr_assert(WIFEXITED(plain->status) && WEXITSTATUS(plain->status) == 0,
+		  "%s without the preload: %s (a bug of the case itself); trace:\n%s"
+		  "stderr:\n%s", name, status_text(plain->status, st, sizeof(st)),
+		  plain->out, plain->err);
+	cr_assert(plain->have_k, "%s: no kstats from the plain run", name);
+	if (plain->moved >= BIG_MOVE)
+		cr_assert_geq(plain->kbytes, plain->moved,
+			      "%s: plain run moved %" PRIu64 " bytes but TCP_INFO "
+			      "counted only %" PRIu64 ": the measure is broken", name,
+			      plain->moved, plain->kbytes);
+
+	run_case(name, true, ub);
+	line = first_diff(plain->out, ub->out);
+	if (line >= 0) {
+		nth_line(plain->out, line, a, sizeof(a));
+		nth_line(ub->out, line, b, sizeof(b));
+		cr_log_error("%s: trace without the preload:\n%s", name, plain->out);
+		cr_log_error("%s: trace with the preload:\n%s", name, ub->out);
+		if (ub->err[0])
+			cr_log_error("%s: stderr with the preload:\n%s", name, ub->err);
+		cr_assert_fail("%s: traces differ at line %d\n"
+			       "  without preload: %s\n"
+			       "  with preload:    %s", name, line + 1, a, b);
+	}
+	cr_assert(WIFEXITED(ub->status) && WEXITSTATUS(ub->status) == 0,
+		  "%s with the preload: %s; stderr:\n%s", name,
+		  status_text(ub->status, st, sizeof(st)), ub->err);
+	cr_assert(ub->have_k, "%s: no kstats from the preloaded run", name);
+
+	ub_conns = sum_ub_conns(&pages);
+	if (ub->expect_ub == 0)
+		cr_assert_eq(ub_conns, 0, "%s must stay on TCP, but the stats pages "
+			     "count %" PRIu64 " UB connections", name, ub_conns);
+	else
+		cr_assert_geq(ub_conns, (uint64_t)ub->expect_ub,
+			      "%s was not accelerated: ub_conns %" PRIu64 " over %d "
+			      "stats pages, expected >= %d", name, ub_conns, pages,
+			      ub->expect_ub);
+	if (ub->moved >= BIG_MOVE)
+		cr_assert_lt(ub->kbytes, ub->moved / 100,
+			     "%s moved %" PRIu64 " bytes but the kernel TCP sockets "
+			     "counted %" PRIu64 " (TCP_INFO acked+received): the bytes "
+			     "went over TCP", name, ub->moved, ub->kbytes);
+}
+
+/* The cases, as sockcase --list prints them. */
+static const char *const case_names[] = {
+	"roundtrip", "bulk", "readv_writev", "recv_flags", "sendto_sendmsg",
+	"nonblock_connect", "accept4_flags", "fill_eagain", "half_close",
+	"close_remaining", "peer_reset", "poll_select", "epoll_lt", "epoll_et",
+	"epoll_oneshot", "epoll_rdhup", "fionread", "names", "fork_shared",
+	"dup_fds", "nonblock_fcntl", "rcvtimeo", "refused", "server_first",
+	"sequential", "duplex",
+};
+
+/* Every case of sockcase has a test here, and no test names a lost case. */
+Test(shim_behaviour, case_list_matches, .timeout = 30)
+{
+	char cmd[512], line[128];
+	size_t n = 0;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "%s --list", SOCKCASE_PATH);
+	f = popen(cmd, "r");
+	cr_assert_not_null(f, "%s: %s", cmd, strerror(errno));
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		cr_expect(n < sizeof(case_names) / sizeof(case_names[0]) &&
+			  !strcmp(line, case_names[n]),
+			  "sockcase case %zu is %s, behaviour.c says %s", n, line,
+			  n < sizeof(case_names) / sizeof(case_names[0]) ?
+			  case_names[n] : "nothing");
+		n++;
+	}
+	cr_assert_eq(pclose(f), 0, "%s failed", cmd);
+	cr_assert_eq(n, sizeof(case_names) / sizeof(case_names[0]),
+		     "sockcase has %zu cases, behaviour.c %zu", n,
+		     sizeof(case_names) / sizeof(case_names[0]));
+}
+
+#define CASE(n)								\
+	Test(shim_behaviour, n, .init = setup, .fini = teardown, .timeout = 60) \
+	{								\
+		check_case(#n);						\
+	}
+
+CASE(roundtrip)
+CASE(bulk)
+CASE(readv_writev)
+CASE(recv_flags)
+CASE(sendto_sendmsg)
+CASE(nonblock_connect)
+CASE(accept4_flags)
+CASE(fill_eagain)
+CASE(half_close)
+CASE(close_remaining)
+CASE(peer_reset)
+CASE(poll_select)
+CASE(epoll_lt)
+CASE(epoll_et)
+CASE(epoll_oneshot)
+CASE(epoll_rdhup)
+CASE(fionread)
+CASE(names)
+CASE(fork_shared)
+CASE(dup_fds)
+CASE(nonblock_fcntl)
+CASE(rcvtimeo)
+CASE(refused)
+CASE(server_first)
+CASE(sequential)
+CASE(duplex)

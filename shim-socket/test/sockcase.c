@@ -1,0 +1,2053 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * sockcase.c - one socket scenario over 127.0.0.1, traced.
+ *
+ *   sockcase --list        the case names, one a line
+ *   sockcase CASE          run CASE, print its trace on stdout
+ *
+ * A case is a server and a client in two processes (the client is forked
+ * first and learns the listening port through a pipe; the server is the
+ * process that was started).  Each process appends one line per observed
+ * result of an interposed call to its own block of a shared mapping: the
+ * call, its return value, the errno name, the bytes (or their length and
+ * FNV-1a digest), poll/epoll event masks by name, fd numbers.  When both
+ * are done the server prints its block, then the client's (then a forked
+ * grandchild's, for the case that has one), so the output is a pure
+ * function of what the program observed.  Where the kernel itself varies
+ * the trace is normalised: how many bytes fit before EAGAIN is printed as
+ * "filled>0", multi-call reads and writes are printed as one total, and a
+ * single-call check first waits (untraced, bounded) until the bytes it
+ * needs have arrived.  Two synchronisation pipes order the two sides.
+ *
+ * The behaviour suite (behaviour.c) runs every case without and with the
+ * preload and requires identical traces.  So that it can also prove the
+ * preloaded run was accelerated, sockcase writes to the file named by
+ * $SOCKCASE_KSTATS, at the end:
+ *   kbytes N     sum, over every TCP socket it closed, of tcpi_bytes_acked
+ *                + tcpi_bytes_received read with TCP_INFO just before the
+ *                close (both ends of a connection count: a stricter bound)
+ *   moved N      payload bytes the case's writes moved
+ *   expect_ub N  connections of this case that must be accelerated (0: the
+ *                case must stay on TCP)
+ *
+ * Every wait is bounded: alarm(20) in each process (the server then kills
+ * and reaps the client by pid, prints what it has and exits 2), the sync
+ * pipes end at the peer's death, and helper waits give up after 5 s.
+ * Exit status 0, or 1 after a FATAL line (the case could not go on).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/tcp.h>		/* struct tcp_info with tcpi_bytes_* */
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ALARM_S		20		/* per process, whole case */
+#define WAIT_MS		5000		/* any untraced helper wait */
+#define TRACE_MAX	24576		/* bytes of trace per process */
+#define SHOW_MAX	48		/* longer data is shown as a digest */
+#define MIB		(1024u * 1024u)
+
+enum { R_SERVER, R_CLIENT, R_CHILD, R_NR };
+static const char *const role_names[R_NR] = { "server", "client", "child" };
+
+/* One process's trace and counters, in the shared mapping. */
+struct block {
+	size_t len;
+	int used;
+	int truncated;
+	uint64_t kbytes;	/* TCP_INFO bytes acked + received */
+	uint64_t moved;		/* payload bytes written */
+	char text[TRACE_MAX];
+};
+
+static struct block *blocks;	/* R_NR of them, MAP_SHARED */
+static int role = R_SERVER;
+static int sync_out = -1, sync_in = -1;	/* pipes to and from the peer */
+static uint16_t port;		/* listening port (client: once learned) */
+static volatile pid_t client_pid = -1;
+
+static void finish(int rc) __attribute__((noreturn));
+
+/* ------------------------------------------------------------------ */
+/* Trace                                                              */
+
+/* Appends one line to this process's block. */
+static void __attribute__((format(printf, 1, 2))) tr(const char *fmt, ...)
+{
+	struct block *b = &blocks[role];
+	char line[640];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	if (b->len + (size_t)n + 1 >= TRACE_MAX) {
+		b->truncated = 1;
+		return;
+	}
+	memcpy(b->text + b->len, line, (size_t)n);
+	b->len += (size_t)n;
+	b->text[b->len++] = '\n';
+}
+
+/* The errno's symbolic name ("EAGAIN"), never its number. */
+static const char *ename(int e)
+{
+	const char *n = e ? strerrorname_np(e) : "0";
+
+	return n ? n : "E?";
+}
+
+/*
+ * Traces "DESC = R", or "DESC = -1 ENAME" when r < 0; DESC is printf'd
+ * from fmt.  Used through CALL(), which captures errno right after the
+ * call and restores it.
+ */
+static void __attribute__((format(printf, 3, 4)))
+tr_ret(long r, int e, const char *fmt, ...)
+{
+	char desc[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(desc, sizeof(desc), fmt, ap);
+	va_end(ap);
+	if (r < 0)
+		tr("%s = %ld %s", desc, r, ename(e));
+	else
+		tr("%s = %ld", desc, r);
+}
+
+#define CALL(expr, ...) ({						\
+	errno = 0;							\
+	long r_ = (long)(expr);						\
+	int e_ = errno;							\
+	tr_ret(r_, e_, __VA_ARGS__);					\
+	errno = e_;							\
+	r_; })
+
+/* FNV-1a 64 of n bytes, continuing from h (start with FNV_INIT). */
+#define FNV_INIT 0xcbf29ce484222325ULL
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+	const unsigned char *s = p;
+
+	for (size_t i = 0; i < n; i++) {
+		h ^= s[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+/* Writes a printable form of n bytes into out: quoted text or a digest. */
+static const char *show(char *out, size_t outsz, const void *p, size_t n)
+{
+	const unsigned char *s = p;
+	size_t k = 0;
+
+	if (n > SHOW_MAX) {
+		snprintf(out, outsz, "<%zu bytes fnv=%016llx>", n,
+			 (unsigned long long)fnv(FNV_INIT, p, n));
+		return out;
+	}
+	out[k++] = '"';
+	for (size_t i = 0; i < n && k + 6 < outsz; i++) {
+		if (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\')
+			out[k++] = (char)s[i];
+		else
+			k += (size_t)snprintf(out + k, outsz - k, "\\x%02x", s[i]);
+	}
+	out[k++] = '"';
+	out[k] = '\0';
+	return out;
+}
+
+/* poll/epoll event bits by name ("IN|OUT|RDHUP"), "0" when none. */
+static const char *evname(char *out, size_t outsz, uint32_t m)
+{
+	static const struct { uint32_t bit; const char *name; } bits[] = {
+		{ POLLIN, "IN" }, { POLLPRI, "PRI" }, { POLLOUT, "OUT" },
+		{ POLLERR, "ERR" }, { POLLHUP, "HUP" }, { POLLNVAL, "NVAL" },
+		{ POLLRDNORM, "RDNORM" }, { POLLRDBAND, "RDBAND" },
+		{ POLLWRNORM, "WRNORM" }, { POLLWRBAND, "WRBAND" },
+		{ POLLMSG, "MSG" }, { POLLRDHUP, "RDHUP" },
+	};
+	size_t k = 0;
+
+	out[0] = '\0';
+	for (size_t i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
+		if (!(m & bits[i].bit))
+			continue;
+		k += (size_t)snprintf(out + k, outsz - k, "%s%s", k ? "|" : "",
+				      bits[i].name);
+		m &= ~bits[i].bit;
+	}
+	if (m)
+		k += (size_t)snprintf(out + k, outsz - k, "%s0x%x", k ? "|" : "", m);
+	if (!k)
+		snprintf(out, outsz, "0");
+	return out;
+}
+
+/* The case cannot go on: say why, then end this process (exit 1). */
+static void __attribute__((noreturn, format(printf, 1, 2))) fatal(const char *fmt, ...)
+{
+	char msg[400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	tr("FATAL %s", msg);
+	finish(1);
+}
+
+/* Milliseconds on the monotonic clock. */
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* ------------------------------------------------------------------ */
+/* Synchronisation with the peer (pipes, never traced)                */
+
+/* Sends the one-byte step tag to the peer. */
+static void tell(char tag)
+{
+	if (write(sync_out, &tag, 1) != 1)
+		fatal("tell %c: %s", tag, ename(errno));
+}
+
+/* Waits for the peer's step tag (bounded by the alarm). */
+static void hear(char tag)
+{
+	ssize_t n;
+	char c;
+
+	do
+		n = read(sync_in, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		fatal("hear %c: %s", tag, n == 0 ? "peer gone" : ename(errno));
+	if (c != tag)
+		fatal("hear %c: got %c", tag, c);
+}
+
+static void tell_u64(uint64_t v)
+{
+	tell('#');
+	if (write(sync_out, &v, sizeof(v)) != (ssize_t)sizeof(v))
+		fatal("tell value: %s", ename(errno));
+}
+
+static uint64_t hear_u64(void)
+{
+	uint64_t v;
+	size_t got = 0;
+
+	hear('#');
+	while (got < sizeof(v)) {
+		ssize_t n = read(sync_in, (char *)&v + got, sizeof(v) - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			fatal("hear value: %s", n == 0 ? "peer gone" : ename(errno));
+		got += (size_t)n;
+	}
+	return v;
+}
+
+/* ------------------------------------------------------------------ */
+/* Untraced bounded waits                                             */
+
+/*
+ * Waits until at least n bytes can be read from fd (MSG_PEEK|MSG_DONTWAIT,
+ * so nothing is consumed), up to WAIT_MS.  Traces only a timeout.
+ */
+static void wait_bytes(int fd, size_t n)
+{
+	char buf[4096];
+	ssize_t r = 0;
+
+	if (n > sizeof(buf))
+		n = sizeof(buf);
+	for (long long end = now_ms() + WAIT_MS; now_ms() < end; sleep_ms(1)) {
+		r = recv(fd, buf, n, MSG_PEEK | MSG_DONTWAIT);
+		if (r >= (ssize_t)n)
+			return;
+		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+			break;
+	}
+	tr("wait_bytes(%d,%zu) gave up: peek = %zd %s", fd, n, r,
+	   r < 0 ? ename(errno) : "");
+}
+
+/* Waits until poll on fd reports any of mask (up to WAIT_MS). */
+static void wait_event(int fd, short mask)
+{
+	struct pollfd p = { .fd = fd, .events = mask };
+	char ev[96];
+
+	for (long long end = now_ms() + WAIT_MS; now_ms() < end; sleep_ms(1)) {
+		p.revents = 0;
+		if (poll(&p, 1, 0) == 1 && (p.revents & mask))
+			return;
+	}
+	tr("wait_event(%d,%s) gave up", fd, evname(ev, sizeof(ev), (uint32_t)mask));
+}
+
+/* ------------------------------------------------------------------ */
+/* Traced socket helpers                                              */
+
+static struct sockaddr_in loopback(uint16_t p)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(p) };
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	return a;
+}
+
+/*
+ * Server: a TCP socket bound to 127.0.0.1 on an ephemeral port (bind 0 +
+ * getsockname), listening; the port is sent to the client.
+ */
+static int srv_listen(void)
+{
+	struct sockaddr_in a = loopback(0);
+	socklen_t len = sizeof(a);
+	int l;
+
+	l = (int)CALL(socket(AF_INET, SOCK_STREAM, 0), "socket(INET,STREAM)");
+	if (l < 0)
+		fatal("no socket");
+	CALL(bind(l, (struct sockaddr *)&a, sizeof(a)), "bind(%d,127.0.0.1:0)", l);
+	if (listen(l, 16) != 0 ||
+	    getsockname(l, (struct sockaddr *)&a, &len) != 0)
+		fatal("listen/getsockname: %s", ename(errno));
+	tr("listen(%d,16) = 0", l);
+	port = ntohs(a.sin_port);
+	tell_u64(port);
+	return l;
+}
+
+/* Client: the listening port (learned once from the server). */
+static uint16_t srv_port(void)
+{
+	if (!port)
+		port = (uint16_t)hear_u64();
+	return port;
+}
+
+/* Client: connect fd to the server; returns connect's result. */
+static int cli_connect_fd(int fd)
+{
+	struct sockaddr_in a = loopback(srv_port());
+
+	return (int)CALL(connect(fd, (struct sockaddr *)&a, sizeof(a)),
+			 "connect(%d,127.0.0.1:port)", fd);
+}
+
+/* Client: a new blocking socket, connected to the server. */
+static int cli_connect(void)
+{
+	int fd;
+
+	srv_port();
+	fd = (int)CALL(socket(AF_INET, SOCK_STREAM, 0), "socket(INET,STREAM)");
+	if (fd < 0)
+		fatal("no socket");
+	if (cli_connect_fd(fd) != 0)
+		fatal("connect failed");
+	return fd;
+}
+
+static int srv_accept(int l)
+{
+	int s = (int)CALL(accept(l, NULL, NULL), "accept(%d)", l);
+
+	if (s < 0)
+		fatal("accept failed");
+	return s;
+}
+
+/* Adds fd's kernel TCP byte counters to this process's kbytes. */
+static void kinfo(int fd)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+	    len >= offsetof(struct tcp_info, tcpi_bytes_received) + 8)
+		blocks[role].kbytes += ti.tcpi_bytes_acked + ti.tcpi_bytes_received;
+}
+
+/* close() of a socket, with its TCP_INFO counted first. */
+static long kclose(int fd)
+{
+	kinfo(fd);
+	return CALL(close(fd), "close(%d)", fd);
+}
+
+/* One traced write of a string. */
+static ssize_t xwrite(int fd, const char *s)
+{
+	char sh[256];
+	size_t n = strlen(s);
+	ssize_t r;
+
+	r = CALL(write(fd, s, n), "write(%d,%s)", fd, show(sh, sizeof(sh), s, n));
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	return r;
+}
+
+/* One traced read of up to n bytes; prints what was read. */
+static ssize_t xread(int fd, size_t n)
+{
+	char buf[4096], sh[256];
+	ssize_t r;
+	int e;
+
+	if (n > sizeof(buf))
+		n = sizeof(buf);
+	errno = 0;
+	r = read(fd, buf, n);
+	e = errno;
+	if (r < 0)
+		tr("read(%d,%zu) = -1 %s", fd, n, ename(e));
+	else
+		tr("read(%d,%zu) = %zd %s", fd, n, r, show(sh, sizeof(sh), buf, (size_t)r));
+	errno = e;
+	return r;
+}
+
+/* One traced recv with flags named in fl (text) and f. */
+static ssize_t xrecv(int fd, size_t n, int f, const char *fl)
+{
+	char buf[4096], sh[256];
+	ssize_t r;
+	int e;
+
+	if (n > sizeof(buf))
+		n = sizeof(buf);
+	errno = 0;
+	r = recv(fd, buf, n, f);
+	e = errno;
+	if (r < 0)
+		tr("recv(%d,%zu,%s) = -1 %s", fd, n, fl, ename(e));
+	else
+		tr("recv(%d,%zu,%s) = %zd %s", fd, n, fl, r,
+		   (f & MSG_TRUNC) ? "(not copied)" : show(sh, sizeof(sh), buf, (size_t)r));
+	errno = e;
+	return r;
+}
+
+/*
+ * Reads exactly n bytes (looping over short reads), then traces one line:
+ * the total and the bytes, plus " EOF" or the errno if it ended early.
+ * Returns the total.  buf may be NULL when n <= 4096.
+ */
+static size_t read_exact(int fd, void *out, size_t n)
+{
+	char local[4096], sh[256];
+	char *buf = out ? out : local;
+	size_t got = 0;
+	ssize_t r = 1;
+	int e = 0;
+
+	if (!out && n > sizeof(local))
+		fatal("read_exact: %zu too big", n);
+	while (got < n) {
+		r = read(fd, buf + got, n - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			e = r < 0 ? errno : 0;
+			break;
+		}
+		got += (size_t)r;
+	}
+	tr("read*(%d,%zu) = %zu %s%s%s", fd, n, got, show(sh, sizeof(sh), buf, got),
+	   got < n ? " ended: " : "", got < n ? (r == 0 ? "EOF" : ename(e)) : "");
+	return got;
+}
+
+/* Writes all n bytes (blocking, looping over short writes); one line. */
+static size_t write_all(int fd, const void *p, size_t n, size_t chunk)
+{
+	const char *s = p;
+	size_t put = 0;
+	ssize_t r = 0;
+
+	while (put < n) {
+		size_t k = n - put < chunk ? n - put : chunk;
+		r = write(fd, s + put, k);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		put += (size_t)r;
+	}
+	blocks[role].moved += put;
+	tr("write*(%d,%zu) = %zu%s%s", fd, n, put, put < n ? " ended: " : "",
+	   put < n ? ename(errno) : "");
+	return put;
+}
+
+/* Traced poll of nfds entries; prints each entry's revents. */
+static int xpoll(struct pollfd *p, int nfds, int timeout, const char *what)
+{
+	char ev[96];
+	int n;
+
+	for (int i = 0; i < nfds; i++)
+		p[i].revents = 0;
+	n = (int)CALL(poll(p, (nfds_t)nfds, timeout), "poll(%s,%d)", what, timeout);
+	for (int i = 0; i < nfds && n >= 0; i++)
+		tr("  fd %d revents %s", p[i].fd, evname(ev, sizeof(ev), (uint32_t)p[i].revents));
+	return n;
+}
+
+/* Traced poll of one fd. */
+static int poll1(int fd, short events, int timeout)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+	char ev[96], what[128];
+
+	snprintf(what, sizeof(what), "%d:%s", fd, evname(ev, sizeof(ev), (uint32_t)events));
+	return xpoll(&p, 1, timeout, what);
+}
+
+/* Traced epoll_wait; prints the events sorted by fd. */
+static int ep_wait(int ep, int timeout)
+{
+	struct epoll_event e[8];
+	char ev[96];
+	int n;
+
+	n = (int)CALL(epoll_wait(ep, e, 8, timeout), "epoll_wait(%d,%d)", ep, timeout);
+	for (int i = 1; i < n; i++)	/* insertion sort by fd */
+		for (int j = i; j > 0 && e[j].data.fd < e[j - 1].data.fd; j--) {
+			struct epoll_event t = e[j];
+			e[j] = e[j - 1];
+			e[j - 1] = t;
+		}
+	for (int i = 0; i < n; i++)
+		tr("  fd %d events %s", e[i].data.fd, evname(ev, sizeof(ev), e[i].events));
+	return n;
+}
+
+static long ep_ctl(int ep, int op, int fd, uint32_t events, const char *evtext)
+{
+	struct epoll_event e = { .events = events, .data.fd = fd };
+	static const char *const ops[] = { "?", "ADD", "DEL", "MOD" };
+
+	return CALL(epoll_ctl(ep, op, fd, &e), "epoll_ctl(%d,%s,%d,%s)", ep,
+		    ops[op >= 1 && op <= 3 ? op : 0], fd, evtext);
+}
+
+/* Traced F_GETFL, printing the flags that matter by name. */
+static long getfl(int fd)
+{
+	long r = CALL(fcntl(fd, F_GETFL), "fcntl(%d,F_GETFL)", fd);
+
+	if (r >= 0)
+		tr("  -> %s%s", (r & O_ACCMODE) == O_RDWR ? "O_RDWR" : "acc?",
+		   (r & O_NONBLOCK) ? "|O_NONBLOCK" : "");
+	return r;
+}
+
+static long getfd(int fd)
+{
+	long r = CALL(fcntl(fd, F_GETFD), "fcntl(%d,F_GETFD)", fd);
+
+	if (r >= 0)
+		tr("  -> %s", (r & FD_CLOEXEC) ? "FD_CLOEXEC" : "0");
+	return r;
+}
+
+static long setnonblock(int fd, bool on)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	return CALL(fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK),
+		    "fcntl(%d,F_SETFL,%sO_NONBLOCK)", fd, on ? "+" : "-");
+}
+
+/* Traced getsockopt(SO_ERROR), printing the pending error by name. */
+static long so_error(int fd)
+{
+	int v = -1;
+	socklen_t len = sizeof(v);
+	long r = CALL(getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &len),
+		      "getsockopt(%d,SO_ERROR)", fd);
+
+	if (r == 0)
+		tr("  -> %s len=%u", ename(v), (unsigned)len);
+	return r;
+}
+
+/* The byte at offset i of the bulk pattern. */
+static inline unsigned char pat(uint64_t i)
+{
+	uint64_t x = (i >> 3) * 0x9e3779b97f4a7c15ULL;
+
+	return (unsigned char)((x >> (8 * (i & 7))) ^ (x >> 40));
+}
+
+static void fill_pat(unsigned char *b, uint64_t off, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		b[i] = pat(off + i);
+}
+
+/* ------------------------------------------------------------------ */
+/* Cases                                                              */
+
+/* roundtrip: blocking connect/accept, write, read, reply, EOF. */
+static void srv_roundtrip(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	read_exact(s, NULL, 17);
+	xwrite(s, "reply: hello back");
+	xread(s, 64);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_roundtrip(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "hello from client");
+	read_exact(c, NULL, 17);
+	kclose(c);
+}
+
+/* server_first: the server writes a banner right after accept. */
+static void srv_server_first(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	xwrite(s, "220 ubs ready\r\n");
+	read_exact(s, NULL, 6);
+	xwrite(s, "250 ok\r\n");
+	xread(s, 64);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_server_first(void)
+{
+	int c = cli_connect();
+
+	read_exact(c, NULL, 15);
+	xwrite(c, "HELO\r\n");
+	read_exact(c, NULL, 8);
+	kclose(c);
+}
+
+/* bulk: 8 MiB client -> server, read in odd-sized chunks, checksummed. */
+#define BULK_LEN (8u * MIB)
+
+static void srv_bulk(void)
+{
+	static const size_t chunks[] = { 4093, 65521, 1, 131071, 777, 1000003 };
+	int l = srv_listen(), s = srv_accept(l);
+	unsigned char *buf = malloc(1000003), sh[64];
+	uint64_t h = FNV_INIT, got = 0, bad = 0;
+	ssize_t r = 0;
+
+	if (!buf)
+		fatal("malloc");
+	for (size_t k = 0; got < BULK_LEN; k++) {
+		size_t want = chunks[k % 6];
+		if (want > BULK_LEN - got)
+			want = BULK_LEN - got;
+		r = read(s, buf, want);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		for (ssize_t i = 0; i < r; i++)
+			bad += buf[i] != pat(got + (uint64_t)i);
+		h = fnv(h, buf, (size_t)r);
+		got += (uint64_t)r;
+	}
+	tr("read chunks(%d,%u) = %llu fnv=%016llx pattern %s%s", s, BULK_LEN,
+	   (unsigned long long)got, (unsigned long long)h, bad ? "BAD" : "ok",
+	   got < BULK_LEN ? (r == 0 ? " ended: EOF" : " ended: error") : "");
+	memcpy(sh, &h, 8);
+	r = CALL(write(s, sh, 8), "write(%d,fnv)", s);
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	xread(s, 64);
+	kclose(s);
+	kclose(l);
+	free(buf);
+}
+
+static void cli_bulk(void)
+{
+	unsigned char *buf = malloc(BULK_LEN);
+	uint64_t h, back = 0;
+	int c;
+
+	if (!buf)
+		fatal("malloc");
+	fill_pat(buf, 0, BULK_LEN);
+	h = fnv(FNV_INIT, buf, BULK_LEN);
+	c = cli_connect();
+	write_all(c, buf, BULK_LEN / 2, MIB);		/* 1 MiB writes */
+	write_all(c, buf + BULK_LEN / 2, BULK_LEN / 2, 65536 + 12345);
+	if (read_exact(c, &back, 8) == 8)
+		tr("server's fnv %s mine", back == h ? "==" : "!=");
+	kclose(c);
+	free(buf);
+}
+
+/* readv_writev: scatter/gather, empty iovecs, iovcnt 0 and > IOV_MAX. */
+static struct iovec big_iov[1025];
+
+static void srv_readv_writev(void)
+{
+	char a[4], b[8], c[2000], sh1[64], sh2[64], sh3[64];
+	struct iovec iov[3] = { { a, 4 }, { b, 8 }, { c, sizeof(c) } };
+	struct iovec out[2] = { { "0123456789", 10 }, { "ABCDEFGHIJ", 10 } };
+	int l = srv_listen(), s = srv_accept(l);
+	long r;
+
+	wait_bytes(s, 1011);
+	r = CALL(readv(s, iov, 3), "readv(%d,[4,8,2000])", s);
+	if (r == 1011)
+		tr("  -> %s %s %s", show(sh1, sizeof(sh1), a, 4),
+		   show(sh2, sizeof(sh2), b, 8), show(sh3, sizeof(sh3), c, 999));
+	r = CALL(readv(s, iov, 0), "readv(%d,[],0)", s);
+	r = CALL(writev(s, out, 2), "writev(%d,[10,10])", s);
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	xread(s, 64);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_readv_writev(void)
+{
+	static char pad[1000];
+	char x[3], y[7], z[64], sh1[64], sh2[64], sh3[64];
+	struct iovec iov[4] = { { "alpha-", 6 }, { "", 0 }, { "beta-", 5 },
+				{ pad, sizeof(pad) } };
+	struct iovec in[4] = { { x, 3 }, { NULL, 0 }, { y, 7 }, { z, sizeof(z) } };
+	int c = cli_connect();
+	long r;
+
+	fill_pat((unsigned char *)pad, 0, sizeof(pad));
+	r = CALL(writev(c, iov, 4), "writev(%d,[6,0,5,1000])", c);
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	CALL(writev(c, iov, 0), "writev(%d,[],0)", c);
+	for (int i = 0; i < 1025; i++)
+		big_iov[i] = (struct iovec){ pad, 1 };
+	CALL(writev(c, big_iov, 1025), "writev(%d,[1x1025],1025)", c);
+	wait_bytes(c, 20);
+	r = CALL(readv(c, in, 4), "readv(%d,[3,0,7,64])", c);
+	if (r == 20)
+		tr("  -> %s %s %s", show(sh1, sizeof(sh1), x, 3),
+		   show(sh2, sizeof(sh2), y, 7), show(sh3, sizeof(sh3), z, 10));
+	kclose(c);
+}
+
+/* recv_flags: MSG_PEEK, MSG_WAITALL, MSG_DONTWAIT (EAGAIN on empty). */
+static void srv_recv_flags(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	xrecv(s, 16, MSG_DONTWAIT, "DONTWAIT");
+	tell('G');
+	wait_bytes(s, 19);
+	xrecv(s, 8, MSG_PEEK, "PEEK");
+	xrecv(s, 64, MSG_PEEK, "PEEK");
+	xrecv(s, 4, 0, "0");
+	xrecv(s, 15, MSG_WAITALL, "WAITALL");
+	xrecv(s, 16, MSG_DONTWAIT, "DONTWAIT");
+	xrecv(s, 16, MSG_PEEK | MSG_DONTWAIT, "PEEK|DONTWAIT");
+	tell('W');		/* the client sends 10, waits, sends 10 */
+	xrecv(s, 20, MSG_WAITALL, "WAITALL");
+	tell('T');
+	wait_bytes(s, 12);
+	xrecv(s, 5, MSG_TRUNC, "TRUNC");
+	xrecv(s, 64, 0, "0");
+	xrecv(s, 64, MSG_WAITALL, "WAITALL");	/* EOF: returns 0 */
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_recv_flags(void)
+{
+	int c = cli_connect();
+
+	hear('G');
+	xwrite(c, "peekaboo-0123456789");
+	hear('W');
+	xwrite(c, "0123456789");
+	sleep_ms(50);
+	xwrite(c, "abcdefghij");
+	hear('T');
+	xwrite(c, "skip-me|kept");
+	kclose(c);
+}
+
+/* sendto_sendmsg: sendto with NULL/peer address, sendmsg, recvfrom, recvmsg. */
+static void tr_msg(const struct msghdr *m)
+{
+	tr("  -> namelen=%u controllen=%zu flags=0x%x", (unsigned)m->msg_namelen,
+	   m->msg_controllen, (unsigned)m->msg_flags);
+}
+
+static void srv_sendto_sendmsg(void)
+{
+	char b1[16], b2[16], x[3], y[10], ctl[64], sh[64], sh2[64];
+	struct sockaddr_in from;
+	socklen_t flen = sizeof(from);
+	struct iovec in[2] = { { x, 3 }, { y, 10 } };
+	struct msghdr m = { .msg_name = &from, .msg_namelen = sizeof(from),
+			    .msg_iov = in, .msg_iovlen = 2,
+			    .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+	struct iovec out = { "reply-12345!", 12 };
+	struct msghdr mo = { .msg_iov = &out, .msg_iovlen = 1 };
+	int l = srv_listen(), s = srv_accept(l);
+	long r;
+
+	hear('S');
+	wait_bytes(s, 23);
+	r = CALL(recvfrom(s, b1, 7, 0, NULL, NULL), "recvfrom(%d,7,0,NULL,NULL)", s);
+	if (r > 0)
+		tr("  -> %s", show(sh, sizeof(sh), b1, (size_t)r));
+	r = CALL(recvfrom(s, b2, 9, 0, (struct sockaddr *)&from, &flen),
+		 "recvfrom(%d,9,0,&addr,&len)", s);
+	if (r > 0)
+		tr("  -> %s addrlen=%u", show(sh, sizeof(sh), b2, (size_t)r), (unsigned)flen);
+	r = CALL(recvmsg(s, &m, 0), "recvmsg(%d,[3,10],name,control)", s);
+	if (r > 0) {
+		tr("  -> %s %s", show(sh, sizeof(sh), x, 3),
+		   show(sh2, sizeof(sh2), y, (size_t)r - 3));
+		tr_msg(&m);
+	}
+	r = CALL(sendmsg(s, &mo, MSG_NOSIGNAL), "sendmsg(%d,[12],NOSIGNAL)", s);
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	tell('R');
+	xread(s, 64);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_sendto_sendmsg(void)
+{
+	char b[16], x[4], y[16], ctl[64], sh[64], sh2[64];
+	struct sockaddr_in to, from;
+	socklen_t flen = sizeof(from);
+	struct iovec out[2] = { { "msg-", 4 }, { "one", 3 } };
+	struct msghdr mo = { .msg_iov = out, .msg_iovlen = 2 };
+	struct iovec in[2] = { { x, 4 }, { y, 16 } };
+	struct msghdr m = { .msg_name = &from, .msg_namelen = sizeof(from),
+			    .msg_iov = in, .msg_iovlen = 2,
+			    .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+	int c = cli_connect();
+	long r;
+
+	to = loopback(srv_port());
+	r = CALL(sendto(c, "to-null", 7, 0, NULL, 0), "sendto(%d,\"to-null\",0,NULL)", c);
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	r = CALL(sendto(c, "to-server", 9, 0, (struct sockaddr *)&to, sizeof(to)),
+		 "sendto(%d,\"to-server\",0,&peer)", c);
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	r = CALL(sendmsg(c, &mo, 0), "sendmsg(%d,[4,3],0)", c);
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	tell('S');
+	hear('R');
+	wait_bytes(c, 12);
+	r = CALL(recvfrom(c, b, 5, 0, (struct sockaddr *)&from, &flen),
+		 "recvfrom(%d,5,0,&addr,&len)", c);
+	if (r > 0)
+		tr("  -> %s addrlen=%u", show(sh, sizeof(sh), b, (size_t)r), (unsigned)flen);
+	r = CALL(recvmsg(c, &m, MSG_DONTWAIT), "recvmsg(%d,[4,16],DONTWAIT)", c);
+	if (r > 0) {
+		tr("  -> %s %s", show(sh, sizeof(sh), x, r < 4 ? (size_t)r : 4),
+		   show(sh2, sizeof(sh2), y, r > 4 ? (size_t)r - 4 : 0));
+		tr_msg(&m);
+	}
+	m.msg_namelen = sizeof(from);
+	m.msg_controllen = sizeof(ctl);
+	r = CALL(recvmsg(c, &m, MSG_DONTWAIT), "recvmsg(%d,[4,16],DONTWAIT)", c);
+	kclose(c);
+}
+
+/* nonblock_connect: EINPROGRESS, POLLOUT, SO_ERROR 0, EISCONN. */
+static void srv_nonblock_connect(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	read_exact(s, NULL, 8);
+	xwrite(s, "nb-ok");
+	xread(s, 64);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_nonblock_connect(void)
+{
+	int c;
+
+	srv_port();
+	c = (int)CALL(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0),
+		      "socket(INET,STREAM|NONBLOCK)");
+	cli_connect_fd(c);
+	poll1(c, POLLOUT, WAIT_MS);
+	so_error(c);
+	cli_connect_fd(c);
+	getfl(c);
+	xwrite(c, "nb-hello");
+	wait_bytes(c, 5);
+	xread(c, 64);
+	xread(c, 64);
+	kclose(c);
+}
+
+/* accept4_flags: accept4 NONBLOCK|CLOEXEC; accept of a non-blocking listener. */
+static void srv_accept4_flags(void)
+{
+	int l = srv_listen(), s1, s2;
+
+	s1 = (int)CALL(accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC),
+		       "accept4(%d,NONBLOCK|CLOEXEC)", l);
+	getfl(s1);
+	getfd(s1);
+	setnonblock(l, true);
+	CALL(accept(l, NULL, NULL), "accept(%d)", l);		/* EAGAIN */
+	tell('2');
+	poll1(l, POLLIN, WAIT_MS);
+	s2 = (int)CALL(accept(l, NULL, NULL), "accept(%d)", l);
+	getfl(s2);
+	getfd(s2);
+	wait_bytes(s1, 3);
+	xread(s1, 16);
+	read_exact(s2, NULL, 3);
+	xwrite(s1, "ok1");
+	xwrite(s2, "ok2");
+	setnonblock(s1, false);
+	xread(s1, 16);
+	xread(s2, 16);
+	kclose(s2);
+	kclose(s1);
+	kclose(l);
+}
+
+static void cli_accept4_flags(void)
+{
+	int c1 = cli_connect(), c2;
+
+	xwrite(c1, "c-1");
+	hear('2');
+	c2 = cli_connect();
+	xwrite(c2, "c-2");
+	read_exact(c1, NULL, 3);
+	read_exact(c2, NULL, 3);
+	kclose(c1);
+	kclose(c2);
+}
+
+/* fill_eagain: fill a non-blocking socket until EAGAIN; drain; continue. */
+static void srv_fill_eagain(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+	static unsigned char buf[65536];
+	uint64_t n, got = 0, bad = 0;
+	ssize_t r = 0;
+
+	n = hear_u64();
+	while (got < n + 3) {
+		r = read(s, buf, sizeof(buf));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		for (ssize_t i = 0; i < r; i++) {
+			uint64_t off = got + (uint64_t)i;
+			unsigned char want = off < n ? pat(off) : (unsigned char)"END"[off - n];
+			bad += buf[i] != want;
+		}
+		got += (uint64_t)r;
+	}
+	tr("read all(%d, filled+3) = %s pattern %s", s,
+	   got == n + 3 ? "filled+3" : got < n + 3 ? "short" : "more", bad ? "BAD" : "ok");
+	xwrite(s, "done");
+	xread(s, 64);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_fill_eagain(void)
+{
+	static unsigned char buf[65536];
+	uint64_t filled = 0;
+	ssize_t r;
+	int c = cli_connect(), e;
+
+	getfl(c);
+	setnonblock(c, true);
+	getfl(c);
+	for (;;) {
+		fill_pat(buf, filled, sizeof(buf));
+		r = write(c, buf, sizeof(buf));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0 || filled > 512ull * MIB)
+			break;
+		filled += (uint64_t)r;
+	}
+	e = errno;
+	blocks[role].moved += filled;
+	if (r < 0)
+		tr("write loop(%d,65536) until error: filled%s, then -1 %s", c,
+		   filled ? ">0" : "=0", ename(e));
+	else
+		tr("write loop(%d,65536): never EAGAIN (filled > 512 MiB)", c);
+	tell_u64(filled);
+	poll1(c, POLLOUT, WAIT_MS);
+	xwrite(c, "END");
+	setnonblock(c, false);
+	read_exact(c, NULL, 4);
+	kclose(c);
+}
+
+/* half_close: shutdown(SHUT_WR): the reader sees EOF and can still write back. */
+static void srv_half_close(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	read_exact(s, NULL, 7);
+	xread(s, 64);
+	xread(s, 64);
+	poll1(s, POLLIN | POLLOUT | POLLRDHUP, 0);
+	xwrite(s, "response");
+	CALL(shutdown(s, SHUT_WR), "shutdown(%d,SHUT_WR)", s);
+	poll1(s, POLLIN | POLLOUT | POLLRDHUP, 0);
+	hear('D');
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_half_close(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "request");
+	CALL(shutdown(c, SHUT_WR), "shutdown(%d,SHUT_WR)", c);
+	xwrite(c, "x");		/* EPIPE (SIGPIPE is ignored) */
+	read_exact(c, NULL, 8);
+	xread(c, 64);
+	CALL(shutdown(c, SHUT_RD), "shutdown(%d,SHUT_RD)", c);
+	xread(c, 64);
+	tell('D');
+	kclose(c);
+}
+
+/* close_remaining: after the peer's close, the rest of the bytes, then 0. */
+static void srv_close_remaining(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	hear('C');
+	wait_event(s, POLLRDHUP);
+	while (xread(s, 7) > 0)
+		;
+	xread(s, 7);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_close_remaining(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "first|");
+	xwrite(c, "second|");
+	xwrite(c, "third|");
+	kclose(c);
+	tell('C');
+}
+
+/* peer_reset: writing to a peer that closed: RST, POLLHUP, EPIPE. */
+static void srv_peer_reset(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	hear('C');
+	wait_event(s, POLLRDHUP);
+	xread(s, 16);
+	xwrite(s, "late");
+	wait_event(s, POLLHUP | POLLERR);
+	poll1(s, POLLIN | POLLOUT | POLLRDHUP, 0);
+	so_error(s);
+	xwrite(s, "later");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_peer_reset(void)
+{
+	int c = cli_connect();
+
+	kclose(c);
+	tell('C');
+}
+
+/* poll_select: poll, ppoll, select and pselect over the socket and a pipe. */
+static void tr_sets(int n, fd_set *r, fd_set *w, int s, int p)
+{
+	if (n >= 0)
+		tr("  -> r:%s%s w:%s%s", FD_ISSET(s, r) ? " sock" : "",
+		   FD_ISSET(p, r) ? " pipe" : "", w && FD_ISSET(s, w) ? " sock" : "",
+		   w && FD_ISSET(p, w) ? " pipe" : "");
+}
+
+static void srv_poll_select(void)
+{
+	int l = srv_listen(), s = srv_accept(l), p[2];
+	struct pollfd pf[2];
+	struct timeval tv;
+	struct timespec ts = { 0, 0 };
+	fd_set rs, ws;
+	int n;
+
+	CALL(pipe(p), "pipe");
+	tr("  -> %d %d", p[0], p[1]);
+	pf[0] = (struct pollfd){ .fd = s, .events = POLLIN };
+	pf[1] = (struct pollfd){ .fd = p[0], .events = POLLIN };
+	xpoll(pf, 2, 0, "sock:IN,pipe:IN");
+	tell('G');		/* the client writes "x" 50 ms later */
+	xpoll(pf, 2, WAIT_MS, "sock:IN,pipe:IN");
+	CALL(write(p[1], "p", 1), "write(pipe,\"p\")");
+	xpoll(pf, 2, 0, "sock:IN,pipe:IN");
+	FD_ZERO(&rs);
+	FD_ZERO(&ws);
+	FD_SET(s, &rs);
+	FD_SET(p[0], &rs);
+	FD_SET(s, &ws);
+	tv = (struct timeval){ 0, 0 };
+	n = (int)CALL(select((s > p[0] ? s : p[0]) + 1, &rs, &ws, NULL, &tv),
+		      "select(r:sock,pipe w:sock,0)");
+	tr_sets(n, &rs, &ws, s, p[0]);
+	xread(s, 16);
+	xread(p[0], 16);
+	poll1(s, POLLIN | POLLOUT, 0);
+	FD_ZERO(&rs);
+	FD_SET(s, &rs);
+	FD_SET(p[0], &rs);
+	tv = (struct timeval){ 0, 0 };
+	n = (int)CALL(select((s > p[0] ? s : p[0]) + 1, &rs, NULL, NULL, &tv),
+		      "select(r:sock,pipe,0)");
+	tr_sets(n, &rs, NULL, s, p[0]);
+	tell('H');		/* the client writes "y" 50 ms later */
+	FD_ZERO(&rs);
+	FD_SET(s, &rs);
+	FD_SET(p[0], &rs);
+	tv = (struct timeval){ WAIT_MS / 1000, 0 };
+	n = (int)CALL(select((s > p[0] ? s : p[0]) + 1, &rs, NULL, NULL, &tv),
+		      "select(r:sock,pipe,5s)");
+	tr_sets(n, &rs, NULL, s, p[0]);
+	wait_bytes(s, 1);
+	pf[0].revents = 0;
+	n = (int)CALL(ppoll(pf, 1, &ts, NULL), "ppoll(sock:IN,0)");
+	if (n >= 0)
+		tr("  fd %d revents %s", s, pf[0].revents == POLLIN ? "IN" : "other");
+	xread(s, 16);
+	FD_ZERO(&rs);
+	FD_SET(s, &rs);
+	n = (int)CALL(pselect(s + 1, &rs, NULL, NULL, &ts, NULL), "pselect(r:sock,0)");
+	tell('E');		/* the client closes */
+	poll1(s, POLLIN | POLLRDHUP, WAIT_MS);
+	xread(s, 16);
+	CALL(close(p[0]), "close(pipe r)");
+	CALL(close(p[1]), "close(pipe w)");
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_poll_select(void)
+{
+	int c = cli_connect();
+
+	hear('G');
+	sleep_ms(50);
+	xwrite(c, "x");
+	hear('H');
+	sleep_ms(50);
+	xwrite(c, "y");
+	hear('E');
+	kclose(c);
+}
+
+/* epoll_lt: level-triggered EPOLLIN/EPOLLOUT, ADD/MOD/DEL errors. */
+static void srv_epoll_lt(void)
+{
+	int l = srv_listen(), s = srv_accept(l), ep;
+
+	ep = (int)CALL(epoll_create1(EPOLL_CLOEXEC), "epoll_create1(CLOEXEC)");
+	ep_ctl(ep, EPOLL_CTL_ADD, s, EPOLLIN, "IN");
+	ep_ctl(ep, EPOLL_CTL_ADD, s, EPOLLIN, "IN");		/* EEXIST */
+	ep_wait(ep, 0);
+	tell('G');		/* 10 bytes, 50 ms later */
+	ep_wait(ep, WAIT_MS);
+	wait_bytes(s, 10);
+	ep_wait(ep, 0);
+	xread(s, 4);
+	ep_wait(ep, 0);
+	xread(s, 6);
+	ep_wait(ep, 0);
+	ep_ctl(ep, EPOLL_CTL_MOD, s, EPOLLIN | EPOLLOUT, "IN|OUT");
+	ep_wait(ep, 0);
+	ep_ctl(ep, EPOLL_CTL_DEL, s, 0, "0");
+	ep_ctl(ep, EPOLL_CTL_DEL, s, 0, "0");			/* ENOENT */
+	ep_ctl(ep, EPOLL_CTL_MOD, s, EPOLLIN, "IN");		/* ENOENT */
+	ep_wait(ep, 0);
+	ep_ctl(ep, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, "IN|RDHUP");
+	tell('D');		/* the client closes */
+	ep_wait(ep, WAIT_MS);
+	xread(s, 16);
+	ep_wait(ep, 0);
+	CALL(close(ep), "close(%d)", ep);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_epoll_lt(void)
+{
+	int c = cli_connect();
+
+	hear('G');
+	sleep_ms(50);
+	xwrite(c, "0123456789");
+	hear('D');
+	kclose(c);
+}
+
+/* epoll_et: edge-triggered: one event per new arrival. */
+static void srv_epoll_et(void)
+{
+	int l = srv_listen(), s = srv_accept(l), ep;
+
+	setnonblock(s, true);
+	ep = (int)CALL(epoll_create1(0), "epoll_create1(0)");
+	ep_ctl(ep, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLET, "IN|ET");
+	ep_wait(ep, 0);
+	tell('A');
+	ep_wait(ep, WAIT_MS);
+	ep_wait(ep, 0);
+	tell('B');
+	ep_wait(ep, WAIT_MS);
+	ep_wait(ep, 0);
+	wait_bytes(s, 2);
+	xread(s, 16);
+	xread(s, 16);			/* EAGAIN */
+	ep_wait(ep, 0);
+	ep_ctl(ep, EPOLL_CTL_MOD, s, EPOLLIN | EPOLLOUT | EPOLLET, "IN|OUT|ET");
+	ep_wait(ep, 0);
+	ep_wait(ep, 0);
+	tell('C');
+	ep_wait(ep, WAIT_MS);
+	ep_wait(ep, 0);
+	wait_bytes(s, 1);
+	xread(s, 16);
+	tell('D');		/* the client closes */
+	ep_wait(ep, WAIT_MS);
+	xread(s, 16);
+	CALL(close(ep), "close(%d)", ep);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_epoll_et(void)
+{
+	int c = cli_connect();
+
+	hear('A');
+	xwrite(c, "a");
+	hear('B');
+	xwrite(c, "b");
+	hear('C');
+	xwrite(c, "c");
+	hear('D');
+	kclose(c);
+}
+
+/* epoll_oneshot: EPOLLONESHOT disarms; EPOLL_CTL_MOD re-arms. */
+static void srv_epoll_oneshot(void)
+{
+	int l = srv_listen(), s = srv_accept(l), ep;
+
+	ep = (int)CALL(epoll_create1(0), "epoll_create1(0)");
+	ep_ctl(ep, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLONESHOT, "IN|ONESHOT");
+	tell('1');
+	ep_wait(ep, WAIT_MS);
+	ep_wait(ep, 0);
+	tell('2');
+	wait_bytes(s, 2);
+	ep_wait(ep, 0);
+	ep_ctl(ep, EPOLL_CTL_MOD, s, EPOLLIN | EPOLLONESHOT, "IN|ONESHOT");
+	ep_wait(ep, 0);
+	ep_wait(ep, 0);
+	xread(s, 16);
+	ep_ctl(ep, EPOLL_CTL_MOD, s, EPOLLIN | EPOLLONESHOT, "IN|ONESHOT");
+	ep_wait(ep, 0);
+	tell('3');
+	ep_wait(ep, WAIT_MS);
+	ep_wait(ep, 0);
+	xread(s, 16);
+	CALL(close(ep), "close(%d)", ep);
+	tell('D');
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_epoll_oneshot(void)
+{
+	int c = cli_connect();
+
+	hear('1');
+	xwrite(c, "1");
+	hear('2');
+	xwrite(c, "2");
+	hear('3');
+	xwrite(c, "3");
+	hear('D');
+	kclose(c);
+}
+
+/* epoll_rdhup: EPOLLRDHUP after the peer's shutdown, EPOLLHUP after ours. */
+static void srv_epoll_rdhup(void)
+{
+	int l = srv_listen(), s = srv_accept(l), ep;
+
+	ep = (int)CALL(epoll_create1(0), "epoll_create1(0)");
+	ep_ctl(ep, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, "IN|RDHUP");
+	ep_wait(ep, 0);
+	tell('S');
+	hear('s');
+	wait_event(s, POLLRDHUP);
+	ep_wait(ep, 0);
+	read_exact(s, NULL, 3);
+	xread(s, 16);
+	ep_wait(ep, 0);
+	CALL(shutdown(s, SHUT_WR), "shutdown(%d,SHUT_WR)", s);
+	ep_wait(ep, 0);
+	poll1(s, POLLIN | POLLOUT | POLLRDHUP, 0);
+	tell('E');
+	hear('e');
+	CALL(close(ep), "close(%d)", ep);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_epoll_rdhup(void)
+{
+	int c = cli_connect();
+
+	hear('S');
+	xwrite(c, "bye");
+	CALL(shutdown(c, SHUT_WR), "shutdown(%d,SHUT_WR)", c);
+	tell('s');
+	hear('E');
+	wait_event(c, POLLRDHUP);
+	poll1(c, POLLIN | POLLOUT | POLLRDHUP, 0);
+	xread(c, 16);
+	tell('e');
+	kclose(c);
+}
+
+/* fionread: FIONREAD (SIOCINQ) on the listener, before and after data. */
+static long fionread(int fd)
+{
+	int v = -1;
+	long r = CALL(ioctl(fd, FIONREAD, &v), "ioctl(%d,FIONREAD)", fd);
+
+	if (r == 0)
+		tr("  -> %d", v);
+	return r;
+}
+
+static void srv_fionread(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	fionread(l);
+	fionread(s);
+	tell('W');
+	hear('w');
+	wait_bytes(s, 100);
+	fionread(s);
+	read_exact(s, NULL, 30);
+	fionread(s);
+	read_exact(s, NULL, 70);
+	fionread(s);
+	tell('D');
+	wait_event(s, POLLRDHUP);
+	fionread(s);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_fionread(void)
+{
+	char msg[101];
+	int c = cli_connect();
+
+	for (int i = 0; i < 100; i++)
+		msg[i] = (char)('a' + i % 26);
+	msg[100] = '\0';
+	hear('W');
+	xwrite(c, msg);
+	tell('w');
+	hear('D');
+	kclose(c);
+}
+
+/* names: getsockname/getpeername (family, address, which ports match). */
+static void tr_name(const char *call, int fd, long r, const struct sockaddr_in *a,
+		    socklen_t len, uint16_t p1, const char *n1, uint16_t p2, const char *n2)
+{
+	char ip[INET_ADDRSTRLEN] = "?";
+
+	(void)fd;
+	if (r != 0)
+		return;
+	inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+	tr("  -> %s %s len=%u port%s%s%s", a->sin_family == AF_INET ? "AF_INET" : "family?",
+	   ip, (unsigned)len, ntohs(a->sin_port) == p1 ? " ==" : " !=", n1,
+	   p2 ? (ntohs(a->sin_port) == p2 ? " ==" : " !=") : "");
+	if (p2)
+		tr("     %s", n2);
+	(void)call;
+}
+
+static void srv_names(void)
+{
+	struct sockaddr_in a;
+	socklen_t len;
+	uint16_t cport;
+	long r;
+	int l = srv_listen(), s;
+
+	len = sizeof(a);
+	r = CALL(getsockname(l, (struct sockaddr *)&a, &len), "getsockname(%d)", l);
+	tr_name("getsockname", l, r, &a, len, port, "listen", 0, NULL);
+	len = sizeof(a);
+	CALL(getpeername(l, (struct sockaddr *)&a, &len), "getpeername(%d)", l);
+	len = sizeof(a);
+	memset(&a, 0, sizeof(a));
+	s = (int)CALL(accept(l, (struct sockaddr *)&a, &len), "accept(%d,&addr,&len)", l);
+	cport = (uint16_t)hear_u64();
+	tr_name("accept", s, s >= 0 ? 0 : -1, &a, len, cport, "client's local", 0, NULL);
+	len = sizeof(a);
+	r = CALL(getsockname(s, (struct sockaddr *)&a, &len), "getsockname(%d)", s);
+	tr_name("getsockname", s, r, &a, len, port, "listen", 0, NULL);
+	len = sizeof(a);
+	r = CALL(getpeername(s, (struct sockaddr *)&a, &len), "getpeername(%d)", s);
+	tr_name("getpeername", s, r, &a, len, cport, "client's local", 0, NULL);
+	len = 4;		/* too small: truncated, len says the real size */
+	memset(&a, 0, sizeof(a));
+	r = CALL(getpeername(s, (struct sockaddr *)&a, &len), "getpeername(%d,len=4)", s);
+	if (r == 0)
+		tr("  -> len=%u family %s port %s", (unsigned)len,
+		   a.sin_family == AF_INET ? "AF_INET" : "?", a.sin_port ? "set" : "untouched");
+	tell('D');
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_names(void)
+{
+	struct sockaddr_in a;
+	socklen_t len = sizeof(a);
+	int c, u;
+	long r;
+
+	srv_port();
+	u = (int)CALL(socket(AF_INET, SOCK_STREAM, 0), "socket(INET,STREAM)");
+	CALL(getpeername(u, (struct sockaddr *)&a, &len), "getpeername(%d)", u);
+	len = sizeof(a);
+	r = CALL(getsockname(u, (struct sockaddr *)&a, &len), "getsockname(%d)", u);
+	if (r == 0)
+		tr("  -> %s len=%u port %s", a.sin_family == AF_INET ? "AF_INET" : "?",
+		   (unsigned)len, a.sin_port ? "set" : "0");
+	CALL(close(u), "close(%d)", u);
+	c = cli_connect();
+	len = sizeof(a);
+	r = CALL(getsockname(c, (struct sockaddr *)&a, &len), "getsockname(%d)", c);
+	if (r == 0) {
+		tr_name("getsockname", c, r, &a, len, port, "listen", 0, NULL);
+		tell_u64(ntohs(a.sin_port));
+	} else {
+		tell_u64(0);
+	}
+	len = sizeof(a);
+	r = CALL(getpeername(c, (struct sockaddr *)&a, &len), "getpeername(%d)", c);
+	tr_name("getpeername", c, r, &a, len, port, "listen", 0, NULL);
+	hear('D');
+	kclose(c);
+}
+
+/* fork_shared: parent and child both hold the socket; EOF after both close. */
+static void srv_fork_shared(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	xwrite(s, "ping");
+	hear('P');
+	read_exact(s, NULL, 11);
+	xrecv(s, 16, MSG_DONTWAIT, "DONTWAIT");
+	tell('C');		/* the client (last holder) closes */
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_fork_shared(void)
+{
+	int c = cli_connect(), st = 0;
+	pid_t pid;
+
+	pid = fork();
+	if (pid < 0)
+		fatal("fork: %s", ename(errno));
+	if (pid == 0) {
+		role = R_CHILD;
+		blocks[role].used = 1;
+		alarm(ALARM_S);
+		read_exact(c, NULL, 4);
+		xwrite(c, "child");
+		kclose(c);
+		finish(0);
+	}
+	tr("fork = child");
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	tr("child exit %d", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+	xwrite(c, "parent");
+	tell('P');
+	hear('C');
+	kclose(c);
+}
+
+/* dup_fds: dup, dup2 (also over another connection), F_DUPFD_CLOEXEC. */
+static void srv_dup_fds(void)
+{
+	int l = srv_listen(), s1 = srv_accept(l), s2 = srv_accept(l);
+
+	hear('W');
+	read_exact(s1, NULL, 6);
+	xread(s2, 16);			/* EOF: the client dup2'd over c2 */
+	xwrite(s1, "xyz");
+	xread(s1, 16);			/* EOF once every copy is closed */
+	kclose(s2);
+	kclose(s1);
+	kclose(l);
+}
+
+static void cli_dup_fds(void)
+{
+	int c1 = cli_connect(), c2 = cli_connect(), d;
+
+	d = (int)CALL(dup(c1), "dup(%d)", c1);
+	CALL(dup2(c1, 10), "dup2(%d,10)", c1);
+	CALL(fcntl(c1, F_DUPFD_CLOEXEC, 20), "fcntl(%d,F_DUPFD_CLOEXEC,20)", c1);
+	CALL(dup2(c1, c1), "dup2(%d,%d)", c1, c1);
+	CALL(dup3(c1, c1, 0), "dup3(%d,%d,0)", c1, c1);
+	getfd(20);
+	getfd(10);
+	xwrite(c1, "a");
+	xwrite(d, "b");
+	xwrite(10, "c");
+	xwrite(20, "d");
+	kclose(c1);
+	xwrite(10, "e");
+	xwrite(c1, "z");		/* EBADF */
+	kinfo(c2);
+	CALL(dup2(20, c2), "dup2(20,%d)", c2);
+	xwrite(c2, "f");
+	tell('W');
+	read_exact(d, NULL, 3);
+	kclose(d);
+	kclose(10);
+	kclose(20);
+	kclose(c2);
+}
+
+/* nonblock_fcntl: O_NONBLOCK by fcntl and FIONBIO: EAGAIN, then data. */
+static void srv_nonblock_fcntl(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	hear('R');
+	xwrite(s, "data");
+	hear('M');
+	sleep_ms(50);
+	xwrite(s, "more");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_nonblock_fcntl(void)
+{
+	int c = cli_connect(), one = 1, zero = 0;
+
+	getfl(c);
+	setnonblock(c, true);
+	getfl(c);
+	xread(c, 16);
+	xrecv(c, 16, 0, "0");
+	tell('R');
+	wait_bytes(c, 4);
+	xread(c, 16);
+	xread(c, 16);
+	setnonblock(c, false);
+	getfl(c);
+	tell('M');
+	xread(c, 16);		/* blocks ~50 ms */
+	CALL(ioctl(c, FIONBIO, &one), "ioctl(%d,FIONBIO,1)", c);
+	getfl(c);
+	xread(c, 16);
+	CALL(ioctl(c, FIONBIO, &zero), "ioctl(%d,FIONBIO,0)", c);
+	getfl(c);
+	kclose(c);
+}
+
+/* rcvtimeo: SO_RCVTIMEO makes a blocking read fail with EAGAIN in time. */
+static void srv_rcvtimeo(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	hear('T');
+	xwrite(s, "late");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_rcvtimeo(void)
+{
+	struct timeval tv = { 0, 200000 }, got;
+	socklen_t len = sizeof(got);
+	int c = cli_connect();
+	long long t0, dt;
+
+	CALL(setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)),
+	     "setsockopt(%d,SO_RCVTIMEO,200ms)", c);
+	if (CALL(getsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &got, &len),
+		 "getsockopt(%d,SO_RCVTIMEO)", c) == 0)
+		tr("  -> %ld.%06ld s len=%u", (long)got.tv_sec, (long)got.tv_usec,
+		   (unsigned)len);
+	t0 = now_ms();
+	xread(c, 16);
+	dt = now_ms() - t0;
+	tr("  waited %s", dt >= 150 && dt < 3000 ? "150ms..3s" : dt < 150 ? "<150ms" : ">=3s");
+	t0 = now_ms();
+	xrecv(c, 16, 0, "0");
+	dt = now_ms() - t0;
+	tr("  waited %s", dt >= 150 && dt < 3000 ? "150ms..3s" : dt < 150 ? "<150ms" : ">=3s");
+	tell('T');
+	wait_bytes(c, 4);
+	xread(c, 16);
+	tv = (struct timeval){ 1, 500000 };
+	CALL(setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)),
+	     "setsockopt(%d,SO_SNDTIMEO,1.5s)", c);
+	len = sizeof(got);
+	if (CALL(getsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &got, &len),
+		 "getsockopt(%d,SO_SNDTIMEO)", c) == 0)
+		tr("  -> %ld.%06ld s", (long)got.tv_sec, (long)got.tv_usec);
+	kclose(c);
+}
+
+/* refused: connect to a closed port: ECONNREFUSED, blocking and not. */
+static void srv_refused(void)
+{
+	struct sockaddr_in a = loopback(0);
+	socklen_t len = sizeof(a);
+	int u;
+
+	u = (int)CALL(socket(AF_INET, SOCK_STREAM, 0), "socket(INET,STREAM)");
+	CALL(bind(u, (struct sockaddr *)&a, sizeof(a)), "bind(%d,127.0.0.1:0)", u);
+	if (getsockname(u, (struct sockaddr *)&a, &len) != 0)
+		fatal("getsockname: %s", ename(errno));
+	CALL(close(u), "close(%d)", u);	/* the port is now closed */
+	port = ntohs(a.sin_port);
+	tell_u64(port);
+	hear('D');
+}
+
+static void cli_refused(void)
+{
+	int c, n;
+
+	srv_port();
+	c = (int)CALL(socket(AF_INET, SOCK_STREAM, 0), "socket(INET,STREAM)");
+	cli_connect_fd(c);
+	so_error(c);
+	xwrite(c, "x");
+	kclose(c);
+	n = (int)CALL(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0),
+		      "socket(INET,STREAM|NONBLOCK)");
+	cli_connect_fd(n);
+	wait_event(n, POLLERR | POLLHUP);
+	poll1(n, POLLIN | POLLOUT, 0);
+	so_error(n);
+	so_error(n);
+	kclose(n);
+	tell('D');
+}
+
+/* sequential: eight connections one after the other (fd reuse). */
+#define SEQ_N 8
+
+static void srv_sequential(void)
+{
+	int l = srv_listen();
+
+	for (int i = 0; i < SEQ_N; i++) {
+		int s = srv_accept(l);
+		read_exact(s, NULL, 5);
+		xwrite(s, "ok");
+		xread(s, 16);
+		kclose(s);
+	}
+	kclose(l);
+}
+
+static void cli_sequential(void)
+{
+	for (int i = 0; i < SEQ_N; i++) {
+		char msg[8];
+		int c = cli_connect();
+
+		snprintf(msg, sizeof(msg), "msg-%d", i);
+		xwrite(c, msg);
+		read_exact(c, NULL, 2);
+		kclose(c);
+	}
+}
+
+/* duplex: 4 MiB each way at once, non-blocking, driven by poll. */
+#define DUPLEX_LEN (4u * MIB)
+
+static void duplex(int fd)
+{
+	static unsigned char out[65536], in[65536 + 7];
+	uint64_t put = 0, got = 0, bad = 0, h = FNV_INIT;
+	long long end = now_ms() + 15000;
+	int polls = 0;
+
+	setnonblock(fd, true);
+	while ((put < DUPLEX_LEN || got < DUPLEX_LEN) && now_ms() < end) {
+		struct pollfd p = { .fd = fd, .events = (short)((got < DUPLEX_LEN ? POLLIN : 0) |
+						      (put < DUPLEX_LEN ? POLLOUT : 0)) };
+		if (poll(&p, 1, 1000) < 0 && errno != EINTR)
+			break;
+		polls++;
+		if (p.revents & (POLLERR | POLLNVAL))
+			break;
+		if ((p.revents & (POLLIN | POLLHUP)) && got < DUPLEX_LEN) {
+			ssize_t r = read(fd, in, sizeof(in));
+			if (r == 0)
+				break;
+			for (ssize_t i = 0; i < r; i++)
+				bad += in[i] != pat(got + (uint64_t)i);
+			if (r > 0) {
+				h = fnv(h, in, (size_t)r);
+				got += (uint64_t)r;
+			}
+		}
+		if ((p.revents & POLLOUT) && put < DUPLEX_LEN) {
+			size_t k = DUPLEX_LEN - put < sizeof(out) - 4099 ?
+				   DUPLEX_LEN - put : sizeof(out) - 4099;
+			ssize_t r;
+			fill_pat(out, put, k);
+			r = write(fd, out, k);
+			if (r > 0)
+				put += (uint64_t)r;
+		}
+	}
+	blocks[role].moved += put;
+	tr("duplex(%d): put %llu got %llu fnv=%016llx pattern %s, polls %s", fd,
+	   (unsigned long long)put, (unsigned long long)got, (unsigned long long)h,
+	   bad ? "BAD" : "ok", polls > 0 ? ">0" : "0");
+	setnonblock(fd, false);
+}
+
+static void srv_duplex(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	duplex(s);
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_duplex(void)
+{
+	int c = cli_connect();
+
+	duplex(c);
+	kclose(c);
+}
+
+struct sockcase {
+	const char *name;
+	int expect_ub;		/* connections that must be accelerated */
+	void (*server)(void);
+	void (*client)(void);
+};
+
+#define CASE(n, ub) { #n, ub, srv_##n, cli_##n }
+static const struct sockcase cases[] = {
+	CASE(roundtrip, 1),
+	CASE(bulk, 1),
+	CASE(readv_writev, 1),
+	CASE(recv_flags, 1),
+	CASE(sendto_sendmsg, 1),
+	CASE(nonblock_connect, 1),
+	CASE(accept4_flags, 2),
+	CASE(fill_eagain, 1),
+	CASE(half_close, 1),
+	CASE(close_remaining, 1),
+	CASE(peer_reset, 1),
+	CASE(poll_select, 1),
+	CASE(epoll_lt, 1),
+	CASE(epoll_et, 1),
+	CASE(epoll_oneshot, 1),
+	CASE(epoll_rdhup, 1),
+	CASE(fionread, 1),
+	CASE(names, 1),
+	CASE(fork_shared, 1),
+	CASE(dup_fds, 2),
+	CASE(nonblock_fcntl, 1),
+	CASE(rcvtimeo, 1),
+	CASE(refused, 0),
+	CASE(server_first, 1),
+	CASE(sequential, SEQ_N),
+	CASE(duplex, 1),
+};
+#define NCASES (sizeof(cases) / sizeof(cases[0]))
+
+static const struct sockcase *the_case;
+
+/* ------------------------------------------------------------------ */
+/* Process structure                                                  */
+
+static void write_str(const char *s, size_t n)
+{
+	while (n > 0) {
+		ssize_t r = write(STDOUT_FILENO, s, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return;
+		s += r;
+		n -= (size_t)r;
+	}
+}
+
+/* Server: print every block (server, client, child) in that order. */
+static void print_blocks(void)
+{
+	char head[64];
+
+	for (int r = 0; r < R_NR; r++) {
+		struct block *b = &blocks[r];
+		if (!b->used)
+			continue;
+		snprintf(head, sizeof(head), "== %s\n", role_names[r]);
+		write_str(head, strlen(head));
+		write_str(b->text, b->len);
+		if (b->truncated)
+			write_str("(trace truncated)\n", 18);
+	}
+}
+
+/* Server: the kernel counters and what moved, into $SOCKCASE_KSTATS. */
+static void write_kstats(void)
+{
+	const char *path = getenv("SOCKCASE_KSTATS");
+	uint64_t k = 0, m = 0;
+	FILE *f;
+
+	if (!path || !*path)
+		return;
+	for (int r = 0; r < R_NR; r++) {
+		k += blocks[r].kbytes;
+		m += blocks[r].moved;
+	}
+	f = fopen(path, "w");
+	if (!f)
+		return;
+	fprintf(f, "kbytes %llu\nmoved %llu\nexpect_ub %d\n", (unsigned long long)k,
+		(unsigned long long)m, the_case->expect_ub);
+	fclose(f);
+}
+
+/* Reaps the client (bounded by the alarm) and traces how it ended. */
+static int reap_client(void)
+{
+	int st = 0;
+
+	if (client_pid <= 0)
+		return 0;
+	while (waitpid(client_pid, &st, 0) < 0) {
+		if (errno != EINTR) {
+			tr("waitpid(client): %s", ename(errno));
+			return 1;
+		}
+	}
+	client_pid = -1;
+	if (WIFEXITED(st)) {
+		if (WEXITSTATUS(st))
+			tr("client exit %d", WEXITSTATUS(st));
+		return WEXITSTATUS(st) != 0;
+	}
+	tr("client killed by signal %d", WTERMSIG(st));
+	return 1;
+}
+
+/*
+ * Ends this process.  A client or child just exits (its block is shared).
+ * The server reaps the client, prints everything and writes the kstats.
+ */
+static void finish(int rc)
+{
+	if (role != R_SERVER)
+		_exit(rc);
+	if (rc && client_pid > 0)
+		kill(client_pid, SIGKILL);
+	if (reap_client() && !rc)
+		rc = 1;
+	print_blocks();
+	write_kstats();
+	exit(rc);
+}
+
+/* Server's SIGALRM: the case hung.  Kill and reap the client, print, exit 2. */
+static void on_alarm(int sig)
+{
+	static const char msg[] = "TIMEOUT\n";
+
+	(void)sig;
+	if (client_pid > 0) {
+		kill(client_pid, SIGKILL);
+		waitpid(client_pid, NULL, 0);
+	}
+	print_blocks();
+	write_str(msg, sizeof(msg) - 1);
+	_exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	int s2c[2], c2s[2];
+	pid_t pid;
+
+	if (argc == 2 && !strcmp(argv[1], "--list")) {
+		for (size_t i = 0; i < NCASES; i++)
+			printf("%s\n", cases[i].name);
+		return 0;
+	}
+	for (size_t i = 0; argc == 2 && i < NCASES; i++)
+		if (!strcmp(argv[1], cases[i].name))
+			the_case = &cases[i];
+	if (!the_case) {
+		fprintf(stderr, "usage: sockcase --list | sockcase CASE\n");
+		return 64;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	blocks = mmap(NULL, sizeof(struct block) * R_NR, PROT_READ | PROT_WRITE,
+		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (blocks == MAP_FAILED) {
+		perror("mmap");
+		return 1;
+	}
+	if (pipe(s2c) || pipe(c2s)) {
+		perror("pipe");
+		return 1;
+	}
+	blocks[R_SERVER].used = blocks[R_CLIENT].used = 1;
+	pid = fork();
+	if (pid < 0) {
+		perror("fork");
+		return 1;
+	}
+	if (pid == 0) {
+		role = R_CLIENT;
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		alarm(ALARM_S);
+		close(s2c[1]);
+		close(c2s[0]);
+		sync_in = s2c[0];
+		sync_out = c2s[1];
+		the_case->client();
+		finish(0);
+	}
+	client_pid = pid;
+	signal(SIGALRM, on_alarm);
+	alarm(ALARM_S);
+	close(s2c[0]);
+	close(c2s[1]);
+	sync_out = s2c[1];
+	sync_in = c2s[0];
+	the_case->server();
+	finish(0);
+}
