@@ -170,10 +170,61 @@ static void close_fds(int *fds, int n)
 }
 
 /*
+ * Read one whole message by deadline: header, body into in (CTL_MAX_BODY
+ * bytes) and its fds into got (CTL_MAX_FDS slots, -1 when unused).
+ * Returns 0 or -errno; a failure drops the connection (the stream is
+ * then out of step).
+ */
+static int ctl_read_msg(struct ctl_hdr *h, unsigned char *in, int *got,
+			uint64_t deadline)
+{
+	int ngot = CTL_MAX_FDS;
+	const char *why = NULL;
+	int r;
+
+	for (int i = 0; i < CTL_MAX_FDS; i++)
+		got[i] = -1;
+	r = ctl_read_full(h, sizeof(*h), got, &ngot, deadline);
+	if (r == 0 && (r = ctl_check(h, NULL, &why)) == 0)
+		r = ctl_read_full(in, h->len, NULL, NULL, deadline);
+	if (r == 0 && (r = ctl_check(h, in, &why)) == 0 &&
+	    ngot != ctl_fd_count(h->type)) {
+		why = "wrong number of fds";
+		r = -EPROTO;
+	}
+	if (r) {
+		close_fds(got, CTL_MAX_FDS);
+		ctl_drop(why ? why : "reply not read");
+	}
+	return r;
+}
+
+/*
+ * Read and drop what has arrived unasked: replies to requests that did
+ * not wait (PUBLISH, UNLISTEN) and notices (WITHDRAWN).  Also how a dead
+ * daemon is noticed (EOF drops the connection).
+ */
+static void ctl_drain(void)
+{
+	unsigned char in[CTL_MAX_BODY];
+	int got[CTL_MAX_FDS];
+
+	while (ctl.fd >= 0) {
+		struct pollfd p = { .fd = ctl.fd, .events = POLLIN };
+		struct ctl_hdr h;
+
+		if (ubs_real.poll(&p, 1, 0) <= 0)
+			return;
+		if (ctl_read_msg(&h, in, got, now_ms() + 100) < 0)
+			return;
+		close_fds(got, CTL_MAX_FDS);
+	}
+}
+
+/*
  * Wait for the reply to seq, dropping other messages.  On success the
  * reply's type, body (up to cap bytes) and fds (up to *nfds, the rest
- * closed) are returned.  Returns 0 or -errno; any failure drops the
- * connection (the stream is then out of step).
+ * closed) are returned.  Returns 0 or -errno.
  */
 static int ctl_wait(uint32_t seq, uint16_t *type, void *body, size_t cap,
 		    int *fds, int *nfds, int wait_ms)
@@ -183,38 +234,27 @@ static int ctl_wait(uint32_t seq, uint16_t *type, void *body, size_t cap,
 
 	for (;;) {
 		struct ctl_hdr h;
-		int got[CTL_MAX_FDS], ngot = CTL_MAX_FDS;
-		const char *why = NULL;
+		int got[CTL_MAX_FDS], ngot;
 		int r;
 
-		r = ctl_read_full(&h, sizeof(h), got, &ngot, deadline);
-		if (r == 0 && (r = ctl_check(&h, NULL, &why)) == 0)
-			r = ctl_read_full(in, h.len, NULL, NULL, deadline);
-		if (r == 0 && (r = ctl_check(&h, in, &why)) == 0 &&
-		    ngot != ctl_fd_count(h.type)) {
-			why = "wrong number of fds";
-			r = -EPROTO;
-		}
-		if (r) {
-			if (r > -4096 && ngot > 0 && ngot <= CTL_MAX_FDS)
-				close_fds(got, ngot);
-			ctl_drop(why ? why : "reply not read");
+		r = ctl_read_msg(&h, in, got, deadline);
+		if (r)
 			return r;
-		}
 		if (h.seq != seq || h.type == CTL_R_WITHDRAWN) {
-			close_fds(got, ngot);   /* not ours, or unsolicited */
+			close_fds(got, CTL_MAX_FDS);    /* not ours */
 			continue;
 		}
+		ngot = ctl_fd_count(h.type);
 		*type = h.type;
 		memcpy(body, in, h.len < cap ? h.len : cap);
 		if (fds) {
 			int keep = ngot < *nfds ? ngot : *nfds;
 
 			memcpy(fds, got, sizeof(int) * (size_t)keep);
-			close_fds(got + keep, ngot - keep);
+			close_fds(got + keep, CTL_MAX_FDS - keep);
 			*nfds = keep;
 		} else {
-			close_fds(got, ngot);
+			close_fds(got, CTL_MAX_FDS);
 		}
 		return 0;
 	}
@@ -315,8 +355,12 @@ static int ctl_up(void)
 		ctl.fd = -1;            /* the program took the number */
 		ctl.next_try_ms = 0;
 	}
-	if (ctl.fd >= 0)
-		return 0;
+	if (ctl.fd >= 0) {
+		ctl_drain();
+		if (ctl.fd >= 0)
+			return 0;
+		ctl.next_try_ms = 0;    /* the daemon went away: try anew */
+	}
 	if (now_ms() < ctl.next_try_ms)
 		return -ENOTCONN;
 	return ctl_connect();
