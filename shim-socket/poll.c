@@ -494,10 +494,20 @@ struct ep_reg {
 	uint64_t et_head, et_tail;      /* EPOLLET: ring positions seen */
 };
 
+/* A sock whose eventfd and kernel socket are in a set's inner epoll.
+ * Membership outlives its registrations (programs DEL and ADD again all
+ * the time) and ends when the sock does. */
+struct ep_member {
+	struct sock *s;
+	int fd;
+};
+
 struct ep_set {
 	struct ep_set *next;
 	int epfd;
 	int inner;                      /* our epoll: epfd + UB wake fds */
+	struct ep_member *mem;
+	int nmem, capmem;
 	pthread_mutex_t mu;
 	struct ep_reg *regs;
 	int nregs;
@@ -532,20 +542,23 @@ static struct ep_set *ep_find(int epfd, bool make)
 	return e;
 }
 
-/* Has the set another registration of s (besides skip)? */
-static bool set_has_sock(struct ep_set *e, struct sock *s, struct ep_reg *skip)
-{
-	for (struct ep_reg *r = e->regs; r; r = r->next)
-		if (r != skip && r->s == s)
-			return true;
-	return false;
-}
-
-/* Inner epoll: watch s's eventfd and kernel socket (first reg of s). */
+/* Inner epoll: watch s's eventfd and kernel socket (once per sock). */
 static void inner_add(struct ep_set *e, struct sock *s, int fd)
 {
 	struct epoll_event ev;
 
+	for (int i = 0; i < e->nmem; i++)
+		if (e->mem[i].s == s)
+			return;
+	if (e->nmem == e->capmem) {
+		int cap = e->capmem ? e->capmem * 2 : 16;
+		struct ep_member *m = realloc(e->mem, sizeof(*m) * (size_t)cap);
+
+		if (!m)
+			return;
+		e->mem = m;
+		e->capmem = cap;
+	}
 	if (e->inner < 0) {
 		int in = ubs_real.epoll_create1(EPOLL_CLOEXEC);
 
@@ -562,16 +575,23 @@ static void inner_add(struct ep_set *e, struct sock *s, int fd)
 	ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
 	ev.data.u64 = (uint64_t)(uintptr_t)s | TAG_SOCK;
 	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, fd, &ev);
+	e->mem[e->nmem].s = s;
+	e->mem[e->nmem++].fd = fd;
 }
 
-static void inner_del(struct ep_set *e, struct sock *s, int fd)
+static void inner_del(struct ep_set *e, struct sock *s)
 {
 	struct epoll_event ev = { 0 };
 
-	if (e->inner < 0)
+	for (int i = 0; i < e->nmem; i++) {
+		if (e->mem[i].s != s)
+			continue;
+		ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL,
+				   s->ch.efd[s->ch.side], &ev);
+		ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL, e->mem[i].fd, &ev);
+		e->mem[i] = e->mem[--e->nmem];
 		return;
-	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL, s->ch.efd[s->ch.side], &ev);
-	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL, fd, &ev);
+	}
 }
 
 /* Unlink and free r (e->mu held). */
@@ -586,8 +606,6 @@ static void reg_drop(struct ep_set *e, struct ep_reg *r)
 		}
 	e->nregs--;
 	__atomic_sub_fetch(&ep_nregs, 1, __ATOMIC_RELAXED);
-	if (!set_has_sock(e, r->s, NULL))
-		inner_del(e, r->s, r->fd);
 	sock_put(r->s);
 	free(r);
 }
@@ -619,8 +637,7 @@ static int reg_add(struct ep_set *e, int fd, struct sock *s,
 	r->events = ev->events;
 	r->data = ev->data;
 	reg_reset_edge(r);
-	if (!set_has_sock(e, s, NULL))
-		inner_add(e, s, fd);
+	inner_add(e, s, fd);
 	r->next = e->regs;
 	e->regs = r;
 	e->nregs++;
@@ -643,14 +660,19 @@ static int ep_ctl_emul(int epfd, int op, int fd, struct sock *s,
 	int ret = 0;
 
 	*kept = false;
-	if (op == EPOLL_CTL_ADD) {
+	if (epfd == fd)
+		return -EINVAL;
+	e = ep_find(epfd, false);
+	if (!e && op == EPOLL_CTL_ADD) {
+		/* A set we did not see created (inherited, or made before
+		 * the library was up): let the kernel vet it once. */
 		if (!ev)
 			return -EFAULT;
 		if (ubs_real.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &probe) < 0)
 			return -errno;
 		ubs_real.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &probe);
+		e = ep_find(epfd, true);
 	}
-	e = ep_find(epfd, op == EPOLL_CTL_ADD);
 	if (!e)
 		return op == EPOLL_CTL_ADD ? -ENOMEM : -ENOENT;
 	pthread_mutex_lock(&e->mu);
@@ -848,8 +870,9 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 					(tmp[j].data.u64 & ~(uint64_t)3);
 
 				pthread_mutex_lock(&e->mu);
-				if (set_has_sock(e, s, NULL))
-					sock_probe_kernel(s, s->fd);
+				for (int m = 0; m < e->nmem; m++)
+					if (e->mem[m].s == s)
+						sock_probe_kernel(s, e->mem[m].fd);
 				pthread_mutex_unlock(&e->mu);
 			}
 		if (k == 0 && timeout_ms > 0)
@@ -952,6 +975,7 @@ static void ep_sock_drop(struct sock *s, bool rehome)
 			}
 			reg_drop(e, r);
 		}
+		inner_del(e, s);
 		pthread_mutex_unlock(&e->mu);
 	}
 	pthread_mutex_unlock(&ep_lock);
@@ -959,14 +983,14 @@ static void ep_sock_drop(struct sock *s, bool rehome)
 
 void ep_sock_gone(struct sock *s)
 {
-	if (__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED))
+	if (__atomic_load_n(&ep_sets, __ATOMIC_RELAXED))
 		ep_sock_drop(s, false);
 }
 
 void ep_sock_rehome(struct sock *s, int fd)
 {
 	(void)fd;
-	if (__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED))
+	if (__atomic_load_n(&ep_sets, __ATOMIC_RELAXED))
 		ep_sock_drop(s, true);
 }
 
@@ -1038,6 +1062,7 @@ void ep_fd_closing(int fd)
 		pthread_mutex_unlock(&e->mu);
 		if (e->inner >= 0)
 			ubs_real.close(e->inner);
+		free(e->mem);
 		pthread_mutex_destroy(&e->mu);
 		free(e);
 	} else if (__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED)) {
