@@ -39,11 +39,19 @@
 	X(ACCEPT,	"accept")	/* accept() calls */		\
 	X(ACCEPT4,	"accept4")	/* accept4() calls */		\
 	X(CLOSE,	"close")	/* close() calls */		\
-	X(UB_CONNS,	"ub_conns")	/* reserved: UB connections */	\
-	X(TCP_CONNS,	"tcp_conns")	/* reserved: plain TCP conns */	\
-	X(UB_BYTES_TX,	"ub_bytes_tx")	/* reserved: bytes sent on UB */ \
-	X(UB_BYTES_RX,	"ub_bytes_rx")	/* reserved: bytes recv on UB */ \
-	X(FALLBACKS,	"fallbacks")	/* reserved: UB -> TCP */
+	X(UB_CONNS,	"ub_conns")	/* connections decided UB */	\
+	X(TCP_CONNS,	"tcp_conns")	/* candidates decided TCP */	\
+	X(UB_BYTES_TX,	"ub_bytes_tx")	/* bytes sent on UB */		\
+	X(UB_BYTES_RX,	"ub_bytes_rx")	/* bytes received on UB */	\
+	X(FALLBACKS,	"fallbacks")	/* reserved: UB -> TCP demotions */ \
+	X(TCP_NO_DAEMON, "tcp_no_daemon") /* client: ubsd unreachable */ \
+	X(TCP_NO_CHANNEL, "tcp_no_channel") /* client: no publication matched */ \
+	X(TCP_PEER_TCP,	"tcp_peer_tcp")	/* the other end chose TCP */	\
+	X(TCP_PLAIN_PEER, "tcp_plain_peer") /* server: bytes or silence on TCP */ \
+	X(UB_DOORBELLS,	"ub_doorbells")	/* eventfd writes to wake a peer */ \
+	X(UB_SLEEPS,	"ub_sleeps")	/* real sleeps on a ring */	\
+	X(UB_SPIN_HITS,	"ub_spin_hits")	/* waits ended while spinning */ \
+	X(UB_BYPASS,	"ub_bypass")	/* bytes on the kernel socket of a UB conn */
 
 #define UBS_STAT_ENUM_(name, str) UBS_STAT_##name,
 enum ubs_stat_id {

@@ -132,6 +132,7 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 	if (r == UBT_WATCH && sock_probe_kernel(s, fd) > 0 &&
 	    atomic_load(&s->state) == SK_UB && !s->bypass_seen) {
 		s->bypass_seen = true;
+		ubs_stats_add(UBS_STAT_UB_BYPASS, 1);
 		ubs_err("fd %d: bytes on the kernel socket of a UB connection "
 			"(a call the library cannot see): ignored", fd);
 	}

@@ -113,9 +113,12 @@ static void bind_chan(struct sock *s)
 	s->tx = ubt_chan_tx(&s->ch, 0);
 }
 
-static void count_conn(bool ub)
+/* Count a decided connection; why: the reason counter of a TCP one. */
+static void count_conn(bool ub, int why)
 {
 	ubs_stats_add(ub ? UBS_STAT_UB_CONNS : UBS_STAT_TCP_CONNS, 1);
+	if (!ub && why >= 0)
+		ubs_stats_add((enum ubs_stat_id)why, 1);
 }
 
 /* ---------------------------------------------------- socket, bind */
@@ -211,7 +214,7 @@ static void accepted(int fd, int flags)
 		if (s->ch.seg.base)
 			ubt_chan_close(&s->ch);
 		free(s);
-		count_conn(false);
+		count_conn(false, -1);
 		return;
 	}
 	chan_fds_high(&s->ch);
@@ -222,7 +225,7 @@ static void accepted(int fd, int flags)
 	if (r) {
 		ubt_chan_close(&s->ch);
 		free(s);
-		count_conn(false);
+		count_conn(false, UBS_STAT_TCP_NO_DAEMON);
 		return;
 	}
 	bind_chan(s);
@@ -364,7 +367,7 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 {
 	struct pollfd p = { .fd = fd, .events = POLLOUT };
 	char why[96] = "";
-	int fds[3], r, st;
+	int fds[3], r, st, reason = -1;
 
 	(void)may_wait;
 	pthread_mutex_lock(&s->mu);
@@ -384,8 +387,11 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 	}
 	r = ubs_ctl_request(fd, ubs_config.connect_wait_ms, fds, why,
 			    sizeof(why));
-	if (r)
+	if (r) {
+		reason = r == -ENOENT ? UBS_STAT_TCP_NO_CHANNEL :
+			UBS_STAT_TCP_NO_DAEMON;
 		goto tcp;
+	}
 	r = ubt_chan_attach_efds(&s->ch, fds[0], fds[1], fds[2]);
 	if (r) {
 		snprintf(why, sizeof(why), "attach: %s", strerror(-r));
@@ -400,19 +406,20 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 	bind_chan(s);
 	if (ubt_chan_decide(&s->ch, UBT_CHAN_UB) != UBT_CHAN_UB) {
 		snprintf(why, sizeof(why), "server chose TCP");
+		reason = UBS_STAT_TCP_PEER_TCP;
 		goto tcp;
 	}
 	atomic_store(&s->state, SK_UB);
 	pthread_mutex_unlock(&s->mu);
 	ep_sock_adopt(s, fd);
-	count_conn(true);
+	count_conn(true, -1);
 	ubs_dbg("fd %d: connected over UB", fd);
 	return SK_UB;
 tcp:
 	atomic_store(&s->state, 0);
 	pthread_mutex_unlock(&s->mu);
 	ubs_dbg("fd %d: TCP (%s)", fd, why);
-	count_conn(false);
+	count_conn(false, reason);
 	sock_to_tcp(s, fd);
 	return 0;
 }
@@ -473,7 +480,7 @@ tcp:
 		atomic_store(&s->state, 0);
 		pthread_mutex_unlock(&s->mu);
 		ubs_dbg("fd %d: accepted connection stays TCP", fd);
-		count_conn(false);
+		count_conn(false, UBS_STAT_TCP_PLAIN_PEER);
 		sock_to_tcp(s, fd);
 		return 0;
 	}
@@ -481,7 +488,7 @@ tcp:
 	return atomic_load(&s->state);
 ub:
 	if (atomic_exchange(&s->state, SK_UB) == SK_UNDECIDED) {
-		count_conn(true);
+		count_conn(true, -1);
 		ubs_dbg("fd %d: accepted connection over UB", fd);
 	}
 	return SK_UB;
@@ -497,6 +504,16 @@ ub:
 void sock_last_close(struct sock *s)
 {
 	int st = atomic_load(&s->state);
+
+	if (s->have_chan) {
+		for (int i = 0; i < 2; i++) {
+			struct ubt_ring *r = i ? s->tx : s->rx;
+
+			ubs_stats_add(UBS_STAT_UB_DOORBELLS, r->st.doorbells);
+			ubs_stats_add(UBS_STAT_UB_SLEEPS, r->st.sleeps);
+			ubs_stats_add(UBS_STAT_UB_SPIN_HITS, r->st.spin_hits);
+		}
+	}
 
 	if (st == SK_UNDECIDED)
 		ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
