@@ -48,7 +48,7 @@
 #define SOCKCASE_PATH "build/shim-socket/sockcase"
 #endif
 
-#define RUN_TIMEOUT_MS	25000		/* sockcase's own alarm is 20 s */
+#define RUN_TIMEOUT_MS	15000		/* sockcase's own alarm is 10 s */
 #define TRACE_CAP	(128 * 1024)
 #define BIG_MOVE	(1024u * 1024u)	/* from here on, kbytes is checked */
 
@@ -263,36 +263,94 @@ static void run_case(const char *name, bool preload, struct run *r)
 	read_kstats(kpath, r);
 }
 
-/* Copies line number `line` (0-based) of text into out ("<none>" past the end). */
-static void nth_line(const char *text, int line, char *out, size_t n)
+/* Copies line number `line` (0-based) of text[0..len) into out. */
+static void nth_line(const char *text, size_t len, int line, char *out, size_t n)
 {
-	const char *s = text, *e;
+	const char *s = text, *end = text + len, *e;
 
 	for (int i = 0; i < line && s; i++) {
-		s = strchr(s, '\n');
+		s = memchr(s, '\n', (size_t)(end - s));
 		if (s)
 			s++;
 	}
-	if (!s || !*s) {
-		snprintf(out, n, "<none: trace ended>");
+	if (!s || s >= end) {
+		snprintf(out, n, "<none: ended>");
 		return;
 	}
-	e = strchr(s, '\n');
-	snprintf(out, n, "%.*s", (int)(e ? e - s : (long)strlen(s)), s);
+	e = memchr(s, '\n', (size_t)(end - s));
+	snprintf(out, n, "%.*s", (int)((e ? e : end) - s), s);
 }
 
-/* The 0-based line of the first difference between a and b, or -1. */
-static int first_diff(const char *a, const char *b)
+/* The 0-based line of the first difference of a[0..la) and b[0..lb), or -1. */
+static int first_diff(const char *a, size_t la, const char *b, size_t lb)
 {
 	int line = 0;
 
 	for (size_t i = 0;; i++) {
+		if (i == la || i == lb)
+			return la == lb ? -1 : line;
 		if (a[i] != b[i])
 			return line;
-		if (!a[i])
-			return -1;
 		if (a[i] == '\n')
 			line++;
+	}
+}
+
+/* The block "== name" of a trace (its lines after the header), or NULL. */
+static const char *block_of(const char *text, const char *name, size_t *len)
+{
+	char head[32];
+	const char *s, *e;
+
+	snprintf(head, sizeof(head), "\n== %s\n", name);
+	if (!strncmp(text, head + 1, strlen(head + 1)))
+		s = text;		/* the first block */
+	else if (!(s = strstr(text, head)))
+		return NULL;
+	else
+		s += 1;
+	s += strlen(head + 1);
+	e = strstr(s, "\n== ");
+	*len = e ? (size_t)(e + 1 - s) : strlen(s);
+	return s;
+}
+/*
+ * Describes where two traces differ into msg: for each process block
+ * (server, client, child) that differs, its first differing line in both.
+ */
+static void describe_diff(const char *pa, const char *pb, char *msg, size_t n)
+{
+	static const char *const names[] = { "server", "client", "child" };
+	char a[400], b[400];
+	size_t k = 0;
+
+	msg[0] = '\0';
+	for (int i = 0; i < 3; i++) {
+		size_t la = 0, lb = 0;
+		const char *ba = block_of(pa, names[i], &la);
+		const char *bb = block_of(pb, names[i], &lb);
+		int line;
+
+		if (!ba && !bb)
+			continue;
+		line = first_diff(ba ? ba : "", la, bb ? bb : "", lb);
+		if (line < 0)
+			continue;
+		nth_line(ba ? ba : "", la, line, a, sizeof(a));
+		nth_line(bb ? bb : "", lb, line, b, sizeof(b));
+		k += (size_t)snprintf(msg + k, n - k, "\n  %s line %d:\n"
+				      "    without preload: %s\n"
+				      "    with preload:    %s", names[i], line + 1,
+				      ba ? a : "<no block>", bb ? b : "<no block>");
+		if (k >= n)
+			return;
+	}
+	if (!k) {		/* outside the blocks (e.g. a TIMEOUT line) */
+		int line = first_diff(pa, strlen(pa), pb, strlen(pb));
+		nth_line(pa, strlen(pa), line, a, sizeof(a));
+		nth_line(pb, strlen(pb), line, b, sizeof(b));
+		snprintf(msg, n, "\n  line %d:\n    without preload: %s\n"
+			 "    with preload:    %s", line + 1, a, b);
 	}
 }
 
@@ -353,9 +411,9 @@ static struct run plain_run, ub_run;
 static void check_case(const char *name)
 {
 	struct run *plain = &plain_run, *ub = &ub_run;
-	char a[640], b[640], st[64];
+	char diff[2048], st[64];
 	uint64_t ub_conns;
-	int line, pages;
+	int pages;
 
 	run_case(name, false, plain);
 	cr_assert(WIFEXITED(plain->status) && WEXITSTATUS(plain->status) == 0,
@@ -370,17 +428,14 @@ static void check_case(const char *name)
 			      plain->moved, plain->kbytes);
 
 	run_case(name, true, ub);
-	line = first_diff(plain->out, ub->out);
-	if (line >= 0) {
-		nth_line(plain->out, line, a, sizeof(a));
-		nth_line(ub->out, line, b, sizeof(b));
+	if (strcmp(plain->out, ub->out)) {
+		describe_diff(plain->out, ub->out, diff, sizeof(diff));
 		cr_log_error("%s: trace without the preload:\n%s", name, plain->out);
 		cr_log_error("%s: trace with the preload:\n%s", name, ub->out);
 		if (ub->err[0])
 			cr_log_error("%s: stderr with the preload:\n%s", name, ub->err);
-		cr_assert_fail("%s: traces differ at line %d\n"
-			       "  without preload: %s\n"
-			       "  with preload:    %s", name, line + 1, a, b);
+		cr_assert_fail("%s: traces differ (first difference of each process):%s",
+			       name, diff);
 	}
 	cr_assert(WIFEXITED(ub->status) && WEXITSTATUS(ub->status) == 0,
 		  "%s with the preload: %s; stderr:\n%s", name,
@@ -407,10 +462,11 @@ static void check_case(const char *name)
 static const char *const case_names[] = {
 	"roundtrip", "bulk", "readv_writev", "recv_flags", "sendto_sendmsg",
 	"nonblock_connect", "accept4_flags", "fill_eagain", "half_close",
-	"close_remaining", "peer_reset", "poll_select", "epoll_lt", "epoll_et",
-	"epoll_oneshot", "epoll_rdhup", "fionread", "names", "fork_shared",
-	"dup_fds", "nonblock_fcntl", "rcvtimeo", "refused", "server_first",
-	"sequential", "duplex",
+	"close_remaining", "peer_reset", "peer_killed", "poll_select",
+	"epoll_lt", "epoll_et", "epoll_oneshot", "epoll_rdhup", "fionread",
+	"names", "fork_shared", "dup_fds", "nonblock_fcntl", "rcvtimeo",
+	"refused", "server_first", "sequential", "duplex", "sigpipe",
+	"sendfile_splice", "exec_inherit", "plain_peer",
 };
 
 /* Every case of sockcase has a test here, and no test names a lost case. */
@@ -455,6 +511,7 @@ CASE(fill_eagain)
 CASE(half_close)
 CASE(close_remaining)
 CASE(peer_reset)
+CASE(peer_killed)
 CASE(poll_select)
 CASE(epoll_lt)
 CASE(epoll_et)
@@ -470,3 +527,7 @@ CASE(refused)
 CASE(server_first)
 CASE(sequential)
 CASE(duplex)
+CASE(sigpipe)
+CASE(sendfile_splice)
+CASE(exec_inherit)
+CASE(plain_peer)

@@ -4,6 +4,7 @@
  *
  *   sockcase --list        the case names, one a line
  *   sockcase CASE          run CASE, print its trace on stdout
+ *   sockcase --exec ...    (internal) a role some cases run after execve
  *
  * A case is a server and a client in two processes (the client is forked
  * first and learns the listening port through a pipe; the server is the
@@ -30,9 +31,9 @@
  *   expect_ub N  connections of this case that must be accelerated (0: the
  *                case must stay on TCP)
  *
- * Every wait is bounded: alarm(20) in each process (the server then kills
+ * Every wait is bounded: alarm(10) in each process (the server then kills
  * and reaps the client by pid, prints what it has and exits 2), the sync
- * pipes end at the peer's death, and helper waits give up after 5 s.
+ * pipes end at the peer's death, and helper waits give up after 4 s.
  * Exit status 0, or 1 after a FATAL line (the case could not go on).
  */
 #include <arpa/inet.h>
@@ -54,6 +55,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/select.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -61,8 +63,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ALARM_S		20		/* per process, whole case */
-#define WAIT_MS		5000		/* any untraced helper wait */
+#define ALARM_S		10		/* per process, whole case */
+#define WAIT_MS		4000		/* any helper wait, poll timeouts */
 #define TRACE_MAX	24576		/* bytes of trace per process */
 #define SHOW_MAX	48		/* longer data is shown as a digest */
 #define MIB		(1024u * 1024u)
@@ -85,6 +87,10 @@ static int role = R_SERVER;
 static int sync_out = -1, sync_in = -1;	/* pipes to and from the peer */
 static uint16_t port;		/* listening port (client: once learned) */
 static volatile pid_t client_pid = -1;
+static int exec_out = -1;
+static bool client_may_die;	/* the case kills its client on purpose */		/* exec'd role: where its trace goes */
+
+extern char **environ;
 
 static void finish(int rc) __attribute__((noreturn));
 
@@ -761,6 +767,8 @@ static void srv_readv_writev(void)
 		tr("  -> %s %s %s", show(sh1, sizeof(sh1), a, 4),
 		   show(sh2, sizeof(sh2), b, 8), show(sh3, sizeof(sh3), c, 999));
 	r = CALL(readv(s, iov, 0), "readv(%d,[],0)", s);
+	xread(s, 0);
+	xrecv(s, 0, MSG_DONTWAIT, "DONTWAIT");
 	r = CALL(writev(s, out, 2), "writev(%d,[10,10])", s);
 	if (r > 0)
 		blocks[role].moved += (uint64_t)r;
@@ -784,6 +792,7 @@ static void cli_readv_writev(void)
 	if (r > 0)
 		blocks[role].moved += (uint64_t)r;
 	CALL(writev(c, iov, 0), "writev(%d,[],0)", c);
+	xwrite(c, "");
 	for (int i = 0; i < 1025; i++)
 		big_iov[i] = (struct iovec){ pad, 1 };
 	CALL(writev(c, big_iov, 1025), "writev(%d,[1x1025],1025)", c);
@@ -1143,6 +1152,34 @@ static void cli_peer_reset(void)
 
 	kclose(c);
 	tell('C');
+}
+
+/* peer_killed: the peer dies (SIGKILL) with unread bytes: ECONNRESET, then 0. */
+static void srv_peer_killed(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	client_may_die = true;
+	read_exact(s, NULL, 5);
+	xwrite(s, "never read");
+	tell('K');		/* the client kills itself */
+	wait_event(s, POLLERR | POLLHUP);
+	poll1(s, POLLIN | POLLOUT | POLLRDHUP, 0);
+	xread(s, 16);
+	xread(s, 16);
+	xwrite(s, "x");
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_peer_killed(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "hello");
+	hear('K');
+	wait_bytes(c, 10);
+	raise(SIGKILL);
 }
 
 /* poll_select: poll, ppoll, select and pselect over the socket and a pipe. */
@@ -1847,6 +1884,280 @@ static void cli_duplex(void)
 	kclose(c);
 }
 
+
+/* sigpipe: EPIPE raises SIGPIPE unless MSG_NOSIGNAL. */
+static volatile sig_atomic_t sigpipes;
+
+static void on_sigpipe(int sig)
+{
+	(void)sig;
+	sigpipes++;
+}
+
+static void srv_sigpipe(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	xread(s, 16);
+	hear('D');
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_sigpipe(void)
+{
+	struct sigaction sa = { .sa_handler = on_sigpipe };
+	struct iovec iov = { "v", 1 };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	int c = cli_connect();
+
+	sigaction(SIGPIPE, &sa, NULL);
+	CALL(shutdown(c, SHUT_WR), "shutdown(%d,SHUT_WR)", c);
+	xwrite(c, "x");
+	tr("  SIGPIPE seen %d", (int)sigpipes);
+	CALL(send(c, "y", 1, MSG_NOSIGNAL), "send(%d,\"y\",NOSIGNAL)", c);
+	tr("  SIGPIPE seen %d", (int)sigpipes);
+	CALL(sendmsg(c, &m, 0), "sendmsg(%d,[1],0)", c);
+	tr("  SIGPIPE seen %d", (int)sigpipes);
+	CALL(writev(c, &iov, 1), "writev(%d,[1])", c);
+	tr("  SIGPIPE seen %d", (int)sigpipes);
+	signal(SIGPIPE, SIG_IGN);
+	tell('D');
+	kclose(c);
+}
+
+/* sendfile_splice: sendfile from a memfd into the socket; splice out of it. */
+#define SF_LEN (MIB + 7)
+
+static void srv_sendfile_splice(void)
+{
+	static unsigned char buf[65536];
+	int l = srv_listen(), s = srv_accept(l), p[2];
+	uint64_t got = 0, bad = 0;
+	ssize_t r;
+
+	CALL(pipe(p), "pipe");
+	tr("  -> %d %d", p[0], p[1]);
+	wait_bytes(s, 4096);
+	r = CALL(splice(s, NULL, p[1], NULL, 4096, 0), "splice(%d,pipe,4096)", s);
+	if (r > 0) {
+		r = read(p[0], buf, (size_t)r);
+		for (ssize_t i = 0; i < r; i++)
+			bad += buf[i] != pat((uint64_t)i);
+		got = r > 0 ? (uint64_t)r : 0;
+		tr("  pipe holds %zd bytes, pattern %s", r, bad ? "BAD" : "ok");
+	}
+	while (got < SF_LEN) {
+		r = read(s, buf, sizeof(buf));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		for (ssize_t i = 0; i < r; i++)
+			bad += buf[i] != pat(got + (uint64_t)i);
+		got += (uint64_t)r;
+	}
+	tr("read all(%d,%u) = %llu pattern %s", s, SF_LEN, (unsigned long long)got,
+	   bad ? "BAD" : "ok");
+	xwrite(s, "got it");
+	xread(s, 16);
+	CALL(close(p[0]), "close(pipe r)");
+	CALL(close(p[1]), "close(pipe w)");
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_sendfile_splice(void)
+{
+	static unsigned char buf[65536];
+	uint64_t sent = 0;
+	off_t off = 0;
+	int c = cli_connect(), m;
+	long r;
+
+	m = (int)CALL(memfd_create("sockcase", MFD_CLOEXEC), "memfd_create");
+	for (uint64_t o = 0; o < SF_LEN; o += sizeof(buf)) {
+		size_t k = SF_LEN - o < sizeof(buf) ? SF_LEN - o : sizeof(buf);
+		fill_pat(buf, o, k);
+		if (pwrite(m, buf, k, (off_t)o) != (ssize_t)k)
+			fatal("pwrite memfd: %s", ename(errno));
+	}
+	r = CALL(sendfile(c, m, &off, 7), "sendfile(%d,memfd,&off=0,7)", c);
+	tr("  -> off=%lld file pos %lld", (long long)off, (long long)lseek(m, 0, SEEK_CUR));
+	if (r > 0)
+		sent += (uint64_t)r;
+	lseek(m, (off_t)sent, SEEK_SET);
+	while (sent < SF_LEN) {
+		r = sendfile(c, m, NULL, SF_LEN - sent);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		sent += (uint64_t)r;
+	}
+	blocks[role].moved += sent;
+	tr("sendfile loop(%d,memfd,NULL) total = %llu", c, (unsigned long long)sent);
+	read_exact(c, NULL, 6);
+	CALL(close(m), "close(memfd)");
+	kclose(c);
+}
+
+/*
+ * Exec'd roles (sockcase --exec ROLE ARGS...): a private trace block,
+ * sent at the end to the fd named in the arguments, first line
+ * "K kbytes moved".  The forking process collects it as the child block.
+ */
+
+/* Client: reads an exec'd child's trace from rfd into the child block, reaps it. */
+static void collect_child(int rfd, pid_t pid)
+{
+	static char text[TRACE_MAX + 128];
+	struct block *b = &blocks[R_CHILD];
+	unsigned long long k = 0, mv = 0;
+	size_t len = 0;
+	char *body;
+	ssize_t r;
+	int st = 0;
+
+	while (len < sizeof(text) - 1) {
+		r = read(rfd, text + len, sizeof(text) - 1 - len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+	}
+	text[len] = '\0';
+	close(rfd);
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	body = text;
+	if (sscanf(text, "K %llu %llu", &k, &mv) == 2 && (body = strchr(text, '\n')))
+		body++;
+	else
+		body = text;
+	b->used = 1;
+	b->kbytes += k;
+	b->moved += mv;
+	len = strlen(body);
+	if (len > TRACE_MAX - 1)
+		len = TRACE_MAX - 1;
+	memcpy(b->text, body, len);
+	b->len = len;
+	tr("child exit %d", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+}
+
+/*
+ * Client: forks and execs this program as `--exec role a b`, with the
+ * preload kept (plain false) or dropped from the environment (plain true);
+ * a and b are fd numbers.  Returns the read end of its trace pipe.
+ */
+static pid_t exec_role(const char *r, int a, int b, bool plain, int *rfd)
+{
+	char sa[16], sb[16], so[16];
+	int op[2];
+	pid_t pid;
+
+	if (pipe(op) != 0)
+		fatal("pipe: %s", ename(errno));
+	pid = fork();
+	if (pid < 0)
+		fatal("fork: %s", ename(errno));
+	if (pid == 0) {
+		char **env = environ;
+		if (plain) {
+			size_t n = 0, k = 0;
+			for (char **e = environ; *e; e++)
+				n++;
+			env = calloc(n + 1, sizeof(*env));
+			for (char **e = environ; env && *e; e++)
+				if (strncmp(*e, "LD_PRELOAD=", 11))
+					env[k++] = *e;
+		}
+		snprintf(sa, sizeof(sa), "%d", a);
+		snprintf(sb, sizeof(sb), "%d", b);
+		snprintf(so, sizeof(so), "%d", op[1]);
+		close(op[0]);
+		execle("/proc/self/exe", "sockcase", "--exec", r, sa, sb, so,
+		       (char *)NULL, env ? env : environ);
+		_exit(127);
+	}
+	close(op[1]);
+	*rfd = op[0];
+	return pid;
+}
+
+/* exec_inherit: the socket crosses an exec (still preloaded) and keeps working. */
+static void srv_exec_inherit(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	read_exact(s, NULL, 11);
+	xwrite(s, "hello");
+	read_exact(s, NULL, 14);
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_exec_inherit(void)
+{
+	int c = cli_connect(), rfd;
+	pid_t pid;
+
+	xwrite(c, "before-exec");
+	pid = exec_role("inherit", c, -1, false, &rfd);
+	collect_child(rfd, pid);
+	xwrite(c, "after");
+	kclose(c);
+}
+
+/* Exec'd: reads the server's hello on the inherited socket, answers, closes. */
+static void exec_inherit(int c, int unused)
+{
+	(void)unused;
+	getfl(c);
+	read_exact(c, NULL, 5);
+	xwrite(c, "from-exec");
+	kclose(c);
+}
+
+/* plain_peer: a client without the preload; server speaks first; plain TCP. */
+static void srv_plain_peer(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	xwrite(s, "220 banner\r\n");
+	read_exact(s, NULL, 6);
+	xwrite(s, "250 ok\r\n");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_plain_peer(void)
+{
+	int rfd;
+	pid_t pid;
+
+	pid = exec_role("plain", sync_in, sync_out, true, &rfd);
+	collect_child(rfd, pid);
+}
+
+/* Exec'd without the preload: the plain client of plain_peer. */
+static void exec_plain(int in, int out)
+{
+	int c;
+
+	sync_in = in;
+	sync_out = out;
+	c = cli_connect();
+	read_exact(c, NULL, 12);
+	xwrite(c, "HELO\r\n");
+	read_exact(c, NULL, 8);
+	kclose(c);
+}
+
 struct sockcase {
 	const char *name;
 	int expect_ub;		/* connections that must be accelerated */
@@ -1867,6 +2178,7 @@ static const struct sockcase cases[] = {
 	CASE(half_close, 1),
 	CASE(close_remaining, 1),
 	CASE(peer_reset, 1),
+	CASE(peer_killed, 1),
 	CASE(poll_select, 1),
 	CASE(epoll_lt, 1),
 	CASE(epoll_et, 1),
@@ -1882,6 +2194,10 @@ static const struct sockcase cases[] = {
 	CASE(server_first, 1),
 	CASE(sequential, SEQ_N),
 	CASE(duplex, 1),
+	CASE(sigpipe, 1),
+	CASE(sendfile_splice, 1),
+	CASE(exec_inherit, 1),
+	CASE(plain_peer, 0),
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
@@ -1961,7 +2277,7 @@ static int reap_client(void)
 		return WEXITSTATUS(st) != 0;
 	}
 	tr("client killed by signal %d", WTERMSIG(st));
-	return 1;
+	return !client_may_die;
 }
 
 /*
@@ -1970,6 +2286,15 @@ static int reap_client(void)
  */
 static void finish(int rc)
 {
+	if (exec_out >= 0) {
+		char head[64];
+		struct block *b = &blocks[role];
+		int n = snprintf(head, sizeof(head), "K %llu %llu\n",
+				 (unsigned long long)b->kbytes, (unsigned long long)b->moved);
+		if (write(exec_out, head, (size_t)n) == n)
+			(void)!write(exec_out, b->text, b->len);
+		_exit(rc);
+	}
 	if (role != R_SERVER)
 		_exit(rc);
 	if (rc && client_pid > 0)
@@ -1985,15 +2310,51 @@ static void finish(int rc)
 static void on_alarm(int sig)
 {
 	static const char msg[] = "TIMEOUT\n";
+	struct block *b = &blocks[R_SERVER];
 
 	(void)sig;
+	if (b->len + sizeof(msg) < TRACE_MAX) {	/* no stdio in a handler */
+		memcpy(b->text + b->len, msg, sizeof(msg) - 1);
+		b->len += sizeof(msg) - 1;
+	}
 	if (client_pid > 0) {
 		kill(client_pid, SIGKILL);
 		waitpid(client_pid, NULL, 0);
 	}
 	print_blocks();
-	write_str(msg, sizeof(msg) - 1);
 	_exit(2);
+}
+
+/* An exec'd role's SIGALRM: say so and end (its trace goes out first). */
+static void on_exec_alarm(int sig)
+{
+	(void)sig;
+	tr("TIMEOUT");
+	finish(2);
+}
+
+/* sockcase --exec ROLE A B OUTFD: run an exec'd role; see exec_role(). */
+static int exec_main(char **argv)
+{
+	static const struct {
+		const char *name;
+		void (*fn)(int, int);
+	} roles[] = { { "inherit", exec_inherit }, { "plain", exec_plain } };
+
+	blocks = calloc(R_NR, sizeof(*blocks));
+	if (!blocks)
+		return 1;
+	role = R_CHILD;
+	exec_out = atoi(argv[5]);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGALRM, on_exec_alarm);
+	alarm(5);
+	for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
+		if (!strcmp(argv[2], roles[i].name)) {
+			roles[i].fn(atoi(argv[3]), atoi(argv[4]));
+			finish(0);
+		}
+	fatal("no exec role %s", argv[2]);
 }
 
 int main(int argc, char **argv)
@@ -2006,6 +2367,8 @@ int main(int argc, char **argv)
 			printf("%s\n", cases[i].name);
 		return 0;
 	}
+	if (argc == 6 && !strcmp(argv[1], "--exec"))
+		return exec_main(argv);
 	for (size_t i = 0; argc == 2 && i < NCASES; i++)
 		if (!strcmp(argv[1], cases[i].name))
 			the_case = &cases[i];
