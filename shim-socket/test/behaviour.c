@@ -7,7 +7,8 @@
  * build's libubs_preload.so) against a private ubsd, and requires:
  *   - both runs exit 0 and print the same trace, byte for byte (what the
  *     program observed through the interposed calls: return values, errno,
- *     bytes, events, fd numbers);
+ *     bytes, events, fd numbers); a failure names the first differing line
+ *     of each process (SHIM_BEHAVIOUR_TRACES=1 logs both whole traces);
  *   - the preloaded run was accelerated: the ub_conns counters of the
  *     stats pages its processes published in RUN_DIR/stats add up to at
  *     least the case's expect_ub (exactly 0 when the case must stay on
@@ -321,7 +322,7 @@ static const char *block_of(const char *text, const char *name, size_t *len)
 static void describe_diff(const char *pa, const char *pb, char *msg, size_t n)
 {
 	static const char *const names[] = { "server", "client", "child" };
-	char a[400], b[400];
+	char a[400], b[400], prev[400];
 	size_t k = 0;
 
 	msg[0] = '\0';
@@ -338,9 +339,12 @@ static void describe_diff(const char *pa, const char *pb, char *msg, size_t n)
 			continue;
 		nth_line(ba ? ba : "", la, line, a, sizeof(a));
 		nth_line(bb ? bb : "", lb, line, b, sizeof(b));
-		k += (size_t)snprintf(msg + k, n - k, "\n  %s line %d:\n"
+		if (line > 0)
+			nth_line(ba ? ba : "", la, line - 1, prev, sizeof(prev));
+		k += (size_t)snprintf(msg + k, n - k, "\n  %s line %d%s%s:\n"
 				      "    without preload: %s\n"
 				      "    with preload:    %s", names[i], line + 1,
+				      line > 0 ? ", after " : "", line > 0 ? prev : "",
 				      ba ? a : "<no block>", bb ? b : "<no block>");
 		if (k >= n)
 			return;
@@ -430,8 +434,10 @@ static void check_case(const char *name)
 	run_case(name, true, ub);
 	if (strcmp(plain->out, ub->out)) {
 		describe_diff(plain->out, ub->out, diff, sizeof(diff));
-		cr_log_error("%s: trace without the preload:\n%s", name, plain->out);
-		cr_log_error("%s: trace with the preload:\n%s", name, ub->out);
+		if (getenv("SHIM_BEHAVIOUR_TRACES")) {
+			cr_log_error("%s: trace without the preload:\n%s", name, plain->out);
+			cr_log_error("%s: trace with the preload:\n%s", name, ub->out);
+		}
 		if (ub->err[0])
 			cr_log_error("%s: stderr with the preload:\n%s", name, ub->err);
 		cr_assert_fail("%s: traces differ (first difference of each process):%s",
