@@ -7,15 +7,22 @@
  * Exit codes: 0 ok, 1 ubsd not running, 2 usage, 3 error reported by ubsd
  * (message on stderr), protocol or other error, 4 permission denied.
  */
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <arpa/inet.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +30,7 @@
 #include <unistd.h>
 
 #include "ctl_proto.h"
+#include "ubs_stats.h"
 
 #define EX_NOTRUNNING 1
 #define EX_USAGE      2
@@ -31,20 +39,26 @@
 #define REPLY_TIMEOUT_S 10      /* a reply never takes this long */
 
 enum action { ACT_STATUS, ACT_SESSIONS, ACT_SERVICES, ACT_SERVICE,
-	ACT_LISTENERS, ACT_EXCLUDES };
+	ACT_LISTENERS, ACT_EXCLUDES, ACT_STATS };
 
-/* The command keywords; any unique prefix is accepted. */
+/*
+ * The command keywords; any unique prefix is accepted, except for an
+ * exact_only keyword: `stats` came after `status`, whose prefixes st, sta
+ * and stat must keep meaning status.
+ */
 static const struct keyword {
 	const char *name;
 	enum action action;
 	uint16_t req;
+	bool exact_only;
 } keywords[] = {
-	{ "excludes", ACT_EXCLUDES, CTL_REQ_EXCLUDES },
-	{ "listeners", ACT_LISTENERS, CTL_REQ_LISTENERS },
-	{ "service", ACT_SERVICE, CTL_REQ_SERVICE_SET },
-	{ "services", ACT_SERVICES, CTL_REQ_SERVICES },
-	{ "sessions", ACT_SESSIONS, CTL_REQ_SESSIONS },
-	{ "status", ACT_STATUS, CTL_REQ_STATUS },
+	{ "excludes", ACT_EXCLUDES, CTL_REQ_EXCLUDES, false },
+	{ "listeners", ACT_LISTENERS, CTL_REQ_LISTENERS, false },
+	{ "service", ACT_SERVICE, CTL_REQ_SERVICE_SET, false },
+	{ "services", ACT_SERVICES, CTL_REQ_SERVICES, false },
+	{ "sessions", ACT_SESSIONS, CTL_REQ_SESSIONS, false },
+	{ "stats", ACT_STATS, 0, true },        /* no request: reads files */
+	{ "status", ACT_STATUS, CTL_REQ_STATUS, false },
 };
 
 /* How the default record is named on the command line and in output. */
@@ -54,12 +68,15 @@ static const struct keyword {
 static void __attribute__((noreturn)) usage(void)
 {
 	fprintf(stderr, "usage: ubsctl [--json] command\n"
+		"       ubsctl [--json] [--all] stats [PID|SERVICE]\n"
 		"commands (any unique prefix):\n"
 		"  status     daemon pid, uptime, counters\n"
 		"  sessions   one line per preloaded process\n"
 		"  services   policy of every service, default first\n"
 		"  listeners  accelerated listening sockets and holders\n"
 		"  excludes   exclude rules (connections kept on TCP)\n"
+		"  stats      counters of preloaded processes (stats pages;"
+		" no prefix)\n"
 		"  service NAME on|off          accelerate NAME or not\n"
 		"  service NAME set KEY=VALUE   KEY: accel, spin_us, ring_kib,"
 		" mem_quota\n"
@@ -78,7 +95,8 @@ static const struct keyword *match_keyword(const char *word)
 	for (size_t i = 0; i < sizeof(keywords) / sizeof(keywords[0]); i++) {
 		if (strcmp(word, keywords[i].name) == 0)
 			return &keywords[i];
-		if (strncmp(word, keywords[i].name, n) == 0) {
+		if (!keywords[i].exact_only &&
+		    strncmp(word, keywords[i].name, n) == 0) {
 			if (found)
 				return NULL;    /* ambiguous */
 			found = &keywords[i];
@@ -408,10 +426,392 @@ static void show_exclude(const struct ctl_exclude *x, bool json, int n)
 	printf("%-8s %s\n", kind, rule);
 }
 
+/* ------------------------------------------------------------------ stats
+ * `ubsctl stats` reads the per-process stats pages the preload publishes
+ * in RUN_DIR/stats/<pid> (layout and reader rules in ubs_stats.h); it
+ * needs no daemon.  A page is untrusted input: it is mapped read-only,
+ * checked (regular file, size, magic, version, pid), read through relaxed
+ * atomic loads of at most ncounters entries that lie inside the mapping,
+ * and a page that fails a check is skipped with a warning.  SIGBUS (a
+ * file cut short under the mapping) skips that page too.
+ */
+
+/* One process's counters, as read. */
+struct stat_row {
+	pid_t pid;
+	bool alive;
+	uint32_t n;                             /* counters present */
+	char service[UBS_STATS_SERVICE_MAX];    /* NUL-terminated, raw */
+	uint64_t c[UBS_STAT_NR];
+};
+
+/* Display order: the connection and byte counters, then the others. */
+static const enum ubs_stat_id stat_first[] = {
+	UBS_STAT_UB_CONNS, UBS_STAT_TCP_CONNS, UBS_STAT_UB_BYTES_TX,
+	UBS_STAT_UB_BYTES_RX, UBS_STAT_FALLBACKS,
+};
+#define NFIRST (sizeof(stat_first) / sizeof(stat_first[0]))
+
+static void stat_order(int order[UBS_STAT_NR])
+{
+	int k = 0;
+
+	for (size_t i = 0; i < NFIRST; i++)
+		order[k++] = stat_first[i];
+	for (int i = 0; i < UBS_STAT_NR; i++) {
+		bool first = false;
+		for (size_t j = 0; j < NFIRST; j++)
+			first |= (int)stat_first[j] == i;
+		if (!first)
+			order[k++] = i;
+	}
+}
+
+static sigjmp_buf stats_bus_jmp;
+
+static void stats_on_sigbus(int sig)
+{
+	(void)sig;
+	siglongjmp(stats_bus_jmp, 1);
+}
+
+/* Is pid alive?  EPERM: it exists, owned by someone else. */
+static bool pid_alive(pid_t pid)
+{
+	return kill(pid, 0) == 0 || errno != ESRCH;
+}
+
+/* A stats file name is a pid: decimal digits only, 1..INT_MAX. */
+static pid_t stat_name_pid(const char *name)
+{
+	unsigned long v = 0;
+
+	if (!*name)
+		return 0;
+	for (const char *p = name; *p; p++) {
+		if (!isdigit((unsigned char)*p))
+			return 0;
+		v = v * 10 + (unsigned long)(*p - '0');
+		if (v > INT_MAX)
+			return 0;
+	}
+	return (pid_t)v;
+}
+
+/*
+ * Read the page at path (file name pid) into *row.  Returns 0, or -1 after
+ * a warning naming the page and what is wrong with it.
+ */
+static int stat_read_page(const char *path, pid_t pid, struct stat_row *row)
+{
+	const struct ubs_stats_page *pg;
+	volatile size_t len = 0;
+	void *volatile map = MAP_FAILED;
+	const char *why = NULL;
+	char whybuf[96];
+	struct stat st;
+	uint64_t magic;
+	uint32_t version, n, room;
+	int32_t owner;
+	int fd;
+
+	/* O_NONBLOCK: a FIFO planted in stats/ must not hang us. */
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return -1;      /* gone since readdir: not a problem */
+		fprintf(stderr, "ubsctl: %s: %s, skipped\n", path,
+			strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		fprintf(stderr, "ubsctl: %s: not a regular file, skipped\n",
+			path);
+		return -1;
+	}
+	if ((uint64_t)st.st_size < offsetof(struct ubs_stats_page, counters)) {
+		close(fd);
+		fprintf(stderr, "ubsctl: %s: too small for a stats page "
+			"(%lld bytes), skipped\n", path,
+			(long long)st.st_size);
+		return -1;
+	}
+	len = (uint64_t)st.st_size < UBS_STATS_SIZE ? (size_t)st.st_size
+						    : UBS_STATS_SIZE;
+	map = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (map == MAP_FAILED) {
+		fprintf(stderr, "ubsctl: %s: mmap: %s, skipped\n", path,
+			strerror(errno));
+		return -1;
+	}
+	if (sigsetjmp(stats_bus_jmp, 1)) {
+		munmap(map, len);
+		fprintf(stderr, "ubsctl: %s: cut short while being read "
+			"(SIGBUS), skipped\n", path);
+		return -1;
+	}
+	pg = map;
+	magic = __atomic_load_n(&pg->magic, __ATOMIC_ACQUIRE);
+	version = __atomic_load_n(&pg->version, __ATOMIC_RELAXED);
+	owner = __atomic_load_n(&pg->pid, __ATOMIC_RELAXED);
+	n = __atomic_load_n(&pg->ncounters, __ATOMIC_RELAXED);
+	room = (uint32_t)((len - offsetof(struct ubs_stats_page, counters)) /
+			  sizeof(uint64_t));
+	if (magic != UBS_STATS_MAGIC) {
+		snprintf(whybuf, sizeof(whybuf), "bad magic 0x%016" PRIx64,
+			 magic);
+		why = whybuf;
+	} else if (version != UBS_STATS_VERSION) {
+		snprintf(whybuf, sizeof(whybuf), "layout version %" PRIu32
+			 " (this ubsctl reads %u)", version, UBS_STATS_VERSION);
+		why = whybuf;
+	} else if (owner != pid) {
+		snprintf(whybuf, sizeof(whybuf), "page of pid %" PRId32
+			 " under the name of pid %d", owner, (int)pid);
+		why = whybuf;
+	}
+	if (why) {
+		munmap(map, len);
+		fprintf(stderr, "ubsctl: %s: %s, skipped\n", path, why);
+		return -1;
+	}
+	/* At most ncounters, at most what we have names for (a newer
+	 * library appends), at most what lies inside the file. */
+	if (n > room)
+		n = room;
+	if (n > UBS_STAT_NR)
+		n = UBS_STAT_NR;
+	memset(row, 0, sizeof(*row));
+	row->pid = pid;
+	row->n = n;
+	for (size_t i = 0; i + 1 < sizeof(row->service); i++)
+		row->service[i] = __atomic_load_n(&pg->service[i],
+						   __ATOMIC_RELAXED);
+	row->service[sizeof(row->service) - 1] = '\0';
+	for (uint32_t i = 0; i < n; i++)
+		row->c[i] = __atomic_load_n(&pg->counters[i],
+					    __ATOMIC_RELAXED);
+	munmap(map, len);
+	return 0;
+}
+
+static int stat_row_cmp(const void *a, const void *b)
+{
+	const struct stat_row *x = a, *y = b;
+
+	return (x->pid > y->pid) - (x->pid < y->pid);
+}
+
+/* Decimal digits of v. */
+static int ndigits(uint64_t v)
+{
+	int d = 1;
+
+	while (v >= 10) {
+		v /= 10;
+		d++;
+	}
+	return d;
+}
+
+static void stats_print_json(const struct stat_row *rows, size_t nrows,
+			     const uint64_t *total, const int *order)
+{
+	printf("{\"processes\":[");
+	for (size_t r = 0; r < nrows; r++) {
+		char svc[UBS_STATS_SERVICE_MAX];
+
+		/* printable(): JSON output must be valid UTF-8 whatever
+		 * bytes a page holds. */
+		printable(svc, rows[r].service, sizeof(svc));
+		printf("%s{\"pid\":%d,\"service\":", r ? "," : "",
+		       (int)rows[r].pid);
+		json_str(svc);
+		printf(",\"alive\":%s", rows[r].alive ? "true" : "false");
+		/* Counters the page does not have (an older library) are
+		 * left out, not shown as 0. */
+		for (int k = 0; k < UBS_STAT_NR; k++)
+			if ((uint32_t)order[k] < rows[r].n)
+				printf(",\"%s\":%" PRIu64,
+				       ubs_stat_names[order[k]],
+				       rows[r].c[order[k]]);
+		putchar('}');
+	}
+	printf("],\"total\":{\"processes\":%zu", nrows);
+	for (int k = 0; k < UBS_STAT_NR; k++)
+		printf(",\"%s\":%" PRIu64, ubs_stat_names[order[k]],
+		       total[order[k]]);
+	printf("}}\n");
+}
+
+static void stats_print_table(const struct stat_row *rows, size_t nrows,
+			      const uint64_t *total, const int *order,
+			      bool all)
+{
+	int w[UBS_STAT_NR], wpid = 7, wsvc = 7;
+	char svc[UBS_STATS_SERVICE_MAX], head[32], tot[32];
+
+	snprintf(tot, sizeof(tot), "total(%zu)", nrows);
+	if ((int)strlen(tot) > wpid + 1 + wsvc)
+		wsvc = (int)strlen(tot) - wpid - 1;
+	for (size_t r = 0; r < nrows; r++) {
+		int l = (int)strlen(rows[r].service);
+		if (ndigits((uint64_t)rows[r].pid) > wpid)
+			wpid = ndigits((uint64_t)rows[r].pid);
+		if (l > wsvc)
+			wsvc = l > 24 ? 24 : l;
+	}
+	for (int k = 0; k < UBS_STAT_NR; k++) {
+		w[k] = (int)strlen(ubs_stat_names[order[k]]);
+		if (ndigits(total[order[k]]) > w[k])
+			w[k] = ndigits(total[order[k]]);
+	}
+	printf("%-*s %-*s", wpid, "PID", wsvc, "SERVICE");
+	if (all)
+		printf(" %-5s", "ALIVE");
+	for (int k = 0; k < UBS_STAT_NR; k++) {
+		size_t i;
+		for (i = 0; ubs_stat_names[order[k]][i] && i + 1 < sizeof(head);
+		     i++)
+			head[i] = (char)toupper(
+				(unsigned char)ubs_stat_names[order[k]][i]);
+		head[i] = '\0';
+		printf(" %*s", w[k], head);
+	}
+	putchar('\n');
+	for (size_t r = 0; r < nrows; r++) {
+		printable(svc, rows[r].service, sizeof(svc));
+		if ((int)strlen(svc) > wsvc)
+			svc[wsvc] = '\0';
+		printf("%-*d %-*s", wpid, (int)rows[r].pid, wsvc,
+		       svc[0] ? svc : "-");
+		if (all)
+			printf(" %-5s", rows[r].alive ? "yes" : "no");
+		for (int k = 0; k < UBS_STAT_NR; k++) {
+			if ((uint32_t)order[k] < rows[r].n)
+				printf(" %*" PRIu64, w[k], rows[r].c[order[k]]);
+			else
+				printf(" %*s", w[k], "-");
+		}
+		putchar('\n');
+	}
+	printf("%-*s", wpid + 1 + wsvc, tot);
+	if (all)
+		printf(" %-5s", "");
+	for (int k = 0; k < UBS_STAT_NR; k++)
+		printf(" %*" PRIu64, w[k], total[order[k]]);
+	putchar('\n');
+}
+
+/*
+ * `ubsctl stats [PID|SERVICE]`: one row per live process (every page with
+ * all), filtered by pid (an all-digit argument) or service name, and a
+ * total.  Returns the exit code.
+ */
+static int cmd_stats(const char *run_dir, const char *filter, bool json,
+		     bool all)
+{
+	struct sigaction sa = { .sa_handler = stats_on_sigbus }, old_sa;
+	struct stat_row *rows = NULL, row;
+	size_t nrows = 0, cap = 0;
+	uint64_t total[UBS_STAT_NR] = { 0 };
+	int order[UBS_STAT_NR];
+	pid_t want_pid = filter ? stat_name_pid(filter) : 0;
+	bool want_pid_seen = false, want_pid_dead = false;
+	char dir[PATH_MAX], path[PATH_MAX + 256];
+	struct dirent *de;
+	DIR *d;
+
+	if (filter && !want_pid && strlen(filter) >= UBS_STATS_SERVICE_MAX) {
+		fprintf(stderr, "ubsctl: service name too long\n");
+		return EX_USAGE;
+	}
+	if (filter && !want_pid && isdigit((unsigned char)filter[0]) &&
+	    strspn(filter, "0123456789") == strlen(filter)) {
+		fprintf(stderr, "ubsctl: bad pid: %s\n", filter);
+		return EX_USAGE;
+	}
+	snprintf(dir, sizeof(dir), "%s/stats", run_dir);
+	d = opendir(dir);
+	if (!d) {
+		fprintf(stderr, "ubsctl: %s: %s (preloaded processes publish "
+			"their stats pages only where this directory exists)\n",
+			dir, strerror(errno));
+		return EX_ERROR;
+	}
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, &old_sa);
+	while ((de = readdir(d))) {
+		pid_t pid = stat_name_pid(de->d_name);
+
+		/* Other names (".<pid>.tmp" while a page is being built)
+		 * are not pages. */
+		if (!pid || (want_pid && pid != want_pid))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		if (stat_read_page(path, pid, &row) < 0)
+			continue;
+		if (filter && !want_pid && strcmp(row.service, filter) != 0)
+			continue;
+		row.alive = pid_alive(pid);
+		if (want_pid) {
+			want_pid_seen = true;
+			want_pid_dead = !row.alive;
+		}
+		if (!row.alive && !all)
+			continue;
+		if (nrows == cap) {
+			struct stat_row *nr;
+			cap = cap ? cap * 2 : 64;
+			nr = realloc(rows, cap * sizeof(*rows));
+			if (!nr) {
+				fprintf(stderr, "ubsctl: out of memory\n");
+				free(rows);
+				closedir(d);
+				return EX_ERROR;
+			}
+			rows = nr;
+		}
+		rows[nrows++] = row;
+		for (uint32_t i = 0; i < row.n; i++)
+			total[i] += row.c[i];
+	}
+	closedir(d);
+	sigaction(SIGBUS, &old_sa, NULL);
+	if (want_pid && !want_pid_seen) {
+		fprintf(stderr, "ubsctl: no stats page for pid %d in %s\n",
+			(int)want_pid, dir);
+		free(rows);
+		return EX_ERROR;
+	}
+	if (want_pid && want_pid_dead && !all) {
+		fprintf(stderr, "ubsctl: pid %d has exited (--all shows the "
+			"last counters of its page)\n", (int)want_pid);
+		free(rows);
+		return EX_ERROR;
+	}
+	if (nrows)
+		qsort(rows, nrows, sizeof(*rows), stat_row_cmp);
+	stat_order(order);
+	if (json)
+		stats_print_json(rows, nrows, total, order);
+	else
+		stats_print_table(rows, nrows, total, order, all);
+	free(rows);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "ubsctl: write: %s\n", strerror(errno));
+		return EX_ERROR;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "all", no_argument, NULL, 'a' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -429,14 +829,17 @@ int main(int argc, char **argv)
 	const char *run_dir, *why;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 64];
 	struct ctl_hdr h;
-	bool json = false, got_status = false;
+	bool json = false, got_status = false, all = false;
 	uint32_t seq = (uint32_t)getpid();
 	int ch, fd, n = 0;
 
-	while ((ch = getopt_long(argc, argv, "jh", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "jah", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'j':
 			json = true;
+			break;
+		case 'a':
+			all = true;
 			break;
 		default:
 			usage();
@@ -450,10 +853,17 @@ int main(int argc, char **argv)
 			argv[optind]);
 		usage();
 	}
+	if (all && kw->action != ACT_STATS) {
+		fprintf(stderr, "ubsctl: --all goes with stats only\n");
+		usage();
+	}
 	if (kw->action == ACT_SERVICE) {
 		if (argc - optind < 3)
 			usage();
 		service_args(&set, argv + optind + 1, argc - optind - 1);
+	} else if (kw->action == ACT_STATS) {
+		if (argc - optind > 2)
+			usage();
 	} else if (argc - optind != 1) {
 		usage();
 	}
@@ -461,6 +871,9 @@ int main(int argc, char **argv)
 	run_dir = getenv("UBS_RUN_DIR");
 	if (!run_dir || !*run_dir)
 		run_dir = CTL_DEFAULT_RUN_DIR;
+	if (kw->action == ACT_STATS)
+		return cmd_stats(run_dir, argc - optind == 2 ?
+				 argv[optind + 1] : NULL, json, all);
 	snprintf(path, sizeof(path), "%s/%s", run_dir, CTL_SOCK_NAME);
 	fd = ctl_connect(path);
 
