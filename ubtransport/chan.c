@@ -311,3 +311,23 @@ void ubt_chan_move_efd(struct ubt_chan *c, int side, int newfd)
 	}
 	c->efd[side & 1] = newfd;
 }
+
+void ubt_chan_demote(struct ubt_chan *c)
+{
+	struct ubt_ring *r;
+
+	atomic_store_explicit(&chan_hdr(c)->demote[c->side], 1,
+			      memory_order_seq_cst);
+	/* The peer may sleep as a consumer of what we produce or as a
+	 * producer waiting for room in what we consume. */
+	for (int n = 0; (r = ubt_chan_tx(c, n)); n++)
+		ubt_db_notify(r, &r->shm->data_db, r->data_efd);
+	for (int n = 0; (r = ubt_chan_rx(c, n)); n++)
+		ubt_db_notify(r, &r->shm->space_db, r->space_efd);
+}
+
+const _Atomic uint32_t *ubt_chan_demote_word(const struct ubt_chan *c,
+					     int side)
+{
+	return &chan_hdr(c)->demote[side & 1];
+}

@@ -166,15 +166,18 @@ struct ubt_wait {
 	int timeout_ms;
 	int watch_fd;
 	short watch_events;
+	const _Atomic uint32_t *stop;   /* if set and nonzero: UBT_STOP */
 };
 
 enum ubt_wake {
 	UBT_READY = 0,          /* the condition holds */
 	UBT_WATCH = 1,          /* watch_fd reported an event */
+	UBT_STOP = 2,           /* *stop became nonzero */
 };
 /* Wait until the ring is readable (data or EOF) / writable (room for
- * need bytes, or consumer closed).  Returns UBT_READY, UBT_WATCH, -EINTR,
- * -ETIMEDOUT or -EPROTO. */
+ * need bytes, or consumer closed).  Returns UBT_READY, UBT_WATCH,
+ * UBT_STOP, -EINTR, -ETIMEDOUT or -EPROTO.  Whoever sets *stop must ring
+ * the doorbell the waiter sleeps on (ubt_chan_demote does). */
 int ubt_wait_readable(struct ubt_ring *r, const struct ubt_wait *w);
 int ubt_wait_writable(struct ubt_ring *r, uint64_t need,
 		      const struct ubt_wait *w);
@@ -226,7 +229,9 @@ struct ubt_chan_hdr {
 	_Atomic uint32_t holders[2];    /* processes holding each side (fork
 					 * adds one): the last one to let go
 					 * shuts the side down */
-	uint32_t reserved2[2];
+	_Atomic uint32_t demote[2];     /* side went back to plain TCP: it
+					 * neither produces nor consumes its
+					 * rings any more (ubt_chan_demote) */
 	struct ubt_ring_desc ring[UBT_CHAN_MAX_RINGS];
 };
 
@@ -272,6 +277,18 @@ void ubt_chan_close(struct ubt_chan *c);
  * one hold.  ubt_chan_release returns the holds that remain. */
 void ubt_chan_hold(struct ubt_chan *c);
 uint32_t ubt_chan_release(struct ubt_chan *c);
+/*
+ * Demotion (UB back to TCP, nothing lost): this side stops producing and
+ * consuming its rings, sets its demote flag and rings every doorbell the
+ * peer may sleep on.  The peer, seeing it, drains what this side wrote
+ * into its rings, then reads the kernel socket; and sends back over the
+ * kernel socket what it had written that this side never consumed (read
+ * its own tx ring as a consumer), then writes to the kernel socket.
+ */
+void ubt_chan_demote(struct ubt_chan *c);
+/* The demote flag of side (0 creator, 1 attacher), for ubt_wait.stop. */
+const _Atomic uint32_t *ubt_chan_demote_word(const struct ubt_chan *c,
+					     int side);
 /* The channel's decided state, as both sides see it. */
 uint32_t ubt_chan_state(const struct ubt_chan *c);
 

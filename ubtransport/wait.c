@@ -152,6 +152,12 @@ static int spin(struct ubt_ring *r, cond_fn cond, uint64_t arg, int64_t budget)
  * The common wait: condition, spin, then sleep on the doorbell.  efd is
  * this side's eventfd for db.
  */
+/* Has the waiter been told to stop? */
+static int stopped(const struct ubt_wait *w)
+{
+	return w->stop && atomic_load_explicit(w->stop, memory_order_acquire);
+}
+
 static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 		   cond_fn cond, uint64_t arg, const struct ubt_wait *w)
 {
@@ -161,6 +167,8 @@ static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 	c = cond(r, arg);
 	if (c)
 		return c > 0 ? UBT_READY : c;
+	if (stopped(w))
+		return UBT_STOP;
 	if (w->spin_ns > 0) {
 		c = spin(r, cond, arg, w->spin_ns);
 		if (c)
@@ -181,9 +189,9 @@ static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 		s = atomic_fetch_add_explicit(db, 1, memory_order_seq_cst);
 		key = DB_EPOCH(s);
 		c = cond(r, arg);
-		if (c) {
+		if (c || stopped(w)) {
 			db_cancel(db, key, efd);
-			return c > 0 ? UBT_READY : c;
+			return c > 0 ? UBT_READY : c < 0 ? c : UBT_STOP;
 		}
 		for (;;) {
 			struct pollfd p[2] = {
@@ -248,6 +256,8 @@ static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 		c = cond(r, arg);
 		if (c)
 			return c > 0 ? UBT_READY : c;
+		if (stopped(w))
+			return UBT_STOP;
 		/* Another consumer took it: register again. */
 	}
 }
