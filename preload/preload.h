@@ -23,6 +23,8 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <spawn.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "ubs_stats.h"
@@ -46,7 +48,9 @@
 	X(dup) X(dup2) X(dup3) X(fcntl) X(ioctl) X(getsockopt)		\
 	X(setsockopt) X(getsockname) X(getpeername) X(poll) X(ppoll) X(select) X(pselect)		\
 	X(epoll_create) X(epoll_create1) X(epoll_ctl) X(epoll_wait)	\
-	X(epoll_pwait) X(sendfile) X(pread)
+	X(epoll_pwait) X(sendfile) X(pread)	\
+	X(execve) X(execv) X(execvp) X(execvpe) X(fexecve)		\
+	X(posix_spawn) X(posix_spawnp) X(fdopen)
 
 struct ubs_real {
 #define UBS_REAL_SLOT_(fn) __typeof__(fn) *fn;

@@ -31,6 +31,7 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags,
 		       __SOCKADDR_ARG from, socklen_t *restrict len);
 
 #define RESTART_KERNEL (-4095 + 1)      /* not an errno: decided TCP */
+#define RESTART_IO     (-4095 + 2)      /* not an errno: demotion, redo */
 
 static uint64_t now_ms(void)
 {
@@ -53,15 +54,18 @@ static struct sock *io_sock(int fd, bool for_write)
 	if (!ubs_ready() || ubs_guard || !(s = sock_get(fd)))
 		return NULL;
 	st = atomic_load(&s->state);
-	if (st == SK_UB)
+	if (st == SK_UB && !sock_demote_pending(s))
 		return s;
 	ubs_guard_enter();
+	if (st == SK_UB || st == SK_DRAIN)
+		st = sock_demote_handle(s, fd);
 	if (st == SK_CONNECTING)
 		st = sock_settle_connect(s, fd, true);
 	if (st == SK_UNDECIDED)
 		st = sock_settle_undecided(s, fd, for_write);
 	ubs_guard_exit();
-	if (st == SK_UB || (st == SK_UNDECIDED && !for_write))
+	if (st == SK_UB ||
+	    ((st == SK_UNDECIDED || st == SK_DRAIN) && !for_write))
 		return s;
 	sock_put(s);
 	return NULL;
@@ -117,6 +121,7 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		.watch_fd = atomic_load(&s->peer_fin) || s->bypass_seen ?
 			-1 : fd,
 		.watch_events = POLLIN | POLLRDHUP,
+		.stop = ubt_chan_demote_word(&s->ch, !s->ch.side),
 	};
 	int r;
 
@@ -178,6 +183,8 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 		}
 		if (s->shut_rd)
 			return (ssize_t)got;
+		if (atomic_load(&s->state) == SK_UB && sock_demote_pending(s))
+			return got ? (ssize_t)got : RESTART_IO;
 		n = ubt_stream_readv(s->rx, v, iov_skip(iov, cnt, got, v, 64),
 				     peek ? UBT_PEEK : 0);
 		if (n > 0) {
@@ -192,6 +199,14 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 			return (ssize_t)got;    /* EOF */
 		if (n != -EAGAIN)
 			return got ? (ssize_t)got : -ECONNRESET;
+		if (atomic_load(&s->state) == SK_DRAIN) {
+			/* The ring is empty: the rest is on the kernel
+			 * socket. */
+			ubs_guard_enter();
+			sock_demote_handle(s, fd);
+			ubs_guard_exit();
+			return got ? (ssize_t)got : RESTART_KERNEL;
+		}
 		if (atomic_load(&s->peer_fin))
 			return got ? (ssize_t)got :
 				s->peer_reset ? -ECONNRESET : 0;
@@ -240,6 +255,8 @@ static ssize_t ub_send(struct sock *s, int fd, const struct iovec *iov,
 	if (total == 0)
 		return 0;
 	for (;;) {
+		if (sock_demote_pending(s))
+			return sent ? (ssize_t)sent : RESTART_IO;
 		if (peer_gone(s)) {
 			if (sent)
 				return (ssize_t)sent;
@@ -284,19 +301,21 @@ static ssize_t io_ret(struct sock *s, ssize_t r)
 /* ------------------------------------------------------------ receive */
 
 #define RECV_BODY(fd, iov, cnt, flags, kernel_call)			\
-	do {								\
+	for (;;) {							\
 		struct sock *s_ = io_sock(fd, false);			\
 		ssize_t r_;						\
 									\
 		if (!s_)						\
 			return kernel_call;				\
 		r_ = ub_recv(s_, fd, iov, cnt, flags);			\
-		if (r_ == RESTART_KERNEL) {				\
+		if (r_ == RESTART_KERNEL || r_ == RESTART_IO) {		\
 			sock_put(s_);					\
-			return kernel_call;				\
+			if (r_ == RESTART_KERNEL)			\
+				return kernel_call;			\
+			continue;					\
 		}							\
 		return io_ret(s_, r_);					\
-	} while (0)
+	}
 
 UBS_EXPORT ssize_t read(int fd, void *buf, size_t n)
 {
@@ -338,14 +357,17 @@ UBS_EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags,
 			    __SOCKADDR_ARG from, socklen_t *restrict len)
 {
 	struct iovec v = { buf, n };
-	struct sock *s = io_sock(fd, false);
+	struct sock *s;
 	ssize_t r;
 
-	if (!s)
+again:
+	if (!(s = io_sock(fd, false)))
 		return ubs_real.recvfrom(fd, buf, n, flags, from, len);
 	r = ub_recv(s, fd, &v, 1, flags);
-	if (r == RESTART_KERNEL) {
+	if (r == RESTART_KERNEL || r == RESTART_IO) {
 		sock_put(s);
+		if (r == RESTART_IO)
+			goto again;
 		return ubs_real.recvfrom(fd, buf, n, flags, from, len);
 	}
 	/* TCP leaves the address alone (Linux reports no source for a
@@ -369,11 +391,14 @@ UBS_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 	struct sock *s;
 	ssize_t r;
 
+again:
 	if (!msg || msg->msg_iovlen > IOV_MAX || !(s = io_sock(fd, false)))
 		return ubs_real.recvmsg(fd, msg, flags);
 	r = ub_recv(s, fd, msg->msg_iov, (int)msg->msg_iovlen, flags);
-	if (r == RESTART_KERNEL) {
+	if (r == RESTART_KERNEL || r == RESTART_IO) {
 		sock_put(s);
+		if (r == RESTART_IO)
+			goto again;
 		return ubs_real.recvmsg(fd, msg, flags);
 	}
 	if (r >= 0) {
@@ -387,13 +412,19 @@ UBS_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 /* --------------------------------------------------------------- send */
 
 #define SEND_BODY(fd, iov, cnt, flags, kernel_call)			\
-	do {								\
+	for (;;) {							\
 		struct sock *s_ = io_sock(fd, true);			\
+		ssize_t r_;						\
 									\
 		if (!s_)						\
 			return kernel_call;				\
-		return io_ret(s_, ub_send(s_, fd, iov, cnt, flags));	\
-	} while (0)
+		r_ = ub_send(s_, fd, iov, cnt, flags);			\
+		if (r_ == RESTART_IO) {					\
+			sock_put(s_);					\
+			continue;					\
+		}							\
+		return io_ret(s_, r_);					\
+	}
 
 UBS_EXPORT ssize_t write(int fd, const void *buf, size_t n)
 {
@@ -493,11 +524,18 @@ static ssize_t ub_sendfile(struct sock *s, int out, int in, off_t *off,
 
 UBS_EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t count)
 {
-	struct sock *s = io_sock(out, true);
+	struct sock *s;
+	ssize_t r;
 
-	if (!s)
+again:
+	if (!(s = io_sock(out, true)))
 		return ubs_real.sendfile(out, in, off, count);
-	return io_ret(s, ub_sendfile(s, out, in, off, count));
+	r = ub_sendfile(s, out, in, off, count);
+	if (r == RESTART_IO) {
+		sock_put(s);
+		goto again;
+	}
+	return io_ret(s, r);
 }
 
 UBS_EXPORT ssize_t sendfile64(int out, int in, off_t *off, size_t count)

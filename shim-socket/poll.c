@@ -44,7 +44,7 @@ static bool emulated(struct sock *s)
 {
 	int st = atomic_load(&s->state);
 
-	return st == SK_UB || st == SK_UNDECIDED;
+	return st == SK_UB || st == SK_UNDECIDED || st == SK_DRAIN;
 }
 
 static bool peer_gone(struct sock *s)
@@ -64,6 +64,11 @@ uint32_t sock_ready(struct sock *s, uint32_t want, bool probe)
 		else if (probe && sock_probe_kernel(s, s->fd) != 0)
 			ev |= EPOLLIN | EPOLLRDNORM;
 		ev |= EPOLLOUT | EPOLLWRNORM;
+		return ev & (want | EPOLLHUP | EPOLLERR);
+	}
+	if (atomic_load(&s->state) == SK_DRAIN || sock_demote_pending(s)) {
+		/* Going back to TCP: the next read or write settles it. */
+		ev = EPOLLIN | EPOLLRDNORM | EPOLLOUT | EPOLLWRNORM;
 		return ev & (want | EPOLLHUP | EPOLLERR);
 	}
 	fin = atomic_load(&s->peer_fin);

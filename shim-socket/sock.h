@@ -32,6 +32,8 @@ enum sk_state {
 	SK_CONNECTING,          /* client towards a maybe-UB listener */
 	SK_UNDECIDED,           /* accepted, channel offered */
 	SK_UB,                  /* both ends on the channel */
+	SK_DRAIN,               /* demoted by the peer: reads empty the
+				 * ring, then the kernel socket */
 };
 
 struct sock {
@@ -55,6 +57,8 @@ struct sock {
 	uint64_t rx_seen_head;  /* edge-triggered emulation */
 	uint64_t tx_seen_tail;
 	bool fork_seen;         /* atfork walk: hold taken */
+	bool resent;            /* after the peer's demotion: our unread
+				 * ring bytes went over the kernel socket */
 	bool bypass_seen;       /* bytes arrived on the kernel socket of a
 				 * UB connection (logged once) */
 };
@@ -80,6 +84,9 @@ int sock_settle_undecided(struct sock *s, int fd, bool for_write);
 int sock_probe_kernel(struct sock *s, int fd);
 void sock_tab_atfork_child(void);
 void sock_last_close(struct sock *s);
+bool sock_demote_pending(const struct sock *s);
+int sock_demote_handle(struct sock *s, int fd);
+int sock_demote(struct sock *s, int fd);
 
 /* Readiness of a sock for poll/epoll (EPOLL* bits of want, plus
  * EPOLLHUP/EPOLLERR).  probe: may make syscalls to learn about FIN. */

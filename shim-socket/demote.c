@@ -1,0 +1,298 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * demote.c - turning a live UB connection back into plain TCP without
+ * losing or reordering a byte (invariant 7), and the paths that need it:
+ * exec (the new image may not have the library: environment stripped,
+ * static, setuid, or simply another program), and stdio's fdopen (glibc
+ * reads and writes a FILE's descriptor past any read/write hook).
+ *
+ * The side that demotes (ubt_chan_demote) stops producing and consuming
+ * its rings at once and from then on is plain TCP: its peer re-sends over
+ * the kernel socket what it had written that was never consumed, and
+ * drains what the demoting side had written before reading the kernel
+ * socket.  The peer notices the flag on its next call on the socket, or
+ * is woken by the doorbells ubt_chan_demote rings when it sleeps.
+ */
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sock.h"
+
+/* Has either side asked for demotion? */
+bool sock_demote_pending(const struct sock *s)
+{
+	return s->have_chan &&
+		(atomic_load_explicit(ubt_chan_demote_word(&s->ch, 0),
+				      memory_order_acquire) ||
+		 atomic_load_explicit(ubt_chan_demote_word(&s->ch, 1),
+				      memory_order_acquire));
+}
+
+/* Send all of buf on the kernel socket, waiting for room. */
+static int send_all(int fd, const char *buf, size_t n)
+{
+	while (n) {
+		ssize_t w = ubs_real.send(fd, buf, n,
+					  MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (w > 0) {
+			buf += w;
+			n -= (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		{
+			struct pollfd p = { .fd = fd, .events = POLLOUT };
+
+			ubs_real.poll(&p, 1, 100);
+		}
+	}
+	return 0;
+}
+
+/*
+ * Act on a demotion flag.  Called with a reference on s, not holding
+ * its mutex.  Returns the state that now holds: SK_UB (nothing to do),
+ * SK_DRAIN (reads first empty the ring, writes go to the kernel) or 0
+ * (plain TCP: the entry is gone).
+ */
+int sock_demote_handle(struct sock *s, int fd)
+{
+	int me, peer, st;
+	bool own, theirs;
+
+	pthread_mutex_lock(&s->mu);
+	st = atomic_load(&s->state);
+	if (st != SK_UB && st != SK_DRAIN) {
+		pthread_mutex_unlock(&s->mu);
+		return st;
+	}
+	me = s->ch.side;
+	peer = !me;
+	own = atomic_load(ubt_chan_demote_word(&s->ch, me));
+	theirs = atomic_load(ubt_chan_demote_word(&s->ch, peer));
+	if (!own && !theirs) {
+		pthread_mutex_unlock(&s->mu);
+		return st;
+	}
+	if (theirs && !s->resent) {
+		/* The peer will not consume our ring: what it holds goes
+		 * over the kernel socket, ahead of anything we write next. */
+		char buf[16384];
+		ssize_t n;
+
+		ubs_guard_enter();
+		while ((n = ubt_stream_read(s->tx, buf, sizeof(buf), 0)) > 0)
+			if (send_all(fd, buf, (size_t)n) < 0)
+				break;
+		ubs_guard_exit();
+		s->resent = true;
+	}
+	if (!own && ubt_ring_readable(s->rx) > 0) {
+		/* The peer's bytes in our ring come before its kernel ones. */
+		atomic_store(&s->state, SK_DRAIN);
+		pthread_mutex_unlock(&s->mu);
+		return SK_DRAIN;
+	}
+	atomic_store(&s->state, 0);
+	pthread_mutex_unlock(&s->mu);
+	ubs_stats_add(UBS_STAT_FALLBACKS, 1);
+	ubs_info("fd %d: connection demoted to TCP (%s)", fd,
+		 own ? "this side" : "peer");
+	sock_to_tcp(s, fd);
+	return 0;
+}
+
+/* This process demotes s (an fd of it is fd).  Returns 0. */
+int sock_demote(struct sock *s, int fd)
+{
+	int st = atomic_load(&s->state);
+
+	if (st == SK_UNDECIDED &&
+	    ubt_chan_decide(&s->ch, UBT_CHAN_TCP) == UBT_CHAN_TCP) {
+		/* Nothing went over the channel: plain TCP at once. */
+		pthread_mutex_lock(&s->mu);
+		atomic_store(&s->state, 0);
+		pthread_mutex_unlock(&s->mu);
+		sock_to_tcp(s, fd);
+		return 0;
+	}
+	if (st == SK_UNDECIDED)
+		atomic_store(&s->state, SK_UB);
+	if (s->have_chan) {
+		ubs_guard_enter();
+		ubt_chan_demote(&s->ch);
+		ubs_guard_exit();
+	}
+	sock_demote_handle(s, fd);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- exec */
+
+/* Every UB connection that survives exec (no FD_CLOEXEC) is demoted: the
+ * new image may not carry the library, and cannot know the channel. */
+struct todo {
+	struct sock *s[64];
+	int fd[64];
+	int n;
+};
+
+static void collect_inherited(int fd, struct sock *s, void *arg)
+{
+	struct todo *t = arg;
+	int st = atomic_load(&s->state), fl;
+
+	if (st != SK_UB && st != SK_UNDECIDED && st != SK_DRAIN)
+		return;
+	fl = ubs_real.fcntl(fd, F_GETFD);
+	if (fl < 0 || (fl & FD_CLOEXEC) || t->n == 64)
+		return;
+	for (int i = 0; i < t->n; i++)
+		if (t->s[i] == s)
+			return;
+	__atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED);
+	t->s[t->n] = s;
+	t->fd[t->n++] = fd;
+}
+
+static void exec_prepare(void)
+{
+	struct todo t = { .n = 0 };
+	int saved = errno;
+
+	if (!ubs_ready() || ubs_guard)
+		return;
+	/* Collect under the table lock, act after it (sock_to_tcp takes
+	 * it for writing). */
+	sock_for_each(collect_inherited, &t);
+	for (int i = 0; i < t.n; i++) {
+		sock_demote(t.s[i], t.fd[i]);
+		sock_put(t.s[i]);
+	}
+	errno = saved;
+}
+
+UBS_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
+{
+	exec_prepare();
+	return ubs_real.execve(path, argv, envp);
+}
+
+UBS_EXPORT int execv(const char *path, char *const argv[])
+{
+	exec_prepare();
+	return ubs_real.execv(path, argv);
+}
+
+UBS_EXPORT int execvp(const char *file, char *const argv[])
+{
+	exec_prepare();
+	return ubs_real.execvp(file, argv);
+}
+
+UBS_EXPORT int execvpe(const char *file, char *const argv[],
+		       char *const envp[])
+{
+	exec_prepare();
+	return ubs_real.execvpe(file, argv, envp);
+}
+
+UBS_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
+{
+	exec_prepare();
+	return ubs_real.fexecve(fd, argv, envp);
+}
+
+/* The execl family: gather the variadic list into argv (and envp). */
+#define EXECL_ARGV(first, ap, argv, n)					\
+	do {								\
+		va_list c_;						\
+		va_copy(c_, ap);					\
+		n = 1;							\
+		while (va_arg(c_, char *))				\
+			n++;						\
+		va_end(c_);						\
+		argv = alloca(sizeof(char *) * (n + 1));		\
+		argv[0] = (char *)(first);				\
+		for (size_t i_ = 1; i_ <= n; i_++)			\
+			argv[i_] = va_arg(ap, char *);			\
+	} while (0)
+
+UBS_EXPORT int execl(const char *path, const char *arg, ...)
+{
+	va_list ap;
+	char **argv;
+	size_t n;
+
+	va_start(ap, arg);
+	EXECL_ARGV(arg, ap, argv, n);
+	va_end(ap);
+	exec_prepare();
+	return ubs_real.execv(path, argv);
+}
+
+UBS_EXPORT int execlp(const char *file, const char *arg, ...)
+{
+	va_list ap;
+	char **argv;
+	size_t n;
+
+	va_start(ap, arg);
+	EXECL_ARGV(arg, ap, argv, n);
+	va_end(ap);
+	exec_prepare();
+	return ubs_real.execvp(file, argv);
+}
+
+UBS_EXPORT int execle(const char *path, const char *arg, ...)
+{
+	va_list ap;
+	char **argv, **envp;
+	size_t n;
+
+	va_start(ap, arg);
+	EXECL_ARGV(arg, ap, argv, n);
+	envp = va_arg(ap, char **);
+	va_end(ap);
+	exec_prepare();
+	return ubs_real.execve(path, argv, envp);
+}
+
+UBS_EXPORT int posix_spawn(pid_t *pid, const char *path,
+			   const posix_spawn_file_actions_t *fa,
+			   const posix_spawnattr_t *attr, char *const argv[],
+			   char *const envp[])
+{
+	exec_prepare();
+	return ubs_real.posix_spawn(pid, path, fa, attr, argv, envp);
+}
+
+UBS_EXPORT int posix_spawnp(pid_t *pid, const char *file,
+			    const posix_spawn_file_actions_t *fa,
+			    const posix_spawnattr_t *attr, char *const argv[],
+			    char *const envp[])
+{
+	exec_prepare();
+	return ubs_real.posix_spawnp(pid, file, fa, attr, argv, envp);
+}
+
+/* --------------------------------------------------------------- stdio */
+
+UBS_EXPORT FILE *fdopen(int fd, const char *mode)
+{
+	struct sock *s;
+
+	if (ubs_ready() && !ubs_guard && (s = sock_get(fd))) {
+		int st = atomic_load(&s->state);
+
+		if (st == SK_UB || st == SK_UNDECIDED || st == SK_DRAIN)
+			sock_demote(s, fd);
+		sock_put(s);
+	}
+	return ubs_real.fdopen(fd, mode);
+}
