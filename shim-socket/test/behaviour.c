@@ -472,7 +472,7 @@ static const char *const case_names[] = {
 	"epoll_lt", "epoll_et", "epoll_oneshot", "epoll_rdhup", "fionread",
 	"names", "fork_shared", "dup_fds", "nonblock_fcntl", "rcvtimeo",
 	"refused", "server_first", "sequential", "duplex", "sigpipe",
-	"sendfile_splice", "exec_inherit", "plain_peer",
+	"sendfile", "splice", "exec_inherit", "plain_peer",
 };
 
 /* Every case of sockcase has a test here, and no test names a lost case. */
@@ -534,6 +534,7 @@ CASE(server_first)
 CASE(sequential)
 CASE(duplex)
 CASE(sigpipe)
-CASE(sendfile_splice)
+CASE(sendfile)
+CASE(splice)
 CASE(exec_inherit)
 CASE(plain_peer)

@@ -1926,27 +1926,16 @@ static void cli_sigpipe(void)
 	kclose(c);
 }
 
-/* sendfile_splice: sendfile from a memfd into the socket; splice out of it. */
+/* sendfile: sendfile from a memfd into the socket (with and without offset). */
 #define SF_LEN (MIB + 7)
 
-static void srv_sendfile_splice(void)
+static void srv_sendfile(void)
 {
 	static unsigned char buf[65536];
-	int l = srv_listen(), s = srv_accept(l), p[2];
+	int l = srv_listen(), s = srv_accept(l);
 	uint64_t got = 0, bad = 0;
 	ssize_t r;
 
-	CALL(pipe(p), "pipe");
-	tr("  -> %d %d", p[0], p[1]);
-	wait_bytes(s, 4096);
-	r = CALL(splice(s, NULL, p[1], NULL, 4096, 0), "splice(%d,pipe,4096)", s);
-	if (r > 0) {
-		r = read(p[0], buf, (size_t)r);
-		for (ssize_t i = 0; i < r; i++)
-			bad += buf[i] != pat((uint64_t)i);
-		got = r > 0 ? (uint64_t)r : 0;
-		tr("  pipe holds %zd bytes, pattern %s", r, bad ? "BAD" : "ok");
-	}
 	while (got < SF_LEN) {
 		r = read(s, buf, sizeof(buf));
 		if (r < 0 && errno == EINTR)
@@ -1961,13 +1950,11 @@ static void srv_sendfile_splice(void)
 	   bad ? "BAD" : "ok");
 	xwrite(s, "got it");
 	xread(s, 16);
-	CALL(close(p[0]), "close(pipe r)");
-	CALL(close(p[1]), "close(pipe w)");
 	kclose(s);
 	kclose(l);
 }
 
-static void cli_sendfile_splice(void)
+static void cli_sendfile(void)
 {
 	static unsigned char buf[65536];
 	uint64_t sent = 0;
@@ -1999,6 +1986,48 @@ static void cli_sendfile_splice(void)
 	tr("sendfile loop(%d,memfd,NULL) total = %llu", c, (unsigned long long)sent);
 	read_exact(c, NULL, 6);
 	CALL(close(m), "close(memfd)");
+	kclose(c);
+}
+
+/* splice: from the socket into a pipe, and from a pipe into the socket. */
+static void srv_splice(void)
+{
+	unsigned char buf[4096];
+	int l = srv_listen(), s = srv_accept(l), p[2];
+	uint64_t bad = 0;
+	ssize_t r;
+
+	CALL(pipe(p), "pipe");
+	tr("  -> %d %d", p[0], p[1]);
+	wait_bytes(s, 4096);
+	r = CALL(splice(s, NULL, p[1], NULL, 4096, 0), "splice(%d,pipe,4096)", s);
+	if (r > 0) {
+		r = read(p[0], buf, (size_t)r);
+		for (ssize_t i = 0; i < r; i++)
+			bad += buf[i] != pat((uint64_t)i);
+		tr("  pipe holds %zd bytes, pattern %s", r, bad ? "BAD" : "ok");
+	}
+	read_exact(s, NULL, 7);
+	CALL(write(p[1], "spliced!", 8), "write(pipe,\"spliced!\")");
+	r = CALL(splice(p[0], NULL, s, NULL, 8, 0), "splice(pipe,%d,8)", s);
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	xread(s, 16);
+	CALL(close(p[0]), "close(pipe r)");
+	CALL(close(p[1]), "close(pipe w)");
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_splice(void)
+{
+	static unsigned char buf[4096];
+	int c = cli_connect();
+
+	fill_pat(buf, 0, sizeof(buf));
+	write_all(c, buf, sizeof(buf), sizeof(buf));
+	xwrite(c, "trailer");
+	read_exact(c, NULL, 8);
 	kclose(c);
 }
 
@@ -2195,7 +2224,8 @@ static const struct sockcase cases[] = {
 	CASE(sequential, SEQ_N),
 	CASE(duplex, 1),
 	CASE(sigpipe, 1),
-	CASE(sendfile_splice, 1),
+	CASE(sendfile, 1),
+	CASE(splice, 1),
 	CASE(exec_inherit, 1),
 	CASE(plain_peer, 0),
 };
