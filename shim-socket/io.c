@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/sendfile.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -32,6 +33,9 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags,
 
 #define RESTART_KERNEL (-4095 + 1)      /* not an errno: decided TCP */
 #define RESTART_IO     (-4095 + 2)      /* not an errno: demotion, redo */
+/* Internal recv flag: read()/readv(), which return 0 at once for zero
+ * bytes (the socket layer's shortcut), where recv() waits for data. */
+#define RECV_RW        0x80000000u
 
 static uint64_t now_ms(void)
 {
@@ -158,13 +162,15 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 	bool nb = s->nonblock || (flags & MSG_DONTWAIT);
 	bool peek = flags & MSG_PEEK;
 	bool all = (flags & MSG_WAITALL) && !peek && !nb;
+
+	if (total == 0 && ((unsigned)flags & RECV_RW))
+		return 0;
+	flags &= ~(int)RECV_RW;
 	uint64_t t0 = s->rcvtimeo_ms >= 0 ? now_ms() : 0;
 	struct iovec v[64];
 	ssize_t n;
 	int r;
 
-	if (total == 0)
-		return 0;
 	for (;;) {
 		if (atomic_load(&s->state) == SK_UNDECIDED) {
 			ubs_guard_enter();
@@ -185,8 +191,19 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 			return (ssize_t)got;
 		if (atomic_load(&s->state) == SK_UB && sock_demote_pending(s))
 			return got ? (ssize_t)got : RESTART_IO;
-		n = ubt_stream_readv(s->rx, v, iov_skip(iov, cnt, got, v, 64),
-				     peek ? UBT_PEEK : 0);
+		if (total == 0) {
+			/* Zero bytes asked: the kernel still waits for data
+			 * (or EOF) and says EAGAIN without it. */
+			int64_t u = ubt_ring_readable(s->rx);
+
+			n = u > 0 || ubt_ring_pclosed(s->rx) ? 0 : -EAGAIN;
+			if (n == 0)
+				return 0;
+		} else {
+			n = ubt_stream_readv(s->rx, v,
+					     iov_skip(iov, cnt, got, v, 64),
+					     peek ? UBT_PEEK : 0);
+		}
 		if (n > 0) {
 			if (!peek)
 				ubs_stats_add(UBS_STAT_UB_BYTES_RX, (uint64_t)n);
@@ -195,8 +212,18 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 				return (ssize_t)got;
 			continue;
 		}
-		if (n == 0)
-			return (ssize_t)got;    /* EOF */
+		if (n == 0 || (n == -EAGAIN && (atomic_load(&s->peer_fin) ||
+						 s->closed))) {
+			/* The end: a reset the kernel would have seen
+			 * comes once, then EOF. */
+			int e;
+
+			if (got)
+				return (ssize_t)got;
+			sock_update_reset(s);
+			e = peek ? s->so_error : sock_take_error(s);
+			return e ? -e : 0;
+		}
 		if (n != -EAGAIN)
 			return got ? (ssize_t)got : -ECONNRESET;
 		if (atomic_load(&s->state) == SK_DRAIN) {
@@ -207,9 +234,6 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 			ubs_guard_exit();
 			return got ? (ssize_t)got : RESTART_KERNEL;
 		}
-		if (atomic_load(&s->peer_fin))
-			return got ? (ssize_t)got :
-				s->peer_reset ? -ECONNRESET : 0;
 		if (nb) {
 			ubs_guard_enter();
 			r = sock_probe_kernel(s, fd);
@@ -224,19 +248,12 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 	}
 }
 
-/* The peer is gone (closed or died): the kernel accepts one more write
- * (the peer answers it with a reset), then fails with EPIPE. */
-static bool peer_gone(struct sock *s)
+/* A write's error: SIGPIPE goes with EPIPE unless MSG_NOSIGNAL. */
+static ssize_t write_error(int err, int flags)
 {
-	return ubt_ring_cclosed(s->tx) ||
-		(atomic_load(&s->peer_fin) && !ubt_ring_pclosed(s->rx));
-}
-
-static ssize_t epipe(int flags)
-{
-	if (!(flags & MSG_NOSIGNAL))
+	if (err == EPIPE && !(flags & MSG_NOSIGNAL))
 		pthread_kill(pthread_self(), SIGPIPE);
-	return -EPIPE;
+	return -err;
 }
 
 /* Send iov.  Returns bytes or -errno. */
@@ -251,21 +268,28 @@ static ssize_t ub_send(struct sock *s, int fd, const struct iovec *iov,
 	int r;
 
 	if (s->shut_wr)
-		return epipe(flags);
-	if (total == 0)
-		return 0;
+		return write_error(EPIPE, flags);
 	for (;;) {
+		int e;
+
 		if (sock_demote_pending(s))
 			return sent ? (ssize_t)sent : RESTART_IO;
-		if (peer_gone(s)) {
+		sock_update_reset(s);
+		if ((e = sock_take_error(s)))
+			return sent ? (ssize_t)sent : write_error(e, flags);
+		if (s->closed)
+			return sent ? (ssize_t)sent : write_error(EPIPE, flags);
+		if (sock_peer_gone(s)) {
+			/* The kernel sends this write; the peer answers with
+			 * a reset, which fails the next one. */
 			if (sent)
 				return (ssize_t)sent;
-			if (!s->epipe_sent) {
-				s->epipe_sent = true;
-				return (ssize_t)total;
-			}
-			return epipe(flags);
+			s->so_error = EPIPE;
+			s->closed = true;
+			return (ssize_t)total;
 		}
+		if (total == 0)
+			return 0;
 		n = ubt_stream_writev(s->tx, v,
 				      iov_skip(iov, cnt, sent, v, 64));
 		if (n > 0) {
@@ -321,7 +345,7 @@ UBS_EXPORT ssize_t read(int fd, void *buf, size_t n)
 {
 	struct iovec v = { buf, n };
 
-	RECV_BODY(fd, &v, 1, 0, ubs_real.read(fd, buf, n));
+	RECV_BODY(fd, &v, 1, (int)RECV_RW, ubs_real.read(fd, buf, n));
 }
 
 UBS_EXPORT ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen)
@@ -335,7 +359,7 @@ UBS_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt)
 {
 	if (cnt < 0 || cnt > IOV_MAX)
 		return ubs_real.readv(fd, iov, cnt);
-	RECV_BODY(fd, iov, cnt, 0, ubs_real.readv(fd, iov, cnt));
+	RECV_BODY(fd, iov, cnt, (int)RECV_RW, ubs_real.readv(fd, iov, cnt));
 }
 
 UBS_EXPORT ssize_t recv(int fd, void *buf, size_t n, int flags)
@@ -484,7 +508,7 @@ static ssize_t ub_sendfile(struct sock *s, int out, int in, off_t *off,
 		struct iovec v;
 		ssize_t n, w;
 
-		if (room <= 0 && !peer_gone(s)) {
+		if (room <= 0 && !sock_peer_gone(s)) {
 			if (done || s->nonblock)
 				break;
 			w = io_wait(s, out, true, s->sndtimeo_ms, now_ms());
@@ -541,4 +565,117 @@ again:
 UBS_EXPORT ssize_t sendfile64(int out, int in, off_t *off, size_t count)
 {
 	return sendfile(out, in, off, count);
+}
+
+/*
+ * splice between a UB connection and a pipe, through a bounce buffer no
+ * larger than what the destination can take at once, so nothing is ever
+ * taken from the source that could not be put in the destination.
+ */
+static ssize_t ub_splice_in(struct sock *s, int fd, int pipe_out,
+			    size_t len, unsigned int flags)
+{
+	char buf[65536];
+	bool nb = s->nonblock || (flags & SPLICE_F_NONBLOCK);
+	uint64_t t0 = now_ms();
+
+	for (;;) {
+		int cap = ubs_real.fcntl(pipe_out, F_GETPIPE_SZ), used = 0;
+		size_t room;
+		ssize_t n, w;
+
+		if (cap < 0)
+			return -errno;
+		ubs_real.ioctl(pipe_out, FIONREAD, &used);
+		room = used < cap ? (size_t)(cap - used) : 0;
+		if (len > room)
+			len = room ? room : len;
+		if (len > sizeof(buf))
+			len = sizeof(buf);
+		n = ubt_stream_read(s->rx, buf, len, UBT_PEEK);
+		if (n == 0)
+			return 0;                       /* EOF */
+		if (n > 0) {
+			w = ubs_real.write(pipe_out, buf, (size_t)n);
+			if (w <= 0)
+				return w < 0 ? -errno : -EAGAIN;
+			ubt_stream_read(s->rx, buf, (size_t)w, 0);
+			ubs_stats_add(UBS_STAT_UB_BYTES_RX, (uint64_t)w);
+			return w;
+		}
+		if (n != -EAGAIN)
+			return -ECONNRESET;
+		if (atomic_load(&s->peer_fin))
+			return 0;
+		if (nb)
+			return -EAGAIN;
+		n = io_wait(s, fd, false, s->rcvtimeo_ms, t0);
+		if (n)
+			return n;
+	}
+}
+
+static ssize_t ub_splice_out(struct sock *s, int fd, int pipe_in,
+			     size_t len, unsigned int flags)
+{
+	char buf[65536];
+	bool nb = s->nonblock || (flags & SPLICE_F_NONBLOCK);
+	uint64_t t0 = now_ms();
+
+	for (;;) {
+		int64_t room = ubt_ring_writable(s->tx);
+		struct iovec v;
+		ssize_t n;
+
+		if (room > 0 || sock_peer_gone(s) || s->closed) {
+			if (room <= 0)
+				room = 1;
+			if ((int64_t)len > room)
+				len = (size_t)room;
+			if (len > sizeof(buf))
+				len = sizeof(buf);
+			n = ubs_real.read(pipe_in, buf, len);
+			if (n <= 0)
+				return n < 0 ? -errno : 0;
+			v.iov_base = buf;
+			v.iov_len = (size_t)n;
+			return ub_send(s, fd, &v, 1, MSG_DONTWAIT);
+		}
+		if (nb)
+			return -EAGAIN;
+		n = io_wait(s, fd, true, s->sndtimeo_ms, t0);
+		if (n)
+			return n;
+	}
+}
+
+UBS_EXPORT ssize_t splice(int in, loff_t *off_in, int out, loff_t *off_out,
+			  size_t len, unsigned int flags)
+{
+	struct sock *s;
+	ssize_t r;
+
+again:
+	if (!off_in && (s = io_sock(in, false))) {
+		if (atomic_load(&s->state) != SK_UB) {
+			sock_put(s);    /* undecided or draining: settle */
+			s = NULL;
+		} else {
+			r = ub_splice_in(s, in, out, len, flags);
+			if (r == RESTART_IO) {
+				sock_put(s);
+				goto again;
+			}
+			return io_ret(s, r);
+		}
+	}
+	if (!off_out && (s = io_sock(out, true))) {
+		r = ub_splice_out(s, out, in, len, flags);
+		if (r == RESTART_IO) {
+			sock_put(s);
+			goto again;
+		}
+		return io_ret(s, r);
+	}
+	return ubs_real.splice(in, off_in, out, off_out, len, flags);
 }

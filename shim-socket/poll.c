@@ -47,21 +47,16 @@ static bool emulated(struct sock *s)
 	return st == SK_UB || st == SK_UNDECIDED || st == SK_DRAIN;
 }
 
-static bool peer_gone(struct sock *s)
-{
-	return ubt_ring_cclosed(s->tx) ||
-		(atomic_load(&s->peer_fin) && !ubt_ring_pclosed(s->rx));
-}
-
-uint32_t sock_ready(struct sock *s, uint32_t want, bool probe)
+uint32_t sock_ready(struct sock *s, uint32_t want)
 {
 	uint32_t ev = 0;
 	bool fin, pcl;
 
-	if (atomic_load(&s->state) == SK_UNDECIDED) {
-		if (ubt_ring_readable(s->rx) > 0)
-			ev |= EPOLLIN | EPOLLRDNORM;
-		else if (probe && sock_probe_kernel(s, s->fd) != 0)
+	if (atomic_load(&s->state) == SK_UNDECIDED && !sock_promote(s)) {
+		/* Bytes or FIN on the kernel socket settle it on the
+		 * next read: a syscall, but only until it is decided. */
+		if (ubt_ring_readable(s->rx) > 0 ||
+		    sock_probe_kernel(s, s->fd) != 0)
 			ev |= EPOLLIN | EPOLLRDNORM;
 		ev |= EPOLLOUT | EPOLLWRNORM;
 		return ev & (want | EPOLLHUP | EPOLLERR);
@@ -73,16 +68,20 @@ uint32_t sock_ready(struct sock *s, uint32_t want, bool probe)
 	}
 	fin = atomic_load(&s->peer_fin);
 	pcl = ubt_ring_pclosed(s->rx);
-	if (ubt_ring_readable(s->rx) != 0 || pcl || fin || s->shut_rd)
+	if (fin || pcl || ubt_ring_cclosed(s->tx))
+		sock_update_reset(s);
+	if (ubt_ring_readable(s->rx) != 0 || pcl || fin || s->shut_rd ||
+	    s->closed)
 		ev |= EPOLLIN | EPOLLRDNORM;
-	if (pcl || fin || s->shut_rd)
+	if (pcl || fin || s->shut_rd || s->closed)
 		ev |= EPOLLRDHUP;
-	if (ubt_ring_writable(s->tx) > 0 || peer_gone(s) || s->shut_wr)
+	if (ubt_ring_writable(s->tx) > 0 || sock_peer_gone(s) || s->shut_wr ||
+	    s->closed)
 		ev |= EPOLLOUT | EPOLLWRNORM;
-	if ((pcl || fin) && s->shut_wr)
+	if (((pcl || fin) && s->shut_wr) || s->closed)
 		ev |= EPOLLHUP;
-	if (s->peer_reset)
-		ev |= EPOLLERR | EPOLLHUP;
+	if (s->so_error)
+		ev |= EPOLLERR;
 	return ev & (want | EPOLLHUP | EPOLLERR);
 }
 
@@ -172,29 +171,41 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 		uint64_t spin_end;
 
 		ready = 0;
+		/* One kernel poll, no wait: the kernel fds, and the kernel
+		 * sockets of UB connections (a FIN there is a dead peer). */
 		for (nfds_t i = 0; i < n; i++) {
-			fds[i].revents = 0;
-			if (socks[i] && emulated(socks[i])) {
-				fds[i].revents = (short)sock_ready(socks[i],
-					(uint32_t)(uint16_t)fds[i].events, true);
-				ready += fds[i].revents != 0;
+			struct sock *s = socks[i];
+
+			if (!s || !emulated(s)) {
+				kp[k++] = fds[i];
+			} else if (!atomic_load(&s->peer_fin) &&
+				   !s->bypass_seen) {
+				kp[k].fd = fds[i].fd;
+				kp[k++].events = POLLIN | POLLRDHUP;
 			}
 		}
-		if (nk) {
-			for (nfds_t i = 0; i < n; i++)
-				if (!socks[i] || !emulated(socks[i]))
-					kp[k++] = fds[i];
+		if (k) {
 			r = ubs_real.poll(kp, k, 0);
 			if (r < 0) {
 				ready = -errno;
 				break;
 			}
-			k = 0;
-			for (nfds_t i = 0; i < n; i++)
-				if (!socks[i] || !emulated(socks[i])) {
-					fds[i].revents = kp[k++].revents;
-					ready += fds[i].revents != 0;
-				}
+		}
+		k = 0;
+		for (nfds_t i = 0; i < n; i++) {
+			struct sock *s = socks[i];
+
+			fds[i].revents = 0;
+			if (!s || !emulated(s)) {
+				fds[i].revents = kp[k++].revents;
+			} else {
+				if (!atomic_load(&s->peer_fin) &&
+				    !s->bypass_seen && kp[k++].revents)
+					sock_probe_kernel(s, fds[i].fd);
+				fds[i].revents = (short)sock_ready(s,
+					(uint32_t)(uint16_t)fds[i].events);
+			}
+			ready += fds[i].revents != 0;
 		}
 		if (ready || timeout_ms == 0 || (!first && left_ms(deadline) == 0))
 			break;
@@ -203,8 +214,7 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 		while (budget && now_ns() < spin_end && !ready) {
 			for (nfds_t i = 0; i < n; i++)
 				if (socks[i] && emulated(socks[i]) &&
-				    sock_ready(socks[i], (uint16_t)fds[i].events,
-					       false))
+				    sock_ready(socks[i], (uint16_t)fds[i].events))
 					ready = 1;
 			for (int j = 0; j < 32 && !ready; j++)
 				__builtin_ia32_pause();
@@ -221,7 +231,7 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 				continue;
 			}
 			arm(&arms[u++], s, (uint16_t)fds[i].events);
-			if (sock_ready(s, (uint16_t)fds[i].events, false))
+			if (sock_ready(s, (uint16_t)fds[i].events))
 				ready = 1;
 			kp[k].fd = s->ch.efd[s->ch.side];
 			kp[k++].events = POLLIN;
@@ -743,8 +753,7 @@ UBS_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 }
 
 /* Collect ready emulated registrations into out (e->mu held). */
-static int ep_collect(struct ep_set *e, struct epoll_event *out, int max,
-		      bool probe)
+static int ep_collect(struct ep_set *e, struct epoll_event *out, int max)
 {
 	int n = 0, i = 0, start;
 	struct ep_reg *r;
@@ -757,15 +766,16 @@ static int ep_collect(struct ep_set *e, struct epoll_event *out, int max,
 	for (int pass = 0; pass < 2 && n < max; pass++) {
 		i = 0;
 		for (r = e->regs; r && n < max; r = r->next, i++) {
-			uint32_t m, rep;
+			uint32_t m, rep, full;
 
 			if ((pass == 0) != (i >= start))
 				continue;
 			if (r->disabled || !emulated(r->s))
 				continue;
-			m = sock_ready(r->s, r->events, probe);
-			if (!m)
-				continue;
+			/* Every bit, for edges: a FIN is a new event even to
+			 * a set that did not ask for RDHUP. */
+			full = sock_ready(r->s, ~0u);
+			m = full & (r->events | EPOLLHUP | EPOLLERR);
 			rep = m;
 			if (r->events & EPOLLET) {
 				uint64_t h = atomic_load_explicit(
@@ -774,19 +784,18 @@ static int ep_collect(struct ep_set *e, struct epoll_event *out, int max,
 				uint64_t t = atomic_load_explicit(
 					&r->s->tx->shm->tail,
 					memory_order_acquire);
+				bool edge = (full & ~r->last) != 0 ||
+					(h != r->et_head && (m & EPOLLIN)) ||
+					(t != r->et_tail && (m & EPOLLOUT));
 
-				rep = m & ~r->last;
-				if (h != r->et_head && (m & EPOLLIN))
-					rep |= EPOLLIN | (m & EPOLLRDNORM);
-				if (t != r->et_tail && (m & EPOLLOUT))
-					rep |= EPOLLOUT | (m & EPOLLWRNORM);
-				r->last = m;
+				r->last = full;
 				r->et_head = h;
 				r->et_tail = t;
-				if (!(rep & ~(EPOLLRDNORM | EPOLLWRNORM)))
+				if (!edge)
 					continue;
-				rep = m;        /* report the whole state */
 			}
+			if (!m)
+				continue;
 			out[n].events = rep;
 			out[n].data = r->data;
 			n++;
@@ -795,6 +804,19 @@ static int ep_collect(struct ep_set *e, struct epoll_event *out, int max,
 		}
 	}
 	return n;
+}
+
+/* The inner epoll said the kernel socket of a member changed: learn
+ * whether its peer is gone. */
+static void probe_member(struct ep_set *e, uint64_t tag)
+{
+	struct sock *s = (struct sock *)(uintptr_t)(tag & ~(uint64_t)3);
+
+	pthread_mutex_lock(&e->mu);
+	for (int m = 0; m < e->nmem; m++)
+		if (e->mem[m].s == s)
+			sock_probe_kernel(s, e->mem[m].fd);
+	pthread_mutex_unlock(&e->mu);
 }
 
 /*
@@ -813,12 +835,25 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		struct epoll_event tmp[32];
 		int na = 0, lm;
 
+		/* The inner set, without waiting: a FIN on the kernel
+		 * socket of a UB connection, and whether kernel fds of the
+		 * program's set have events. */
+		bool kernel = e->inner < 0;
+
+		if (!kernel) {
+			k = ubs_real.epoll_wait(e->inner, tmp, 32, 0);
+			for (int j = 0; j < k; j++)
+				if ((tmp[j].data.u64 & 3) == TAG_EPFD)
+					kernel = true;
+				else if ((tmp[j].data.u64 & 3) == TAG_SOCK)
+					probe_member(e, tmp[j].data.u64);
+		}
 		pthread_mutex_lock(&e->mu);
-		n = ep_collect(e, ev, max, true);
+		n = ep_collect(e, ev, max);
 		for (struct ep_reg *r = e->regs; r; r = r->next)
 			budget = spin_of(r->s, budget);
 		pthread_mutex_unlock(&e->mu);
-		if (n < max) {
+		if (n < max && kernel) {
 			k = ubs_real.epoll_wait(e->epfd, ev + n, max - n, 0);
 			if (k < 0 && n == 0)
 				return -errno;
@@ -834,7 +869,7 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 
 			while (now_ns() < end) {
 				pthread_mutex_lock(&e->mu);
-				n = ep_collect(e, ev, max, false);
+				n = ep_collect(e, ev, max);
 				pthread_mutex_unlock(&e->mu);
 				if (n)
 					return n;
@@ -852,7 +887,7 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		for (struct ep_reg *r = e->regs; r; r = r->next)
 			if (!r->disabled && emulated(r->s))
 				arm(&arms[na++], r->s, r->events);
-		n = ep_collect(e, ev, max, false);
+		n = ep_collect(e, ev, max);
 		pthread_mutex_unlock(&e->mu);
 		k = 0;
 		if (!n) {
@@ -870,16 +905,8 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		if (k < 0)
 			return k;
 		for (int j = 0; j < k; j++)
-			if ((tmp[j].data.u64 & 3) == TAG_SOCK) {
-				struct sock *s = (struct sock *)(uintptr_t)
-					(tmp[j].data.u64 & ~(uint64_t)3);
-
-				pthread_mutex_lock(&e->mu);
-				for (int m = 0; m < e->nmem; m++)
-					if (e->mem[m].s == s)
-						sock_probe_kernel(s, e->mem[m].fd);
-				pthread_mutex_unlock(&e->mu);
-			}
+			if ((tmp[j].data.u64 & 3) == TAG_SOCK)
+				probe_member(e, tmp[j].data.u64);
 		if (k == 0 && timeout_ms > 0)
 			timeout_ms = 0;         /* one last collection */
 	}

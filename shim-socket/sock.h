@@ -48,8 +48,10 @@ struct sock {
 	bool nonblock;          /* O_NONBLOCK of the open file (cached) */
 	bool shut_rd, shut_wr;  /* local shutdown */
 	_Atomic bool peer_fin;  /* the kernel socket saw FIN or RST */
-	bool peer_reset;        /* ... and it was a reset / error */
-	bool epipe_sent;        /* one write after peer close succeeded */
+	int so_error;           /* pending socket error (the kernel's
+				 * sk_err): ECONNRESET, EPIPE; taken by the
+				 * next read, write or SO_ERROR */
+	bool closed;            /* reset: the kernel's TCP_CLOSE */
 	int rcvtimeo_ms, sndtimeo_ms;   /* -1: none */
 	int64_t spin_ns;        /* wait budget from the service policy */
 	uint64_t undecided_until_ns;    /* first-send wait deadline */
@@ -82,6 +84,8 @@ void sock_to_tcp(struct sock *s, int fd);       /* drop the channel, detach
 int sock_settle_connect(struct sock *s, int fd, bool may_wait);
 int sock_settle_undecided(struct sock *s, int fd, bool for_write);
 int sock_probe_kernel(struct sock *s, int fd);
+/* UNDECIDED -> UB once the client attached; true if s is UB now. */
+bool sock_promote(struct sock *s);
 void sock_tab_atfork_child(void);
 void sock_last_close(struct sock *s);
 bool sock_demote_pending(const struct sock *s);
@@ -89,8 +93,16 @@ int sock_demote_handle(struct sock *s, int fd);
 int sock_demote(struct sock *s, int fd);
 
 /* Readiness of a sock for poll/epoll (EPOLL* bits of want, plus
- * EPOLLHUP/EPOLLERR).  probe: may make syscalls to learn about FIN. */
-uint32_t sock_ready(struct sock *s, uint32_t want, bool probe);
+ * EPOLLHUP/EPOLLERR).  No syscall for a decided connection: the callers
+ * learn about FIN from the kernel socket (sock_probe_kernel). */
+uint32_t sock_ready(struct sock *s, uint32_t want);
+/* Is the peer gone (its last close, or its death seen as FIN)? */
+bool sock_peer_gone(struct sock *s);
+/* A gone peer that never read what we wrote reset the connection, as the
+ * kernel's TCP would have (a close with unread data sends RST). */
+void sock_update_reset(struct sock *s);
+/* Take the pending error (0 if none). */
+int sock_take_error(struct sock *s);
 
 /* epoll emulation (poll.c). */
 void ep_sock_gone(struct sock *s);              /* drop its registrations */

@@ -435,10 +435,33 @@ int sock_probe_kernel(struct sock *s, int fd)
 		return 1;
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return 0;
-	if (n < 0 && errno != EAGAIN)
-		s->peer_reset = true;
+	if (n < 0 && !s->closed) {
+		s->so_error = errno;    /* a real reset of the kernel socket */
+		s->closed = true;
+	}
 	atomic_store(&s->peer_fin, true);
 	return -1;
+}
+
+bool sock_peer_gone(struct sock *s)
+{
+	return ubt_ring_cclosed(s->tx) ||
+		(atomic_load(&s->peer_fin) && !ubt_ring_pclosed(s->rx));
+}
+
+void sock_update_reset(struct sock *s)
+{
+	if (s->closed || !s->have_chan || !sock_peer_gone(s))
+		return;
+	if (ubt_ring_readable(s->tx) > 0) {
+		s->so_error = ECONNRESET;
+		s->closed = true;
+	}
+}
+
+int sock_take_error(struct sock *s)
+{
+	return __atomic_exchange_n(&s->so_error, 0, __ATOMIC_ACQ_REL);
 }
 
 /*
@@ -487,11 +510,21 @@ tcp:
 	pthread_mutex_unlock(&s->mu);
 	return atomic_load(&s->state);
 ub:
-	if (atomic_exchange(&s->state, SK_UB) == SK_UNDECIDED) {
-		count_conn(true, -1);
-		ubs_dbg("fd %d: accepted connection over UB", fd);
-	}
+	sock_promote(s);
 	return SK_UB;
+}
+
+bool sock_promote(struct sock *s)
+{
+	int want = SK_UNDECIDED;
+
+	if (ubt_chan_state(&s->ch) != UBT_CHAN_UB)
+		return false;
+	if (atomic_compare_exchange_strong(&s->state, &want, SK_UB)) {
+		count_conn(true, -1);
+		ubs_dbg("fd %d: accepted connection over UB", s->fd);
+	}
+	return true;
 }
 
 /* ------------------------------------------------------------ close */
@@ -518,8 +551,10 @@ void sock_last_close(struct sock *s)
 	if (st == SK_UNDECIDED)
 		ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
 	if (s->have_chan && (st == SK_UB || st == SK_UNDECIDED) &&
-	    ubt_chan_release(&s->ch) == 0)
+	    ubt_chan_release(&s->ch) == 0) {
+		ubs_dbg("last close of a UB connection: rings shut down");
 		ubt_chan_shutdown(&s->ch);
+	}
 	ep_sock_gone(s);
 }
 
@@ -748,6 +783,14 @@ UBS_EXPORT int getsockopt(int fd, int level, int name, void *val,
 		return ubs_fail(-ENOSYS);
 	if (ubs_guard || !(s = sock_get(fd)))
 		return ubs_real.getsockopt(fd, level, name, val, len);
+	if (level == SOL_SOCKET && name == SO_ERROR && val && len &&
+	    *len >= sizeof(int) && atomic_load(&s->state) == SK_UB) {
+		sock_update_reset(s);
+		*(int *)val = sock_take_error(s);
+		*len = sizeof(int);
+		sock_put(s);
+		return 0;
+	}
 	if (level == SOL_SOCKET && name == SO_ERROR &&
 	    atomic_load(&s->state) == SK_CONNECTING) {
 		/* Settle now: the program is asking whether connect

@@ -341,7 +341,7 @@ Test(interpose, exports_only_interposed_names, .timeout = 30)
 		"getsockopt", "ioctl", "listen", "poll", "ppoll", "pselect",
 		"read", "readv", "recv", "recvfrom", "recvmsg", "select", "send",
 		"sendfile", "sendfile64", "sendmsg", "sendto", "setsockopt",
-		"shutdown", "socket", "write", "writev",
+		"shutdown", "socket", "splice", "write", "writev",
 	};
 	const size_t nexp = sizeof(expected) / sizeof(expected[0]);
 	const char *argv[] = { "nm", "-D", "--defined-only", preload_lib(), NULL };
