@@ -50,7 +50,8 @@
 	X(epoll_create) X(epoll_create1) X(epoll_ctl) X(epoll_wait)	\
 	X(epoll_pwait) X(sendfile) X(pread)	\
 	X(execve) X(execv) X(execvp) X(execvpe) X(fexecve)		\
-	X(posix_spawn) X(posix_spawnp) X(fdopen) X(splice)
+	X(posix_spawn) X(posix_spawnp) X(fdopen) X(splice)		\
+	X(recvmmsg) X(sendmmsg)
 
 struct ubs_real {
 #define UBS_REAL_SLOT_(fn) __typeof__(fn) *fn;

@@ -679,3 +679,47 @@ again:
 	}
 	return ubs_real.splice(in, off_in, out, off_out, len, flags);
 }
+
+/*
+ * recvmmsg/sendmmsg on a UB connection: one recvmsg/sendmsg per message,
+ * as the kernel does for a stream socket; an error after the first
+ * message ends the batch with the count so far.
+ */
+UBS_EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags,
+			struct timespec *tmo)
+{
+	unsigned int i;
+
+	if (!ubs_ready() || ubs_guard || !sock_slot_used(fd))
+		return ubs_real.recvmmsg(fd, v, n, flags, tmo);
+	for (i = 0; i < n; i++) {
+		int f = flags & ~MSG_WAITFORONE;
+		ssize_t r;
+
+		if (i && (flags & MSG_WAITFORONE))
+			f |= MSG_DONTWAIT;
+		r = recvmsg(fd, &v[i].msg_hdr, f);
+		if (r < 0)
+			return i ? (int)i : -1;
+		v[i].msg_len = (unsigned int)r;
+		if (r == 0)
+			return (int)i + 1;      /* EOF ends the batch */
+	}
+	return (int)i;
+}
+
+UBS_EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
+{
+	unsigned int i;
+
+	if (!ubs_ready() || ubs_guard || !sock_slot_used(fd))
+		return ubs_real.sendmmsg(fd, v, n, flags);
+	for (i = 0; i < n; i++) {
+		ssize_t r = sendmsg(fd, &v[i].msg_hdr, flags);
+
+		if (r < 0)
+			return i ? (int)i : -1;
+		v[i].msg_len = (unsigned int)r;
+	}
+	return (int)i;
+}

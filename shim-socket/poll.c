@@ -357,6 +357,9 @@ UBS_EXPORT int __poll_chk(struct pollfd *fds, nfds_t n, int timeout,
 	return poll(fds, n, timeout);
 }
 
+int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
+		const sigset_t *mask, size_t fdslen);
+
 static int ts_ms(const struct timespec *ts)
 {
 	if (!ts)
@@ -370,6 +373,15 @@ UBS_EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts,
 		     const sigset_t *mask)
 {
 	return do_poll(fds, n, ts_ms(ts), mask, true, ts);
+}
+
+UBS_EXPORT int __ppoll_chk(struct pollfd *fds, nfds_t n,
+			   const struct timespec *ts, const sigset_t *mask,
+			   size_t fdslen)
+{
+	if (fdslen / sizeof(*fds) < n)
+		__builtin_trap();
+	return ppoll(fds, n, ts, mask);
 }
 
 /* ---------------------------------------------------------- select */

@@ -332,14 +332,15 @@ Test(interpose, same_bytes_with_and_without, .init = setup, .fini = teardown, .t
 Test(interpose, exports_only_interposed_names, .timeout = 30)
 {
 	static const char *const expected[] = {
-		"__poll_chk", "__read_chk", "__recv_chk", "__recvfrom_chk",
+		"__poll_chk", "__ppoll_chk", "__read_chk", "__recv_chk", "__recvfrom_chk",
 		"accept", "accept4", "bind", "close", "connect", "dup", "dup2",
 		"dup3", "epoll_create", "epoll_create1", "epoll_ctl",
 		"epoll_pwait", "epoll_pwait2", "epoll_wait", "execl", "execle",
 		"execlp", "execv", "execve", "execvp", "execvpe", "fcntl",
 		"fcntl64", "fdopen", "fexecve", "posix_spawn", "posix_spawnp",
 		"getsockopt", "ioctl", "listen", "poll", "ppoll", "pselect",
-		"read", "readv", "recv", "recvfrom", "recvmsg", "select", "send",
+		"read", "readv", "recv", "recvfrom", "recvmmsg", "recvmsg",
+		"select", "send", "sendmmsg",
 		"sendfile", "sendfile64", "sendmsg", "sendto", "setsockopt",
 		"shutdown", "socket", "splice", "write", "writev",
 	};
