@@ -6,7 +6,7 @@
 #   make bench      transport benchmark (table + plot under docs/bench/)
 #   make install    PREFIX=/usr/local DESTDIR= (staging); see ubsd/README.md
 #   V=1             show commands;  SANITIZE=address|undefined
-PARTS := ubtransport preload ubsd scripts
+PARTS := ubtransport preload ubsd compat-tests scripts
 
 all:
 	@set -e; for p in $(PARTS); do $(MAKE) --no-print-directory -C $$p; done
