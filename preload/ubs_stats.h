@@ -51,7 +51,8 @@
 	X(UB_DOORBELLS,	"ub_doorbells")	/* eventfd writes to wake a peer */ \
 	X(UB_SLEEPS,	"ub_sleeps")	/* real sleeps on a ring */	\
 	X(UB_SPIN_HITS,	"ub_spin_hits")	/* waits ended while spinning */ \
-	X(UB_BYPASS,	"ub_bypass")	/* bytes on the kernel socket of a UB conn */
+	X(UB_BYPASS,	"ub_bypass")	/* bytes on the kernel socket of a UB conn */ \
+	X(UB_TRIMS,	"ub_trims")	/* idle rings whose pages were released */
 
 #define UBS_STAT_ENUM_(name, str) UBS_STAT_##name,
 enum ubs_stat_id {

@@ -131,10 +131,17 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 
 	if (w.timeout_ms == 0)
 		return -EAGAIN;
+	bool trim = false;
+
 	/* A half-closed peer leaves the kernel socket readable for good:
 	 * sleep in slices instead of watching it. */
 	if (w.watch_fd < 0 && (w.timeout_ms < 0 || w.timeout_ms > 100))
 		w.timeout_ms = 100;
+	if (sock_trim_idle(s) && (w.timeout_ms < 0 ||
+				  w.timeout_ms > UBS_TRIM_IDLE_MS)) {
+		w.timeout_ms = UBS_TRIM_IDLE_MS;
+		trim = true;
+	}
 	ubs_guard_enter();
 	r = write ? ubt_wait_writable(s->tx, 1, &w) :
 		ubt_wait_readable(s->rx, &w);
@@ -145,6 +152,8 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		ubs_err("fd %d: bytes on the kernel socket of a UB connection "
 			"(a call the library cannot see): ignored", fd);
 	}
+	if (r == -ETIMEDOUT && trim)
+		sock_trim_idle(s);      /* a quiet second */
 	ubs_guard_exit();
 	if (r == -ETIMEDOUT)
 		return tmo_ms >= 0 && remaining(tmo_ms, t0) == 0 ? -EAGAIN : 0;

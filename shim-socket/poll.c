@@ -169,6 +169,7 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 	for (bool first = true;; first = false) {
 		nfds_t k = 0, u = 0;
 		uint64_t spin_end;
+		bool trim = false;
 
 		ready = 0;
 		/* One kernel poll, no wait: the kernel fds, and the kernel
@@ -243,6 +244,13 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 			struct timespec ts, *tsp = NULL;
 			int lm = timeout_ms < 0 ? -1 : left_ms(deadline);
 
+			for (nfds_t i = 0; i < n; i++)
+				if (socks[i] && emulated(socks[i]))
+					trim |= sock_trim_idle(socks[i]);
+			if (trim && (lm < 0 || lm > UBS_TRIM_IDLE_MS))
+				lm = UBS_TRIM_IDLE_MS;
+			else
+				trim = false;
 			if (lm >= 0) {
 				ts.tv_sec = lm / 1000;
 				ts.tv_nsec = (long)(lm % 1000) * 1000000;
@@ -251,6 +259,8 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 			r = ubs_real.ppoll(kp, k, tsp, mask);
 			if (r < 0)
 				ready = -errno;
+			else if (r > 0)
+				trim = false;
 		}
 		for (nfds_t j = 0; j < u; j++)
 			disarm(&arms[j]);
@@ -268,6 +278,13 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 			k += 2;
 		}
 		ready = 0;
+		if (trim) {
+			/* A quiet second: give idle rings' pages back. */
+			for (nfds_t i = 0; i < n; i++)
+				if (socks[i] && emulated(socks[i]))
+					sock_trim_idle(socks[i]);
+			continue;
+		}
 		if (timeout_ms > 0 && left_ms(deadline) == 0)
 			timeout_ms = 0;         /* one last collection */
 	}
@@ -846,6 +863,7 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		struct arm *arms;
 		struct epoll_event tmp[32];
 		int na = 0, lm;
+		bool trim = false;
 
 		/* The inner set, without waiting: a FIN on the kernel
 		 * socket of a UB connection, and whether kernel fds of the
@@ -897,13 +915,19 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 			return -ENOMEM;
 		}
 		for (struct ep_reg *r = e->regs; r; r = r->next)
-			if (!r->disabled && emulated(r->s))
+			if (!r->disabled && emulated(r->s)) {
 				arm(&arms[na++], r->s, r->events);
+				trim |= sock_trim_idle(r->s);
+			}
 		n = ep_collect(e, ev, max);
 		pthread_mutex_unlock(&e->mu);
 		k = 0;
 		if (!n) {
 			lm = timeout_ms < 0 ? -1 : left_ms(deadline);
+			if (trim && (lm < 0 || lm > UBS_TRIM_IDLE_MS))
+				lm = UBS_TRIM_IDLE_MS;
+			else
+				trim = false;
 			k = ubs_real.epoll_pwait(e->inner >= 0 ? e->inner :
 						 e->epfd, tmp, 32, lm, mask);
 			if (k < 0)
@@ -919,6 +943,15 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		for (int j = 0; j < k; j++)
 			if ((tmp[j].data.u64 & 3) == TAG_SOCK)
 				probe_member(e, tmp[j].data.u64);
+		if (k == 0 && trim) {
+			/* A quiet second: give idle rings' pages back. */
+			pthread_mutex_lock(&e->mu);
+			for (struct ep_reg *r = e->regs; r; r = r->next)
+				if (emulated(r->s))
+					sock_trim_idle(r->s);
+			pthread_mutex_unlock(&e->mu);
+			continue;
+		}
 		if (k == 0 && timeout_ms > 0)
 			timeout_ms = 0;         /* one last collection */
 	}

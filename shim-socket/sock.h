@@ -59,6 +59,9 @@ struct sock {
 	uint64_t rx_seen_head;  /* edge-triggered emulation */
 	uint64_t tx_seen_tail;
 	bool fork_seen;         /* atfork walk: hold taken */
+	uint64_t trim_head[2];  /* rx, tx heads when last trimmed */
+	uint64_t seen_head[2];  /* ... when last seen moving */
+	uint64_t seen_ms[2];    /* ... and when (coarse clock) */
 	bool resent;            /* after the peer's demotion: our unread
 				 * ring bytes went over the kernel socket */
 	bool bypass_seen;       /* bytes arrived on the kernel socket of a
@@ -84,6 +87,16 @@ void sock_to_tcp(struct sock *s, int fd);       /* drop the channel, detach
 int sock_settle_connect(struct sock *s, int fd, bool may_wait);
 int sock_settle_undecided(struct sock *s, int fd, bool for_write);
 int sock_probe_kernel(struct sock *s, int fd);
+/*
+ * Idle rings give their pages back: each time a waiter goes to sleep it
+ * trims the rings of its connections that are empty and have not moved
+ * for UBS_TRIM_IDLE_MS (both directions: a peer sleeping outside the
+ * library does not keep its pages).  Returns true while some ring moved
+ * since its last trim: the sleeper then wakes after UBS_TRIM_IDLE_MS at
+ * the latest to look again.
+ */
+#define UBS_TRIM_IDLE_MS 1000
+bool sock_trim_idle(struct sock *s);
 /* UNDECIDED -> UB once the client attached; true if s is UB now. */
 bool sock_promote(struct sock *s);
 void sock_tab_atfork_child(void);

@@ -514,6 +514,47 @@ ub:
 	return SK_UB;
 }
 
+static uint64_t ring_head(const struct ubt_ring *r)
+{
+	return atomic_load_explicit(&r->shm->head, memory_order_acquire);
+}
+
+bool sock_trim_idle(struct sock *s)
+{
+	struct timespec ts;
+	uint64_t now;
+	bool pending = false;
+
+	if (!s->have_chan || atomic_load(&s->state) != SK_UB)
+		return false;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	/* Either end may trim a ring (ubt_ring_trim takes both locks):
+	 * so a peer that sleeps elsewhere does not keep our pages. */
+	for (int i = 0; i < 2; i++) {
+		struct ubt_ring *r = i ? s->tx : s->rx;
+		uint64_t h = ring_head(r);
+
+		if (h == s->trim_head[i])
+			continue;               /* nothing since the last trim */
+		if (h != s->seen_head[i]) {
+			s->seen_head[i] = h;    /* moving: not idle yet */
+			s->seen_ms[i] = now;
+			pending = true;
+			continue;
+		}
+		if (now - s->seen_ms[i] < UBS_TRIM_IDLE_MS ||
+		    ubt_ring_readable(r) != 0) {
+			pending = true;
+			continue;
+		}
+		if (ubt_ring_trim(r) > 0)
+			ubs_stats_add(UBS_STAT_UB_TRIMS, 1);
+		s->trim_head[i] = h;
+	}
+	return pending;
+}
+
 bool sock_promote(struct sock *s)
 {
 	int want = SK_UNDECIDED;

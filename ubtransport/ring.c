@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -138,6 +139,16 @@ static int ring_lock(_Atomic uint32_t *w)
 		else if (ubt_now_ns() - t0 > LOCK_GIVEUP_NS)
 			return -EDEADLK;
 	}
+}
+
+/* One attempt at the lock: 0, or -EBUSY. */
+static int ring_try_lock(_Atomic uint32_t *w)
+{
+	uint32_t v = 0;
+
+	return atomic_compare_exchange_strong_explicit(
+		w, &v, ubt_self_pid(), memory_order_acquire,
+		memory_order_relaxed) ? 0 : -EBUSY;
 }
 
 static void ring_unlock(_Atomic uint32_t *w)
@@ -482,4 +493,40 @@ void ubt_ring_close_consumer(struct ubt_ring *r)
 {
 	atomic_store_explicit(&r->shm->cclosed, 1, memory_order_release);
 	ubt_db_notify(r, &r->shm->space_db, r->space_efd);
+}
+
+/*
+ * Give an empty ring's data pages back to the system (a shared memfd
+ * mapping: MADV_REMOVE frees the pages; they come back zeroed on the next
+ * touch).  Both ends' locks are held, so no byte can land in a page as it
+ * goes.  Returns bytes released, 0 if the ring is not empty or the locks
+ * are busy, or -errno.
+ */
+int64_t ubt_ring_trim(struct ubt_ring *r)
+{
+	uintptr_t lo, hi, pg = 4096;
+	int64_t used, ret = 0;
+
+	if (ring_try_lock(&r->shm->plock))
+		return 0;
+	if (ring_try_lock(&r->shm->clock)) {
+		ring_unlock(&r->shm->plock);
+		return 0;
+	}
+	used = ring_used(r, NULL, NULL);
+	if (used == 0) {
+		lo = ((uintptr_t)r->data + pg - 1) & ~(pg - 1);
+		hi = ((uintptr_t)r->data + r->size) & ~(pg - 1);
+		if (hi > lo) {
+			if (madvise((void *)lo, hi - lo, MADV_REMOVE) == 0)
+				ret = (int64_t)(hi - lo);
+			else
+				ret = -errno;
+		}
+	} else if (used < 0) {
+		ret = used;
+	}
+	ring_unlock(&r->shm->clock);
+	ring_unlock(&r->shm->plock);
+	return ret;
 }

@@ -151,6 +151,10 @@ ssize_t ubt_msg_recv(struct ubt_ring *r, uint32_t *tag, void *buf, size_t cap);
  * recv returns the same errors when nothing can be received. */
 ssize_t ubt_msg_peek(const struct ubt_ring *r, uint32_t *tag);
 
+/* An empty ring's data pages back to the system (both locks taken for a
+ * moment, never waited for): bytes released, 0 if not empty or busy. */
+int64_t ubt_ring_trim(struct ubt_ring *r);
+
 /* Shut down one end: producer -> EOF for the reader, consumer -> EPIPE
  * for the writer.  Wakes sleepers on the other side. */
 void ubt_ring_close_producer(struct ubt_ring *r);

@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -206,4 +207,46 @@ Test(stream, scatter_gather_across_the_wrap)
 	cr_assert_eq(ubt_stream_readv(r, rd, 2, 0), 30);
 	cr_assert_eq(memcmp(o1, "hello w", 7), 0);
 	cr_assert_eq(memcmp(o2, "rapped world, scattered", 23), 0);
+}
+
+/* An idle ring gives its pages back (the memfd's allocated blocks drop)
+ * and works as before afterwards; a ring holding data is left alone. */
+Test(stream, trim_releases_an_empty_rings_pages)
+{
+	struct ubt_chan c;
+	struct ubt_ring *tx, *rx;
+	struct stat st0, st1, st2;
+	static uint8_t buf[256 * 1024], back[256 * 1024];
+	uint64_t total = 0;
+
+	cr_assert_eq(ubt_chan_create_stream(&c, 1 << 20), 0);
+	/* One ring, both of its ends in this process. */
+	tx = rx = ubt_chan_tx(&c, 0);
+	cr_assert(tx);
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)(i * 7);
+	cr_assert_eq(fstat(c.seg.fd, &st0), 0);
+	while (total < (1 << 20)) {
+		cr_assert_eq(ubt_stream_write(tx, buf, sizeof(buf)),
+			     (ssize_t)sizeof(buf));
+		cr_assert_eq(ubt_stream_read(rx, back, sizeof(back), 0),
+			     (ssize_t)sizeof(back));
+		total += sizeof(buf);
+	}
+	cr_assert_eq(fstat(c.seg.fd, &st1), 0);
+	cr_assert_geq((st1.st_blocks - st0.st_blocks) * 512, 1 << 20,
+		      "the ring's pages were touched");
+	cr_assert_eq(ubt_stream_write(tx, "x", 1), 1);
+	cr_assert_eq(ubt_ring_trim(tx), 0, "a ring holding data is kept");
+	cr_assert_eq(ubt_stream_read(rx, back, 1, 0), 1);
+	cr_assert_geq(ubt_ring_trim(tx), (1 << 20) - 8192);
+	cr_assert_eq(fstat(c.seg.fd, &st2), 0);
+	cr_assert_leq((st2.st_blocks - st0.st_blocks) * 512, 16384,
+		      "%lld bytes still allocated",
+		      (long long)(st2.st_blocks - st0.st_blocks) * 512);
+	/* Still a ring: bytes across the trimmed area come back intact. */
+	cr_assert_eq(ubt_stream_write(tx, buf, sizeof(buf)), (ssize_t)sizeof(buf));
+	cr_assert_eq(ubt_stream_read(rx, back, sizeof(back), 0), (ssize_t)sizeof(back));
+	cr_assert_eq(memcmp(buf, back, sizeof(buf)), 0);
+	ubt_chan_close(&c);
 }
