@@ -179,9 +179,18 @@ static void logmsg(int prio, const char *fmt, ...)
 		return;
 	va_start(ap, fmt);
 	if (d.foreground) {
-		fputs("ubsd: ", stderr);
-		vfprintf(stderr, fmt, ap);
-		fputc('\n', stderr);
+		/* One write per line (stderr is unbuffered): lines of -d
+		 * come per request and must stay cheap. */
+		char line[1024];
+		int n = vsnprintf(line + 6, sizeof(line) - 7, fmt, ap);
+
+		if (n >= 0) {
+			if ((size_t)n > sizeof(line) - 8)
+				n = (int)(sizeof(line) - 8);
+			memcpy(line, "ubsd: ", 6);
+			line[6 + n] = '\n';
+			fwrite(line, 1, (size_t)n + 7, stderr);
+		}
 	} else {
 		vsyslog(prio, fmt, ap);
 	}
