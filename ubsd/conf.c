@@ -46,6 +46,7 @@ struct parse {
 	struct ubs_svc_policy *cur;     /* record of the current section */
 	unsigned *cur_lines;            /* its key lines, 0 = unset */
 	unsigned daemon_line, default_line, group_line, exclude_line;
+	unsigned cross_line;
 	unsigned default_keys[K_COUNT];
 	unsigned svc_line[UBS_POLICY_MAX_SVC];
 	unsigned svc_keys[UBS_POLICY_MAX_SVC][K_COUNT];
@@ -74,6 +75,7 @@ void conf_init(struct ubs_conf *c)
 	memset(c, 0, sizeof(*c));
 	pp_defaults(&c->deflt);
 	c->deflt.name[0] = '\0';
+	c->cross_netns = true;
 }
 
 bool conf_valid_name(const char *name)
@@ -307,6 +309,23 @@ static int set_admin_group(struct parse *p, const char *value)
 	return 0;
 }
 
+/* cross_netns = on|off. */
+static int set_cross_netns(struct parse *p, const char *value)
+{
+	if (p->cross_line)
+		return fail(p, "duplicate key 'cross_netns' (first at line %u)",
+			    p->cross_line);
+	if (strcmp(value, "on") == 0)
+		p->c->cross_netns = true;
+	else if (strcmp(value, "off") == 0)
+		p->c->cross_netns = false;
+	else
+		return fail(p, "bad value '%s' for cross_netns (on or off)",
+			    value);
+	p->cross_line = p->line;
+	return 0;
+}
+
 /* N or N-M, 1 to 65535, N <= M.  Returns 0 or -EINVAL. */
 static int parse_ports(const char *s, uint16_t *lo, uint16_t *hi)
 {
@@ -474,14 +493,16 @@ static int parse_assign(struct parse *p, char *s)
 	if (p->sec == S_DAEMON) {
 		if (strcmp(key, "admin_group") == 0)
 			return set_admin_group(p, value);
+		if (strcmp(key, "cross_netns") == 0)
+			return set_cross_netns(p, value);
 		if (k >= 0)
 			return fail(p, "key '%s' belongs in [default] or "
 				    "[service NAME], not [daemon]", key);
 		return fail(p, "unknown key '%s' in [daemon] (known: "
-			    "admin_group)", key);
+			    "admin_group, cross_netns)", key);
 	}
-	if (strcmp(key, "admin_group") == 0)
-		return fail(p, "key 'admin_group' belongs in [daemon]");
+	if (strcmp(key, "admin_group") == 0 || strcmp(key, "cross_netns") == 0)
+		return fail(p, "key '%s' belongs in [daemon]", key);
 	if (k >= 0 && p->cur_lines[k])
 		return fail(p, "duplicate key '%s' (first at line %u)", key,
 			    p->cur_lines[k]);

@@ -31,11 +31,13 @@ struct ubs_conf {
 	bool has_admin_group;
 	gid_t admin_gid;
 	char admin_group[64];           /* as written in the file */
+	bool cross_netns;               /* [daemon] cross_netns; built-in on */
 	uint32_t nexcl;                 /* [exclude] rules, in file order */
 	struct ubs_excl_rule excl[UBS_POLICY_MAX_EXCL];
 };
 
-/* The built-in configuration: default policy, no services, no group. */
+/* The built-in configuration: default policy, no services, no group,
+ * cross_netns on. */
 void conf_init(struct ubs_conf *c);
 
 /*

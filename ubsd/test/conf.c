@@ -115,8 +115,10 @@ static void print_conf(FILE *f, const struct ubs_conf *c)
 {
 	const struct ubs_svc_policy *p = &c->deflt;
 
+	fprintf(f, "[daemon]\ncross_netns = %s\n",
+		c->cross_netns ? "on" : "off");
 	if (c->has_admin_group)
-		fprintf(f, "[daemon]\nadmin_group = %s\n", c->admin_group);
+		fprintf(f, "admin_group = %s\n", c->admin_group);
 	for (uint32_t i = 0; i <= c->nsvc; i++) {
 		if (i == 0)
 			fprintf(f, "[default]\n");
@@ -136,7 +138,7 @@ Test(conf, good_file_round_trips)
 	FILE *f;
 
 	write_file("[default]\nspin_us = 3\nmem_quota = 1M\n"
-		   "[daemon]\nadmin_group = 4242\n"
+		   "[daemon]\nadmin_group = 4242\ncross_netns = off\n"
 		   "[service a]\naccel = off\n"
 		   "[service b]\nring_kib = 128\n"
 		   "[service c]\n");
@@ -152,6 +154,8 @@ Test(conf, good_file_round_trips)
 	cr_assert_eq(memcmp(&a.deflt, &b.deflt, sizeof(a.deflt)), 0);
 	cr_assert_eq(memcmp(a.svc, b.svc, sizeof(a.svc[0]) * 3), 0);
 	cr_assert_eq(b.has_admin_group, a.has_admin_group);
+	cr_assert(!a.cross_netns);
+	cr_assert_eq(b.cross_netns, a.cross_netns);
 	cr_assert_eq(b.admin_gid, a.admin_gid);
 	cr_assert_str_eq(b.admin_group, a.admin_group);
 }
@@ -167,6 +171,7 @@ Test(conf, empty_file_is_the_builtin_table)
 	cr_assert_eq(memcmp(&c, &builtin, sizeof(c)), 0);
 	cr_assert_eq(c.nsvc, 0);
 	cr_assert(!c.has_admin_group);
+	cr_assert(c.cross_netns, "cross_netns is on by default");
 }
 
 Test(conf, missing_file_is_enoent)
@@ -223,6 +228,35 @@ Test(conf, each_error_names_its_line)
 		     "unknown group 'no-such-group-ubs'");
 	expect_error("[daemon]\nadmin_group = 0\nadmin_group = 0\n", 3,
 		     "duplicate key 'admin_group'");
+}
+
+Test(conf, cross_netns_key)
+{
+	static struct ubs_conf c;
+	char err[CONF_ERR_MAX];
+
+	write_file("[daemon]\ncross_netns = off   # containers stay on TCP\n");
+	cr_assert_eq(conf_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert(!c.cross_netns);
+	write_file("[daemon]\n  cross_netns=on\n");
+	cr_assert_eq(conf_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert(c.cross_netns);
+	expect_error("[daemon]\n\ncross_netns = yes\n", 3,
+		     "bad value 'yes' for cross_netns (on or off)");
+	expect_error("[daemon]\ncross_netns = On\n", 2,
+		     "bad value 'On' for cross_netns");
+	expect_error("[daemon]\ncross_netns = off\ncross_netns = off\n", 3,
+		     "duplicate key 'cross_netns' (first at line 2)");
+	expect_error("[default]\ncross_netns = off\n", 2,
+		     "key 'cross_netns' belongs in [daemon]");
+	expect_error("[service a]\ncross_netns = off\n", 2,
+		     "key 'cross_netns' belongs in [daemon]");
+	expect_error("[exclude]\ncross_netns = off\n", 2,
+		     "unknown key 'cross_netns' in [exclude]");
+	expect_error("cross_netns = off\n", 1,
+		     "key 'cross_netns' outside a section");
+	expect_error("[daemon]\nfoo = 1\n", 2,
+		     "(known: admin_group, cross_netns)");
 }
 
 /* Rule i of c is an address rule of family fam for text/prefix/ports. */
