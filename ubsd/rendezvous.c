@@ -2,12 +2,15 @@
 /*
  * rendezvous.c - the daemon's matching rules (see rendezvous.h): listener
  * references per listening socket, publications and requests paired on
- * the mirrored 4-tuple with the namespace rule, intents, expiry.  Pure:
+ * the mirrored 4-tuple with the namespace rule, intents, expiry, and the
+ * parsers of the namespace address facts the rule is decided on.  Pure:
  * no I/O, no clock, no globals; the answer paths never allocate.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 
 #include "rendezvous.h"
@@ -25,7 +28,10 @@ struct rv_entry {
 	uint64_t t;             /* publication: published at; request: deadline */
 	uint32_t next;          /* hash chain while used, free list otherwise */
 	uint8_t used;
-	uint8_t dead;           /* superseded: due at the next rv_expire */
+	uint8_t dead;           /* superseded or refused: due at the next
+				 * rv_expire */
+	uint8_t cause;          /* why dead (enum rv_cause) */
+	uint8_t proof;          /* RV_LOCAL_HERE | RV_REMOTE_AWAY */
 };
 
 struct rv_listener {
@@ -226,47 +232,54 @@ static void rv_supersede(const struct rv_table *t, struct rv_store *s,
 		struct rv_entry *e = &s->e[i];
 
 		if (rv_key_eq(e, srv, cli) && e->netns == netns &&
-		    rv_live(t, e, reqs, now))
+		    rv_live(t, e, reqs, now)) {
 			e->dead = 1;
+			e->cause = RV_CAUSE_SUPERSEDED;
+		}
 	}
 }
 
 /* ---- the matching rule --------------------------------------------------- */
 
 /*
- * May a request from namespace req_netns towards srv be paired with a
- * publication of another namespace?  Not when cross-namespace matching is
- * off, nor when req_netns has a listener that srv could reach: then the
- * connection may well have landed in the requester's own namespace, and a
- * publication elsewhere with the same tuple would be a stranger's.
+ * Does namespace req_netns have a listener that srv could reach?  Then a
+ * request from there may well have landed in its own namespace, and a
+ * publication elsewhere with the same tuple proves nothing: such
+ * candidates are not considered at all (the request waits for its own
+ * namespace's publication).
  */
-static int rv_cross_ok(const struct rv_table *t, uint64_t req_netns,
-		       const struct rv_addr *srv)
+static int rv_listener_near(const struct rv_table *t, uint64_t req_netns,
+			    const struct rv_addr *srv)
 {
 	uint32_t i;
 
-	if (t->lim.flags & RV_NO_CROSS_NETNS)
-		return 0;
 	for (i = 0; i < t->nlst; i++)
 		if (t->lst[i].netns == req_netns && rv_reaches(&t->lst[i], srv))
-			return 0;
-	return 1;
+			return 1;
+	return 0;
 }
 
 /*
- * Choose the peer of an entry in namespace netns, keyed (srv, cli), among
- * the live entries of the opposite store s (reqs: s holds requests) plus,
- * when extra_netns is given, the entry about to be added (RV_EXTRA).
- * The unique same-netns candidate wins; else a unique other-netns one that
- * the cross-namespace rule allows; several: RV_AMBIG; none: RV_NIL.
+ * Choose the peer of an entry in namespace netns with proof bits proof,
+ * keyed (srv, cli), among the live entries of the opposite store s
+ * (reqs: s holds requests) plus, when extra_netns is given, the entry
+ * about to be added (RV_EXTRA, proof extra_proof).  The unique same-netns
+ * candidate wins.  Else the other-netns candidates count, unless the
+ * requester's namespace has a listener near srv (then they are ignored):
+ * a unique one wins if the table allows cross-namespace pairs and both
+ * ends are RV_PROVEN.  Several candidates, or a refused unique one:
+ * RV_AMBIG with *cause set; none: RV_NIL.
  */
 static uint32_t rv_choose(const struct rv_table *t, const struct rv_store *s,
 			  int reqs, const struct rv_addr *srv,
 			  const struct rv_addr *cli, uint64_t netns,
-			  uint64_t now, const uint64_t *extra_netns)
+			  uint32_t proof, uint64_t now,
+			  const uint64_t *extra_netns, uint32_t extra_proof,
+			  uint8_t *cause)
 {
 	uint32_t same = 0, other = 0, same_i = RV_NIL, other_i = RV_NIL;
-	uint32_t i = s->bucket[rv_hash(s, srv, cli)];
+	uint32_t i = s->bucket[rv_hash(s, srv, cli)], p = 0;
+	int near = -1;  /* rv_listener_near, computed once if needed */
 
 	for (;;) {
 		uint64_t n;
@@ -280,9 +293,11 @@ static uint32_t rv_choose(const struct rv_table *t, const struct rv_store *s,
 			if (!rv_key_eq(e, srv, cli) || !rv_live(t, e, reqs, now))
 				continue;
 			n = e->netns;
+			p = e->proof;
 		} else if (extra_netns) {
 			cand = RV_EXTRA;
 			n = *extra_netns;
+			p = extra_proof;
 			extra_netns = NULL;
 		} else {
 			break;
@@ -290,16 +305,59 @@ static uint32_t rv_choose(const struct rv_table *t, const struct rv_store *s,
 		if (n == netns) {
 			same++;
 			same_i = cand;
-		} else if (rv_cross_ok(t, reqs ? n : netns, srv)) {
-			other++;
-			other_i = cand;
+			continue;
 		}
+		/* The requester's netns: the candidate's when it is a
+		 * request, ours otherwise.  With several requests from
+		 * several namespaces the answer differs per candidate. */
+		if (reqs ? rv_listener_near(t, n, srv) :
+		    (near < 0 ? (near = rv_listener_near(t, netns, srv)) :
+		     near))
+			continue;
+		other++;
+		other_i = cand;
+		if (t->lim.flags & RV_NO_CROSS_NETNS)
+			*cause = RV_CAUSE_CROSS_OFF;
+		else if ((p & proof & RV_PROVEN) != RV_PROVEN)
+			*cause = RV_CAUSE_UNPROVEN;
+		else
+			*cause = RV_CAUSE_NONE;
 	}
-	if (same)
-		return same == 1 ? same_i : RV_AMBIG;
-	if (other)
-		return other == 1 ? other_i : RV_AMBIG;
-	return RV_NIL;
+	if (same) {
+		if (same == 1)
+			return same_i;
+		*cause = RV_CAUSE_AMBIGUOUS;
+		return RV_AMBIG;
+	}
+	if (!other)
+		return RV_NIL;
+	if (other > 1) {
+		*cause = RV_CAUSE_AMBIGUOUS;
+		return RV_AMBIG;
+	}
+	return *cause == RV_CAUSE_NONE ? other_i : RV_AMBIG;
+}
+
+const char *rv_cause_str(uint32_t cause)
+{
+	switch (cause) {
+	case RV_CAUSE_SELF:
+		return "self-connected";
+	case RV_CAUSE_NO_PEER:
+		return "no publication";
+	case RV_CAUSE_AMBIGUOUS:
+		return "ambiguous";
+	case RV_CAUSE_CROSS_OFF:
+		return "cross-netns off";
+	case RV_CAUSE_UNPROVEN:
+		return "cross-netns unproven";
+	case RV_CAUSE_TIMEOUT:
+		return "timeout";
+	case RV_CAUSE_SUPERSEDED:
+		return "superseded";
+	default:
+		return "none";
+	}
 }
 
 /* ---- table ---------------------------------------------------------------- */
@@ -337,6 +395,11 @@ void rv_table_fini(struct rv_table *t)
 	rv_store_fini(&t->pubs);
 	rv_store_fini(&t->reqs);
 	memset(t, 0, sizeof(*t));
+}
+
+void rv_set_flags(struct rv_table *t, uint32_t flags)
+{
+	t->lim.flags = flags;
 }
 
 /* ---- listeners ------------------------------------------------------------ */
@@ -489,20 +552,49 @@ size_t rv_listener_list(const struct rv_table *t,
 /* ---- publications and requests -------------------------------------------- */
 
 /*
+ * The pending requests of key (srv, cli) whose view of the publications
+ * is now ambiguous or refused can never be matched: mark them due, so
+ * that the next rv_expire answers them "use TCP" at once rather than at
+ * their deadline.
+ */
+static void rv_refuse_waiting(struct rv_table *t, const struct rv_addr *srv,
+			      const struct rv_addr *cli, uint64_t now)
+{
+	struct rv_store *s = &t->reqs;
+	uint32_t i;
+
+	for (i = s->bucket[rv_hash(s, srv, cli)]; i != RV_NIL; i = s->e[i].next) {
+		struct rv_entry *q = &s->e[i];
+		uint8_t cause = RV_CAUSE_NONE;
+
+		if (!rv_key_eq(q, srv, cli) || !rv_live(t, q, 1, now))
+			continue;
+		if (rv_choose(t, &t->pubs, 0, srv, cli, q->netns, q->proof,
+			      now, NULL, 0, &cause) == RV_AMBIG) {
+			q->dead = 1;
+			q->cause = cause;
+		}
+	}
+}
+
+/*
  * The server accepted a connection (accepted = its getsockname /
- * getpeername) and offers channel chan_id.  *ans says what happened:
- * RV_MATCH (a pending request took it: answer that client with chan_id),
- * RV_PENDING (stored), RV_WITHDRAWN (local == remote: never matchable,
- * the server uses TCP).  An older unmatched publication of the same tuple
- * and netns is superseded (reported by the next rv_expire).  Returns 0,
- * -ENOSPC (table full: TCP) or -EAFNOSUPPORT.
+ * getpeername) in netns, with proof bits proof (rv_proof), and offers
+ * channel chan_id.  *ans says what happened: RV_MATCH (a pending request
+ * took it: answer that client with chan_id), RV_PENDING (stored),
+ * RV_WITHDRAWN (local == remote: never matchable, the server uses TCP).
+ * An older unmatched publication of the same tuple and netns is
+ * superseded, and pending requests it leaves without a possible match
+ * are refused (both reported by the next rv_expire).  Returns 0, -ENOSPC
+ * (table full: TCP) or -EAFNOSUPPORT.
  */
 int rv_publish(struct rv_table *t, const struct rv_tuple *accepted,
-	       uint64_t netns, uint64_t session, uint64_t chan_id,
-	       uint64_t now_ms, struct rv_answer *ans)
+	       uint64_t netns, uint32_t proof, uint64_t session,
+	       uint64_t chan_id, uint64_t now_ms, struct rv_answer *ans)
 {
 	struct rv_tuple tu;
 	struct rv_entry e;
+	uint8_t cause = RV_CAUSE_NONE;
 	uint32_t r;
 
 	if (rv_tuple_norm(accepted, &tu))
@@ -512,16 +604,19 @@ int rv_publish(struct rv_table *t, const struct rv_tuple *accepted,
 	ans->pub_session = session;
 	if (rv_same(&tu.local, &tu.remote)) {
 		ans->verdict = RV_WITHDRAWN;
+		ans->cause = RV_CAUSE_SELF;
 		return 0;
 	}
+	proof &= RV_PROVEN;
 	rv_supersede(t, &t->pubs, 0, &tu.local, &tu.remote, netns, now_ms);
-	r = rv_choose(t, &t->reqs, 1, &tu.local, &tu.remote, netns, now_ms,
-		      NULL);
+	r = rv_choose(t, &t->reqs, 1, &tu.local, &tu.remote, netns, proof,
+		      now_ms, NULL, 0, &cause);
 	if (r < RV_EXTRA) {
 		const struct rv_entry *q = &t->reqs.e[r];
 
 		if (rv_choose(t, &t->pubs, 0, &tu.local, &tu.remote, q->netns,
-			      now_ms, &netns) == RV_EXTRA) {
+			      q->proof, now_ms, &netns, proof, &cause) ==
+		    RV_EXTRA) {
 			ans->verdict = RV_MATCH;
 			ans->req_id = q->id;
 			ans->req_session = q->session;
@@ -538,7 +633,9 @@ int rv_publish(struct rv_table *t, const struct rv_tuple *accepted,
 	e.session = session;
 	e.id = chan_id;
 	e.t = now_ms;
+	e.proof = (uint8_t)proof;
 	rv_store_add(&t->pubs, &e);
+	rv_refuse_waiting(t, &tu.local, &tu.remote, now_ms);
 	ans->verdict = RV_PENDING;
 	return 0;
 }
@@ -571,21 +668,23 @@ int rv_withdraw(struct rv_table *t, uint64_t session, uint64_t chan_id)
 
 /*
  * The client's connect completed (connected = its getsockname /
- * getpeername); it asks for the channel.  *ans: RV_MATCH (chan_id and
- * pub_session filled; the publication is consumed), RV_PENDING (stored
- * until deadline_ms; answered by rv_publish or rv_expire), RV_TCP
- * (ambiguous, local == remote, or no candidate and deadline_ms <= now).
- * ans->req_id is a fresh id in every case.  An older pending request of
- * the same tuple and netns is superseded (reported by the next
- * rv_expire).  Returns 0, -ENOSPC (would pend but the table is full: TCP)
- * or -EAFNOSUPPORT.
+ * getpeername) in netns, with proof bits proof (rv_proof); it asks for
+ * the channel.  *ans: RV_MATCH (chan_id and pub_session filled; the
+ * publication is consumed), RV_PENDING (stored until deadline_ms;
+ * answered by rv_publish or rv_expire), RV_TCP (ans->cause: ambiguous,
+ * a refused cross-namespace peer, local == remote, or no candidate and
+ * deadline_ms <= now).  ans->req_id is a fresh id in every case.  An
+ * older pending request of the same tuple and netns is superseded
+ * (reported by the next rv_expire).  Returns 0, -ENOSPC (would pend but
+ * the table is full: TCP) or -EAFNOSUPPORT.
  */
 int rv_request(struct rv_table *t, const struct rv_tuple *connected,
-	       uint64_t netns, uint64_t session, uint64_t now_ms,
-	       uint64_t deadline_ms, struct rv_answer *ans)
+	       uint64_t netns, uint32_t proof, uint64_t session,
+	       uint64_t now_ms, uint64_t deadline_ms, struct rv_answer *ans)
 {
 	struct rv_tuple tu;
 	struct rv_entry e;
+	uint8_t cause = RV_CAUSE_NONE;
 	uint32_t p;
 
 	if (rv_tuple_norm(connected, &tu))
@@ -595,17 +694,21 @@ int rv_request(struct rv_table *t, const struct rv_tuple *connected,
 	if (rv_same(&tu.local, &tu.remote)) {
 		ans->req_id = t->next_req_id++;
 		ans->verdict = RV_TCP;
+		ans->cause = RV_CAUSE_SELF;
 		return 0;
 	}
+	proof &= RV_PROVEN;
 	/* Server orientation: srv = remote, cli = local. */
 	rv_supersede(t, &t->reqs, 1, &tu.remote, &tu.local, netns, now_ms);
-	p = rv_choose(t, &t->pubs, 0, &tu.remote, &tu.local, netns, now_ms,
-		      NULL);
+	p = rv_choose(t, &t->pubs, 0, &tu.remote, &tu.local, netns, proof,
+		      now_ms, NULL, 0, &cause);
 	if (p < RV_EXTRA) {
 		const struct rv_entry *pe = &t->pubs.e[p];
+		uint8_t ignored;
 
 		if (rv_choose(t, &t->reqs, 1, &tu.remote, &tu.local, pe->netns,
-			      now_ms, &netns) == RV_EXTRA) {
+			      pe->proof, now_ms, &netns, proof, &ignored) ==
+		    RV_EXTRA) {
 			ans->req_id = t->next_req_id++;
 			ans->verdict = RV_MATCH;
 			ans->chan_id = pe->id;
@@ -617,6 +720,7 @@ int rv_request(struct rv_table *t, const struct rv_tuple *connected,
 	if (p == RV_AMBIG || deadline_ms <= now_ms) {
 		ans->req_id = t->next_req_id++;
 		ans->verdict = RV_TCP;
+		ans->cause = p == RV_AMBIG ? cause : RV_CAUSE_NO_PEER;
 		return 0;
 	}
 	if (t->reqs.count >= t->reqs.cap)
@@ -628,6 +732,7 @@ int rv_request(struct rv_table *t, const struct rv_tuple *connected,
 	e.session = session;
 	e.id = t->next_req_id++;
 	e.t = deadline_ms;
+	e.proof = (uint8_t)proof;
 	rv_store_add(&t->reqs, &e);
 	ans->req_id = e.id;
 	ans->verdict = RV_PENDING;
@@ -747,6 +852,7 @@ size_t rv_expire(struct rv_table *t, uint64_t now_ms,
 			continue;
 		memset(&out[n], 0, sizeof(out[n]));
 		out[n].verdict = RV_WITHDRAWN;
+		out[n].cause = e->dead ? e->cause : RV_CAUSE_TIMEOUT;
 		out[n].chan_id = e->id;
 		out[n].pub_session = e->session;
 		n++;
@@ -759,6 +865,7 @@ size_t rv_expire(struct rv_table *t, uint64_t now_ms,
 			continue;
 		memset(&out[n], 0, sizeof(out[n]));
 		out[n].verdict = RV_TCP;
+		out[n].cause = e->dead ? e->cause : RV_CAUSE_TIMEOUT;
 		out[n].req_id = e->id;
 		out[n].req_session = e->session;
 		n++;
@@ -842,4 +949,167 @@ int rv_session_gone(struct rv_table *t, uint64_t session)
 			i++;
 	}
 	return gone;
+}
+
+/* ---- namespace addresses (the facts of the cross-namespace rule) ------------ */
+
+static void rv_net_put(struct rv_net *out, size_t cap, size_t n,
+		       uint16_t family, const uint8_t *addr, unsigned len)
+{
+	struct rv_net *x;
+	unsigned bit, max = family == AF_INET ? 32 : 128;
+
+	if (n >= cap)
+		return;
+	x = &out[n];
+	memset(x, 0, sizeof(*x));
+	x->family = family;
+	x->len = (uint8_t)(len > max ? max : len);
+	memcpy(x->addr, addr, max / 8);
+	for (bit = x->len; bit < max; bit++)
+		x->addr[bit / 8] &= (uint8_t)~(0x80u >> (bit % 8));
+}
+
+/* Next line of text at *p (NUL-terminated copy in buf, cut at its size);
+ * 0 at the end. */
+static int rv_line(const char **p, char *buf, size_t size)
+{
+	const char *s = *p, *e;
+	size_t n;
+
+	if (!*s)
+		return 0;
+	e = strchr(s, '\n');
+	n = e ? (size_t)(e - s) : strlen(s);
+	*p = e ? e + 1 : s + n;
+	if (n >= size)
+		n = size - 1;
+	memcpy(buf, s, n);
+	buf[n] = '\0';
+	return 1;
+}
+
+/*
+ * /proc/net/fib_trie: leaves are "|-- A.B.C.D", each followed by its
+ * entries "/LEN SCOPE TYPE[ tos=N]".  Every entry of type LOCAL is kept,
+ * as the prefix LEN of its leaf.
+ */
+size_t rv_parse_fib_trie(const char *text, struct rv_net *out, size_t cap)
+{
+	char line[256], scope[32], type[32];
+	uint8_t leaf[4];
+	int have_leaf = 0;
+	size_t n = 0;
+
+	while (rv_line(&text, line, sizeof(line))) {
+		char *s = line, *l;
+		unsigned len;
+
+		while (*s == ' ' || *s == '\t')
+			s++;
+		if ((l = strstr(s, "|-- "))) {
+			char a[32];
+
+			have_leaf = sscanf(l + 4, "%31s", a) == 1 &&
+				    inet_pton(AF_INET, a, leaf) == 1;
+			continue;
+		}
+		if (*s != '/' || !have_leaf)
+			continue;
+		if (sscanf(s, "/%u %31s %31s", &len, scope, type) != 3 ||
+		    len > 32 || strcmp(type, "LOCAL"))
+			continue;
+		rv_net_put(out, cap, n++, AF_INET, leaf, len);
+	}
+	return n;
+}
+
+static int rv_hex_addr6(const char *s, uint8_t *a)
+{
+	unsigned i, v;
+
+	if (strspn(s, "0123456789abcdefABCDEF") != 32)
+		return -1;
+	for (i = 0; i < 16; i++) {
+		if (sscanf(s + 2 * i, "%2x", &v) != 1)
+			return -1;
+		a[i] = (uint8_t)v;
+	}
+	return 0;
+}
+
+/* /proc/net/if_inet6: "ADDR32HEX IFINDEX PLEN SCOPE FLAGS NAME". */
+size_t rv_parse_if_inet6(const char *text, struct rv_net *out, size_t cap)
+{
+	char line[256], hex[40];
+	uint8_t a[16];
+	size_t n = 0;
+
+	while (rv_line(&text, line, sizeof(line))) {
+		if (sscanf(line, "%39s", hex) != 1 || rv_hex_addr6(hex, a))
+			continue;
+		rv_net_put(out, cap, n++, AF_INET6, a, 128);
+	}
+	return n;
+}
+
+#define RV_RTF_LOCAL 0x80000000u
+
+/* /proc/net/ipv6_route: "DST PLEN SRC SPLEN NEXTHOP METRIC REF USE FLAGS
+ * DEV", numbers in hex; routes with RTF_LOCAL. */
+size_t rv_parse_ipv6_route(const char *text, struct rv_net *out, size_t cap)
+{
+	char line[512], dst[40], src[40], nh[40];
+	unsigned plen, splen, metric, ref, use, flags;
+	uint8_t a[16];
+	size_t n = 0;
+
+	while (rv_line(&text, line, sizeof(line))) {
+		if (sscanf(line, "%39s %x %39s %x %39s %x %x %x %x", dst, &plen,
+			   src, &splen, nh, &metric, &ref, &use, &flags) != 9 ||
+		    !(flags & RV_RTF_LOCAL) || plen > 128 ||
+		    rv_hex_addr6(dst, a))
+			continue;
+		rv_net_put(out, cap, n++, AF_INET6, a, plen);
+	}
+	return n;
+}
+
+int rv_net_has(const struct rv_net *nets, size_t n, const struct rv_addr *a)
+{
+	struct rv_addr x = *a;
+	size_t i;
+
+	if (rv_addr_norm(&x))
+		return 0;
+	for (i = 0; i < n; i++) {
+		const struct rv_net *p = &nets[i];
+		unsigned full = p->len / 8, rest = p->len % 8;
+
+		if (p->family != x.family)
+			continue;
+		if (memcmp(p->addr, x.addr, full))
+			continue;
+		if (rest && ((p->addr[full] ^ x.addr[full]) &
+			     (uint8_t)(0xff00u >> rest)))
+			continue;
+		return 1;
+	}
+	return 0;
+}
+
+uint32_t rv_proof(const struct rv_net *nets, size_t n,
+		  const struct rv_tuple *tu)
+{
+	struct rv_tuple x;
+	uint32_t proof = 0;
+
+	if (rv_tuple_norm(tu, &x))
+		return 0;
+	tu = &x;
+	if (rv_net_has(nets, n, &tu->local))
+		proof |= RV_LOCAL_HERE;
+	if (!rv_net_has(nets, n, &tu->remote))
+		proof |= RV_REMOTE_AWAY;
+	return proof;
 }

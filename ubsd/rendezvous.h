@@ -20,14 +20,31 @@
  * Matching (publication P, request R): P.local == R.remote and
  * P.remote == R.local, exact address and port after normalisation, and
  * local != remote.  Among candidates, the unique one in the same netns
- * wins; with none in the same netns, a single candidate in total wins (a
- * veth between namespaces); anything else is ambiguous: use TCP.  A match
- * is made only when BOTH sides choose each other (P's view of the pending
+ * wins.  With none in the same netns, the candidates in other namespaces
+ * are considered, unless the requester's own namespace has a listener the
+ * request's destination could reach (the connection may then have landed
+ * there: those candidates are ignored and a request waits for its own
+ * namespace's publication).  A single such candidate wins only when the
+ * table allows cross-namespace matches (no RV_NO_CROSS_NETNS) and BOTH
+ * ends carry RV_PROVEN (see rv_proof: each end's local address is
+ * configured in its own namespace and its remote address is not); a
+ * refused single candidate, or several, means TCP at once.  A match is
+ * made only when BOTH sides choose each other (P's view of the pending
  * requests and R's view of the publications), and a publication is
- * consumed by its match.  A cross-namespace match is refused when the
- * requester's own namespace has a listener the request's destination could
- * reach (the connection may then have landed there), or when the table
- * was created with RV_NO_CROSS_NETNS.
+ * consumed by its match.  A publication that leaves a pending request
+ * with no possible match (it makes that request's view ambiguous or
+ * refused) answers the request "use TCP" at the next rv_expire.
+ *
+ * Why a cross-namespace pair is then the right one: in one namespace a
+ * 4-tuple names one connection, but the same tuple can exist in two
+ * namespaces (a client whose packets went to another host that uses the
+ * same addresses).  The server's socket proves the connection ended in
+ * its namespace on an address it owns, from a peer address it does not
+ * own; the client's socket proves the connection began in its namespace
+ * on an address it owns, towards an address it does not own (had it
+ * owned it, the connection would have stayed inside).  NAT never passes:
+ * a translated connection's two ends do not see mirrored tuples, so no
+ * publication matches its request at all.
  *
  * Answers never allocate: every store is preallocated at rv_table_init.
  * Lookups of publications and requests are a chained hash on the
@@ -73,11 +90,40 @@ enum rv_verdict {
  *  RV_WITHDRAWN: chan_id, pub_session. */
 struct rv_answer {
 	enum rv_verdict verdict;
+	uint32_t cause;         /* RV_TCP, RV_WITHDRAWN: enum rv_cause */
 	uint64_t req_id;
 	uint64_t req_session;
 	uint64_t chan_id;
 	uint64_t pub_session;
 };
+
+/* Why an answer is RV_TCP or RV_WITHDRAWN (for logs and replies). */
+enum rv_cause {
+	RV_CAUSE_NONE = 0,
+	RV_CAUSE_SELF,          /* local == remote: never matchable */
+	RV_CAUSE_NO_PEER,       /* no candidate, and no time to wait */
+	RV_CAUSE_AMBIGUOUS,     /* several candidates */
+	RV_CAUSE_CROSS_OFF,     /* the only peer is in another netns and the
+				 * table refuses cross-namespace matches */
+	RV_CAUSE_UNPROVEN,      /* the only peer is in another netns and an
+				 * end lacks RV_PROVEN */
+	RV_CAUSE_TIMEOUT,       /* rv_expire: deadline passed / stale */
+	RV_CAUSE_SUPERSEDED,    /* rv_expire: same tuple and netns again */
+};
+
+/* Short text for a cause ("ambiguous", "cross-netns off", ...). */
+const char *rv_cause_str(uint32_t cause);
+
+/*
+ * What the daemon proved about one end of a connection in that end's own
+ * network namespace: the `proof` argument of rv_publish and rv_request,
+ * computed with rv_proof from the namespace's local addresses.  A
+ * cross-namespace pair needs RV_PROVEN on both ends; a same-namespace
+ * pair needs nothing.
+ */
+#define RV_LOCAL_HERE   0x1u    /* its local address is configured there */
+#define RV_REMOTE_AWAY  0x2u    /* its remote address is not */
+#define RV_PROVEN       (RV_LOCAL_HERE | RV_REMOTE_AWAY)
 
 /* Capacities (0 is refused) and tunables, fixed at init. */
 struct rv_limits {
@@ -87,10 +133,10 @@ struct rv_limits {
 	uint32_t reqs;          /* pending requests */
 	uint32_t intents;       /* announced intents */
 	uint32_t stale_ms;      /* publication age at which rv_expire drops it */
-	uint32_t flags;         /* RV_NO_CROSS_NETNS */
+	uint32_t flags;         /* RV_NO_CROSS_NETNS; see rv_set_flags */
 };
 
-#define RV_NO_CROSS_NETNS 0x1u
+#define RV_NO_CROSS_NETNS 0x1u  /* never pair ends of two namespaces */
 
 /* Entry of rv_listener_list, for the shared listener page and ubsctl. */
 struct rv_listener_info {
@@ -125,6 +171,9 @@ struct rv_table {
 
 int rv_table_init(struct rv_table *t, const struct rv_limits *lim);
 void rv_table_fini(struct rv_table *t);
+/* Change lim.flags (a reload): decisions from now on follow them; nothing
+ * already matched or answered changes. */
+void rv_set_flags(struct rv_table *t, uint32_t flags);
 
 /* Listeners. */
 int rv_listener_add(struct rv_table *t, uint64_t sock_id, uint64_t netns,
@@ -136,12 +185,12 @@ size_t rv_listener_list(const struct rv_table *t,
 
 /* Publications and requests. */
 int rv_publish(struct rv_table *t, const struct rv_tuple *accepted,
-	       uint64_t netns, uint64_t session, uint64_t chan_id,
-	       uint64_t now_ms, struct rv_answer *ans);
+	       uint64_t netns, uint32_t proof, uint64_t session,
+	       uint64_t chan_id, uint64_t now_ms, struct rv_answer *ans);
 int rv_withdraw(struct rv_table *t, uint64_t session, uint64_t chan_id);
 int rv_request(struct rv_table *t, const struct rv_tuple *connected,
-	       uint64_t netns, uint64_t session, uint64_t now_ms,
-	       uint64_t deadline_ms, struct rv_answer *ans);
+	       uint64_t netns, uint32_t proof, uint64_t session,
+	       uint64_t now_ms, uint64_t deadline_ms, struct rv_answer *ans);
 int rv_request_cancel(struct rv_table *t, uint64_t session, uint64_t req_id);
 
 /* Intents. */
@@ -160,5 +209,40 @@ int rv_session_gone(struct rv_table *t, uint64_t session);
 /* Helpers for the daemon and tests. */
 int rv_addr_norm(struct rv_addr *a);
 int rv_addr_eq(const struct rv_addr *a, const struct rv_addr *b);
+
+/*
+ * The local addresses of one network namespace, as the daemon reads them
+ * (text in, no I/O here): what the kernel delivers locally, i.e. the
+ * "LOCAL" routes.  One entry is an address or a prefix.
+ */
+struct rv_net {
+	uint16_t family;        /* AF_INET or AF_INET6 */
+	uint8_t len;            /* prefix length */
+	uint8_t addr[16];       /* host bits past len are zero */
+};
+
+/*
+ * Parsers of /proc/PID/net files.  Each writes up to cap entries to out
+ * and returns how many it found (more than cap: call again with room for
+ * that many).  Lines it does not understand are skipped.
+ *  - fib_trie: every "/LEN SCOPE LOCAL" entry of every table (addresses
+ *    are "/32 host LOCAL"; 127.0.0.0/8 and AnyIP routes are prefixes);
+ *  - if_inet6: every address, as /128;
+ *  - ipv6_route: every route with RTF_LOCAL (addresses and AnyIP).
+ */
+size_t rv_parse_fib_trie(const char *text, struct rv_net *out, size_t cap);
+size_t rv_parse_if_inet6(const char *text, struct rv_net *out, size_t cap);
+size_t rv_parse_ipv6_route(const char *text, struct rv_net *out, size_t cap);
+
+/* Is (normalised or not) address a inside one of the n entries? */
+int rv_net_has(const struct rv_net *nets, size_t n, const struct rv_addr *a);
+
+/*
+ * The proof bits of a socket whose kernel view is tu, in a namespace
+ * whose local addresses are nets[0..n): RV_LOCAL_HERE when tu->local is
+ * local there, RV_REMOTE_AWAY when tu->remote is not.
+ */
+uint32_t rv_proof(const struct rv_net *nets, size_t n,
+		  const struct rv_tuple *tu);
 
 #endif

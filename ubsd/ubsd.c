@@ -1072,8 +1072,8 @@ static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 	ch->seq = h->seq;
 	memcpy(ch->fd, fds + 1, sizeof(ch->fd));
 	TAILQ_INSERT_TAIL(&chans, ch, entry);
-	r = rv_publish(&d.rv, &f.tu, f.netns, c->sess->id, ch->id, now_ms(),
-		       &ans);
+	r = rv_publish(&d.rv, &f.tu, f.netns, 0, c->sess->id, ch->id,
+		       now_ms(), &ans);
 	m.chan_id = ch->id;
 	if (r < 0) {
 		chan_free(ch);
@@ -1109,8 +1109,8 @@ static int do_request(struct conn *c, const struct ctl_hdr *h,
 				  "pending on this connection");
 	if (tmo > CTL_REQUEST_MAX_MS)
 		tmo = CTL_REQUEST_MAX_MS;
-	r = rv_request(&d.rv, &f.tu, f.netns, c->sess->id, now, now + tmo,
-		       &ans);
+	r = rv_request(&d.rv, &f.tu, f.netns, 0, c->sess->id, now,
+		       now + tmo, &ans);
 	if (r < 0)
 		return send_error(c, h->seq, -r, r == -ENOSPC ?
 				  "request table full" : strerror(-r));
@@ -1133,8 +1133,7 @@ static int do_request(struct conn *c, const struct ctl_hdr *h,
 		c->req_seq = h->seq;
 		return 0;
 	default:
-		return send_tcp(c, h->seq, tmo ? "ambiguous or self-connected"
-				: "no publication");
+		return send_tcp(c, h->seq, rv_cause_str(ans.cause));
 	}
 }
 
@@ -1184,7 +1183,7 @@ static void rv_tick(void)
 					continue;
 				o->req_pending = false;
 				conn_after_push(o, send_tcp(o, o->req_seq,
-							    "timeout"));
+					rv_cause_str(out[i].cause)));
 			} else if (out[i].verdict == RV_WITHDRAWN) {
 				struct chan *ch = chan_find(out[i].chan_id);
 				struct ctl_chan m = {

@@ -1,10 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * rendezvous.c - the daemon's matching rules: exact mirrored 4-tuple,
- * IPv4-mapped addresses, the namespace rule and ambiguity, consumption,
+ * IPv4-mapped addresses, the namespace rule and ambiguity, the proof a
+ * cross-namespace pair needs (both ends' proof bits, refusal at once in
+ * either order, RV_NO_CROSS_NETNS switched at run time), the parsers of
+ * the namespace address files and rv_proof (a stranger holding both
+ * addresses told from the veth peer, loopback never paired), consumption,
  * pending requests, deadlines and staleness, listener references per
  * socket, session teardown, wildcards, capacity, intents; and a long
- * random run checked against a naive reference model.
+ * random run (random proofs and flag flips included) checked against a
+ * naive reference model.
  */
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
@@ -65,23 +70,42 @@ static struct rv_tuple srv_tuple(void)
 	return tup(v4("10.0.0.1", 80), v4("10.0.0.2", 40000));
 }
 
-static int publish(struct rv_table *t, struct rv_tuple tu, uint64_t netns,
-		   uint64_t session, uint64_t chan, uint64_t now)
+/* Publish / request with the given proof bits. */
+static struct rv_answer publish_p(struct rv_table *t, struct rv_tuple tu,
+				  uint64_t netns, uint32_t proof,
+				  uint64_t session, uint64_t chan, uint64_t now)
 {
 	struct rv_answer a;
 
-	cr_assert_eq(rv_publish(t, &tu, netns, session, chan, now, &a), 0);
-	return a.verdict;
+	cr_assert_eq(rv_publish(t, &tu, netns, proof, session, chan, now, &a),
+		     0);
+	return a;
+}
+
+static struct rv_answer request_p(struct rv_table *t, struct rv_tuple tu,
+				  uint64_t netns, uint32_t proof,
+				  uint64_t session, uint64_t now,
+				  uint64_t deadline)
+{
+	struct rv_answer a;
+
+	cr_assert_eq(rv_request(t, &tu, netns, proof, session, now, deadline,
+				&a), 0);
+	return a;
+}
+
+/* Both ends proven (RV_PROVEN): only the other rules decide. */
+static int publish(struct rv_table *t, struct rv_tuple tu, uint64_t netns,
+		   uint64_t session, uint64_t chan, uint64_t now)
+{
+	return publish_p(t, tu, netns, RV_PROVEN, session, chan, now).verdict;
 }
 
 static struct rv_answer request(struct rv_table *t, struct rv_tuple tu,
 				uint64_t netns, uint64_t session, uint64_t now,
 				uint64_t deadline)
 {
-	struct rv_answer a;
-
-	cr_assert_eq(rv_request(t, &tu, netns, session, now, deadline, &a), 0);
-	return a;
+	return request_p(t, tu, netns, RV_PROVEN, session, now, deadline);
 }
 
 static int maybe(const struct rv_table *t, struct rv_addr dst)
@@ -221,6 +245,268 @@ Test(rendezvous, cross_netns_refused_when_requester_netns_has_the_listener)
 	rv_table_fini(&t);
 }
 
+Test(rendezvous, cross_netns_needs_both_ends_proven)
+{
+	static const uint32_t bits[4] = { 0, RV_LOCAL_HERE, RV_REMOTE_AWAY,
+					  RV_PROVEN };
+	struct rv_table t;
+	struct rv_answer a;
+
+	init(&t, 8, 0);
+	for (int sp = 0; sp < 4; sp++) {
+		for (int cp = 0; cp < 4; cp++) {
+			uint64_t chan = (uint64_t)(10 * sp + cp + 1);
+			int ok = bits[sp] == RV_PROVEN && bits[cp] == RV_PROVEN;
+
+			cr_assert_eq(publish_p(&t, srv_tuple(), 1, bits[sp], 11,
+					       chan, 0).verdict, RV_PENDING);
+			/* Refused: TCP at once, not after the deadline. */
+			a = request_p(&t, mirror(srv_tuple()), 2, bits[cp], 22,
+				      0, 100);
+			cr_assert_eq(a.verdict, ok ? RV_MATCH : RV_TCP,
+				     "server %u client %u: verdict %d",
+				     bits[sp], bits[cp], a.verdict);
+			if (!ok) {
+				cr_assert_eq(a.cause, RV_CAUSE_UNPROVEN);
+				cr_assert_eq(rv_withdraw(&t, 11, chan), 0,
+					     "refusal consumed the publication");
+			}
+		}
+	}
+	/* The same namespace needs no proof. */
+	cr_assert_eq(publish_p(&t, srv_tuple(), 1, 0, 11, 99, 0).verdict,
+		     RV_PENDING);
+	a = request_p(&t, mirror(srv_tuple()), 1, 0, 21, 0, 100);
+	cr_assert_eq(a.verdict, RV_MATCH);
+	cr_assert_eq(a.chan_id, 99);
+	rv_table_fini(&t);
+}
+
+Test(rendezvous, refused_publication_answers_the_waiting_request_at_once)
+{
+	struct rv_table t;
+	struct rv_answer a, out[4];
+
+	init(&t, 8, 0);
+	a = request(&t, mirror(srv_tuple()), 2, 22, 0, 500);
+	cr_assert_eq(a.verdict, RV_PENDING);
+	/* An unproven publication from another namespace: the request can
+	 * never be matched, so it is due now. */
+	cr_assert_eq(publish_p(&t, srv_tuple(), 1, RV_LOCAL_HERE, 11, 100,
+			       1).verdict, RV_PENDING);
+	cr_assert_eq(rv_next_deadline(&t), 0);
+	cr_assert_eq(rv_expire(&t, 1, out, 4), 1);
+	cr_assert_eq(out[0].verdict, RV_TCP);
+	cr_assert_eq(out[0].req_id, a.req_id);
+	cr_assert_eq(out[0].cause, RV_CAUSE_UNPROVEN);
+	cr_assert_eq(rv_withdraw(&t, 11, 100), 0);
+
+	/* A proven one is taken by the waiting request. */
+	a = request(&t, mirror(srv_tuple()), 2, 22, 2, 500);
+	cr_assert_eq(a.verdict, RV_PENDING);
+	a = publish_p(&t, srv_tuple(), 1, RV_PROVEN, 11, 101, 3);
+	cr_assert_eq(a.verdict, RV_MATCH);
+	cr_assert_eq(rv_next_deadline(&t), UINT64_MAX, "nothing left");
+
+	/* An expired request reports a timeout. */
+	a = request(&t, mirror(srv_tuple()), 2, 22, 4, 10);
+	cr_assert_eq(rv_expire(&t, 10, out, 4), 1);
+	cr_assert_eq(out[0].cause, RV_CAUSE_TIMEOUT);
+	rv_table_fini(&t);
+}
+
+Test(rendezvous, cross_netns_off_refuses_at_once_and_can_be_switched)
+{
+	struct rv_table t;
+	struct rv_addr any = v4("0.0.0.0", 80);
+	struct rv_answer a, out[4];
+
+	init(&t, 8, RV_NO_CROSS_NETNS);
+	cr_assert_eq(publish(&t, srv_tuple(), 1, 11, 100, 0), RV_PENDING);
+	a = request(&t, mirror(srv_tuple()), 2, 22, 0, 500);
+	cr_assert_eq(a.verdict, RV_TCP);
+	cr_assert_eq(a.cause, RV_CAUSE_CROSS_OFF);
+	/* Publication second: the waiting request is refused at once. */
+	a = request(&t, mirror(tup(v4("10.0.0.1", 81),
+				   v4("10.0.0.2", 40000))), 2, 22, 0, 500);
+	cr_assert_eq(a.verdict, RV_PENDING);
+	cr_assert_eq(publish(&t, tup(v4("10.0.0.1", 81), v4("10.0.0.2",
+			     40000)), 1, 11, 101, 1), RV_PENDING);
+	cr_assert_eq(rv_expire(&t, 1, out, 4), 1);
+	cr_assert_eq(out[0].req_id, a.req_id);
+	cr_assert_eq(out[0].cause, RV_CAUSE_CROSS_OFF);
+	/* The same namespace still matches. */
+	cr_assert_eq(request(&t, mirror(srv_tuple()), 1, 21, 1, 500).verdict,
+		     RV_MATCH);
+	/* Switched on (a reload): the next request across matches. */
+	rv_set_flags(&t, 0);
+	a = request(&t, mirror(tup(v4("10.0.0.1", 81), v4("10.0.0.2",
+				   40000))), 2, 22, 2, 500);
+	cr_assert_eq(a.verdict, RV_MATCH);
+	cr_assert_eq(a.chan_id, 101);
+	/* Off again, with a listener near the requester: it waits for its
+	 * own namespace (which may yet publish) rather than refusing. */
+	rv_set_flags(&t, RV_NO_CROSS_NETNS);
+	cr_assert_eq(rv_listener_add(&t, 500, 2, &any, 0, 42), 1);
+	cr_assert_eq(publish(&t, srv_tuple(), 1, 11, 102, 3), RV_PENDING);
+	a = request(&t, mirror(srv_tuple()), 2, 22, 3, 500);
+	cr_assert_eq(a.verdict, RV_PENDING);
+	cr_assert_eq(publish(&t, srv_tuple(), 2, 12, 200, 4), RV_MATCH);
+	rv_table_fini(&t);
+}
+
+/* Local addresses of three namespaces: A (server), B (its veth peer),
+ * C (holds both addresses itself, e.g. a second copy of that network). */
+static const char fib_a[] =
+	"Main:\n"
+	"  +-- 0.0.0.0/0 3 0 5\n"
+	"     +-- 10.77.0.0/24 2 0 2\n"
+	"        +-- 10.77.0.0/30 2 0 2\n"
+	"           |-- 10.77.0.0\n"
+	"              /24 link UNICAST\n"
+	"           |-- 10.77.0.1\n"
+	"              /32 host LOCAL\n"
+	"        |-- 10.77.0.255\n"
+	"           /32 link BROADCAST\n"
+	"     +-- 127.0.0.0/8 2 0 2\n"
+	"        +-- 127.0.0.0/31 1 0 0\n"
+	"           |-- 127.0.0.0\n"
+	"              /8 host LOCAL\n"
+	"           |-- 127.0.0.1\n"
+	"              /32 host LOCAL\n"
+	"        |-- 127.255.255.255\n"
+	"           /32 link BROADCAST\n"
+	"Local:\n"
+	"  +-- 0.0.0.0/0 3 0 5\n"
+	"     |-- 10.77.0.1\n"
+	"        /32 host LOCAL tos=4\n";
+static const char fib_b[] =
+	"Local:\n"
+	"  +-- 0.0.0.0/0 3 0 5\n"
+	"     |-- 10.77.0.2\n"
+	"        /32 host LOCAL\n"
+	"     |-- 127.0.0.0\n"
+	"        /8 host LOCAL\n";
+static const char fib_c[] =
+	"Local:\n"
+	"  +-- 0.0.0.0/0 3 0 5\n"
+	"     |-- 10.77.0.1\n"
+	"        /32 host LOCAL\n"
+	"     |-- 10.77.0.2\n"
+	"        /32 host LOCAL\n"
+	"     |-- 192.168.0.0\n"
+	"        /16 host LOCAL\n";     /* AnyIP */
+
+static size_t parse_fib(const char *text, struct rv_net *nets, size_t cap)
+{
+	size_t n = rv_parse_fib_trie(text, nets, cap);
+
+	cr_assert_leq(n, cap);
+	return n;
+}
+
+static int has(const struct rv_net *nets, size_t n, struct rv_addr a)
+{
+	return rv_net_has(nets, n, &a);
+}
+
+Test(rendezvous, fib_trie_local_entries_are_the_local_addresses)
+{
+	struct rv_net a[16], c[16];
+	size_t na, nc;
+
+	na = parse_fib(fib_a, a, 16);
+	cr_assert_eq(na, 4, "10.77.0.1 twice, 127/8, 127.0.0.1: got %zu", na);
+	cr_assert(has(a, na, v4("10.77.0.1", 0)));
+	cr_assert(has(a, na, v6("::ffff:10.77.0.1", 9)), "v4-mapped");
+	cr_assert(has(a, na, v4("127.0.0.1", 0)));
+	cr_assert(has(a, na, v4("127.3.2.1", 0)), "127/8 is local");
+	cr_assert(!has(a, na, v4("10.77.0.2", 0)));
+	cr_assert(!has(a, na, v4("10.77.0.0", 0)), "UNICAST is not local");
+	cr_assert(!has(a, na, v4("10.77.0.255", 0)), "nor BROADCAST");
+	cr_assert(!has(a, na, v6("::1", 0)));
+	/* Too little room: the count says how much is needed. */
+	cr_assert_eq(rv_parse_fib_trie(fib_a, a, 1), 4);
+	cr_assert_eq(rv_parse_fib_trie(fib_a, NULL, 0), 4);
+	nc = parse_fib(fib_c, c, 16);
+	cr_assert(has(c, nc, v4("192.168.200.7", 0)), "AnyIP prefix");
+	cr_assert(!has(c, nc, v4("192.169.0.1", 0)));
+	cr_assert_eq(rv_parse_fib_trie("garbage\n/32 host LOCAL\n|-- x\n"
+				       "   /32 host LOCAL\n", c, 16), 0);
+}
+
+Test(rendezvous, if_inet6_and_ipv6_route_give_the_ipv6_addresses)
+{
+	static const char if6[] =
+		"00000000000000000000000000000001 01 80 10 80       lo\n"
+		"fd000000000000000000000000000002 04 40 00 82     eth0\n"
+		"fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n"
+		"short 01 02\n";
+	static const char rt6[] =
+		"fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n"
+		"fd000000000000000000000000000002 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000003 00000000 80200001     eth0\n"
+		"20010db8000000000000000000000000 30 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000003 00000000 80200001       lo\n";
+	struct rv_net n6[8];
+	size_t n;
+
+	n = rv_parse_if_inet6(if6, n6, 8);
+	cr_assert_eq(n, 3);
+	cr_assert(has(n6, n, v6("::1", 0)));
+	cr_assert(has(n6, n, v6("fd00::2", 0)));
+	cr_assert(has(n6, n, v6("fe80::fc:ff:fe00:1", 0)));
+	cr_assert(!has(n6, n, v6("fd00::3", 0)), "/128 each, not the subnet");
+	cr_assert(!has(n6, n, v4("127.0.0.1", 0)));
+	n = rv_parse_ipv6_route(rt6, n6, 8);
+	cr_assert_eq(n, 2, "only RTF_LOCAL routes");
+	cr_assert(has(n6, n, v6("fd00::2", 0)));
+	cr_assert(!has(n6, n, v6("fd00::5", 0)));
+	cr_assert(has(n6, n, v6("2001:db8:0:ffff::1", 0)), "AnyIP /48");
+	cr_assert(!has(n6, n, v6("2001:db9::1", 0)));
+}
+
+/*
+ * The stranger of the design: A's server accepted 10.77.0.2:40000 ->
+ * 10.77.0.1:80 from B over a veth.  C also holds both addresses, so the
+ * same tuple exists inside C (a client and a server of its own): C's
+ * client must not get A's channel; B's must.  Loopback connections never
+ * pair across namespaces (each end's peer address is local to it).
+ */
+Test(rendezvous, proof_tells_the_veth_peer_from_a_stranger)
+{
+	struct rv_net a[16], b[16], c[16];
+	size_t na = parse_fib(fib_a, a, 16), nb = parse_fib(fib_b, b, 16);
+	size_t nc = parse_fib(fib_c, c, 16);
+	struct rv_tuple st = tup(v4("10.77.0.1", 80), v4("10.77.0.2", 40000));
+	struct rv_tuple lo = tup(v4("127.0.0.1", 80), v4("127.0.0.1", 40000));
+	uint32_t pa = rv_proof(a, na, &st), pb, pc;
+	struct rv_tuple ct = mirror(st);
+	struct rv_table t;
+	struct rv_answer r;
+
+	pb = rv_proof(b, nb, &ct);
+	pc = rv_proof(c, nc, &ct);
+	cr_assert_eq(pa, RV_PROVEN);
+	cr_assert_eq(pb, RV_PROVEN);
+	cr_assert_eq(pc, RV_LOCAL_HERE, "in C the server address is local");
+	cr_assert_eq(rv_proof(a, na, &lo), RV_LOCAL_HERE);
+	cr_assert_eq(rv_proof(b, nb, &st), 0, "A's tuple does not fit in B");
+
+	init(&t, 8, 0);
+	cr_assert_eq(publish_p(&t, st, 1, pa, 11, 100, 0).verdict, RV_PENDING);
+	r = request_p(&t, ct, 3, pc, 33, 0, 100);
+	cr_assert_eq(r.verdict, RV_TCP);
+	cr_assert_eq(r.cause, RV_CAUSE_UNPROVEN);
+	r = request_p(&t, ct, 2, pb, 22, 0, 100);
+	cr_assert_eq(r.verdict, RV_MATCH);
+	cr_assert_eq(r.chan_id, 100);
+	/* Loopback: the server's peer is local to it, never proven. */
+	cr_assert_eq(publish_p(&t, lo, 1, rv_proof(a, na, &lo), 11, 101,
+			       0).verdict, RV_PENDING);
+	r = request_p(&t, mirror(lo), 2, rv_proof(b, nb, &lo), 22, 0, 100);
+	cr_assert_eq(r.verdict, RV_TCP);
+	rv_table_fini(&t);
+}
+
 Test(rendezvous, a_match_needs_both_sides_to_choose_each_other)
 {
 	struct rv_table t;
@@ -264,7 +550,7 @@ Test(rendezvous, pending_request_answered_by_later_publication)
 	a = request(&t, mirror(st), 1, 22, 0, 100);
 	cr_assert_eq(a.verdict, RV_PENDING);
 	cr_assert_eq(rv_next_deadline(&t), 100);
-	cr_assert_eq(rv_publish(&t, &st, 1, 11, 77, 50, &p), 0);
+	cr_assert_eq(rv_publish(&t, &st, 1, RV_PROVEN, 11, 77, 50, &p), 0);
 	cr_assert_eq(p.verdict, RV_MATCH);
 	cr_assert_eq(p.req_id, a.req_id);
 	cr_assert_eq(p.req_session, 22);
@@ -442,7 +728,7 @@ Test(rendezvous, capacity_gives_enospc)
 		cr_assert_eq(publish(&t, st, 1, 11, (uint64_t)i, 0), RV_PENDING);
 	}
 	st.remote.port = 2000;
-	cr_assert_eq(rv_publish(&t, &st, 1, 11, 9, 0, &a), -ENOSPC);
+	cr_assert_eq(rv_publish(&t, &st, 1, RV_PROVEN, 11, 9, 0, &a), -ENOSPC);
 	/* A request that matches at once needs no room... */
 	st.remote.port = 1000;
 	cr_assert_eq(request(&t, mirror(st), 1, 22, 0, 100).verdict, RV_MATCH);
@@ -451,7 +737,8 @@ Test(rendezvous, capacity_gives_enospc)
 	cr_assert_eq(request(&t, mirror(st), 1, 22, 0, 100).verdict, RV_PENDING);
 	st.remote.port = 3001;
 	mst = mirror(st);
-	cr_assert_eq(rv_request(&t, &mst, 1, 22, 0, 100, &a), -ENOSPC);
+	cr_assert_eq(rv_request(&t, &mst, 1, RV_PROVEN, 22, 0, 100, &a),
+		     -ENOSPC);
 	cr_assert_eq(rv_listener_add(&t, 1, 1, &la, 0, 1), 1);
 	cr_assert_eq(rv_listener_add(&t, 2, 1, &la, 0, 1), -ENOSPC);
 	cr_assert_eq(rv_listener_add(&t, 1, 1, &la, 0, 2), 0);
@@ -470,7 +757,7 @@ Test(rendezvous, local_equal_remote_never_matches)
 	struct rv_answer a;
 
 	init(&t, 8, 0);
-	cr_assert_eq(rv_publish(&t, &loop, 1, 11, 1, 0, &a), 0);
+	cr_assert_eq(rv_publish(&t, &loop, 1, RV_PROVEN, 11, 1, 0, &a), 0);
 	cr_assert_eq(a.verdict, RV_WITHDRAWN);
 	a = request(&t, loop, 1, 11, 0, 100);
 	cr_assert_eq(a.verdict, RV_TCP);
@@ -549,6 +836,7 @@ struct m_ent {
 	int used, dead;
 	struct m_ep srv, cli;
 	uint64_t netns, session, id, t;
+	uint32_t proof;
 };
 
 struct m_lst {
@@ -561,6 +849,7 @@ struct model {
 	struct m_ent pub[M_CAP], req[M_CAP];
 	struct m_lst lst[M_LCAP];
 	uint64_t next_id;
+	int no_cross;           /* RV_NO_CROSS_NETNS */
 };
 
 /* Listening socket k: fixed identity.  a: 0..2 address, 3 = 0.0.0.0,
@@ -615,15 +904,16 @@ static int m_reach(int sock, struct m_ep dst)
 	return !dst_v4;
 }
 
-static int m_cross_ok(const struct model *m, uint64_t req_ns, struct m_ep srv)
+/* Has req_ns a listener srv could reach? */
+static int m_near(const struct model *m, uint64_t req_ns, struct m_ep srv)
 {
 	int i;
 
 	for (i = 0; i < M_LCAP; i++)
 		if (m->lst[i].used && m_sock_ns[m->lst[i].sock] == req_ns &&
 		    m_reach(m->lst[i].sock, srv))
-			return 0;
-	return 1;
+			return 1;
+	return 0;
 }
 
 static int m_nlst(const struct model *m)
@@ -642,39 +932,45 @@ static int m_live(const struct m_ent *e, int reqs, uint64_t now)
 	return reqs ? e->t > now : e->t + M_STALE > now;
 }
 
-/* -1 none, -2 ambiguous, M_CAP the extra entry, else index. */
+/* -1 none, -2 ambiguous or refused, M_CAP the extra entry (proof
+ * extra_proof), else index.  The chooser is in ns with proof. */
 static int m_choose(const struct model *m, int reqs, struct m_ep srv,
-		    struct m_ep cli, uint64_t ns, uint64_t now,
-		    const uint64_t *extra)
+		    struct m_ep cli, uint64_t ns, uint32_t proof, uint64_t now,
+		    const uint64_t *extra, uint32_t extra_proof)
 {
 	const struct m_ent *s = reqs ? m->req : m->pub;
-	int same = 0, other = 0, same_i = -1, other_i = -1, i;
+	int same = 0, other = 0, same_i = -1, other_i = -1, other_ok = 0, i;
 
 	for (i = 0; i <= M_CAP; i++) {
 		uint64_t n;
+		uint32_t p;
 
 		if (i < M_CAP) {
 			if (!m_live(&s[i], reqs, now) ||
 			    !m_ep_eq(s[i].srv, srv) || !m_ep_eq(s[i].cli, cli))
 				continue;
 			n = s[i].netns;
+			p = s[i].proof;
 		} else if (extra) {
 			n = *extra;
+			p = extra_proof;
 		} else {
 			continue;
 		}
 		if (n == ns) {
 			same++;
 			same_i = i;
-		} else if (m_cross_ok(m, reqs ? n : ns, srv)) {
+		} else if (!m_near(m, reqs ? n : ns, srv)) {
 			other++;
 			other_i = i;
+			other_ok = !m->no_cross && p == RV_PROVEN &&
+				   proof == RV_PROVEN;
 		}
 	}
 	if (same)
 		return same == 1 ? same_i : -2;
 	if (other)
-		return other == 1 ? other_i : -2;
+		return other == 1 && other_ok ? other_i : -2;
 	return -1;
 }
 
@@ -714,11 +1010,11 @@ static void m_supersede(struct m_ent *s, int reqs, struct m_ep srv,
 
 /* Model of rv_publish: returns the errno-style result, fills *a. */
 static int m_publish(struct model *m, struct m_ep loc, struct m_ep rem,
-		     uint64_t ns, uint64_t sess, uint64_t chan, uint64_t now,
-		     struct rv_answer *a)
+		     uint64_t ns, uint32_t proof, uint64_t sess,
+		     uint64_t chan, uint64_t now, struct rv_answer *a)
 {
 	struct m_ent e;
-	int r;
+	int r, i;
 
 	memset(a, 0, sizeof(*a));
 	a->chan_id = chan;
@@ -728,9 +1024,9 @@ static int m_publish(struct model *m, struct m_ep loc, struct m_ep rem,
 		return 0;
 	}
 	m_supersede(m->pub, 0, loc, rem, ns, now);
-	r = m_choose(m, 1, loc, rem, ns, now, NULL);
-	if (r >= 0 && m_choose(m, 0, loc, rem, m->req[r].netns, now, &ns) ==
-	    M_CAP) {
+	r = m_choose(m, 1, loc, rem, ns, proof, now, NULL, 0);
+	if (r >= 0 && m_choose(m, 0, loc, rem, m->req[r].netns,
+			       m->req[r].proof, now, &ns, proof) == M_CAP) {
 		a->verdict = RV_MATCH;
 		a->req_id = m->req[r].id;
 		a->req_session = m->req[r].session;
@@ -746,14 +1042,25 @@ static int m_publish(struct model *m, struct m_ep loc, struct m_ep rem,
 	e.session = sess;
 	e.id = chan;
 	e.t = now;
+	e.proof = proof;
 	m_add(m->pub, e);
+	/* Waiting requests of this key left with no possible match. */
+	for (i = 0; i < M_CAP; i++) {
+		struct m_ent *q = &m->req[i];
+
+		if (m_live(q, 1, now) && m_ep_eq(q->srv, loc) &&
+		    m_ep_eq(q->cli, rem) &&
+		    m_choose(m, 0, loc, rem, q->netns, q->proof, now, NULL,
+			     0) == -2)
+			q->dead = 1;
+	}
 	a->verdict = RV_PENDING;
 	return 0;
 }
 
 static int m_request(struct model *m, struct m_ep loc, struct m_ep rem,
-		     uint64_t ns, uint64_t sess, uint64_t now, uint64_t dl,
-		     struct rv_answer *a, int *pub_idx)
+		     uint64_t ns, uint32_t proof, uint64_t sess, uint64_t now,
+		     uint64_t dl, struct rv_answer *a, int *pub_idx)
 {
 	struct m_ent e;
 	int p;
@@ -767,9 +1074,9 @@ static int m_request(struct model *m, struct m_ep loc, struct m_ep rem,
 		return 0;
 	}
 	m_supersede(m->req, 1, rem, loc, ns, now);
-	p = m_choose(m, 0, rem, loc, ns, now, NULL);
-	if (p >= 0 && m_choose(m, 1, rem, loc, m->pub[p].netns, now, &ns) ==
-	    M_CAP) {
+	p = m_choose(m, 0, rem, loc, ns, proof, now, NULL, 0);
+	if (p >= 0 && m_choose(m, 1, rem, loc, m->pub[p].netns,
+			       m->pub[p].proof, now, &ns, proof) == M_CAP) {
 		a->req_id = m->next_id++;
 		a->verdict = RV_MATCH;
 		a->chan_id = m->pub[p].id;
@@ -792,6 +1099,7 @@ static int m_request(struct model *m, struct m_ep loc, struct m_ep rem,
 	e.session = sess;
 	e.id = m->next_id++;
 	e.t = dl;
+	e.proof = proof;
 	m_add(m->req, e);
 	a->req_id = e.id;
 	a->verdict = RV_PENDING;
@@ -824,6 +1132,11 @@ static void ans_eq(const struct rv_answer *x, const struct rv_answer *y,
  * each chan / request id: handed out at most once. */
 static struct m_ep chan_srv[M_CHANS], chan_cli[M_CHANS];
 static unsigned char chan_done[M_CHANS], req_done[M_CHANS];
+/* The netns and proof of each publication and request, and whether
+ * cross-namespace matching was off when each was made. */
+static uint64_t chan_ns[M_CHANS], req_ns[M_CHANS];
+static uint32_t chan_proof[M_CHANS], req_proof[M_CHANS];
+static unsigned long cross_matches;
 
 static void note_chan(uint64_t chan, unsigned long step)
 {
@@ -841,15 +1154,23 @@ static void note_req(uint64_t id, unsigned long step)
 	req_done[id] = 1;
 }
 
-/* A match must pair a publication with the mirror of the request. */
+/* A match must pair a publication with the mirror of the request; across
+ * namespaces, only proven ends and while allowed. */
 static void check_match(const struct rv_answer *a, struct m_ep loc,
-			struct m_ep rem, unsigned long step)
+			struct m_ep rem, int no_cross, unsigned long step)
 {
 	uint64_t c = a->chan_id;
 
 	cr_assert(m_ep_eq(chan_srv[c], rem) && m_ep_eq(chan_cli[c], loc) &&
 		  !m_ep_eq(loc, rem), "step %lu: match breaks the tuple rule",
 		  step);
+	if (chan_ns[c] != req_ns[a->req_id]) {
+		cr_assert(!no_cross && chan_proof[c] == RV_PROVEN &&
+			  req_proof[a->req_id] == RV_PROVEN,
+			  "step %lu: unproven or forbidden cross-netns match",
+			  step);
+		cross_matches++;
+	}
 	note_chan(c, step);
 	note_req(a->req_id, step);
 }
@@ -883,8 +1204,15 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 		struct m_ep rem = { (int)rnd(M_ADDRS), (int)rnd(M_PORTS) };
 		struct rv_tuple tu;
 		uint64_t ns = 1 + rnd(M_NS), sess = 1 + rnd(M_SESS);
+		/* Mostly proven; sometimes one bit or none. */
+		uint32_t proof = rnd(5) ? RV_PROVEN : rnd(3);
 		struct rv_answer a, ma;
 		size_t n, mn;
+
+		if (!rnd(400)) {
+			m->no_cross = !m->no_cross;
+			rv_set_flags(&t, m->no_cross ? RV_NO_CROSS_NETNS : 0);
+		}
 
 		if (h < 4) {
 			loc = hot[h][op >= 35];
@@ -900,8 +1228,11 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 				break;
 			chan_srv[chan] = loc;
 			chan_cli[chan] = rem;
-			r = rv_publish(&t, &tu, ns, sess, chan, now, &a);
-			mr = m_publish(m, loc, rem, ns, sess, chan, now, &ma);
+			chan_ns[chan] = ns;
+			chan_proof[chan] = proof;
+			r = rv_publish(&t, &tu, ns, proof, sess, chan, now, &a);
+			mr = m_publish(m, loc, rem, ns, proof, sess, chan, now,
+				       &ma);
 			chan++;
 			cr_assert_eq(r, mr, "step %lu: publish %d vs %d", step,
 				     r, mr);
@@ -910,7 +1241,8 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 			ans_eq(&a, &ma, step);
 			if (a.verdict == RV_MATCH) {
 				check_match(&a, req_loc[a.req_id],
-					    req_rem[a.req_id], step);
+					    req_rem[a.req_id], m->no_cross,
+					    step);
 				pendings_answered++;
 			} else if (a.verdict == RV_WITHDRAWN) {
 				note_chan(a.chan_id, step);
@@ -918,8 +1250,9 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 		} else if (op < 70) {
 			uint64_t dl = now + rnd(300);
 
-			r = rv_request(&t, &tu, ns, sess, now, dl, &a);
-			mr = m_request(m, loc, rem, ns, sess, now, dl, &ma, &pi);
+			r = rv_request(&t, &tu, ns, proof, sess, now, dl, &a);
+			mr = m_request(m, loc, rem, ns, proof, sess, now, dl,
+				       &ma, &pi);
 			cr_assert_eq(r, mr, "step %lu: request %d vs %d", step,
 				     r, mr);
 			if (r)
@@ -928,8 +1261,10 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 			cr_assert_lt(a.req_id, M_CHANS);
 			req_loc[a.req_id] = loc;
 			req_rem[a.req_id] = rem;
+			req_ns[a.req_id] = ns;
+			req_proof[a.req_id] = proof;
 			if (a.verdict == RV_MATCH) {
-				check_match(&a, loc, rem, step);
+				check_match(&a, loc, rem, m->no_cross, step);
 				matches++;
 			} else if (a.verdict == RV_TCP) {
 				note_req(a.req_id, step);
@@ -1078,8 +1413,8 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 				    m_ep_eq(p->srv, q->srv) &&
 				    m_ep_eq(p->cli, q->cli))
 					cr_assert(m_choose(m, 1, p->srv, p->cli,
-							   p->netns, now,
-							   NULL) == -2,
+							   p->netns, p->proof,
+							   now, NULL, 0) == -2,
 						  "step %lu: request %lu left "
 						  "waiting beside its peer",
 						  step, (unsigned long)q->id);
@@ -1090,6 +1425,8 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 		     matches);
 	cr_assert_gt(pendings_answered, 100, "and late answers (%lu)",
 		     pendings_answered);
+	cr_assert_gt(cross_matches, 100, "and cross-netns matches (%lu)",
+		     cross_matches);
 	rv_table_fini(&t);
 	free(m);
 }
