@@ -24,7 +24,10 @@
  * about it (socket type, protocol, state, addresses, netns cookie).
  *
  * Rendezvous: rendezvous.c decides; this file feeds it the kernel's view
- * of passed sockets and keeps the channel fds of each unmatched
+ * of passed sockets, with the proof bits a cross-namespace pair needs
+ * (ns_proof: the socket's addresses against the local addresses of its
+ * namespace, read from /proc/PID/net of a process proven to be in it and
+ * cached per namespace), and keeps the channel fds of each unmatched
  * publication (struct chan) until they are handed to the matching client,
  * withdrawn as stale, or their session ends.  Pending requests are
  * answered from the epoll_wait timeout (rv_next_deadline).  The
@@ -40,6 +43,7 @@
  */
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/queue.h>
@@ -70,6 +74,9 @@
 
 #ifndef SO_NETNS_COOKIE
 #define SO_NETNS_COOKIE 71
+#endif
+#ifndef SIOCGSKNS
+#define SIOCGSKNS 0x894C
 #endif
 
 #define IN_MAX   (sizeof(struct ctl_hdr) + CTL_MAX_BODY)
@@ -132,11 +139,36 @@ static TAILQ_HEAD(, conn) graveyard = TAILQ_HEAD_INITIALIZER(graveyard);
 static TAILQ_HEAD(, chan) chans = TAILQ_HEAD_INITIALIZER(chans);
 
 /* Rendezvous capacities: preallocated once.  Every listener fits in the
- * policy page. */
+ * policy page.  Cross-namespace matching stays off until the configuration
+ * says otherwise (apply_daemon_conf). */
 static const struct rv_limits rv_lim = {
 	.listeners = UBS_POLICY_MAX_LST, .holders = 8192, .pubs = 4096, .reqs = 4096,
 	.intents = 1024, .stale_ms = 10000, .flags = RV_NO_CROSS_NETNS,
 };
+
+/*
+ * The local addresses of the network namespaces seen in passed sockets,
+ * for the cross-namespace proof (ns_proof), by the namespace id
+ * sock_facts reads (the SO_NETNS_COOKIE): read from /proc/PID/net of a
+ * process proven to be in that namespace, kept NSA_TTL_MS.  A slot is
+ * reused least recently used first.
+ */
+#define NSA_SLOTS   64
+#define NSA_TTL_MS  1000
+#define NSA_FILE_MAX (4u << 20)         /* bigger /proc files: no proof */
+
+struct nsa {
+	uint64_t id;                    /* sock_facts netns; 0 = free */
+	uint64_t ino;                   /* its /proc/PID/ns/net inode, 0 =
+					 * not learned yet */
+	uint64_t read_ms;               /* nets read at; 0 = none valid */
+	uint64_t fail_ms;               /* last failure; retried after TTL */
+	uint64_t used_ms;
+	struct rv_net *nets;
+	size_t n, cap;
+};
+
+static struct nsa nsa[NSA_SLOTS];
 
 static struct {
 	bool foreground;
@@ -910,6 +942,8 @@ struct sock_facts {
 	uint64_t netns;
 	uint64_t sock_id;               /* inode */
 	int v6only;
+	int family;                     /* the socket's own: AF_INET(6) */
+	bool cookie;                    /* netns is its SO_NETNS_COOKIE */
 };
 
 /*
@@ -950,6 +984,7 @@ static int sock_facts(const struct conn *c, int fd, bool listening,
 		*why = "cannot read the socket's address";
 		return -EAFNOSUPPORT;
 	}
+	f->family = ss.ss_family;
 	if (!listening) {
 		len = sizeof(ss);
 		if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0) {
@@ -966,8 +1001,9 @@ static int sock_facts(const struct conn *c, int fd, bool listening,
 			f->v6only = v != 0;
 	}
 	len = sizeof(f->netns);
-	if (getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &f->netns,
-		       &len) < 0 || len != sizeof(f->netns))
+	f->cookie = getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &f->netns,
+			       &len) == 0 && len == sizeof(f->netns);
+	if (!f->cookie)
 		f->netns = c->sess ? c->sess->netns : netns_of(c->pid);
 	if (fstat(fd, &st) < 0) {
 		*why = "fstat failed";
@@ -989,6 +1025,265 @@ static bool is_eventfd(int fd)
 		return false;
 	link[n] = '\0';
 	return strcmp(link, "anon_inode:[eventfd]") == 0;
+}
+
+/* ---- the cross-namespace proof ----------------------------------------- */
+
+/*
+ * Read all of a /proc file into a fresh NUL-terminated buffer (at most
+ * NSA_FILE_MAX bytes).  Returns it, or NULL (errno set; EFBIG when too
+ * big).
+ */
+static char *read_proc(const char *path)
+{
+	size_t len = 0, cap = 16384;
+	char *buf = malloc(cap), *nb;
+	ssize_t n;
+	int fd, err;
+
+	if (!buf)
+		return NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		err = errno;
+		free(buf);
+		errno = err;
+		return NULL;
+	}
+	for (;;) {
+		if (cap - len < 4096) {
+			if (cap >= NSA_FILE_MAX) {
+				err = EFBIG;
+				goto fail;
+			}
+			nb = realloc(buf, cap * 2);
+			if (!nb) {
+				err = ENOMEM;
+				goto fail;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			err = errno;
+			goto fail;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	buf[len] = '\0';
+	return buf;
+fail:
+	close(fd);
+	free(buf);
+	errno = err;
+	return NULL;
+}
+
+/* Is socket inode ino listed in /proc/PID/net/tcp (family AF_INET) or
+ * tcp6?  The tenth field of a line is the inode. */
+static bool proc_tcp_has(pid_t pid, int family, uint64_t ino)
+{
+	char path[64], *text, *line, *save = NULL;
+	bool found = false;
+
+	snprintf(path, sizeof(path), "/proc/%ld/net/%s", (long)pid,
+		 family == AF_INET6 ? "tcp6" : "tcp");
+	text = read_proc(path);
+	if (!text)
+		return false;
+	for (line = strtok_r(text, "\n", &save); line && !found;
+	     line = strtok_r(NULL, "\n", &save)) {
+		unsigned long long v;
+
+		if (sscanf(line, "%*s %*s %*s %*s %*s %*s %*s %*s %*s %llu",
+			   &v) == 1 && v == ino)
+			found = true;
+	}
+	free(text);
+	return found;
+}
+
+/*
+ * The inode of the network namespace of socket fd (family, inode
+ * sock_ino), held by process pid.  With CAP_NET_ADMIN over that namespace
+ * (root) SIOCGSKNS says it; otherwise pid's own namespace is the socket's
+ * when pid's /proc/PID/net/tcp{,6} lists the socket and pid stayed in
+ * that namespace meanwhile.  0 when it cannot be told.
+ */
+static uint64_t sock_ns_ino(int fd, int family, uint64_t sock_ino, pid_t pid)
+{
+	struct stat st;
+	uint64_t before, after;
+	int nfd = ioctl(fd, SIOCGSKNS, 0);
+
+	if (nfd >= 0) {
+		uint64_t ino = fstat(nfd, &st) == 0 ? (uint64_t)st.st_ino : 0;
+
+		close(nfd);
+		return ino;
+	}
+	before = netns_of(pid);
+	if (!before || !proc_tcp_has(pid, family, sock_ino))
+		return 0;
+	after = netns_of(pid);
+	return after == before ? before : 0;
+}
+
+/* Append what parse finds in /proc/PID/net/NAME to e->nets.  0 or
+ * -errno. */
+static int nsa_add(struct nsa *e, pid_t pid, const char *name,
+		   size_t (*parse)(const char *, struct rv_net *, size_t))
+{
+	char path[64], *text;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/%ld/net/%s", (long)pid, name);
+	text = read_proc(path);
+	if (!text)
+		return errno == ENOENT ? 0 : -errno;    /* no IPv6: none */
+	n = parse(text, NULL, 0);
+	if (e->n + n > e->cap) {
+		size_t cap = e->n + n + 16;
+		struct rv_net *nn = realloc(e->nets, cap * sizeof(*nn));
+
+		if (!nn) {
+			free(text);
+			return -ENOMEM;
+		}
+		e->nets = nn;
+		e->cap = cap;
+	}
+	e->n += parse(text, e->nets + e->n, n);
+	free(text);
+	return 0;
+}
+
+/*
+ * Read the local addresses of namespace e->ino through /proc/PID/net of
+ * pid, which must be in it before and after.  0 or -errno (-ESRCH: pid is
+ * elsewhere).
+ */
+static int nsa_read(struct nsa *e, pid_t pid)
+{
+	int r;
+
+	if (netns_of(pid) != e->ino)
+		return -ESRCH;
+	e->n = 0;
+	r = nsa_add(e, pid, "fib_trie", rv_parse_fib_trie);
+	if (!r)
+		r = nsa_add(e, pid, "if_inet6", rv_parse_if_inet6);
+	if (!r)
+		r = nsa_add(e, pid, "ipv6_route", rv_parse_ipv6_route);
+	if (!r && netns_of(pid) != e->ino)
+		r = -ESRCH;
+	if (r)
+		e->n = 0;
+	return r;
+}
+
+static struct nsa *nsa_slot(uint64_t id, uint64_t now)
+{
+	struct nsa *e, *lru = &nsa[0];
+
+	for (e = nsa; e < nsa + NSA_SLOTS; e++) {
+		if (e->id == id && id)
+			goto found;
+		if (e->used_ms < lru->used_ms)
+			lru = e;
+	}
+	e = lru;
+	e->id = id;
+	e->ino = 0;
+	e->read_ms = 0;
+	e->fail_ms = 0;
+	e->n = 0;
+found:
+	e->used_ms = now;
+	return e;
+}
+
+/*
+ * The proof bits (rv_proof) of socket fd with facts f, passed by c, in
+ * its own namespace, or 0 with *why set.  Nothing to prove when
+ * cross-namespace matching is off.
+ */
+static uint32_t ns_proof(const struct conn *c, int fd,
+			 const struct sock_facts *f, const char **why)
+{
+	uint64_t now = now_ms();
+	struct session *s;
+	struct nsa *e;
+	int r;
+
+	*why = "cross_netns off";
+	if (!d.conf || !d.conf->cross_netns)
+		return 0;
+	/* Without the cookie (Linux < 5.14) netns is the passer's, which
+	 * need not be the socket's: nothing can be proven about it. */
+	*why = "no SO_NETNS_COOKIE";
+	if (!f->cookie)
+		return 0;
+	e = nsa_slot(f->netns, now);
+	if (e->read_ms && now - e->read_ms < NSA_TTL_MS)
+		goto have;
+	*why = "netns facts failed recently";
+	if (e->fail_ms && now - e->fail_ms < NSA_TTL_MS)
+		return 0;
+	*why = "netns of the socket unknown";
+	if (!e->ino)
+		e->ino = sock_ns_ino(fd, f->family, f->sock_id, c->pid);
+	if (!e->ino)
+		goto fail;
+	/* The passing process, else any session in that namespace. */
+	*why = "no process in the socket's netns";
+	r = nsa_read(e, c->pid);
+	if (r == -ESRCH) {
+		TAILQ_FOREACH(s, &sessions, entry) {
+			if (s->netns != e->ino || s->pid == c->pid)
+				continue;
+			r = nsa_read(e, s->pid);
+			if (r != -ESRCH)
+				break;
+		}
+	}
+	if (r) {
+		if (r != -ESRCH)
+			*why = "cannot read the netns addresses";
+		goto fail;
+	}
+	e->read_ms = now ? now : 1;
+	e->fail_ms = 0;
+have:
+	*why = NULL;
+	return rv_proof(e->nets, e->n, &f->tu);
+fail:
+	e->fail_ms = now ? now : 1;
+	e->read_ms = 0;
+	return 0;
+}
+
+/* "local+remote" style text of proof bits, for the log. */
+static const char *proof_str(uint32_t proof, const char *why)
+{
+	if (why)
+		return why;
+	switch (proof & RV_PROVEN) {
+	case RV_PROVEN:
+		return "proven";
+	case RV_LOCAL_HERE:
+		return "remote address is local here";
+	case RV_REMOTE_AWAY:
+		return "local address not configured here";
+	default:
+		return "neither address fits";
+	}
 }
 
 static int do_listen(struct conn *c, const struct ctl_hdr *h, int fd,
@@ -1038,15 +1333,18 @@ static void give_channel(struct chan *ch, uint64_t req_session,
 
 static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 {
-	const char *why = NULL;
+	const char *why = NULL, *pwhy = NULL;
 	struct sock_facts f;
 	struct rv_answer ans;
 	struct ctl_chan m;
 	struct chan *ch;
 	struct stat st;
+	uint32_t proof = 0;
 	int r;
 
 	r = sock_facts(c, fds[0], false, &f, &why);
+	if (!r)
+		proof = ns_proof(c, fds[0], &f, &pwhy);
 	close(fds[0]);
 	fds[0] = -1;
 	if (!r && (fstat(fds[1], &st) < 0 || !S_ISREG(st.st_mode) ||
@@ -1072,9 +1370,16 @@ static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 	ch->seq = h->seq;
 	memcpy(ch->fd, fds + 1, sizeof(ch->fd));
 	TAILQ_INSERT_TAIL(&chans, ch, entry);
-	r = rv_publish(&d.rv, &f.tu, f.netns, 0, c->sess->id, ch->id,
+	r = rv_publish(&d.rv, &f.tu, f.netns, proof, c->sess->id, ch->id,
 		       now_ms(), &ans);
 	m.chan_id = ch->id;
+	logmsg(LOG_DEBUG, "pid %ld: publish chan %llu port %u<-%u netns %llu "
+	       "(%s): %s", (long)c->pid, (unsigned long long)ch->id,
+	       f.tu.local.port, f.tu.remote.port,
+	       (unsigned long long)f.netns, proof_str(proof, pwhy),
+	       r < 0 ? strerror(-r) : ans.verdict == RV_MATCH ? "matched" :
+	       ans.verdict == RV_PENDING ? "pending" :
+	       rv_cause_str(ans.cause));
 	if (r < 0) {
 		chan_free(ch);
 		return send_error(c, h->seq, -r, r == -ENOSPC ?
@@ -1093,14 +1398,16 @@ static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 static int do_request(struct conn *c, const struct ctl_hdr *h,
 		      const struct ctl_request *q, int fd)
 {
-	const char *why = NULL;
+	const char *why = NULL, *pwhy = NULL;
 	struct sock_facts f;
 	struct rv_answer ans;
 	uint64_t now = now_ms();
-	uint32_t tmo = q->timeout_ms;
+	uint32_t tmo = q->timeout_ms, proof = 0;
 	int r;
 
 	r = sock_facts(c, fd, false, &f, &why);
+	if (!r)
+		proof = ns_proof(c, fd, &f, &pwhy);
 	close(fd);
 	if (r)
 		return send_error(c, h->seq, -r, why);
@@ -1109,8 +1416,14 @@ static int do_request(struct conn *c, const struct ctl_hdr *h,
 				  "pending on this connection");
 	if (tmo > CTL_REQUEST_MAX_MS)
 		tmo = CTL_REQUEST_MAX_MS;
-	r = rv_request(&d.rv, &f.tu, f.netns, 0, c->sess->id, now,
+	r = rv_request(&d.rv, &f.tu, f.netns, proof, c->sess->id, now,
 		       now + tmo, &ans);
+	logmsg(LOG_DEBUG, "pid %ld: request port %u->%u netns %llu (%s): %s",
+	       (long)c->pid, f.tu.local.port, f.tu.remote.port,
+	       (unsigned long long)f.netns, proof_str(proof, pwhy),
+	       r < 0 ? strerror(-r) : ans.verdict == RV_MATCH ? "matched" :
+	       ans.verdict == RV_PENDING ? "pending" :
+	       rv_cause_str(ans.cause));
 	if (r < 0)
 		return send_error(c, h->seq, -r, r == -ENOSPC ?
 				  "request table full" : strerror(-r));
@@ -1494,6 +1807,14 @@ static int config_read(struct ubs_conf *c, char *err, size_t n)
 	return r;
 }
 
+/* The [daemon] settings the rendezvous table follows. */
+static void apply_daemon_conf(void)
+{
+	if (d.rv_ready)
+		rv_set_flags(&d.rv, d.conf->cross_netns ? 0 :
+			     RV_NO_CROSS_NETNS);
+}
+
 /*
  * SIGHUP: re-read the file.  A bad file keeps the old table (and page);
  * a good one replaces the table, run-time changes included.
@@ -1525,8 +1846,10 @@ static void config_reload(void)
 		return;
 	}
 	free(old);
-	logmsg(LOG_INFO, "reload: %s: %u services, generation %llu",
-	       d.conf_path, nc->nsvc,
+	apply_daemon_conf();
+	logmsg(LOG_INFO, "reload: %s: %u services, cross_netns %s, "
+	       "generation %llu", d.conf_path, nc->nsvc,
+	       nc->cross_netns ? "on" : "off",
 	       (unsigned long long)pp_generation(&d.page));
 }
 
@@ -1617,6 +1940,10 @@ static void cleanup(void)
 	if (d.rv_ready)
 		rv_table_fini(&d.rv);
 	d.rv_ready = false;
+	for (int i = 0; i < NSA_SLOTS; i++) {
+		free(nsa[i].nets);
+		memset(&nsa[i], 0, sizeof(nsa[i]));
+	}
 	if (d.listen.fd >= 0) {
 		close(d.listen.fd);
 		unlink(d.sock_path);
@@ -1742,6 +2069,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	d.rv_ready = true;
+	apply_daemon_conf();
 	err = pp_create(&d.page);
 	if (!err)
 		err = publish();
@@ -1764,9 +2092,10 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	d.start_ms = now_ms();
-	logmsg(LOG_INFO, "listening on %s (pid %ld), %u services, policy "
-	       "generation %llu", d.sock_path, (long)getpid(), d.conf->nsvc,
-	       (unsigned long long)pp_generation(&d.page));
+	logmsg(LOG_INFO, "listening on %s (pid %ld), %u services, "
+	       "cross_netns %s, policy generation %llu", d.sock_path,
+	       (long)getpid(), d.conf->nsvc, d.conf->cross_netns ? "on" :
+	       "off", (unsigned long long)pp_generation(&d.page));
 	err = event_loop();
 out:
 	cleanup();

@@ -1,0 +1,838 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * netns_e2e.c - rendezvous across network namespaces through a real
+ * ubsd, with real namespaces: A and B joined by a veth pair (10.77.0.1 in
+ * A, 10.77.0.2 in B), as containers are.  A server socket listening in A
+ * and a client socket connected from B, created inside their namespaces
+ * by forked children (setns), talk to the daemon of the root namespace
+ * (LISTEN, PUBLISH, REQUEST with the sockets passed over SCM_RIGHTS):
+ *
+ *  - they get a channel and move bytes over it, whichever of PUBLISH and
+ *    REQUEST comes first;
+ *  - with `cross_netns = off` (applied by SIGHUP) they get TCP, at once
+ *    rather than at the request's timeout, and a channel again once it is
+ *    back on;
+ *  - a client whose tuple does not mirror a publication gets TCP;
+ *  - a stranger (namespace C, which holds both addresses itself and
+ *    makes the very same tuple between its own sockets) gets TCP, and the
+ *    real peer in B still gets the channel.
+ *
+ * Needs root and iproute2 (`ip netns`, veth): when they are missing or
+ * not permitted the tests FAIL, saying so; they never skip.  Namespaces
+ * and links are named after the test process (unique) and removed at the
+ * end of each test; every process is bounded and reaped by pid.
+ */
+#include <criterion/criterion.h>
+
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctl_proto.h"
+#include "policy.h"
+#include "ubt.h"
+#include "support/dtest.h"
+
+#define MAX_KIDS 8
+#define ADDR_A "10.77.0.1"
+#define ADDR_B "10.77.0.2"
+
+static char ubsd_path[PATH_MAX];
+static pid_t kids[MAX_KIDS];
+static int in_child;
+
+#define REQUIRE(x) do {							\
+	if (!(x)) {							\
+		if (in_child) {						\
+			fprintf(stderr, "child %d: %s:%d: %s (%s)\n",	\
+				getpid(), __FILE__, __LINE__, #x,	\
+				strerror(errno));			\
+			_exit(1);					\
+		}							\
+		cr_assert_fail("%s:%d: %s (errno: %s)", __FILE__,	\
+			       __LINE__, #x, strerror(errno));		\
+	}								\
+} while (0)
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------ namespaces */
+
+static char ns_a[32], ns_b[32], ns_c[32], veth_a[16], veth_b[16];
+static int have_a, have_b, have_c, have_veth;
+
+/*
+ * Run `ip ARGS` (ARGS: the formatted text split at spaces), bounded by
+ * WAIT_MS; its output (stdout and stderr) in out.  Returns its exit
+ * status, 127 when ip cannot be run, -1 when killed.
+ */
+static int ip(char *out, size_t n, const char *fmt, ...)
+{
+	char cmd[256], *argv[24], *save = NULL, *tok;
+	int po[2], argc = 0, status = -1;
+	size_t len = 0;
+	va_list ap;
+	pid_t pid;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	argv[argc++] = "ip";
+	for (tok = strtok_r(cmd, " ", &save); tok && argc < 23;
+	     tok = strtok_r(NULL, " ", &save))
+		argv[argc++] = tok;
+	argv[argc] = NULL;
+	cr_assert(pipe2(po, O_CLOEXEC) == 0);
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(po[1], STDOUT_FILENO);
+		dup2(po[1], STDERR_FILENO);
+		execvp("ip", argv);
+		fprintf(stderr, "cannot run ip: %s", strerror(errno));
+		_exit(127);
+	}
+	close(po[1]);
+	out[0] = '\0';
+	for (uint64_t end = now_ms() + WAIT_MS; now_ms() < end;) {
+		struct pollfd p = { .fd = po[0], .events = POLLIN };
+		ssize_t r;
+
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		r = read(po[0], out + len, n - 1 - len);
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+		out[len] = '\0';
+		if (len + 1 >= n)
+			break;
+	}
+	close(po[0]);
+	for (int t = 0; t < WAIT_MS; t += 5) {
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+		sleep_ms(5);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	return -1;
+}
+
+/* `ip ARGS` must succeed; otherwise the test fails, saying why. */
+#define IP(...) do {							\
+	char o_[512], c_[256];						\
+	int rc_ = ip(o_, sizeof(o_), __VA_ARGS__);			\
+	snprintf(c_, sizeof(c_), __VA_ARGS__);				\
+	cr_assert_eq(rc_, 0, "`ip %s` failed (exit %d): %s\n"		\
+		     "this test needs root and iproute2 (ip netns, veth); " \
+		     "see scripts/setup-deps", c_, rc_, o_);		\
+} while (0)
+
+/* A namespace of ours with lo up. */
+static void ns_add(const char *name, int *have)
+{
+	IP("netns add %s", name);
+	*have = 1;
+	IP("-n %s link set lo up", name);
+}
+
+/* A and B joined by a veth pair, both ends up. */
+static void make_pair(void)
+{
+	long me = (long)getpid();
+
+	snprintf(ns_a, sizeof(ns_a), "ubs-e2e-%ld-a", me);
+	snprintf(ns_b, sizeof(ns_b), "ubs-e2e-%ld-b", me);
+	snprintf(veth_a, sizeof(veth_a), "ubsA%ld", me);
+	snprintf(veth_b, sizeof(veth_b), "ubsB%ld", me);
+	ns_add(ns_a, &have_a);
+	ns_add(ns_b, &have_b);
+	IP("link add %s type veth peer name %s", veth_a, veth_b);
+	have_veth = 1;
+	IP("link set %s netns %s", veth_a, ns_a);
+	IP("link set %s netns %s", veth_b, ns_b);
+	have_veth = 0;          /* gone with the namespaces */
+	IP("-n %s addr add " ADDR_A "/24 dev %s", ns_a, veth_a);
+	IP("-n %s addr add " ADDR_B "/24 dev %s", ns_b, veth_b);
+	IP("-n %s link set %s up", ns_a, veth_a);
+	IP("-n %s link set %s up", ns_b, veth_b);
+}
+
+/* C: both addresses on its own lo, no link to anyone. */
+static void make_stranger(void)
+{
+	snprintf(ns_c, sizeof(ns_c), "ubs-e2e-%ld-c", (long)getpid());
+	ns_add(ns_c, &have_c);
+	IP("-n %s addr add " ADDR_A "/32 dev lo", ns_c);
+	IP("-n %s addr add " ADDR_B "/32 dev lo", ns_c);
+}
+
+static void drop_namespaces(void)
+{
+	char o[512];
+
+	if (have_veth)
+		ip(o, sizeof(o), "link del %s", veth_a);
+	if (have_a)
+		cr_expect_eq(ip(o, sizeof(o), "netns del %s", ns_a), 0, "%s", o);
+	if (have_b)
+		cr_expect_eq(ip(o, sizeof(o), "netns del %s", ns_b), 0, "%s", o);
+	if (have_c)
+		cr_expect_eq(ip(o, sizeof(o), "netns del %s", ns_c), 0, "%s", o);
+	have_veth = have_a = have_b = have_c = 0;
+}
+
+/* In a child: move into namespace name. */
+static void enter(const char *name)
+{
+	char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/run/netns/%s", name);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	REQUIRE(fd >= 0);
+	REQUIRE(setns(fd, CLONE_NEWNET) == 0);
+	close(fd);
+}
+
+/* ------------------------------------------------------- processes */
+
+/* Fork a child running fn(arg); it exits 0 when fn returns. */
+static pid_t spawn(void (*fn)(void *), void *arg)
+{
+	pid_t pid = fork();
+
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		in_child = 1;
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		fn(arg);
+		_exit(0);
+	}
+	for (int i = 0; i < MAX_KIDS; i++)
+		if (kids[i] <= 0) {
+			kids[i] = pid;
+			return pid;
+		}
+	cr_assert_fail("too many children");
+	return -1;
+}
+
+/* Wait (bounded) for a child of ours to exit; returns its status. */
+static int reap(pid_t pid)
+{
+	int status = -1;
+
+	for (int t = 0; t < WAIT_MS; t += 5) {
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			break;
+		sleep_ms(5);
+		status = -1;
+	}
+	if (status == -1) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		status = -1;
+	}
+	for (int i = 0; i < MAX_KIDS; i++)
+		if (kids[i] == pid)
+			kids[i] = -1;
+	return status;
+}
+
+static void setup(void)
+{
+	char exe[PATH_MAX], dir[512];
+	ssize_t n;
+
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	cr_assert(n > 0);
+	exe[n] = '\0';
+	/* BUILD/tests/ubsd-netns_e2e -> BUILD/bin/ */
+	snprintf(dir, sizeof(dir), "%s", dirname(exe));
+	snprintf(ubsd_path, sizeof(ubsd_path), "%s/../bin/ubsd", dir);
+	dt_make_run_dir("/tmp/ubsd-netns.XXXXXX");
+	for (int i = 0; i < MAX_KIDS; i++)
+		kids[i] = -1;
+	dt_start_daemon(ubsd_path);
+}
+
+static void teardown(void)
+{
+	for (int i = 0; i < MAX_KIDS; i++)
+		kill_reap(&kids[i]);
+	drop_namespaces();
+	dt_teardown();
+}
+
+TestSuite(netns_e2e, .init = setup, .fini = teardown, .timeout = 60);
+
+/* -------------------------------------------------------- protocol */
+
+static void send_msg(int fd, uint16_t type, const void *body, uint32_t len,
+		     const int *fds, int nfds)
+{
+	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
+	size_t n = dt_ctl_frame(buf, type, type, body, len);
+
+	REQUIRE(ubt_send_fds(fd, fds, nfds, buf, n) == (int)n);
+}
+
+/* One message: header, body (up to CTL_MAX_BODY), fds (up to *nfds).
+ * 0, or -1 on EOF or timeout. */
+static int recv_msg(int fd, struct ctl_hdr *h, void *body, int *fds,
+		    int *nfds)
+{
+	int got = 0, max = *nfds, n;
+	size_t off = 0;
+
+	*nfds = 0;
+	while (off < sizeof(*h)) {
+		int k = max - got;
+
+		n = ubt_recv_fds(fd, fds + got, &k, (char *)h + off,
+				 sizeof(*h) - off);
+		if (n <= 0)
+			return -1;
+		got += k;
+		off += (size_t)n;
+	}
+	*nfds = got;
+	if (h->len > CTL_MAX_BODY)
+		return -1;
+	for (off = 0; off < h->len; off += (size_t)n) {
+		n = (int)recv(fd, (char *)body + off, h->len - off, 0);
+		if (n <= 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Expect a reply of type want (body into body, fds into fds, or closed
+ * when fds is NULL); returns the number of fds. */
+static int expect(int fd, uint16_t want, void *body, int *fds)
+{
+	unsigned char tmp[CTL_MAX_BODY];
+	struct ctl_hdr h;
+	int nfds = 4, dummy[4];
+
+	REQUIRE(recv_msg(fd, &h, body ? body : tmp, fds ? fds : dummy,
+			 &nfds) == 0);
+	if (h.type != want && h.type == CTL_R_ERROR) {
+		struct ctl_error *e = (void *)(body ? body : tmp);
+
+		e->msg[sizeof(e->msg) - 1] = '\0';
+		fprintf(stderr, "ERROR reply: %s\n", e->msg);
+	}
+	REQUIRE(h.type == want);
+	if (!fds)
+		for (int i = 0; i < nfds; i++)
+			close(dummy[i]);
+	return nfds;
+}
+
+static int hello(const char *name)
+{
+	struct ctl_hello m = { .pid = (uint32_t)getpid() };
+	int fd = dt_ctl_connect();
+
+	REQUIRE(fd >= 0);
+	snprintf(m.service, sizeof(m.service), "%s", name);
+	send_msg(fd, CTL_REQ_HELLO, &m, sizeof(m), NULL, 0);
+	expect(fd, CTL_R_OK, NULL, NULL);
+	return fd;
+}
+
+static void pipe_put(int fd, uint32_t v)
+{
+	REQUIRE(write(fd, &v, sizeof(v)) == sizeof(v));
+}
+
+static uint32_t pipe_get(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	uint32_t v = 0;
+
+	REQUIRE(poll(&p, 1, WAIT_MS) == 1);
+	REQUIRE(read(fd, &v, sizeof(v)) == sizeof(v));
+	return v;
+}
+
+static int tcp_queued(int fd)
+{
+	int n = -1;
+
+	REQUIRE(ioctl(fd, FIONREAD, &n) == 0);
+	return n;
+}
+
+/* Bounded read of exactly len bytes from a stream ring. */
+static void ring_read(struct ubt_chan *ch, void *buf, size_t len)
+{
+	size_t off = 0;
+
+	for (int t = 0; off < len && t < WAIT_MS * 10; t++) {
+		ssize_t n = ubt_stream_read(ubt_chan_rx(ch, 0),
+					    (char *)buf + off, len - off, 0);
+		if (n > 0)
+			off += (size_t)n;
+		else if (n == -EAGAIN)
+			usleep(100);
+		else
+			break;
+	}
+	REQUIRE(off == len);
+}
+
+static void ring_write(struct ubt_chan *ch, const void *buf, size_t len)
+{
+	REQUIRE(ubt_stream_write(ubt_chan_tx(ch, 0), buf, len) ==
+		(ssize_t)len);
+}
+
+static const char ping[] = "ping across namespaces", pong[] = "pong!";
+
+/* ---------------------------------------------------------- actors */
+
+/*
+ * The server, in namespace ns: listens on 0.0.0.0 (reports the port),
+ * then for each connection the test announces (go: 1 = publish and
+ * talk over the channel, 2 = publish and expect nothing, 0 = end),
+ * accepts, publishes, reports 1, and with 1 exchanges bytes over the
+ * channel and reports 2.
+ */
+struct srv {
+	const char *ns;
+	int up[2], go[2];
+};
+
+static void server(void *arg)
+{
+	struct srv *s = arg;
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	socklen_t len = sizeof(sin);
+	int ctl, lfd, one = 1;
+	uint32_t cmd;
+
+	enter(s->ns);
+	ctl = hello("netns-server");
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(lfd >= 0);
+	REQUIRE(setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one,
+			   sizeof(one)) == 0);
+	REQUIRE(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+	REQUIRE(listen(lfd, 16) == 0);
+	REQUIRE(getsockname(lfd, (struct sockaddr *)&sin, &len) == 0);
+	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
+	expect(ctl, CTL_R_OK, NULL, NULL);
+	pipe_put(s->up[1], ntohs(sin.sin_port));
+	while ((cmd = pipe_get(s->go[0])) != 0) {
+		struct ubt_chan ch;
+		struct ctl_chan m;
+		char buf[64];
+		int afd, peer, fds[4];
+
+		afd = accept(lfd, NULL, NULL);
+		REQUIRE(afd >= 0);
+		REQUIRE(ubt_chan_create_stream(&ch, 4096) == 0);
+		peer = ubt_chan_make_peer_efd(&ch);
+		REQUIRE(peer >= 0);
+		fds[0] = afd;
+		fds[1] = ch.seg.fd;
+		fds[2] = ch.efd[0];
+		fds[3] = peer;
+		send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
+		expect(ctl, CTL_R_PUBLISHED, &m, NULL);
+		close(peer);
+		pipe_put(s->up[1], 1);
+		if (cmd == 1) {
+			ring_write(&ch, ping, sizeof(ping));
+			ring_read(&ch, buf, sizeof(pong));
+			REQUIRE(memcmp(buf, pong, sizeof(pong)) == 0);
+			REQUIRE(tcp_queued(afd) == 0);
+			pipe_put(s->up[1], 2);
+		}
+		ubt_chan_close(&ch);
+		close(afd);
+	}
+	close(lfd);
+	close(ctl);
+}
+
+static pid_t start_server(struct srv *s, const char *ns, uint16_t *port)
+{
+	pid_t pid;
+
+	s->ns = ns;
+	cr_assert(pipe(s->up) == 0 && pipe(s->go) == 0);
+	pid = spawn(server, s);
+	close(s->up[1]);
+	close(s->go[0]);
+	*port = (uint16_t)pipe_get(s->up[0]);
+	return pid;
+}
+
+static void stop_server(struct srv *s, pid_t pid)
+{
+	pipe_put(s->go[1], 0);
+	cr_assert_eq(reap(pid), 0, "server child failed");
+	close(s->up[0]);
+	close(s->go[1]);
+}
+
+/*
+ * A client, in namespace ns: connects from src (address, port; port 0:
+ * any) to dst:port, reports 1, waits for go, sends REQUEST (timeout
+ * tmo_ms) and reports the answer: its type, its time in ms, and for
+ * R_TCP the reason; with a channel it exchanges bytes with the server.
+ * With keep, it holds the connection open until told 0.
+ */
+struct cli {
+	const char *ns, *src, *dst;
+	uint16_t sport, port;
+	uint32_t tmo_ms;
+	int up[2], go[2];
+};
+
+struct result {
+	uint32_t type, ms;
+	char reason[64];
+};
+
+static int tcp_connect(const char *src, uint16_t sport, const char *dst,
+		       uint16_t port)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+	REQUIRE(fd >= 0);
+	if (src) {
+		REQUIRE(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
+				   sizeof(one)) == 0);
+		sin.sin_port = htons(sport);
+		REQUIRE(inet_pton(AF_INET, src, &sin.sin_addr) == 1);
+		REQUIRE(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+	}
+	sin.sin_port = htons(port);
+	REQUIRE(inet_pton(AF_INET, dst, &sin.sin_addr) == 1);
+	REQUIRE(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+	return fd;
+}
+
+static void client(void *arg)
+{
+	struct cli *c = arg;
+	struct ctl_request q = { .timeout_ms = c->tmo_ms };
+	struct result res;
+	union {
+		struct ctl_chan chan;
+		struct ctl_tcp tcp;
+		unsigned char raw[CTL_MAX_BODY];
+	} m;
+	struct ctl_hdr h;
+	int ctl, fd, fds[4], nfds = 4;
+	uint64_t t0;
+
+	enter(c->ns);
+	fd = tcp_connect(c->src, c->sport, c->dst, c->port);
+	ctl = hello("netns-client");
+	pipe_put(c->up[1], 1);
+	if (pipe_get(c->go[0]) == 0)
+		return;
+	t0 = now_ms();
+	send_msg(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &fd, 1);
+	REQUIRE(recv_msg(ctl, &h, &m, fds, &nfds) == 0);
+	memset(&res, 0, sizeof(res));
+	res.type = h.type;
+	res.ms = (uint32_t)(now_ms() - t0);
+	if (h.type == CTL_R_TCP)
+		snprintf(res.reason, sizeof(res.reason), "%.63s", m.tcp.reason);
+	REQUIRE(write(c->up[1], &res, sizeof(res)) == sizeof(res));
+	if (h.type == CTL_R_CHANNEL) {
+		struct ubt_chan ch;
+		char buf[64];
+
+		REQUIRE(nfds == 3);
+		REQUIRE(ubt_chan_attach_efds(&ch, fds[0], fds[1], fds[2]) == 0);
+		ring_read(&ch, buf, sizeof(ping));
+		REQUIRE(memcmp(buf, ping, sizeof(ping)) == 0);
+		ring_write(&ch, pong, sizeof(pong));
+		REQUIRE(tcp_queued(fd) == 0);
+		pipe_put(c->up[1], 2);
+		ubt_chan_close(&ch);
+	} else {
+		for (int i = 0; i < nfds; i++)
+			close(fds[i]);
+	}
+	pipe_get(c->go[0]);     /* hold the connection until told */
+	close(fd);
+	close(ctl);
+}
+
+static pid_t start_client(struct cli *c)
+{
+	pid_t pid;
+
+	cr_assert(pipe(c->up) == 0 && pipe(c->go) == 0);
+	pid = spawn(client, c);
+	close(c->up[1]);
+	close(c->go[0]);
+	cr_assert_eq(pipe_get(c->up[0]), 1, "client did not connect");
+	return pid;
+}
+
+static struct result client_result(struct cli *c)
+{
+	struct pollfd p = { .fd = c->up[0], .events = POLLIN };
+	struct result r;
+
+	cr_assert_eq(poll(&p, 1, WAIT_MS), 1, "no answer to the request");
+	cr_assert_eq(read(c->up[0], &r, sizeof(r)), (ssize_t)sizeof(r),
+		     "client failed");
+	r.reason[sizeof(r.reason) - 1] = '\0';
+	return r;
+}
+
+static void stop_client(struct cli *c, pid_t pid)
+{
+	pipe_put(c->go[1], 0);
+	cr_assert_eq(reap(pid), 0, "client child failed");
+	close(c->up[0]);
+	close(c->go[1]);
+}
+
+/*
+ * One connection from B to A's server: publish first (pub_first) or
+ * request first, then check the answer: a channel the two talk over
+ * (want_chan), or TCP with reason want_reason well before the request's
+ * own timeout.
+ */
+static void one_connection(struct srv *s, uint16_t port, int pub_first,
+			   int want_chan, const char *want_reason)
+{
+	struct cli c = { .ns = ns_b, .dst = ADDR_A, .port = port,
+			 .tmo_ms = 2000 };
+	struct result r;
+	pid_t pid;
+
+	pid = start_client(&c);
+	if (pub_first) {
+		pipe_put(s->go[1], want_chan ? 1 : 2);
+		cr_assert_eq(pipe_get(s->up[0]), 1, "server did not publish");
+		pipe_put(c.go[1], 1);
+	} else {
+		pipe_put(c.go[1], 1);
+		sleep_ms(100);  /* the request waits in the daemon */
+		pipe_put(s->go[1], want_chan ? 1 : 2);
+		cr_assert_eq(pipe_get(s->up[0]), 1, "server did not publish");
+	}
+	r = client_result(&c);
+	if (want_chan) {
+		cr_assert_eq(r.type, CTL_R_CHANNEL,
+			     "%s first: wanted a channel, got type %#x (%s)",
+			     pub_first ? "publish" : "request", r.type,
+			     r.reason);
+		cr_assert_eq(pipe_get(c.up[0]), 2, "client side failed");
+		cr_assert_eq(pipe_get(s->up[0]), 2, "server side failed");
+	} else {
+		cr_assert_eq(r.type, CTL_R_TCP,
+			     "%s first: wanted TCP, got type %#x",
+			     pub_first ? "publish" : "request", r.type);
+		cr_assert_str_eq(r.reason, want_reason);
+		cr_assert_lt(r.ms, 1000, "TCP only near the timeout (%u ms)",
+			     r.ms);
+	}
+	stop_client(&c, pid);
+}
+
+/* Rewrite ubs.conf, SIGHUP the daemon and wait until the reload is
+ * published (the policy page's generation moves). */
+static void reload(const char *conf)
+{
+	struct ctl_policy pol;
+	struct ubt_seg pg;
+	uint64_t g;
+	int ctl = dt_ctl_connect(), fds[4];
+
+	cr_assert(ctl >= 0);
+	send_msg(ctl, CTL_REQ_POLICY_FD, NULL, 0, NULL, 0);
+	cr_assert_eq(expect(ctl, CTL_R_POLICY, &pol, fds), 1);
+	cr_assert_eq(pp_map(&pg, fds[0]), 0);
+	close(ctl);
+	g = pp_generation(&pg);
+	write_file("ubs.conf", conf);
+	cr_assert_eq(kill(daemon_pid, SIGHUP), 0);
+	for (int t = 0; pp_generation(&pg) == g && t < WAIT_MS; t += 10)
+		sleep_ms(10);
+	cr_assert_gt(pp_generation(&pg), g, "reload not published");
+	ubt_seg_unmap(&pg);
+}
+
+/* ------------------------------------------------------------ tests */
+
+Test(netns_e2e, veth_peers_get_a_channel)
+{
+	struct srv s;
+	uint16_t port;
+	pid_t pid;
+
+	make_pair();
+	pid = start_server(&s, ns_a, &port);
+	one_connection(&s, port, 1, 1, NULL);
+	one_connection(&s, port, 0, 1, NULL);
+	stop_server(&s, pid);
+}
+
+Test(netns_e2e, cross_netns_off_gives_tcp_at_once_until_back_on)
+{
+	struct srv s;
+	uint16_t port;
+	pid_t pid;
+
+	make_pair();
+	pid = start_server(&s, ns_a, &port);
+	reload("[daemon]\ncross_netns = off\n");
+	one_connection(&s, port, 1, 0, "cross-netns off");
+	one_connection(&s, port, 0, 0, "cross-netns off");
+	reload("[daemon]\ncross_netns = on\n");
+	one_connection(&s, port, 1, 1, NULL);
+	stop_server(&s, pid);
+}
+
+Test(netns_e2e, tuple_that_does_not_mirror_gets_tcp)
+{
+	struct cli c1 = { .ns = ns_b, .dst = ADDR_A, .tmo_ms = 300 };
+	struct cli c2;
+	struct result r;
+	struct srv s;
+	uint16_t port;
+	pid_t pid, p1, p2;
+
+	make_pair();
+	pid = start_server(&s, ns_a, &port);
+	c1.port = port;
+	c2 = c1;
+	p1 = start_client(&c1);
+	/* The server accepts and publishes c1's connection only. */
+	pipe_put(s.go[1], 1);
+	cr_assert_eq(pipe_get(s.up[0]), 1);
+	p2 = start_client(&c2);
+	pipe_put(c2.go[1], 1);
+	r = client_result(&c2);
+	cr_assert_eq(r.type, CTL_R_TCP, "type %#x", r.type);
+	cr_assert_str_eq(r.reason, "timeout");
+	/* The publication was not spent on the stranger. */
+	c1.tmo_ms = 2000;
+	pipe_put(c1.go[1], 1);
+	r = client_result(&c1);
+	cr_assert_eq(r.type, CTL_R_CHANNEL, "type %#x (%s)", r.type, r.reason);
+	cr_assert_eq(pipe_get(c1.up[0]), 2, "client side failed");
+	cr_assert_eq(pipe_get(s.up[0]), 2, "server side failed");
+	stop_client(&c1, p1);
+	stop_client(&c2, p2);
+	stop_server(&s, pid);
+}
+
+/*
+ * C holds both addresses on its own lo.  Its client, bound to the port
+ * B's client uses, connects to a plain (unregistered) listener of C on
+ * the port of A's server: the very tuple of A's publication, but the
+ * connection stayed inside C.  It must get TCP; B's client, the real
+ * peer, gets the channel.
+ */
+Test(netns_e2e, stranger_with_the_same_tuple_gets_tcp)
+{
+	struct cli b = { .ns = ns_b, .src = ADDR_B, .dst = ADDR_A,
+			 .tmo_ms = 2000 };
+	struct cli c;
+	struct result r;
+	struct srv s;
+	uint16_t port;
+	pid_t pid, pb, pc, pl;
+	int lp[2];
+
+	make_pair();
+	make_stranger();
+	pid = start_server(&s, ns_a, &port);
+	/* C's own listener on A's port, not registered with ubsd. */
+	cr_assert(pipe(lp) == 0);
+	pl = fork();
+	cr_assert(pl >= 0);
+	if (pl == 0) {
+		struct sockaddr_in sin = { .sin_family = AF_INET,
+					   .sin_port = htons(port) };
+		int lfd;
+
+		in_child = 1;
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		enter(ns_c);
+		lfd = socket(AF_INET, SOCK_STREAM, 0);
+		REQUIRE(lfd >= 0);
+		REQUIRE(inet_pton(AF_INET, ADDR_A, &sin.sin_addr) == 1);
+		REQUIRE(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+		REQUIRE(listen(lfd, 4) == 0);
+		pipe_put(lp[1], 1);
+		pause();
+		_exit(0);
+	}
+	for (int i = 0; i < MAX_KIDS; i++)
+		if (kids[i] <= 0) {
+			kids[i] = pl;
+			break;
+		}
+	close(lp[1]);
+	cr_assert_eq(pipe_get(lp[0]), 1, "C's listener failed");
+	close(lp[0]);
+
+	/* B's client from a fixed port; A publishes its connection. */
+	b.port = port;
+	b.sport = (uint16_t)(20000 + getpid() % 20000);
+	pb = start_client(&b);
+	pipe_put(s.go[1], 1);
+	cr_assert_eq(pipe_get(s.up[0]), 1);
+	/* C's client: the same tuple, inside C. */
+	c = b;
+	c.ns = ns_c;
+	pc = start_client(&c);
+	pipe_put(c.go[1], 1);
+	r = client_result(&c);
+	cr_assert_eq(r.type, CTL_R_TCP, "the stranger got type %#x", r.type);
+	cr_assert_str_eq(r.reason, "cross-netns unproven");
+	/* The real peer. */
+	pipe_put(b.go[1], 1);
+	r = client_result(&b);
+	cr_assert_eq(r.type, CTL_R_CHANNEL, "type %#x (%s)", r.type, r.reason);
+	cr_assert_eq(pipe_get(b.up[0]), 2, "client side failed");
+	cr_assert_eq(pipe_get(s.up[0]), 2, "server side failed");
+	stop_client(&c, pc);
+	stop_client(&b, pb);
+	stop_server(&s, pid);
+	kill(pl, SIGKILL);
+	reap(pl);
+}
