@@ -518,8 +518,10 @@ static ssize_t ub_sendfile(struct sock *s, int out, int in, off_t *off,
 		ssize_t n, w;
 
 		if (room <= 0 && !sock_peer_gone(s)) {
-			if (done || s->nonblock)
+			if (done)
 				break;
+			if (s->nonblock)
+				return -EAGAIN; /* 0 would mean end of file */
 			w = io_wait(s, out, true, s->sndtimeo_ms, now_ms());
 			if (w)
 				return w;
