@@ -127,6 +127,7 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		.watch_events = POLLIN | POLLRDHUP,
 		.stop = ubt_chan_demote_word(&s->ch, !s->ch.side),
 	};
+	uint32_t mark;
 	int r;
 
 	if (w.timeout_ms == 0)
@@ -142,9 +143,12 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		w.timeout_ms = UBS_TRIM_IDLE_MS;
 		trim = true;
 	}
+	mark = ubs_sig_mark();
 	ubs_guard_enter();
+	ubs_sig_sleep = true;
 	r = write ? ubt_wait_writable(s->tx, 1, &w) :
 		ubt_wait_readable(s->rx, &w);
+	ubs_sig_sleep = false;
 	if (r == UBT_WATCH && sock_probe_kernel(s, fd) > 0 &&
 	    atomic_load(&s->state) == SK_UB && !s->bypass_seen) {
 		s->bypass_seen = true;
@@ -155,10 +159,12 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 	if (r == -ETIMEDOUT && trim)
 		sock_trim_idle(s);      /* a quiet second */
 	ubs_guard_exit();
+	/* A handler ran (its EINTR, or while the wait spun): the kernel
+	 * restarts the call after SA_RESTART when no timeout is set. */
+	if (r == -EINTR || ubs_sig_since(mark))
+		return ubs_sig_restarts(mark, tmo_ms) ? 0 : -EINTR;
 	if (r == -ETIMEDOUT)
 		return tmo_ms >= 0 && remaining(tmo_ms, t0) == 0 ? -EAGAIN : 0;
-	if (r == -EINTR)
-		return -EINTR;
 	return 0;
 }
 

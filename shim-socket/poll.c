@@ -148,6 +148,7 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 	nfds_t nk = 0, nu = 0;
 	struct pollfd *kp;
 	struct arm *arms;
+	uint32_t mark = ubs_sig_mark();
 	int ready, r;
 
 	for (nfds_t i = 0; i < n; i++) {
@@ -212,7 +213,8 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 			break;
 		/* Spin on the rings only: kernel fds wait for the sleep. */
 		spin_end = now_ns() + (uint64_t)budget;
-		while (budget && now_ns() < spin_end && !ready) {
+		while (budget && now_ns() < spin_end && !ready &&
+		       !ubs_sig_since(mark)) {
 			for (nfds_t i = 0; i < n; i++)
 				if (socks[i] && emulated(socks[i]) &&
 				    sock_ready(socks[i], (uint16_t)fds[i].events))
@@ -222,6 +224,11 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 		}
 		if (ready)
 			continue;       /* collect properly */
+		if (ubs_sig_since(mark)) {
+			ready = -EINTR; /* a handler ran: poll is never
+					 * restarted */
+			break;
+		}
 		/* Sleep. */
 		k = 0;
 		for (nfds_t i = 0; i < n; i++) {
@@ -256,7 +263,9 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 				ts.tv_nsec = (long)(lm % 1000) * 1000000;
 				tsp = &ts;
 			}
+			ubs_sig_sleep = true;
 			r = ubs_real.ppoll(kp, k, tsp, mask);
+			ubs_sig_sleep = false;
 			if (r < 0)
 				ready = -errno;
 			else if (r > 0)
@@ -856,6 +865,7 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 {
 	uint64_t deadline = timeout_ms > 0 ?
 		now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+	uint32_t mark = ubs_sig_mark();
 	int n, k;
 
 	for (;;) {
@@ -903,6 +913,8 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 				pthread_mutex_unlock(&e->mu);
 				if (n)
 					return n;
+				if (ubs_sig_since(mark))
+					return -EINTR;
 				for (int j = 0; j < 64; j++)
 					__builtin_ia32_pause();
 			}
@@ -928,8 +940,10 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 				lm = UBS_TRIM_IDLE_MS;
 			else
 				trim = false;
+			ubs_sig_sleep = true;
 			k = ubs_real.epoll_pwait(e->inner >= 0 ? e->inner :
 						 e->epfd, tmp, 32, lm, mask);
+			ubs_sig_sleep = false;
 			if (k < 0)
 				k = -errno;
 		}

@@ -127,4 +127,34 @@ void ep_atfork_child(void);
 void sock_init(void);
 void sock_atfork_child(void);
 
+/*
+ * Signals (signal.c).  The program's handlers run through a trampoline
+ * that counts, per thread, the handlers that ran (ubs_sig_seq) and keeps
+ * whether the last one had SA_RESTART.  A wait takes a mark before it
+ * sleeps; a handler since the mark is the kernel's EINTR, or a restart
+ * (ubs_sig_restarts).  ubs_sig_sleep: the thread sleeps in a wait that
+ * holds no lock, where a handler's own calls may enter the shim.
+ */
+extern UBS_TLS volatile uint32_t ubs_sig_seq;
+extern UBS_TLS volatile bool ubs_sig_restart;
+extern UBS_TLS volatile bool ubs_sig_sleep;
+
+static inline uint32_t ubs_sig_mark(void)
+{
+	return ubs_sig_seq;
+}
+
+/* Has a handler run on this thread since mark? */
+static inline bool ubs_sig_since(uint32_t mark)
+{
+	return ubs_sig_seq != mark;
+}
+
+/* A blocking socket call that a handler interrupted: does the kernel
+ * restart it?  (SA_RESTART, and no SO_RCVTIMEO/SO_SNDTIMEO.) */
+static inline bool ubs_sig_restarts(uint32_t mark, int tmo_ms)
+{
+	return ubs_sig_since(mark) && ubs_sig_restart && tmo_ms < 0;
+}
+
 #endif

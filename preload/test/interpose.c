@@ -333,6 +333,7 @@ Test(interpose, exports_only_interposed_names, .timeout = 30)
 {
 	static const char *const expected[] = {
 		"__poll_chk", "__ppoll_chk", "__read_chk", "__recv_chk", "__recvfrom_chk",
+		"__sigaction", "__sysv_signal", "bsd_signal",
 		"accept", "accept4", "bind", "close", "connect", "dup", "dup2",
 		"dup3", "epoll_create", "epoll_create1", "epoll_ctl",
 		"epoll_pwait", "epoll_pwait2", "epoll_wait", "execl", "execle",
@@ -342,7 +343,8 @@ Test(interpose, exports_only_interposed_names, .timeout = 30)
 		"read", "readv", "recv", "recvfrom", "recvmmsg", "recvmsg",
 		"select", "send", "sendmmsg",
 		"sendfile", "sendfile64", "sendmsg", "sendto", "setsockopt",
-		"shutdown", "socket", "splice", "write", "writev",
+		"shutdown", "sigaction", "siginterrupt", "signal", "socket",
+		"splice", "ssignal", "sysv_signal", "write", "writev",
 	};
 	const size_t nexp = sizeof(expected) / sizeof(expected[0]);
 	const char *argv[] = { "nm", "-D", "--defined-only", preload_lib(), NULL };
