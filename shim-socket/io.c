@@ -122,8 +122,8 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 	struct ubt_wait w = {
 		.spin_ns = atomic_load(&s->state) == SK_UB ? s->spin_ns : 0,
 		.timeout_ms = remaining(tmo_ms, t0),
-		.watch_fd = atomic_load(&s->peer_fin) || s->bypass_seen ?
-			-1 : fd,
+		.watch_fd = atomic_load(&s->peer_fin) ||
+			sock_demote_pending(s) ? -1 : fd,
 		.watch_events = POLLIN | POLLRDHUP,
 		.stop = ubt_chan_demote_word(&s->ch, !s->ch.side),
 	};
@@ -149,13 +149,8 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 	r = write ? ubt_wait_writable(s->tx, 1, &w) :
 		ubt_wait_readable(s->rx, &w);
 	ubs_sig_sleep = false;
-	if (r == UBT_WATCH && sock_probe_kernel(s, fd) > 0 &&
-	    atomic_load(&s->state) == SK_UB && !s->bypass_seen) {
-		s->bypass_seen = true;
-		ubs_stats_add(UBS_STAT_UB_BYPASS, 1);
-		ubs_err("fd %d: bytes on the kernel socket of a UB connection "
-			"(a call the library cannot see): ignored", fd);
-	}
+	if (r == UBT_WATCH)
+		sock_probe_kernel(s, fd);       /* FIN, reset or a bypass */
 	if (r == -ETIMEDOUT && trim)
 		sock_trim_idle(s);      /* a quiet second */
 	ubs_guard_exit();

@@ -181,7 +181,7 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 			if (!s || !emulated(s)) {
 				kp[k++] = fds[i];
 			} else if (!atomic_load(&s->peer_fin) &&
-				   !s->bypass_seen) {
+				   !sock_demote_pending(s)) {
 				kp[k].fd = fds[i].fd;
 				kp[k++].events = POLLIN | POLLRDHUP;
 			}
@@ -202,7 +202,8 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 				fds[i].revents = kp[k++].revents;
 			} else {
 				if (!atomic_load(&s->peer_fin) &&
-				    !s->bypass_seen && kp[k++].revents)
+				    !sock_demote_pending(s) &&
+				    kp[k++].revents)
 					sock_probe_kernel(s, fds[i].fd);
 				fds[i].revents = (short)sock_ready(s,
 					(uint32_t)(uint16_t)fds[i].events);
@@ -244,7 +245,7 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 			kp[k].fd = s->ch.efd[s->ch.side];
 			kp[k++].events = POLLIN;
 			kp[k].fd = atomic_load(&s->peer_fin) ||
-				s->bypass_seen ? -1 : fds[i].fd;
+				sock_demote_pending(s) ? -1 : fds[i].fd;
 			kp[k++].events = POLLIN | POLLRDHUP;
 		}
 		if (!ready) {

@@ -64,8 +64,6 @@ struct sock {
 	uint64_t seen_ms[2];    /* ... and when (coarse clock) */
 	bool resent;            /* after the peer's demotion: our unread
 				 * ring bytes went over the kernel socket */
-	bool bypass_seen;       /* bytes arrived on the kernel socket of a
-				 * UB connection (logged once) */
 };
 
 /* The fd table. */

@@ -431,6 +431,16 @@ int sock_probe_kernel(struct sock *s, int fd)
 	char c;
 	ssize_t n = ubs_real.recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
 
+	if (n > 0 && s->have_chan && atomic_load(&s->state) == SK_UB &&
+	    !sock_demote_pending(s)) {
+		/* The peer wrote past its library (a raw syscall, stdio,
+		 * io_uring...): back to TCP for both, by the peer's flag:
+		 * we drain its ring bytes first, then read the kernel. */
+		ubs_stats_add(UBS_STAT_UB_BYPASS, 1);
+		ubs_err("fd %d: bytes on the kernel socket of a UB connection "
+			"(written past the library): demoting to TCP", fd);
+		ubt_chan_demote_side(&s->ch, !s->ch.side);
+	}
 	if (n > 0)
 		return 1;
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))

@@ -314,9 +314,14 @@ void ubt_chan_move_efd(struct ubt_chan *c, int side, int newfd)
 
 void ubt_chan_demote(struct ubt_chan *c)
 {
+	ubt_chan_demote_side(c, c->side);
+}
+
+void ubt_chan_demote_side(struct ubt_chan *c, int side)
+{
 	struct ubt_ring *r;
 
-	atomic_store_explicit(&chan_hdr(c)->demote[c->side], 1,
+	atomic_store_explicit(&chan_hdr(c)->demote[side & 1], 1,
 			      memory_order_seq_cst);
 	/* The peer may sleep as a consumer of what we produce or as a
 	 * producer waiting for room in what we consume. */

@@ -290,6 +290,10 @@ uint32_t ubt_chan_release(struct ubt_chan *c);
  * its own tx ring as a consumer), then writes to the kernel socket.
  */
 void ubt_chan_demote(struct ubt_chan *c);
+/* The same for either side: a side may demote its peer (which saw
+ * evidence that the peer no longer uses its library, e.g. bytes on the
+ * kernel socket). */
+void ubt_chan_demote_side(struct ubt_chan *c, int side);
 /* The demote flag of side (0 creator, 1 attacher), for ubt_wait.stop. */
 const _Atomic uint32_t *ubt_chan_demote_word(const struct ubt_chan *c,
 					     int side);
