@@ -44,6 +44,10 @@ UBS_TLS volatile uint32_t ubs_sig_seq;
 UBS_TLS volatile bool ubs_sig_restart;
 UBS_TLS volatile bool ubs_sig_sleep;
 
+/* Exported by glibc, not declared by its headers under _GNU_SOURCE. */
+int __sigaction(int sig, const struct sigaction *act, struct sigaction *old);
+sighandler_t bsd_signal(int sig, sighandler_t handler);
+
 /* glibc's own, historical no-op for sysv_signal's flags. */
 #ifndef SA_INTERRUPT
 #define SA_INTERRUPT 0x20000000
