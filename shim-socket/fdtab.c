@@ -64,6 +64,14 @@ struct sock *sock_get(int fd)
 
 static void sock_free(struct sock *s)
 {
+	if (s->closing) {       /* the program closed it while in use */
+		bool g = ubs_guard_enter();
+
+		sock_last_close(s);
+		ubs_real.close(s->fd);
+		if (g)
+			ubs_guard_exit();
+	}
 	if (s->have_chan)
 		ubt_chan_close(&s->ch);
 	pthread_mutex_destroy(&s->mu);

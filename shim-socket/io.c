@@ -119,16 +119,22 @@ static int remaining(int tmo_ms, uint64_t t0)
 static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		   uint64_t t0)
 {
-	struct ubt_wait w = {
+	struct ubt_wait w;
+	uint32_t mark;
+	int r;
+
+	fd = sock_kfd(s, fd);
+	w = (struct ubt_wait){
 		.spin_ns = atomic_load(&s->state) == SK_UB ? s->spin_ns : 0,
 		.timeout_ms = remaining(tmo_ms, t0),
 		.watch_fd = atomic_load(&s->peer_fin) ||
 			sock_demote_pending(s) ? -1 : fd,
 		.watch_events = POLLIN | POLLRDHUP,
 		.stop = ubt_chan_demote_word(&s->ch, !s->ch.side),
+		/* Once: a wait started before a deferred close watches a
+		 * closed fd number and must start again. */
+		.stop2 = s->closing ? NULL : &s->moved,
 	};
-	uint32_t mark;
-	int r;
 
 	if (w.timeout_ms == 0)
 		return -EAGAIN;
@@ -246,7 +252,7 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 		}
 		if (nb) {
 			ubs_guard_enter();
-			r = sock_probe_kernel(s, fd);
+			r = sock_probe_kernel(s, sock_kfd(s, fd));
 			ubs_guard_exit();
 			if (r < 0)
 				continue;       /* FIN: report after data */

@@ -41,7 +41,12 @@ struct sock {
 	_Atomic int state;      /* enum sk_state */
 	pthread_mutex_t mu;     /* state changes */
 	int fd;                 /* an fd of this socket, for kernel calls
-				 * made on its behalf (watch, FIN probe) */
+				 * made on its behalf (watch, FIN probe);
+				 * after a deferred close, the library's */
+	bool closing;           /* closed by the program while another
+				 * thread was in a call on it */
+	_Atomic uint32_t moved; /* set with closing: sleepers look again
+				 * (the kernel fd they watch changed) */
 	struct ubt_chan ch;
 	bool have_chan;
 	struct ubt_ring *rx, *tx;
@@ -77,6 +82,13 @@ struct sock *sock_new(int fd);          /* refs 0, state 0 */
 /* Call fn(fd, s) for every slot (table read-locked: fn must not take it
  * for writing). */
 void sock_for_each(void (*fn)(int fd, struct sock *s, void *arg), void *arg);
+
+/* The fd for kernel calls of a call made on fd (fd may have been closed
+ * by another thread meanwhile). */
+static inline int sock_kfd(const struct sock *s, int fd)
+{
+	return s->closing ? s->fd : fd;
+}
 
 /* Transitions. */
 void sock_to_tcp(struct sock *s, int fd);       /* drop the channel, detach

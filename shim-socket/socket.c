@@ -609,6 +609,27 @@ void sock_last_close(struct sock *s)
 	ep_sock_gone(s);
 }
 
+/*
+ * close() of the last fd of a connection another thread is using: keep
+ * the kernel socket open on a library fd and the channel up until that
+ * thread's call returns (sock_put of the last reference runs
+ * sock_last_close).  Waiters are woken to pick up the new fd.  Returns
+ * false if no fd could be kept (then the close is done at once).
+ */
+static bool defer_close(struct sock *s, int fd)
+{
+	int keep = ubs_real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+
+	if (keep < 0)
+		return false;
+	s->fd = ubs_fd_high(keep);
+	s->closing = true;
+	atomic_store(&s->moved, 1);
+	if (s->have_chan)
+		ubt_chan_wake_self(&s->ch);
+	return true;
+}
+
 UBS_EXPORT int close(int fd)
 {
 	struct sock *s;
@@ -627,9 +648,18 @@ UBS_EXPORT int close(int fd)
 		sock_for_each(collect_fds, &d);
 		saved = errno;
 		ubs_guard_enter();
-		if (d.n == 0) {
-			if (atomic_load(&s->state) == SK_LISTEN)
-				ubs_ctl_listen(fd, false);
+		if (d.n > 0) {
+			if (s->fd == fd)
+				s->fd = d.fds[0];       /* another fd of it */
+		} else if (atomic_load(&s->state) == SK_LISTEN) {
+			ubs_ctl_listen(fd, false);
+			sock_last_close(s);
+		} else if (__atomic_load_n(&s->refs, __ATOMIC_ACQUIRE) > 1 &&
+			   defer_close(s, fd)) {
+			/* Another thread is inside a call on it: as the
+			 * kernel keeps the file until that call returns,
+			 * the connection lives until the last one ends. */
+		} else {
 			sock_last_close(s);
 		}
 		ubs_guard_exit();

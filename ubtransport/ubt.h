@@ -171,6 +171,7 @@ struct ubt_wait {
 	int watch_fd;
 	short watch_events;
 	const _Atomic uint32_t *stop;   /* if set and nonzero: UBT_STOP */
+	const _Atomic uint32_t *stop2;  /* a second such word */
 };
 
 enum ubt_wake {
@@ -294,6 +295,9 @@ void ubt_chan_demote(struct ubt_chan *c);
  * evidence that the peer no longer uses its library, e.g. bytes on the
  * kernel socket). */
 void ubt_chan_demote_side(struct ubt_chan *c, int side);
+/* Wake this side's own sleepers (threads of this process waiting on the
+ * channel), e.g. to make them look again at what changed. */
+void ubt_chan_wake_self(struct ubt_chan *c);
 /* The demote flag of side (0 creator, 1 attacher), for ubt_wait.stop. */
 const _Atomic uint32_t *ubt_chan_demote_word(const struct ubt_chan *c,
 					     int side);

@@ -155,7 +155,9 @@ static int spin(struct ubt_ring *r, cond_fn cond, uint64_t arg, int64_t budget)
 /* Has the waiter been told to stop? */
 static int stopped(const struct ubt_wait *w)
 {
-	return w->stop && atomic_load_explicit(w->stop, memory_order_acquire);
+	return (w->stop && atomic_load_explicit(w->stop, memory_order_acquire)) ||
+		(w->stop2 && atomic_load_explicit(w->stop2,
+						  memory_order_acquire));
 }
 
 static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
