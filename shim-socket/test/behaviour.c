@@ -472,7 +472,9 @@ static const char *const case_names[] = {
 	"epoll_lt", "epoll_et", "epoll_oneshot", "epoll_rdhup", "fionread",
 	"names", "fork_shared", "dup_fds", "nonblock_fcntl", "rcvtimeo",
 	"refused", "server_first", "sequential", "duplex", "sigpipe",
-	"sendfile", "splice", "exec_inherit", "plain_peer",
+	"sendfile", "splice", "exec_inherit", "plain_peer", "eintr_restart",
+	"eintr_norestart", "eintr_timeout", "eintr_poll", "handler_write",
+	"threads_close",
 };
 
 /* Every case of sockcase has a test here, and no test names a lost case. */
@@ -538,3 +540,9 @@ CASE(sendfile)
 CASE(splice)
 CASE(exec_inherit)
 CASE(plain_peer)
+CASE(eintr_restart)
+CASE(eintr_norestart)
+CASE(eintr_timeout)
+CASE(eintr_poll)
+CASE(handler_write)
+CASE(threads_close)

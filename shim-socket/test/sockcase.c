@@ -42,6 +42,7 @@
 #include <linux/tcp.h>		/* struct tcp_info with tcpi_bytes_* */
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -2187,6 +2188,264 @@ static void exec_plain(int in, int out)
 	kclose(c);
 }
 
+/* ------------------------------------------------------------------ */
+/* Signals (EINTR and SA_RESTART), threads                           */
+
+#define SIG_MS		150		/* the interrupting SIGALRM, after the call began */
+
+static volatile sig_atomic_t alrm_hits;
+static volatile sig_atomic_t alrm_tell;	/* first run: tell the peer 'S' */
+static volatile int alrm_fd = -1;	/* handler_write: the socket it writes */
+static volatile long alrm_wrote;
+
+/* SIGALRM: counts; the first run tells the peer, or writes to the socket. */
+static void on_alrm(int sig)
+{
+	int e = errno;
+
+	(void)sig;
+	if (++alrm_hits == 1) {
+		if (alrm_fd >= 0)
+			alrm_wrote = write(alrm_fd, "ping", 4);
+		else if (alrm_tell)
+			(void)!write(sync_out, "S", 1);
+	}
+	errno = e;
+}
+
+/* Installs on_alrm for SIGALRM with flags (named fl); traced. */
+static void alrm_handler(int flags, const char *fl)
+{
+	struct sigaction sa = { .sa_handler = on_alrm, .sa_flags = flags };
+
+	sigemptyset(&sa.sa_mask);
+	CALL(sigaction(SIGALRM, &sa, NULL), "sigaction(SIGALRM,%s)", fl);
+}
+
+/* One SIGALRM in ms, from a POSIX timer (alarm() stays the case's bound). */
+static void alrm_in(int ms)
+{
+	static timer_t t;
+	static bool made;
+	struct sigevent ev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGALRM };
+	struct itimerspec it = { .it_value = { ms / 1000, (long)(ms % 1000) * 1000000 } };
+
+	if (!made && timer_create(CLOCK_MONOTONIC, &ev, &t) != 0)
+		fatal("timer_create: %s", ename(errno));
+	made = true;
+	if (timer_settime(t, 0, &it, NULL) != 0)
+		fatal("timer_settime: %s", ename(errno));
+}
+
+/* "<1s" or how long since t0, for a wait that must end at the signal. */
+static const char *quick(long long t0)
+{
+	return now_ms() - t0 < 1000 ? "<1s" : ">=1s";
+}
+
+/* eintr_restart: a blocking recv, a SIGALRM handler with SA_RESTART, then
+ * data: the recv was restarted and returns the data. */
+static void srv_eintr_restart(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	hear('S');		/* the client's handler ran */
+	xwrite(s, "after the signal");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_eintr_restart(void)
+{
+	int c = cli_connect();
+
+	alrm_tell = 1;
+	alrm_handler(SA_RESTART, "SA_RESTART");
+	alrm_in(SIG_MS);
+	xrecv(c, 64, 0, "0");
+	tr("  handler ran %d", (int)alrm_hits);
+	kclose(c);
+}
+
+/* eintr_norestart: the same without SA_RESTART: EINTR, then the data. */
+static void srv_eintr_norestart(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	hear('S');
+	hear('E');		/* the client saw its recv end */
+	xwrite(s, "after EINTR");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_eintr_norestart(void)
+{
+	int c = cli_connect();
+	long long t0;
+
+	alrm_tell = 1;
+	alrm_handler(0, "0");
+	alrm_in(SIG_MS);
+	t0 = now_ms();
+	xrecv(c, 64, 0, "0");
+	tr("  handler ran %d, waited %s", (int)alrm_hits, quick(t0));
+	tell('E');
+	wait_bytes(c, 11);
+	xrecv(c, 64, 0, "0");
+	kclose(c);
+}
+
+/* eintr_timeout: SA_RESTART, but SO_RCVTIMEO is set: EINTR (the kernel
+ * restarts only a call without a timeout). */
+static void srv_eintr_timeout(void)
+{
+	srv_eintr_norestart();
+}
+
+static void cli_eintr_timeout(void)
+{
+	struct timeval tv = { 5, 0 };
+	int c = cli_connect();
+	long long t0;
+
+	CALL(setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)),
+	     "setsockopt(%d,SO_RCVTIMEO,5s)", c);
+	alrm_tell = 1;
+	alrm_handler(SA_RESTART, "SA_RESTART");
+	alrm_in(SIG_MS);
+	t0 = now_ms();
+	xrecv(c, 64, 0, "0");
+	tr("  handler ran %d, waited %s", (int)alrm_hits, quick(t0));
+	tell('E');
+	wait_bytes(c, 11);
+	xrecv(c, 64, 0, "0");
+	kclose(c);
+}
+
+/* eintr_poll: poll, epoll_wait and select say EINTR after a handler, even
+ * one with SA_RESTART. */
+static void srv_eintr_poll(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	hear('E');
+	xwrite(s, "data");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_eintr_poll(void)
+{
+	int c = cli_connect(), ep;
+	fd_set rd;
+	long long t0;
+
+	alrm_handler(SA_RESTART, "SA_RESTART");
+	alrm_in(SIG_MS);
+	t0 = now_ms();
+	poll1(c, POLLIN, -1);
+	tr("  handler ran %d, waited %s", (int)alrm_hits, quick(t0));
+	ep = (int)CALL(epoll_create1(EPOLL_CLOEXEC), "epoll_create1");
+	ep_ctl(ep, EPOLL_CTL_ADD, c, EPOLLIN, "IN");
+	alrm_in(SIG_MS);
+	t0 = now_ms();
+	ep_wait(ep, -1);
+	tr("  handler ran %d, waited %s", (int)alrm_hits, quick(t0));
+	alrm_in(SIG_MS);
+	t0 = now_ms();
+	FD_ZERO(&rd);
+	FD_SET(c, &rd);
+	CALL(select(c + 1, &rd, NULL, NULL, NULL), "select(%d:r,NULL)", c);
+	tr("  handler ran %d, waited %s", (int)alrm_hits, quick(t0));
+	tell('E');
+	ep_wait(ep, WAIT_MS);
+	xread(c, 16);
+	CALL(close(ep), "close(epoll)");
+	kclose(c);
+}
+
+/* handler_write: the handler that interrupts a blocking recv writes to the
+ * same socket; the peer reads it and answers; the restarted recv gets the
+ * answer. */
+static void srv_handler_write(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	read_exact(s, NULL, 4);
+	xwrite(s, "pong");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_handler_write(void)
+{
+	int c = cli_connect();
+
+	alrm_fd = c;
+	alrm_handler(SA_RESTART, "SA_RESTART");
+	alrm_in(SIG_MS);
+	xrecv(c, 64, 0, "0");
+	alrm_fd = -1;
+	tr("  handler ran %d, its write(%d,\"ping\") = %ld", (int)alrm_hits, c,
+	   (long)alrm_wrote);
+	if (alrm_wrote > 0)
+		blocks[role].moved += (uint64_t)alrm_wrote;
+	kclose(c);
+}
+
+/* threads_close: thread A blocks in recv while thread B closes the fd.
+ * The kernel keeps A waiting until data or EOF arrives (here the peer's
+ * "late" and close, once B's close is done); what A gets is not traced,
+ * only that B's close succeeded and that A came back. */
+static int tc_fd = -1;
+static volatile ssize_t tc_ret;
+static volatile int tc_errno;
+
+static void *tc_reader(void *arg)
+{
+	char buf[16];
+
+	(void)arg;
+	tc_ret = recv(tc_fd, buf, sizeof(buf), 0);
+	tc_errno = errno;
+	return NULL;
+}
+
+static void srv_threads_close(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	hear('C');
+	xwrite(s, "late");
+	hear('J');		/* the client's reader came back */
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_threads_close(void)
+{
+	pthread_t t;
+	int c = cli_connect(), e;
+
+	tc_fd = c;
+	if ((e = pthread_create(&t, NULL, tc_reader, NULL)))
+		fatal("pthread_create: %s", ename(e));
+	sleep_ms(100);
+	kclose(c);
+	tell('C');
+	if ((e = pthread_join(t, NULL)))	/* bounded by the alarm */
+		fatal("pthread_join: %s", ename(e));
+	tr("reader thread returned");
+	tell('J');
+	fprintf(stderr, "threads_close: the reader's recv = %zd %s\n", (ssize_t)tc_ret,
+		tc_ret < 0 ? ename(tc_errno) : "");
+}
+
 struct sockcase {
 	const char *name;
 	int expect_ub;		/* connections that must be accelerated */
@@ -2228,6 +2487,12 @@ static const struct sockcase cases[] = {
 	CASE(splice, 1),
 	CASE(exec_inherit, 1),
 	CASE(plain_peer, 0),
+	CASE(eintr_restart, 1),
+	CASE(eintr_norestart, 1),
+	CASE(eintr_timeout, 1),
+	CASE(eintr_poll, 1),
+	CASE(handler_write, 1),
+	CASE(threads_close, 1),
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
