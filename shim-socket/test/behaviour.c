@@ -12,12 +12,18 @@
  *   - the preloaded run was accelerated: the ub_conns counters of the
  *     stats pages its processes published in RUN_DIR/stats add up to at
  *     least the case's expect_ub (exactly 0 when the case must stay on
- *     TCP), and when the case moved 1 MiB or more, the kernel sockets'
- *     TCP_INFO byte counters (acked + received) stay under 1/100 of it;
+ *     TCP; exactly exact_ub when the case declares it), and when the case
+ *     moved 1 MiB or more, the kernel sockets' TCP_INFO byte counters
+ *     (acked + received) stay under 1/100 of it;
  *   - the plain run proves the kernel counters work: there they cover
  *     every byte moved.
  * Every run is bounded (sockcase has its own alarm; the spawner kills its
  * process group and reaps it after RUN_TIMEOUT_MS).
+ *
+ * Both runs get SOCKCASE_RUN_DIR (the test's ubsd, for a case that runs
+ * ubsctl) and SOCKCASE_HARNESS: two pipes at fixed fds through which a
+ * case asks this suite to kill its ubsd or start it again (the daemon
+ * stays this process's child, reaped here; see harness_request()).
  */
 #include <criterion/criterion.h>
 
@@ -36,6 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ctl_proto.h"
 #include "dtest.h"
 #include "ubs_stats.h"
 
@@ -64,6 +71,7 @@ struct run {
 	bool have_k;
 	uint64_t kbytes, moved;
 	int expect_ub;
+	int exact_ub;		/* > 0: ub_conns must be exactly this */
 };
 
 static const char *preload_lib(void)
@@ -144,22 +152,62 @@ static void free_env(char **env)
 	free(env);
 }
 
-/* Reads the kstats file sockcase wrote (kbytes, moved, expect_ub). */
+/* Reads the kstats file sockcase wrote (kbytes, moved, expect_ub,
+ * exact_ub). */
 static void read_kstats(const char *path, struct run *r)
 {
 	char text[256];
 	int got = 0;
 	unsigned long long k, m;
-	int ub;
+	int ub, exact = 0;
 
 	slurp(path, text, sizeof(text));
-	got = sscanf(text, "kbytes %llu\nmoved %llu\nexpect_ub %d", &k, &m, &ub);
-	if (got == 3) {
+	got = sscanf(text, "kbytes %llu\nmoved %llu\nexpect_ub %d\nexact_ub %d",
+		     &k, &m, &ub, &exact);
+	if (got >= 3) {
 		r->have_k = true;
 		r->kbytes = k;
 		r->moved = m;
 		r->expect_ub = ub;
+		r->exact_ub = got == 4 ? exact : 0;
 	}
+}
+
+/* The fds of sockcase's end of the harness pipes (SOCKCASE_HARNESS). */
+#define HARNESS_WFD 200
+#define HARNESS_RFD 201
+
+/*
+ * A request of the case through the harness pipe: 'K' kills the test's
+ * ubsd (SIGKILL, reaped), 'S' starts it again and waits (bounded) for its
+ * socket.  Answers with the request in lower case, or 'e'.
+ */
+static void harness_request(char req, int reply_fd)
+{
+	char sock[128], ans = 'e';
+	struct stat st;
+
+	path_in(sock, sizeof(sock), CTL_SOCK_NAME);
+	if (req == 'K') {
+		kill_reap(&daemon_pid);
+		ans = 'k';
+	} else if (req == 'S' && daemon_pid < 0) {
+		unlink(sock);	/* the dead daemon's: wait for the new one */
+		daemon_pid = dt_spawn_ubsd(UBSD_PATH, "ubsd.log", "ubs.conf");
+		for (int t = 0; t < WAIT_MS; t += 5) {
+			if (stat(sock, &st) == 0) {
+				ans = 's';
+				break;
+			}
+			if (waitpid(daemon_pid, NULL, WNOHANG) != 0) {
+				daemon_pid = -1;
+				break;
+			}
+			sleep_ms(5);
+		}
+	}
+	if (write(reply_fd, &ans, 1) != 1)
+		cr_log_error("harness: reply: %s", strerror(errno));
 }
 
 /*
@@ -173,11 +221,12 @@ static void run_case(const char *name, bool preload, struct run *r)
 {
 	const char *mode = preload ? "ub" : "plain";
 	char ld[4200], dir[128], kvar[200], kpath[128], errpath[128], tmp[64];
-	const char *extra[4] = { kvar, NULL, NULL, NULL };
+	char rdir[128], hvar[64];
+	const char *extra[6] = { kvar, rdir, hvar, NULL, NULL, NULL };
 	long long deadline = now_ms() + RUN_TIMEOUT_MS;
 	bool timed_out = false;
 	char **env;
-	int p[2], ret;
+	int p[2], req[2], rep[2], ret;
 	pid_t pid;
 
 	memset(r, 0, sizeof(*r));
@@ -186,38 +235,52 @@ static void run_case(const char *name, bool preload, struct run *r)
 	snprintf(tmp, sizeof(tmp), "%s.%s.err", name, mode);
 	path_in(errpath, sizeof(errpath), tmp);
 	snprintf(kvar, sizeof(kvar), "SOCKCASE_KSTATS=%s", kpath);
+	snprintf(rdir, sizeof(rdir), "SOCKCASE_RUN_DIR=%s", run_dir);
+	snprintf(hvar, sizeof(hvar), "SOCKCASE_HARNESS=%d,%d", HARNESS_WFD,
+		 HARNESS_RFD);
 	unlink(kpath);
 	if (preload) {
 		cr_assert_eq(access(preload_lib(), R_OK), 0, "%s: %s", preload_lib(),
 			     strerror(errno));
 		snprintf(ld, sizeof(ld), "LD_PRELOAD=%s", preload_lib());
 		snprintf(dir, sizeof(dir), "UBS_RUN_DIR=%s", run_dir);
-		extra[1] = ld;
-		extra[2] = dir;
+		extra[3] = ld;
+		extra[4] = dir;
 	}
 	cr_assert_eq(access(SOCKCASE_PATH, X_OK), 0, "%s: %s", SOCKCASE_PATH,
 		     strerror(errno));
 	env = child_env(extra);
 	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(req, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(rep, O_CLOEXEC), 0);
 	pid = fork();
 	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
 	if (pid == 0) {
 		int in = open("/dev/null", O_RDONLY);
 		int err = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		setpgid(0, 0);
+		/* The harness pipes go to fixed high numbers (above what
+		 * the case opens, so its fd numbers are as without them). */
+		int hw = fcntl(req[1], F_DUPFD, 300), hr = fcntl(rep[0], F_DUPFD, 300);
+
 		if (in < 0 || err < 0 || dup2(in, 0) < 0 || dup2(p[1], 1) < 0 ||
-		    dup2(err, 2) < 0)
+		    dup2(err, 2) < 0 || hw < 0 || hr < 0 ||
+		    dup2(hw, HARNESS_WFD) < 0 || dup2(hr, HARNESS_RFD) < 0)
 			_exit(126);
-		syscall(SYS_close_range, 3U, ~0U, 0U);
+		syscall(SYS_close_range, 3U, HARNESS_WFD - 1U, 0U);
+		syscall(SYS_close_range, HARNESS_RFD + 1U, ~0U, 0U);
 		execle(SOCKCASE_PATH, "sockcase", name, (char *)NULL, env);
 		_exit(127);
 	}
 	setpgid(pid, pid);	/* either side may win; both set the same */
 	free_env(env);
 	close(p[1]);
+	close(req[1]);
+	close(rep[0]);
 
 	for (;;) {
-		struct pollfd pfd = { .fd = p[0], .events = POLLIN };
+		struct pollfd pfd[2] = { { .fd = p[0], .events = POLLIN },
+					 { .fd = req[0], .events = POLLIN } };
 		long long left = deadline - now_ms();
 		ssize_t n;
 
@@ -225,8 +288,18 @@ static void run_case(const char *name, bool preload, struct run *r)
 			timed_out = true;
 			break;
 		}
-		ret = poll(&pfd, 1, (int)left);
+		ret = poll(pfd, 2, (int)left);
 		if (ret <= 0)
+			continue;
+		if (pfd[1].revents) {
+			char c;
+
+			if (read(req[0], &c, 1) == 1)
+				harness_request(c, rep[1]);
+			else	/* every sockcase process is gone */
+				close(req[0]), req[0] = -1;
+		}
+		if (!pfd[0].revents)
 			continue;
 		n = read(p[0], r->out + r->len, sizeof(r->out) - 1 - r->len);
 		if (n < 0 && errno == EINTR)
@@ -235,6 +308,9 @@ static void run_case(const char *name, bool preload, struct run *r)
 			break;
 	}
 	close(p[0]);
+	if (req[0] >= 0)
+		close(req[0]);
+	close(rep[1]);
 	r->out[r->len] = '\0';
 	while (!timed_out) {
 		ret = waitpid(pid, &r->status, WNOHANG);
@@ -449,7 +525,11 @@ static void check_case(const char *name)
 	cr_assert(ub->have_k, "%s: no kstats from the preloaded run", name);
 
 	ub_conns = sum_ub_conns(&pages);
-	if (ub->expect_ub == 0)
+	if (ub->exact_ub > 0)
+		cr_assert_eq(ub_conns, (uint64_t)ub->exact_ub, "%s: the stats pages "
+			     "count %" PRIu64 " UB connection ends, the case expects "
+			     "exactly %d", name, ub_conns, ub->exact_ub);
+	else if (ub->expect_ub == 0)
 		cr_assert_eq(ub_conns, 0, "%s must stay on TCP, but the stats pages "
 			     "count %" PRIu64 " UB connections", name, ub_conns);
 	else
@@ -474,7 +554,7 @@ static const char *const case_names[] = {
 	"refused", "server_first", "sequential", "duplex", "sigpipe",
 	"sendfile", "splice", "exec_inherit", "plain_peer", "eintr_restart",
 	"eintr_norestart", "eintr_timeout", "eintr_poll", "handler_write",
-	"threads_close",
+	"threads_close", "policy_flip", "daemon_restart",
 };
 
 /* Every case of sockcase has a test here, and no test names a lost case. */
@@ -546,3 +626,5 @@ CASE(eintr_timeout)
 CASE(eintr_poll)
 CASE(handler_write)
 CASE(threads_close)
+CASE(policy_flip)
+CASE(daemon_restart)

@@ -30,6 +30,14 @@
  *   moved N      payload bytes the case's writes moved
  *   expect_ub N  connections of this case that must be accelerated (0: the
  *                case must stay on TCP)
+ *   exact_ub N   when > 0, the exact sum of the stats pages' ub_conns (UB
+ *                ends: two per connection), for a case where some
+ *                connections must stay on TCP
+ *
+ * A few cases act on the case's ubsd: policy_flip runs ubsctl against
+ * $SOCKCASE_RUN_DIR (the suite sets it in both runs), daemon_restart asks
+ * the suite to kill and restart it through the pipes $SOCKCASE_HARNESS
+ * names (see harness()).
  *
  * Every wait is bounded: alarm(10) in each process (the server then kills
  * and reaps the client by pid, prints what it has and exits 2), the sync
@@ -2189,7 +2197,7 @@ static void exec_plain(int in, int out)
 }
 
 /* ------------------------------------------------------------------ */
-/* Signals (EINTR and SA_RESTART), threads                           */
+/* Signals (EINTR, SA_RESTART), threads, policy flip, daemon restart  */
 
 #define SIG_MS		150		/* the interrupting SIGALRM, after the call began */
 
@@ -2446,14 +2454,184 @@ static void cli_threads_close(void)
 		tc_ret < 0 ? ename(tc_errno) : "");
 }
 
+/* The run directory of the case's ubsd: SOCKCASE_RUN_DIR (set by the
+ * behaviour suite in both runs), else UBS_RUN_DIR. */
+static const char *case_run_dir(void)
+{
+	const char *d = getenv("SOCKCASE_RUN_DIR");
+
+	if (!d || !*d)
+		d = getenv("UBS_RUN_DIR");
+	if (!d || !*d)
+		fatal("this case needs SOCKCASE_RUN_DIR (the run dir of a ubsd)");
+	return d;
+}
+
+#ifndef UBSD_PATH
+#define UBSD_PATH "build/bin/ubsd"
+#endif
+
+/* Runs `ubsctl a b c` against the case's ubsd, without the preload (in
+ * both runs, so the traces match); traces its exit status. */
+static int ubsctl(const char *a, const char *b, const char *c)
+{
+	const char *argv[] = { "ubsctl", a, b, c, NULL };
+	const char *slash = strrchr(UBSD_PATH, '/');	/* ubsctl is beside ubsd */
+	char path[sizeof(UBSD_PATH) + 8], dir[4200];
+	pid_t pid;
+	int st = 0;
+
+	snprintf(path, sizeof(path), "%.*subsctl",
+		 slash ? (int)(slash + 1 - UBSD_PATH) : 0, UBSD_PATH);
+	snprintf(dir, sizeof(dir), "UBS_RUN_DIR=%s", case_run_dir());
+	pid = fork();
+	if (pid < 0)
+		fatal("fork: %s", ename(errno));
+	if (pid == 0) {
+		size_t n = 0, k = 0;
+		char **env;
+		int null = open("/dev/null", O_WRONLY);
+
+		for (char **e = environ; *e; e++)
+			n++;
+		env = calloc(n + 2, sizeof(*env));
+		if (!env || null < 0)
+			_exit(126);
+		for (char **e = environ; *e; e++)
+			if (strncmp(*e, "LD_PRELOAD=", 11) && strncmp(*e, "UBS_", 4))
+				env[k++] = *e;
+		env[k++] = dir;
+		dup2(null, 1);
+		execve(path, (char **)argv, env);
+		_exit(127);
+	}
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	tr("ubsctl %s %s %s: exit %d", a, b, c,
+	   WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Asks the behaviour suite to act on the case's ubsd through the pipes
+ * named by SOCKCASE_HARNESS ("WFD,RFD"): 'K' kill it (SIGKILL, reaped),
+ * 'S' start it again (its socket is there when the answer comes).  Waits
+ * (bounded) for the answer and traces it. */
+static void harness(char req, const char *what)
+{
+	const char *v = getenv("SOCKCASE_HARNESS");
+	int wfd, rfd;
+	struct pollfd p;
+	char ans = '?';
+
+	if (!v || sscanf(v, "%d,%d", &wfd, &rfd) != 2)
+		fatal("this case needs the behaviour suite (SOCKCASE_HARNESS)");
+	if (write(wfd, &req, 1) != 1)
+		fatal("harness: %s", ename(errno));
+	p = (struct pollfd){ .fd = rfd, .events = POLLIN };
+	if (poll(&p, 1, 2 * WAIT_MS) != 1 || read(rfd, &ans, 1) != 1)
+		fatal("harness: no answer to %c", req);
+	tr("harness: %s: %s", what, ans == req + ('a' - 'A') ? "done" : "FAILED");
+}
+
+/* Exchanges msg and its answer ack on c (client side of policy_flip and
+ * daemon_restart). */
+static void ping(int c, const char *msg, const char *ack)
+{
+	xwrite(c, msg);
+	read_exact(c, NULL, strlen(ack));
+}
+
+static void pong(int s, const char *msg, const char *ack)
+{
+	read_exact(s, NULL, strlen(msg));
+	xwrite(s, ack);
+}
+
+/* policy_flip: connection 1 over UB, then `ubsctl service sockcase off`:
+ * connection 2 is TCP, connection 1 keeps working.  Exactly 2 UB ends. */
+static void srv_policy_flip(void)
+{
+	int l = srv_listen(), s1 = srv_accept(l), s2;
+
+	pong(s1, "one", "ack1");
+	s2 = srv_accept(l);
+	pong(s2, "two", "ack2");
+	pong(s1, "three", "ack3");
+	xread(s2, 16);
+	xread(s1, 16);
+	kclose(s2);
+	kclose(s1);
+	kclose(l);
+}
+
+static void cli_policy_flip(void)
+{
+	int c1 = cli_connect(), c2;
+
+	ping(c1, "one", "ack1");
+	ubsctl("service", "sockcase", "off");
+	c2 = cli_connect();
+	ping(c2, "two", "ack2");
+	ping(c1, "three", "ack3");
+	kclose(c2);
+	kclose(c1);
+	ubsctl("service", "sockcase", "on");
+}
+
+/* daemon_restart: connection 1 over UB; ubsd is killed: connection 1 keeps
+ * working, connection 2 (made while the daemon is down) is TCP; ubsd is
+ * started again and, after the preload's reconnect back-off (1 s),
+ * connection 3 is UB again.  Exactly 4 UB ends. */
+static void srv_daemon_restart(void)
+{
+	int l = srv_listen(), s1 = srv_accept(l), s2, s3;
+
+	pong(s1, "one", "ack1");
+	s2 = srv_accept(l);
+	pong(s2, "two", "ack2");
+	pong(s1, "three", "ack3");
+	s3 = srv_accept(l);
+	pong(s3, "four", "ack4");
+	pong(s1, "five", "ack5");
+	xread(s3, 16);
+	xread(s2, 16);
+	xread(s1, 16);
+	kclose(s3);
+	kclose(s2);
+	kclose(s1);
+	kclose(l);
+}
+
+static void cli_daemon_restart(void)
+{
+	int c1 = cli_connect(), c2, c3;
+
+	ping(c1, "one", "ack1");
+	harness('K', "ubsd killed");
+	c2 = cli_connect();
+	ping(c2, "two", "ack2");
+	ping(c1, "three", "ack3");
+	harness('S', "ubsd started");
+	sleep_ms(1100);		/* the preload's reconnect back-off */
+	c3 = cli_connect();
+	ping(c3, "four", "ack4");
+	ping(c1, "five", "ack5");
+	kclose(c3);
+	kclose(c2);
+	kclose(c1);
+}
+
 struct sockcase {
 	const char *name;
 	int expect_ub;		/* connections that must be accelerated */
 	void (*server)(void);
 	void (*client)(void);
+	int exact_ub;		/* > 0: the stats pages' ub_conns (UB ends,
+				 * two per connection) must be exactly this */
 };
 
-#define CASE(n, ub) { #n, ub, srv_##n, cli_##n }
+#define CASE(n, ub) { #n, ub, srv_##n, cli_##n, 0 }
+#define CASE_EXACT(n, ends) { #n, (ends) / 2, srv_##n, cli_##n, ends }
 static const struct sockcase cases[] = {
 	CASE(roundtrip, 1),
 	CASE(bulk, 1),
@@ -2493,6 +2671,8 @@ static const struct sockcase cases[] = {
 	CASE(eintr_poll, 1),
 	CASE(handler_write, 1),
 	CASE(threads_close, 1),
+	CASE_EXACT(policy_flip, 2),
+	CASE_EXACT(daemon_restart, 4),
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
@@ -2547,8 +2727,9 @@ static void write_kstats(void)
 	f = fopen(path, "w");
 	if (!f)
 		return;
-	fprintf(f, "kbytes %llu\nmoved %llu\nexpect_ub %d\n", (unsigned long long)k,
-		(unsigned long long)m, the_case->expect_ub);
+	fprintf(f, "kbytes %llu\nmoved %llu\nexpect_ub %d\nexact_ub %d\n",
+		(unsigned long long)k, (unsigned long long)m, the_case->expect_ub,
+		the_case->exact_ub);
 	fclose(f);
 }
 
@@ -2670,6 +2851,16 @@ int main(int argc, char **argv)
 	if (!the_case) {
 		fprintf(stderr, "usage: sockcase --list | sockcase CASE\n");
 		return 64;
+	}
+	{
+		/* The suite's pipes (see harness()): not for exec'd programs. */
+		const char *h = getenv("SOCKCASE_HARNESS");
+		int wfd, rfd;
+
+		if (h && sscanf(h, "%d,%d", &wfd, &rfd) == 2) {
+			fcntl(wfd, F_SETFD, FD_CLOEXEC);
+			fcntl(rfd, F_SETFD, FD_CLOEXEC);
+		}
 	}
 	signal(SIGPIPE, SIG_IGN);
 	blocks = mmap(NULL, sizeof(struct block) * R_NR, PROT_READ | PROT_WRITE,
