@@ -46,7 +46,9 @@ static struct {
 	dev_t dev;              /* its identity, to notice a program's */
 	ino_t ino;              /* close/dup2 over the fd number */
 	uint32_t seq;
-	uint64_t next_try_ms;   /* no connect attempt before this */
+	uint64_t next_try_ms;   /* no connect attempt before this... */
+	ino_t failed_ino;       /* ...unless the socket file is no longer
+				 * the one that failed (a new daemon) */
 	struct ubt_seg *page;   /* current policy page, NULL before the
 				 * daemon was first reached */
 	uint32_t hint;          /* pp_lookup_hint's */
@@ -93,6 +95,16 @@ static void ctl_drop(const char *why)
 	}
 	ctl.fd = -1;
 	ctl.next_try_ms = now_ms() + UBS_CTL_RETRY_MS;
+	ctl.failed_ino = 0;
+	{
+		char path[PATH_MAX];
+		struct stat st;
+
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s",
+				     ubs_config.run_dir, CTL_SOCK_NAME) <
+		    sizeof(path) && stat(path, &st) == 0)
+			ctl.failed_ino = st.st_ino;
+	}
 }
 
 /* Is ctl.fd still our socket (a program may have closed or reused the
@@ -125,14 +137,14 @@ static int ctl_send(uint16_t type, const void *body, uint32_t len,
 	return 0;
 }
 
-/* Read exactly n bytes by deadline; the first read may carry fds. */
-static int ctl_read_full(void *p, size_t n, int *fds, int *nfds,
+/* Read exactly n bytes of fd by deadline; the first read may carry fds. */
+static int ctl_read_full(int fd, void *p, size_t n, int *fds, int *nfds,
 			 uint64_t deadline)
 {
 	size_t got = 0;
 
 	while (got < n) {
-		struct pollfd pfd = { .fd = ctl.fd, .events = POLLIN };
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
 		uint64_t now = now_ms();
 		int r;
 
@@ -144,11 +156,11 @@ static int ctl_read_full(void *p, size_t n, int *fds, int *nfds,
 		if (r <= 0)
 			return r < 0 ? -errno : -ETIMEDOUT;
 		if (got == 0 && fds) {
-			r = ubt_recv_fds(ctl.fd, fds, nfds, p, n);
+			r = ubt_recv_fds(fd, fds, nfds, p, n);
 			fds = NULL;
 		} else {
-			r = (int)ubs_real.recv(ctl.fd, (char *)p + got,
-					       n - got, MSG_DONTWAIT);
+			r = (int)ubs_real.recv(fd, (char *)p + got, n - got,
+					       MSG_DONTWAIT);
 			if (r == 0)
 				r = -EPIPE;
 			else if (r < 0)
@@ -170,94 +182,192 @@ static void close_fds(int *fds, int n)
 }
 
 /*
- * Read one whole message by deadline: header, body into in (CTL_MAX_BODY
- * bytes) and its fds into got (CTL_MAX_FDS slots, -1 when unused).
- * Returns 0 or -errno; a failure drops the connection (the stream is
- * then out of step).
+ * Replies are read by whichever waiting thread gets there first (without
+ * the lock) and handed to their waiter through a small mailbox, so that
+ * one thread waiting long for its channel (REQUEST) does not hold up
+ * another's PUBLISH or LISTEN.  Replies nobody waits for (to PUBLISH and
+ * UNLISTEN, which do not wait, and WITHDRAWN notices) are dropped.
  */
-static int ctl_read_msg(struct ctl_hdr *h, unsigned char *in, int *got,
-			uint64_t deadline)
+#define CTL_WAITERS 32
+#define CTL_REPLY_MAX 256               /* largest reply body we read */
+
+struct ctl_mail {
+	uint32_t seq;                   /* awaited; 0: free slot */
+	bool full;
+	uint16_t type;
+	uint32_t len;
+	unsigned char body[CTL_REPLY_MAX];
+	int fds[CTL_MAX_FDS];
+};
+
+static struct ctl_mail mailbox[CTL_WAITERS];
+static bool ctl_reading;                /* a thread reads the socket */
+static bool ctl_connecting;             /* a thread sets the session up
+					 * (the lock is let go meanwhile) */
+static uint64_t ctl_gen;                /* connections made, for readers */
+static pthread_cond_t ctl_cv = PTHREAD_COND_INITIALIZER;
+
+/* Read one whole message of fd by deadline (no lock held).  Returns 0 or
+ * -errno with *why set; fds in got (-1 unused). */
+static int ctl_read_msg(int fd, struct ctl_hdr *h, unsigned char *in,
+			int *got, uint64_t deadline, const char **why)
 {
 	int ngot = CTL_MAX_FDS;
-	const char *why = NULL;
 	int r;
 
 	for (int i = 0; i < CTL_MAX_FDS; i++)
 		got[i] = -1;
-	r = ctl_read_full(h, sizeof(*h), got, &ngot, deadline);
-	if (r == 0 && (r = ctl_check(h, NULL, &why)) == 0)
-		r = ctl_read_full(in, h->len, NULL, NULL, deadline);
-	if (r == 0 && (r = ctl_check(h, in, &why)) == 0 &&
+	r = ctl_read_full(fd, h, sizeof(*h), got, &ngot, deadline);
+	if (r == 0 && (r = ctl_check(h, NULL, why)) == 0)
+		r = ctl_read_full(fd, in, h->len, NULL, NULL, deadline);
+	if (r == 0 && (r = ctl_check(h, in, why)) == 0 &&
 	    ngot != ctl_fd_count(h->type)) {
-		why = "wrong number of fds";
+		*why = "wrong number of fds";
 		r = -EPROTO;
 	}
-	if (r) {
+	if (r)
 		close_fds(got, CTL_MAX_FDS);
-		ctl_drop(why ? why : "reply not read");
-	}
 	return r;
 }
 
+/* A message arrived: to its waiter's slot, or dropped.  Lock held. */
+static void ctl_deliver(const struct ctl_hdr *h, const unsigned char *in,
+			int *got)
+{
+	for (int i = 0; i < CTL_WAITERS; i++) {
+		struct ctl_mail *m = &mailbox[i];
+
+		if (m->seq != h->seq || m->full || h->type == CTL_R_WITHDRAWN)
+			continue;
+		m->type = h->type;
+		m->len = h->len < CTL_REPLY_MAX ? h->len : CTL_REPLY_MAX;
+		memcpy(m->body, in, m->len);
+		memcpy(m->fds, got, sizeof(m->fds));
+		m->full = true;
+		pthread_cond_broadcast(&ctl_cv);
+		return;
+	}
+	close_fds(got, CTL_MAX_FDS);
+}
+
 /*
- * Read and drop what has arrived unasked: replies to requests that did
- * not wait (PUBLISH, UNLISTEN) and notices (WITHDRAWN).  Also how a dead
- * daemon is noticed (EOF drops the connection).
+ * Read one message as the reader: the lock is released while blocked
+ * in the socket.  Returns 0 (a message was delivered or the wait timed
+ * out) or -errno (the connection was dropped).  Lock held on entry and
+ * on return.
+ */
+static int ctl_read_one(uint64_t deadline)
+{
+	unsigned char in[CTL_MAX_BODY];
+	int got[CTL_MAX_FDS], fd = ctl.fd, r;
+	uint64_t gen = ctl_gen;
+	const char *why = NULL;
+	struct ctl_hdr h;
+
+	ctl_reading = true;
+	pthread_mutex_unlock(&ctl.lock);
+	{
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		uint64_t now = now_ms();
+
+		r = ubs_real.poll(&p, 1, now >= deadline ? 0 :
+				  (int)(deadline - now));
+		r = r > 0 ? ctl_read_msg(fd, &h, in, got, now_ms() + 1000,
+					 &why) : r == 0 ? -ETIMEDOUT : -errno;
+	}
+	pthread_mutex_lock(&ctl.lock);
+	ctl_reading = false;
+	pthread_cond_broadcast(&ctl_cv);
+	if (r == 0)
+		ctl_deliver(&h, in, got);
+	else if (r != -ETIMEDOUT && r != -EINTR && gen == ctl_gen &&
+		 ctl.fd == fd)
+		ctl_drop(why ? why : "reply not read");
+	return r == -ETIMEDOUT || r == -EINTR ? 0 : r;
+}
+
+/*
+ * Deliver what has arrived unasked and notice a dead daemon (EOF drops
+ * the connection).  Lock held.
  */
 static void ctl_drain(void)
 {
-	unsigned char in[CTL_MAX_BODY];
-	int got[CTL_MAX_FDS];
-
-	while (ctl.fd >= 0) {
+	while (ctl.fd >= 0 && !ctl_reading) {
 		struct pollfd p = { .fd = ctl.fd, .events = POLLIN };
-		struct ctl_hdr h;
 
 		if (ubs_real.poll(&p, 1, 0) <= 0)
 			return;
-		if (ctl_read_msg(&h, in, got, now_ms() + 100) < 0)
+		if (ctl_read_one(now_ms() + 100) < 0)
 			return;
-		close_fds(got, CTL_MAX_FDS);
 	}
 }
 
 /*
- * Wait for the reply to seq, dropping other messages.  On success the
- * reply's type, body (up to cap bytes) and fds (up to *nfds, the rest
- * closed) are returned.  Returns 0 or -errno.
+ * Wait for the reply to seq (lock held; released while waiting).  On
+ * success the reply's type, body (up to cap bytes) and fds (up to *nfds,
+ * the rest closed) are returned.  Returns 0 or -errno.
  */
 static int ctl_wait(uint32_t seq, uint16_t *type, void *body, size_t cap,
 		    int *fds, int *nfds, int wait_ms)
 {
 	uint64_t deadline = now_ms() + (uint64_t)wait_ms;
-	unsigned char in[CTL_MAX_BODY];
+	struct ctl_mail *m = NULL;
+	int r = 0;
 
-	for (;;) {
-		struct ctl_hdr h;
-		int got[CTL_MAX_FDS], ngot;
-		int r;
+	for (int i = 0; i < CTL_WAITERS && !m; i++)
+		if (!mailbox[i].seq)
+			m = &mailbox[i];
+	if (!m)
+		return -EBUSY;
+	m->seq = seq;
+	m->full = false;
+	while (!m->full) {
+		uint64_t now = now_ms();
 
-		r = ctl_read_msg(&h, in, got, deadline);
-		if (r)
-			return r;
-		if (h.seq != seq || h.type == CTL_R_WITHDRAWN) {
-			close_fds(got, CTL_MAX_FDS);    /* not ours */
-			continue;
+		if (ctl.fd < 0) {
+			r = -ENOTCONN;
+			break;
 		}
-		ngot = ctl_fd_count(h.type);
-		*type = h.type;
-		memcpy(body, in, h.len < cap ? h.len : cap);
-		if (fds) {
-			int keep = ngot < *nfds ? ngot : *nfds;
+		if (now >= deadline) {
+			r = -ETIMEDOUT;
+			break;
+		}
+		if (!ctl_reading) {
+			r = ctl_read_one(deadline);
+			if (r < 0)
+				break;
+		} else {
+			struct timespec ts;
 
-			memcpy(fds, got, sizeof(int) * (size_t)keep);
-			close_fds(got + keep, CTL_MAX_FDS - keep);
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 20 * 1000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&ctl_cv, &ctl.lock, &ts);
+		}
+	}
+	if (m->full && r == 0) {
+		int n = ctl_fd_count(m->type);
+
+		*type = m->type;
+		memcpy(body, m->body, m->len < cap ? m->len : cap);
+		if (fds) {
+			int keep = n < *nfds ? n : *nfds;
+
+			memcpy(fds, m->fds, sizeof(int) * (size_t)keep);
+			close_fds(m->fds + keep, CTL_MAX_FDS - keep);
 			*nfds = keep;
 		} else {
-			close_fds(got, CTL_MAX_FDS);
+			close_fds(m->fds, CTL_MAX_FDS);
 		}
-		return 0;
+	} else if (m->full) {
+		close_fds(m->fds, CTL_MAX_FDS);
 	}
+	m->seq = 0;
+	m->full = false;
+	return r;
 }
 
 /* A request that waits for a plain OK/ERROR.  Returns 0 or -errno. */
@@ -304,9 +414,11 @@ static int ctl_connect(void)
 		r = -errno;
 		ubs_real.close(fd);
 		ctl.next_try_ms = now_ms() + UBS_CTL_RETRY_MS;
+		ctl.failed_ino = stat(sun.sun_path, &st) == 0 ? st.st_ino : 0;
 		return r;
 	}
 	ctl.fd = ubs_fd_high(fd);
+	ctl_gen++;
 	if (fstat(ctl.fd, &st) == 0) {
 		ctl.dev = st.st_dev;
 		ctl.ino = st.st_ino;
@@ -348,9 +460,29 @@ static int ctl_connect(void)
 	return 0;
 }
 
+/* Has a daemon (re)created its socket since the last attempt failed?
+ * One stat: cheaper than waiting out the retry interval after a
+ * restart. */
+static bool daemon_socket_new(void)
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s", ubs_config.run_dir,
+			     CTL_SOCK_NAME) >= sizeof(path))
+		return false;
+	return stat(path, &st) == 0 && S_ISSOCK(st.st_mode) &&
+		st.st_ino != ctl.failed_ino;
+}
+
 /* Make sure the connection is up.  Called with the lock held. */
 static int ctl_up(void)
 {
+	int r;
+
+	/* Another thread is making the session: its result is ours. */
+	while (ctl_connecting)
+		pthread_cond_wait(&ctl_cv, &ctl.lock);
 	if (ctl.fd >= 0 && !ctl_fd_ours()) {
 		ctl.fd = -1;            /* the program took the number */
 		ctl.next_try_ms = 0;
@@ -361,9 +493,13 @@ static int ctl_up(void)
 			return 0;
 		ctl.next_try_ms = 0;    /* the daemon went away: try anew */
 	}
-	if (now_ms() < ctl.next_try_ms)
+	if (now_ms() < ctl.next_try_ms && !daemon_socket_new())
 		return -ENOTCONN;
-	return ctl_connect();
+	ctl_connecting = true;
+	r = ctl_connect();
+	ctl_connecting = false;
+	pthread_cond_broadcast(&ctl_cv);
+	return r;
 }
 
 void ubs_ctl_on_reconnect(void (*fn)(void))
@@ -375,7 +511,8 @@ int ubs_ctl_policy(struct ubs_svc_policy *p)
 {
 	struct ubt_seg *page = __atomic_load_n(&ctl.page, __ATOMIC_ACQUIRE);
 
-	if (!page || (ctl.fd < 0 && now_ms() >= ctl.next_try_ms)) {
+	if (!page || (ctl.fd < 0 && (now_ms() >= ctl.next_try_ms ||
+				     daemon_socket_new()))) {
 		/* Never reached, or down and due for a retry. */
 		pthread_mutex_lock(&ctl.lock);
 		ctl_up();
@@ -489,6 +626,15 @@ void ubs_ctl_atfork_child(void)
 	/* The connection is the parent's session: the child makes its own
 	 * on first need.  The page mapping is shared and stays valid. */
 	pthread_mutex_init(&ctl.lock, NULL);
+	pthread_cond_init(&ctl_cv, NULL);
+	ctl_reading = false;
+	ctl_connecting = false;
+	for (int i = 0; i < CTL_WAITERS; i++) {
+		if (mailbox[i].full)
+			close_fds(mailbox[i].fds, CTL_MAX_FDS);
+		mailbox[i].seq = 0;
+		mailbox[i].full = false;
+	}
 	if (ctl.fd >= 0)
 		ubs_real.close(ctl.fd);
 	ctl.fd = -1;
