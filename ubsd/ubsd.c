@@ -104,6 +104,8 @@ struct session {
 	char service[CTL_NAME_MAX];
 };
 
+#define CONN_MAX_REQS 32  /* pending REQUESTs per connection (threads) */
+
 struct conn {
 	struct ev_src src;              /* first: epoll data.ptr */
 	TAILQ_ENTRY(conn) entry;
@@ -119,9 +121,10 @@ struct conn {
 	int fds[CTL_MAX_FDS];           /* received, not yet claimed */
 	int nfds;
 	bool dead;                      /* closed, in the graveyard */
-	bool req_pending;               /* a REQUEST awaits its answer */
-	uint64_t req_id;
-	uint32_t req_seq;
+	struct {                        /* REQUESTs awaiting their answer */
+		uint64_t id;            /* rv request id, 0 = free slot */
+		uint32_t seq;
+	} reqs[CONN_MAX_REQS];
 };
 
 /* The channel fds of one unmatched publication. */
@@ -1315,6 +1318,38 @@ static int do_listen(struct conn *c, const struct ctl_hdr *h, int fd,
 	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
 }
 
+/* Remember a pending REQUEST of c; false when c has too many. */
+static bool conn_req_add(struct conn *c, uint64_t id, uint32_t seq)
+{
+	for (int i = 0; i < CONN_MAX_REQS; i++)
+		if (!c->reqs[i].id) {
+			c->reqs[i].id = id;
+			c->reqs[i].seq = seq;
+			return true;
+		}
+	return false;
+}
+
+/* Take c's pending REQUEST id: its seq, or false if c has none such. */
+static bool conn_req_take(struct conn *c, uint64_t id, uint32_t *seq)
+{
+	for (int i = 0; id && i < CONN_MAX_REQS; i++)
+		if (c->reqs[i].id == id) {
+			c->reqs[i].id = 0;
+			*seq = c->reqs[i].seq;
+			return true;
+		}
+	return false;
+}
+
+static bool conn_req_full(const struct conn *c)
+{
+	for (int i = 0; i < CONN_MAX_REQS; i++)
+		if (!c->reqs[i].id)
+			return false;
+	return true;
+}
+
 /* Hand ch to the client waiting with req_id in session req_session, then
  * forget ch. */
 static void give_channel(struct chan *ch, uint64_t req_session,
@@ -1323,9 +1358,10 @@ static void give_channel(struct chan *ch, uint64_t req_session,
 	struct conn *o = session_conn(req_session);
 	struct ctl_chan m = { .chan_id = ch->id };
 
-	if (o && o->req_pending && o->req_id == req_id) {
-		o->req_pending = false;
-		conn_after_push(o, conn_send_fds(o, CTL_R_CHANNEL, o->req_seq,
+	uint32_t seq;
+
+	if (o && conn_req_take(o, req_id, &seq)) {
+		conn_after_push(o, conn_send_fds(o, CTL_R_CHANNEL, seq,
 						 &m, sizeof(m), ch->fd, 3));
 	}
 	chan_free(ch);
@@ -1411,8 +1447,8 @@ static int do_request(struct conn *c, const struct ctl_hdr *h,
 	close(fd);
 	if (r)
 		return send_error(c, h->seq, -r, why);
-	if (c->req_pending)
-		return send_error(c, h->seq, EBUSY, "a request is already "
+	if (conn_req_full(c))
+		return send_error(c, h->seq, EBUSY, "too many requests "
 				  "pending on this connection");
 	if (tmo > CTL_REQUEST_MAX_MS)
 		tmo = CTL_REQUEST_MAX_MS;
@@ -1441,9 +1477,7 @@ static int do_request(struct conn *c, const struct ctl_hdr *h,
 			return r;
 		}
 	case RV_PENDING:
-		c->req_pending = true;
-		c->req_id = ans.req_id;
-		c->req_seq = h->seq;
+		conn_req_add(c, ans.req_id, h->seq);
 		return 0;
 	default:
 		return send_tcp(c, h->seq, rv_cause_str(ans.cause));
@@ -1490,12 +1524,12 @@ static void rv_tick(void)
 			struct conn *o;
 
 			if (out[i].verdict == RV_TCP) {
+				uint32_t seq;
+
 				o = session_conn(out[i].req_session);
-				if (!o || !o->req_pending ||
-				    o->req_id != out[i].req_id)
+				if (!o || !conn_req_take(o, out[i].req_id, &seq))
 					continue;
-				o->req_pending = false;
-				conn_after_push(o, send_tcp(o, o->req_seq,
+				conn_after_push(o, send_tcp(o, seq,
 					rv_cause_str(out[i].cause)));
 			} else if (out[i].verdict == RV_WITHDRAWN) {
 				struct chan *ch = chan_find(out[i].chan_id);
