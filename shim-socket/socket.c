@@ -678,12 +678,15 @@ UBS_EXPORT int shutdown(int fd, int how)
 		return ubs_fail(-ENOSYS);
 	if (ubs_guard || !(s = sock_get(fd)))
 		return ubs_real.shutdown(fd, how);
+	/* The ring's EOF before the kernel's FIN: a peer that sees the FIN
+	 * first would take it for our death. */
+	if (atomic_load(&s->state) == SK_UB &&
+	    (how == SHUT_WR || how == SHUT_RDWR))
+		ubt_ring_close_producer(s->tx);
 	r = ubs_real.shutdown(fd, how);
 	if (r == 0 && atomic_load(&s->state) == SK_UB) {
-		if (how == SHUT_WR || how == SHUT_RDWR) {
+		if (how == SHUT_WR || how == SHUT_RDWR)
 			s->shut_wr = true;
-			ubt_ring_close_producer(s->tx);
-		}
 		if (how == SHUT_RD || how == SHUT_RDWR)
 			s->shut_rd = true;
 	}
