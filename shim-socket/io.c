@@ -32,7 +32,8 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags,
 		       __SOCKADDR_ARG from, socklen_t *restrict len);
 
 #define RESTART_KERNEL (-4095 + 1)      /* not an errno: decided TCP */
-#define RESTART_IO     (-4095 + 2)      /* not an errno: demotion, redo */
+#define RESTART_IO     (-4095 + 2)      /* not an errno: demotion, or a
+					 * call a handler restarts: redo */
 /* Internal recv flag: read()/readv(), which return 0 at once for zero
  * bytes (the socket layer's shortcut), where recv() waits for data. */
 #define RECV_RW        0x80000000u
@@ -161,9 +162,10 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		sock_trim_idle(s);      /* a quiet second */
 	ubs_guard_exit();
 	/* A handler ran (its EINTR, or while the wait spun): the kernel
-	 * restarts the call after SA_RESTART when no timeout is set. */
+	 * restarts the call after SA_RESTART when no timeout is set, from
+	 * the start; a call that moved bytes returns their count. */
 	if (r == -EINTR || ubs_sig_since(mark))
-		return ubs_sig_restarts(mark, tmo_ms) ? 0 : -EINTR;
+		return ubs_sig_restarts(mark, tmo_ms) ? RESTART_IO : -EINTR;
 	if (r == -ETIMEDOUT)
 		return tmo_ms >= 0 && remaining(tmo_ms, t0) == 0 ? -EAGAIN : 0;
 	return 0;
