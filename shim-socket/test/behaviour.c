@@ -553,7 +553,8 @@ static const char *const case_names[] = {
 	"names", "fork_shared", "dup_fds", "nonblock_fcntl", "rcvtimeo",
 	"refused", "server_first", "sequential", "duplex", "sigpipe",
 	"sendfile", "splice", "exec_inherit", "plain_peer", "eintr_restart",
-	"eintr_norestart", "eintr_timeout", "eintr_poll", "handler_write",
+	"eintr_norestart", "eintr_timeout", "eintr_poll", "eintr_partial",
+	"handler_write",
 	"threads_close", "policy_flip", "daemon_restart",
 };
 
@@ -624,6 +625,7 @@ CASE(eintr_restart)
 CASE(eintr_norestart)
 CASE(eintr_timeout)
 CASE(eintr_poll)
+CASE(eintr_partial)
 CASE(handler_write)
 CASE(threads_close)
 CASE(policy_flip)

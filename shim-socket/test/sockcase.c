@@ -2376,6 +2376,70 @@ static void cli_eintr_poll(void)
 	kclose(c);
 }
 
+/* eintr_partial: a handler with SA_RESTART that interrupts a call which has
+ * already moved bytes ends it with their count (MSG_WAITALL recv, a send
+ * larger than the buffers): the kernel restarts only a call that moved
+ * nothing. */
+#define PARTIAL_LEN (32u * MIB)
+
+static void srv_eintr_partial(void)
+{
+	static unsigned char buf[65536];
+	int l = srv_listen(), s = srv_accept(l);
+	uint64_t n, got = 0, bad = 0;
+	ssize_t r;
+
+	xwrite(s, "four");
+	hear('S');		/* the client's recv was interrupted */
+	n = hear_u64();		/* what its send moved before the signal */
+	while (got < n) {
+		size_t k = n - got < sizeof(buf) ? n - got : sizeof(buf);
+
+		r = read(s, buf, k);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		for (ssize_t i = 0; i < r; i++)
+			bad += buf[i] != pat(got + (uint64_t)i);
+		got += (uint64_t)r;
+	}
+	tr("read all(%d,sent) = %s, pattern %s", s, got == n ? "sent" : "short",
+	   bad ? "BAD" : "ok");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_eintr_partial(void)
+{
+	unsigned char *buf = malloc(PARTIAL_LEN);
+	int c = cli_connect();
+	ssize_t r;
+
+	if (!buf)
+		fatal("malloc");
+	fill_pat(buf, 0, PARTIAL_LEN);
+	alrm_tell = 1;
+	alrm_handler(SA_RESTART, "SA_RESTART");
+	wait_bytes(c, 4);
+	alrm_in(SIG_MS);
+	xrecv(c, 16, MSG_WAITALL, "WAITALL");
+	tr("  handler ran %d", (int)alrm_hits);
+	alrm_in(SIG_MS);
+	errno = 0;
+	r = send(c, buf, PARTIAL_LEN, 0);
+	tr("send(%d,%u) = %s %s", c, PARTIAL_LEN,
+	   r > 0 && r < (ssize_t)PARTIAL_LEN ? "partial" : r < 0 ? "-1" : "all",
+	   r < 0 ? ename(errno) : "");
+	tr("  handler ran %d", (int)alrm_hits);
+	if (r > 0)
+		blocks[role].moved += (uint64_t)r;
+	tell_u64(r > 0 ? (uint64_t)r : 0);
+	kclose(c);
+	free(buf);
+}
+
 /* handler_write: the handler that interrupts a blocking recv writes to the
  * same socket; the peer reads it and answers; the restarted recv gets the
  * answer. */
@@ -2669,6 +2733,7 @@ static const struct sockcase cases[] = {
 	CASE(eintr_norestart, 1),
 	CASE(eintr_timeout, 1),
 	CASE(eintr_poll, 1),
+	CASE(eintr_partial, 1),
 	CASE(handler_write, 1),
 	CASE(threads_close, 1),
 	CASE_EXACT(policy_flip, 2),
