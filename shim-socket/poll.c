@@ -115,6 +115,35 @@ static void disarm(struct arm *a)
 		ubt_ring_disarm(a->s->tx, 1, a->key[1]);
 }
 
+/*
+ * Adaptive spin, per thread (a thread runs one event loop): a spin that
+ * ends with something ready lets the next one spin longer, one that
+ * ends empty-handed halves it, down to 1/64 of the policy's budget.  So
+ * a process with more busy threads than CPUs, where spinning only delays
+ * the thread that would make progress, stops spinning.
+ */
+static UBS_TLS int64_t spin_cur = -1;
+
+static int64_t spin_budget(int64_t max)
+{
+	if (spin_cur < 0 || spin_cur > max)
+		spin_cur = max;
+	return spin_cur;
+}
+
+static void spin_result(bool hit, int64_t max)
+{
+	if (hit) {
+		spin_cur = spin_cur * 2 + 1000;
+		if (spin_cur > max)
+			spin_cur = max;
+	} else {
+		spin_cur /= 2;
+		if (spin_cur < max / 64)
+			spin_cur = max / 64;
+	}
+}
+
 /* Spin budget of a wait: the largest of its sockets'. */
 static int64_t spin_of(struct sock *s, int64_t cur)
 {
@@ -213,7 +242,7 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 		if (ready || timeout_ms == 0 || (!first && left_ms(deadline) == 0))
 			break;
 		/* Spin on the rings only: kernel fds wait for the sleep. */
-		spin_end = now_ns() + (uint64_t)budget;
+		spin_end = now_ns() + (uint64_t)spin_budget(budget);
 		while (budget && now_ns() < spin_end && !ready &&
 		       !ubs_sig_since(mark)) {
 			for (nfds_t i = 0; i < n; i++)
@@ -223,6 +252,8 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 			for (int j = 0; j < 32 && !ready; j++)
 				__builtin_ia32_pause();
 		}
+		if (budget)
+			spin_result(ready, budget);
 		if (ready)
 			continue;       /* collect properly */
 		if (ubs_sig_since(mark)) {
@@ -906,19 +937,22 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 			return 0;
 		/* Spin on the rings. */
 		if (budget) {
-			uint64_t end = now_ns() + (uint64_t)budget;
+			uint64_t end = now_ns() + (uint64_t)spin_budget(budget);
 
 			while (now_ns() < end) {
 				pthread_mutex_lock(&e->mu);
 				n = ep_collect(e, ev, max);
 				pthread_mutex_unlock(&e->mu);
-				if (n)
+				if (n) {
+					spin_result(true, budget);
 					return n;
+				}
 				if (ubs_sig_since(mark))
 					return -EINTR;
 				for (int j = 0; j < 64; j++)
 					__builtin_ia32_pause();
 			}
+			spin_result(false, budget);
 		}
 		/* Sleep: arm every registration, re-check, then wait. */
 		pthread_mutex_lock(&e->mu);
