@@ -519,6 +519,7 @@ static ssize_t ub_sendfile(struct sock *s, int out, int in, off_t *off,
 	char buf[65536];
 	size_t done = 0;
 	off_t pos = off ? *off : 0;
+	ssize_t err = 0;
 
 	while (done < count) {
 		int64_t room = ubt_ring_writable(s->tx);
@@ -542,8 +543,10 @@ static ssize_t ub_sendfile(struct sock *s, int out, int in, off_t *off,
 			want = (size_t)room;
 		n = off ? ubs_real.pread(in, buf, want, pos) :
 			ubs_real.read(in, buf, want);
-		if (n < 0)
-			return done ? (ssize_t)done : -errno;
+		if (n < 0) {
+			err = -errno;
+			break;
+		}
 		if (n == 0)
 			break;
 		v.iov_base = buf;
@@ -552,7 +555,8 @@ static ssize_t ub_sendfile(struct sock *s, int out, int in, off_t *off,
 		if (w < 0) {
 			if (!off)       /* give the bytes back to the file */
 				lseek(in, -(off_t)n, SEEK_CUR);
-			return done ? (ssize_t)done : w;
+			err = w;
+			break;
 		}
 		if (w < n && !off)
 			lseek(in, (off_t)w - n, SEEK_CUR);
@@ -561,9 +565,11 @@ static ssize_t ub_sendfile(struct sock *s, int out, int in, off_t *off,
 		if (w < n && s->nonblock)
 			break;
 	}
+	/* What was sent is reported, error or not: with an offset, the
+	 * caller resumes from it. */
 	if (off)
 		*off = pos;
-	return (ssize_t)done;
+	return done ? (ssize_t)done : err;
 }
 
 UBS_EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t count)
