@@ -63,15 +63,18 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-int ubs_fd_high(int fd)
+/* Lowest fd number for the library's own fds: room below the limit, out
+ * of the range programs fill.  Computed once (a program that raises its
+ * limit later only leaves more room above). */
+static int fd_floor(void)
 {
+	static int floor_cached;
 	struct rlimit rl;
-	int floor = 900, nfd;
+	int floor = 900;
 
-	if (fd < 0)
-		return fd;
+	if (floor_cached)
+		return floor_cached;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-		/* Room below the limit, out of the range programs fill. */
 		if (rl.rlim_cur > 1024)
 			floor = rl.rlim_cur > (1u << 20) ? (1 << 20) - 256 :
 				(int)rl.rlim_cur - 256;
@@ -80,7 +83,17 @@ int ubs_fd_high(int fd)
 		else
 			floor = 3;
 	}
-	nfd = ubs_real.fcntl(fd, F_DUPFD_CLOEXEC, floor);
+	floor_cached = floor;
+	return floor;
+}
+
+int ubs_fd_high(int fd)
+{
+	int nfd;
+
+	if (fd < 0)
+		return fd;
+	nfd = ubs_real.fcntl(fd, F_DUPFD_CLOEXEC, fd_floor());
 	if (nfd < 0)
 		return fd;              /* no room up there: keep it low */
 	ubs_real.close(fd);
@@ -188,11 +201,12 @@ static void close_fds(int *fds, int n)
  * another's PUBLISH or LISTEN.  Replies nobody waits for (to PUBLISH and
  * UNLISTEN, which do not wait, and WITHDRAWN notices) are dropped.
  */
-#define CTL_WAITERS 32
+#define CTL_WAITERS 128
 #define CTL_REPLY_MAX 256               /* largest reply body we read */
 
 struct ctl_mail {
 	uint32_t seq;                   /* awaited; 0: free slot */
+	uint64_t gen;                   /* of the connection it was sent on */
 	bool full;
 	uint16_t type;
 	uint32_t len;
@@ -302,30 +316,54 @@ static void ctl_drain(void)
 	}
 }
 
+/* Reserve the mailbox slot for the reply to seq (lock held): NULL when
+ * all are taken. */
+static struct ctl_mail *ctl_slot(uint32_t seq)
+{
+	for (int i = 0; i < CTL_WAITERS; i++)
+		if (!mailbox[i].seq) {
+			mailbox[i].seq = seq;
+			mailbox[i].gen = ctl_gen;
+			mailbox[i].full = false;
+			return &mailbox[i];
+		}
+	return NULL;
+}
+
+static struct ctl_mail *ctl_slot_find(uint32_t seq)
+{
+	for (int i = 0; seq && i < CTL_WAITERS; i++)
+		if (mailbox[i].seq == seq)
+			return &mailbox[i];
+	return NULL;
+}
+
+/* Give a slot up; a reply still to come is dropped on arrival. */
+static void ctl_slot_free(struct ctl_mail *m)
+{
+	if (m->full)
+		close_fds(m->fds, CTL_MAX_FDS);
+	m->seq = 0;
+	m->full = false;
+}
+
 /*
- * Wait for the reply to seq (lock held; released while waiting).  On
- * success the reply's type, body (up to cap bytes) and fds (up to *nfds,
- * the rest closed) are returned.  Returns 0 or -errno.
+ * Wait for the reply in slot m (lock held; released while waiting), then
+ * free the slot.  On success the reply's type, body (up to cap bytes)
+ * and fds (up to *nfds, the rest closed) are returned.  Returns 0 or
+ * -errno.
  */
-static int ctl_wait(uint32_t seq, uint16_t *type, void *body, size_t cap,
-		    int *fds, int *nfds, int wait_ms)
+static int ctl_slot_wait(struct ctl_mail *m, uint16_t *type, void *body,
+			 size_t cap, int *fds, int *nfds, int wait_ms)
 {
 	uint64_t deadline = now_ms() + (uint64_t)wait_ms;
-	struct ctl_mail *m = NULL;
 	int r = 0;
 
-	for (int i = 0; i < CTL_WAITERS && !m; i++)
-		if (!mailbox[i].seq)
-			m = &mailbox[i];
-	if (!m)
-		return -EBUSY;
-	m->seq = seq;
-	m->full = false;
 	while (!m->full) {
 		uint64_t now = now_ms();
 
-		if (ctl.fd < 0) {
-			r = -ENOTCONN;
+		if (ctl.fd < 0 || ctl_gen != m->gen) {
+			r = -ENOTCONN;  /* its connection is gone */
 			break;
 		}
 		if (now >= deadline) {
@@ -362,12 +400,21 @@ static int ctl_wait(uint32_t seq, uint16_t *type, void *body, size_t cap,
 		} else {
 			close_fds(m->fds, CTL_MAX_FDS);
 		}
-	} else if (m->full) {
-		close_fds(m->fds, CTL_MAX_FDS);
+		m->full = false;
 	}
-	m->seq = 0;
-	m->full = false;
+	ctl_slot_free(m);
 	return r;
+}
+
+/* Wait for the reply to seq, just sent (lock held). */
+static int ctl_wait(uint32_t seq, uint16_t *type, void *body, size_t cap,
+		    int *fds, int *nfds, int wait_ms)
+{
+	struct ctl_mail *m = ctl_slot(seq);
+
+	if (!m)
+		return -EBUSY;
+	return ctl_slot_wait(m, type, body, cap, fds, nfds, wait_ms);
 }
 
 /* A request that waits for a plain OK/ERROR.  Returns 0 or -errno. */
@@ -578,27 +625,50 @@ int ubs_ctl_publish(int sock_fd, int seg_fd, int efd0, int efd1)
 	return r;
 }
 
-int ubs_ctl_request(int sock_fd, int wait_ms, int fds[3], char *why,
-		    size_t whylen)
+uint32_t ubs_ctl_request_send(int sock_fd, int wait_ms)
 {
 	struct ctl_request q = { .timeout_ms = (uint32_t)wait_ms };
+	uint32_t seq = 0;
+
+	pthread_mutex_lock(&ctl.lock);
+	if (ctl_up() == 0 &&
+	    ctl_send(CTL_REQ_REQUEST, &q, sizeof(q), &sock_fd, 1, &seq) == 0) {
+		if (!ctl_slot(seq))
+			seq = 0;        /* no slot: its reply will be dropped */
+	} else {
+		seq = 0;
+	}
+	pthread_mutex_unlock(&ctl.lock);
+	return seq;
+}
+
+void ubs_ctl_request_cancel(uint32_t seq)
+{
+	struct ctl_mail *m;
+
+	pthread_mutex_lock(&ctl.lock);
+	if ((m = ctl_slot_find(seq)))
+		ctl_slot_free(m);
+	pthread_mutex_unlock(&ctl.lock);
+}
+
+int ubs_ctl_request_finish(uint32_t seq, int wait_ms, int fds[3], char *why,
+			   size_t whylen)
+{
 	union {
 		struct ctl_chan chan;
 		struct ctl_tcp tcp;
 		struct ctl_error err;
 	} m;
-	uint16_t rt;
-	uint32_t seq;
+	struct ctl_mail *slot;
+	uint16_t rt = 0;
 	int n = 3, r;
 
 	memset(&m, 0, sizeof(m));
 	pthread_mutex_lock(&ctl.lock);
-	r = ctl_up();
-	if (r == 0)
-		r = ctl_send(CTL_REQ_REQUEST, &q, sizeof(q), &sock_fd, 1, &seq);
-	if (r == 0)
-		r = ctl_wait(seq, &rt, &m, sizeof(m), fds, &n,
-			     wait_ms + UBS_CTL_IO_MS);
+	slot = ctl_slot_find(seq);
+	r = slot ? ctl_slot_wait(slot, &rt, &m, sizeof(m), fds, &n,
+				 wait_ms + UBS_CTL_IO_MS) : -ENOTCONN;
 	pthread_mutex_unlock(&ctl.lock);
 	if (r) {
 		snprintf(why, whylen, "daemon: %s", strerror(-r));
@@ -621,6 +691,18 @@ int ubs_ctl_request(int sock_fd, int wait_ms, int fds[3], char *why,
 	return -EPROTO;
 }
 
+int ubs_ctl_request(int sock_fd, int wait_ms, int fds[3], char *why,
+		    size_t whylen)
+{
+	uint32_t seq = ubs_ctl_request_send(sock_fd, wait_ms);
+
+	if (!seq) {
+		snprintf(why, whylen, "daemon unreachable");
+		return -ENOTCONN;
+	}
+	return ubs_ctl_request_finish(seq, wait_ms, fds, why, whylen);
+}
+
 void ubs_ctl_atfork_child(void)
 {
 	/* The connection is the parent's session: the child makes its own
@@ -629,12 +711,8 @@ void ubs_ctl_atfork_child(void)
 	pthread_cond_init(&ctl_cv, NULL);
 	ctl_reading = false;
 	ctl_connecting = false;
-	for (int i = 0; i < CTL_WAITERS; i++) {
-		if (mailbox[i].full)
-			close_fds(mailbox[i].fds, CTL_MAX_FDS);
-		mailbox[i].seq = 0;
-		mailbox[i].full = false;
-	}
+	for (int i = 0; i < CTL_WAITERS; i++)
+		ctl_slot_free(&mailbox[i]);
 	if (ctl.fd >= 0)
 		ubs_real.close(ctl.fd);
 	ctl.fd = -1;

@@ -34,6 +34,13 @@ int ubs_ctl_publish(int sock_fd, int seg_fd, int efd0, int efd1);
  * error.  why gets a short reason on failure. */
 int ubs_ctl_request(int sock_fd, int wait_ms, int fds[3], char *why,
 		    size_t whylen);
+/* The same in two steps, so that the daemon's answer is on its way while
+ * the program goes on: send returns a token (0 if the request could not
+ * be sent), finish waits for the answer; cancel forgets it. */
+uint32_t ubs_ctl_request_send(int sock_fd, int wait_ms);
+int ubs_ctl_request_finish(uint32_t token, int wait_ms, int fds[3],
+			   char *why, size_t whylen);
+void ubs_ctl_request_cancel(uint32_t token);
 
 /* Called (with the control lock held) after each new session. */
 void ubs_ctl_on_reconnect(void (*fn)(void));

@@ -60,7 +60,8 @@ struct sock {
 	int rcvtimeo_ms, sndtimeo_ms;   /* -1: none */
 	int64_t spin_ns;        /* wait budget from the service policy */
 	uint64_t undecided_until_ns;    /* first-send wait deadline */
-	bool connect_settled;   /* SK_CONNECTING: REQUEST done */
+	uint32_t req_token;     /* SK_CONNECTING: REQUEST sent at connect
+				 * time, answer not read yet (0: none) */
 	uint64_t rx_seen_head;  /* edge-triggered emulation */
 	uint64_t tx_seen_tail;
 	bool fork_seen;         /* atfork walk: hold taken */

@@ -96,12 +96,9 @@ static void chan_fds_high(struct ubt_chan *c)
 
 		if (old < 0)
 			continue;
-		nfd = ubs_real.fcntl(old, F_DUPFD_CLOEXEC, 0);
-		if (nfd < 0)
-			continue;
-		nfd = ubs_fd_high(nfd);
-		ubt_chan_move_efd(c, side, nfd);
-		ubs_real.close(old);
+		nfd = ubs_fd_high(old);         /* closes old if it moved */
+		if (nfd != old)
+			ubt_chan_move_efd(c, side, nfd);
 	}
 }
 
@@ -313,6 +310,19 @@ UBS_EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 			ubs_guard_enter();
 			sock_settle_connect(s, fd, true);
 			ubs_guard_exit();
+		} else {
+			/* Non-blocking: over loopback the handshake is
+			 * usually done already.  Ask for the channel now and
+			 * read the answer at first use, so the daemon's round
+			 * trip overlaps what the program does meanwhile. */
+			struct pollfd p = { .fd = fd, .events = POLLOUT };
+
+			ubs_guard_enter();
+			if (ubs_real.poll(&p, 1, 0) == 1 &&
+			    p.revents == POLLOUT)
+				s->req_token = ubs_ctl_request_send(
+					fd, ubs_config.connect_wait_ms);
+			ubs_guard_exit();
 		}
 	} else {
 		free(s);
@@ -383,10 +393,20 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 	}
 	if (r < 0 || (p.revents & (POLLERR | POLLHUP))) {
 		snprintf(why, sizeof(why), "connect failed");
+		if (s->req_token)
+			ubs_ctl_request_cancel(s->req_token);
+		s->req_token = 0;
 		goto tcp;
 	}
-	r = ubs_ctl_request(fd, ubs_config.connect_wait_ms, fds, why,
-			    sizeof(why));
+	if (s->req_token) {
+		r = ubs_ctl_request_finish(s->req_token,
+					   ubs_config.connect_wait_ms, fds, why,
+					   sizeof(why));
+		s->req_token = 0;
+	} else {
+		r = ubs_ctl_request(fd, ubs_config.connect_wait_ms, fds, why,
+				    sizeof(why));
+	}
 	if (r) {
 		reason = r == -ENOENT ? UBS_STAT_TCP_NO_CHANNEL :
 			UBS_STAT_TCP_NO_DAEMON;
@@ -588,6 +608,11 @@ bool sock_promote(struct sock *s)
 void sock_last_close(struct sock *s)
 {
 	int st = atomic_load(&s->state);
+
+	if (s->req_token) {     /* closed before its answer was read */
+		ubs_ctl_request_cancel(s->req_token);
+		s->req_token = 0;
+	}
 
 	if (s->have_chan) {
 		for (int i = 0; i < 2; i++) {

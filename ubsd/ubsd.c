@@ -104,7 +104,8 @@ struct session {
 	char service[CTL_NAME_MAX];
 };
 
-#define CONN_MAX_REQS 32  /* pending REQUESTs per connection (threads) */
+#define CONN_MAX_REQS 128 /* pending REQUESTs per connection: threads,
+			   * and connects sent ahead of their first use */
 
 struct conn {
 	struct ev_src src;              /* first: epoll data.ptr */
