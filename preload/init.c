@@ -43,6 +43,26 @@ static int ubs_real_resolve(void)
 	return 0;
 }
 
+/* Does a seccomp filter confine this process ("Seccomp: 2")?  Such a
+ * filter may forbid what the library needs (memfd, eventfd, futex):
+ * the process keeps its connections on TCP. */
+static bool ubs_seccomp_filtered(void)
+{
+	char buf[4096], *p;
+	ssize_t n;
+	int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return false;
+	n = ubs_real.read(fd, buf, sizeof(buf) - 1);
+	ubs_real.close(fd);
+	if (n <= 0)
+		return false;
+	buf[n] = '\0';
+	p = strstr(buf, "\nSeccomp:");
+	return p && strtol(p + 9, NULL, 10) == 2;
+}
+
 /* Integer from the environment, def when unset or out of [lo, hi]. */
 static int ubs_env_int(const char *name, int def, int lo, int hi)
 {
@@ -114,6 +134,7 @@ static void ubs_config_load(void)
 	ubs_config.first_send_wait_ms = ubs_env_int("UBS_FIRST_SEND_WAIT_MS",
 						    20, 0, 2000);
 	ubs_config.log_level = ubs_env_int("UBS_LOG", 0, 0, 3);
+	ubs_config.tcp_only = ubs_seccomp_filtered();
 
 	v = secure_getenv("UBS_RUN_DIR");
 	ubs_strlcpy(ubs_config.run_dir, v && v[0] ? v : "/run/ubs",

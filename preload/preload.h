@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -51,7 +52,7 @@
 	X(epoll_pwait) X(sendfile) X(pread)	\
 	X(execve) X(execv) X(execvp) X(execvpe) X(fexecve)		\
 	X(posix_spawn) X(posix_spawnp) X(fdopen) X(splice)		\
-	X(recvmmsg) X(sendmmsg)
+	X(recvmmsg) X(sendmmsg) X(prctl)
 
 struct ubs_real {
 #define UBS_REAL_SLOT_(fn) __typeof__(fn) *fn;
@@ -69,6 +70,8 @@ struct ubs_config {
 	int first_send_wait_ms;			/* UBS_FIRST_SEND_WAIT_MS: server's
 						 * wait before it speaks first on an
 						 * undecided connection (default 20) */
+	bool tcp_only;				/* io_uring or seccomp seen: no
+						 * more UB (sock_go_tcp) */
 	int log_level;				/* UBS_LOG: 0 silent (default),
 						 * 1 error, 2 info, 3 debug */
 	char run_dir[PATH_MAX];			/* UBS_RUN_DIR, default /run/ubs */

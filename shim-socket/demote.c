@@ -13,7 +13,9 @@
  * socket.  The peer notices the flag on its next call on the socket, or
  * is woken by the doorbells ubt_chan_demote rings when it sleeps.
  */
+#include <dlfcn.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +142,7 @@ struct todo {
 	struct sock *s[64];
 	int fd[64];
 	int n;
+	bool all;               /* every UB connection, not only inherited */
 };
 
 static void collect_inherited(int fd, struct sock *s, void *arg)
@@ -149,8 +152,10 @@ static void collect_inherited(int fd, struct sock *s, void *arg)
 
 	if (st != SK_UB && st != SK_UNDECIDED && st != SK_DRAIN)
 		return;
-	fl = ubs_real.fcntl(fd, F_GETFD);
-	if (fl < 0 || (fl & FD_CLOEXEC) || t->n == 64)
+	if (t->n == 64)
+		return;
+	fl = t->all ? 0 : ubs_real.fcntl(fd, F_GETFD);
+	if (fl < 0 || (fl & FD_CLOEXEC))
 		return;
 	for (int i = 0; i < t->n; i++)
 		if (t->s[i] == s)
@@ -160,21 +165,45 @@ static void collect_inherited(int fd, struct sock *s, void *arg)
 	t->fd[t->n++] = fd;
 }
 
-static void exec_prepare(void)
+/* Demote the inherited UB connections (all of them with all). */
+static void demote_connections(bool all)
 {
-	struct todo t = { .n = 0 };
+	struct todo t = { .all = all };
 	int saved = errno;
 
-	if (!ubs_ready() || ubs_guard)
-		return;
 	/* Collect under the table lock, act after it (sock_to_tcp takes
-	 * it for writing). */
-	sock_for_each(collect_inherited, &t);
-	for (int i = 0; i < t.n; i++) {
-		sock_demote(t.s[i], t.fd[i]);
-		sock_put(t.s[i]);
-	}
+	 * it for writing); demoted ones leave the table, so repeat until a
+	 * round finds fewer than fit. */
+	do {
+		t.n = 0;
+		sock_for_each(collect_inherited, &t);
+		for (int i = 0; i < t.n; i++) {
+			sock_demote(t.s[i], t.fd[i]);
+			sock_put(t.s[i]);
+		}
+	} while (t.n == 64);
 	errno = saved;
+}
+
+static void exec_prepare(void)
+{
+	if (ubs_ready() && !ubs_guard)
+		demote_connections(false);
+}
+
+/*
+ * From now on this process keeps its connections on TCP (new ones stay
+ * there, UB ones are demoted): it has something that moves bytes past
+ * the library (an io_uring instance) or a seccomp filter that may forbid
+ * what the library needs.
+ */
+void sock_go_tcp(const char *why)
+{
+	if (__atomic_exchange_n(&ubs_config.tcp_only, true, __ATOMIC_ACQ_REL))
+		return;
+	ubs_info("staying on TCP: %s", why);
+	if (ubs_ready() && !ubs_guard)
+		demote_connections(true);
 }
 
 UBS_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
@@ -295,4 +324,50 @@ UBS_EXPORT FILE *fdopen(int fd, const char *mode)
 		sock_put(s);
 	}
 	return ubs_real.fdopen(fd, mode);
+}
+
+/* -------------------------------------------- io_uring, seccomp filters */
+
+/* liburing's entry points: a ring reads and writes descriptors in the
+ * kernel, past every hook. */
+#define URING_FWD(ret, name, params, args)				\
+	UBS_EXPORT ret name params					\
+	{								\
+		ret (*real) params = (ret (*) params)dlsym(RTLD_NEXT, #name); \
+									\
+		sock_go_tcp("the process uses io_uring");		\
+		return real ? real args : -ENOSYS;			\
+	}
+
+struct io_uring;
+struct io_uring_params;
+int io_uring_queue_init(unsigned entries, struct io_uring *ring,
+			unsigned flags);
+int io_uring_queue_init_params(unsigned entries, struct io_uring *ring,
+			       struct io_uring_params *p);
+int io_uring_setup(unsigned entries, struct io_uring_params *p);
+
+URING_FWD(int, io_uring_queue_init,
+	  (unsigned entries, struct io_uring *ring, unsigned flags),
+	  (entries, ring, flags))
+URING_FWD(int, io_uring_queue_init_params,
+	  (unsigned entries, struct io_uring *ring, struct io_uring_params *p),
+	  (entries, ring, p))
+URING_FWD(int, io_uring_setup,
+	  (unsigned entries, struct io_uring_params *p), (entries, p))
+
+UBS_EXPORT int prctl(int option, ...)
+{
+	unsigned long a[4];
+	va_list ap;
+
+	va_start(ap, option);
+	for (int i = 0; i < 4; i++)
+		a[i] = va_arg(ap, unsigned long);
+	va_end(ap);
+	if (option == PR_SET_SECCOMP)
+		sock_go_tcp("the process installs a seccomp filter");
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	return ubs_real.prctl(option, a[0], a[1], a[2], a[3]);
 }

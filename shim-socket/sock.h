@@ -135,6 +135,7 @@ void ep_sock_adopt(struct sock *s, int fd);     /* kernel -> emulated */
 void ep_fd_closing(int fd);                     /* fd is about to close */
 void ep_atfork_child(void);
 
+void sock_go_tcp(const char *why);
 void sock_init(void);
 void sock_atfork_child(void);
 

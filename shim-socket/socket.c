@@ -77,7 +77,8 @@ static int sa_parts(const struct sockaddr *sa, socklen_t len,
 /* This service's policy, or false when it says "stay on TCP". */
 static bool policy_on(struct ubs_svc_policy *p)
 {
-	if (ubs_config.disabled || ubs_ctl_policy(p) < 0 || !p->accel)
+	if (ubs_config.disabled || ubs_config.tcp_only ||
+	    ubs_ctl_policy(p) < 0 || !p->accel)
 		return false;
 	return true;
 }
