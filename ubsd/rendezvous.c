@@ -355,6 +355,8 @@ const char *rv_cause_str(uint32_t cause)
 		return "timeout";
 	case RV_CAUSE_SUPERSEDED:
 		return "superseded";
+	case RV_CAUSE_NO_LISTENER:
+		return "no local listener";
 	default:
 		return "none";
 	}
@@ -533,6 +535,75 @@ int rv_listener_maybe(const struct rv_table *t, const struct rv_addr *dst)
 	return 0;
 }
 
+/* 127.0.0.0/8 or ::1 (normalised): never leaves its namespace. */
+static int rv_is_loopback(const struct rv_addr *a)
+{
+	static const uint8_t one6[16] = { [15] = 1 };
+
+	if (a->family == AF_INET)
+		return a->addr[0] == 127;
+	return !memcmp(a->addr, one6, sizeof(one6));
+}
+
+/* What local->fn says of a in netns; -1 (cannot tell) without one. */
+static int rv_ask(const struct rv_local *local, uint64_t netns,
+		  const struct rv_addr *a)
+{
+	return local && local->fn ? local->fn(local->arg, netns, a) : -1;
+}
+
+/*
+ * Could a listener have accepted a connection from netns to dst (see
+ * rendezvous.h)?  local->fn is asked about netns at most once, and about
+ * another namespace only for a wildcard listener there that the other
+ * rules leave in.
+ */
+int rv_listener_could(const struct rv_table *t, uint64_t netns,
+		      const struct rv_addr *dst, const struct rv_local *local,
+		      uint32_t *cause)
+{
+	struct rv_addr d = *dst;
+	int here = -2;          /* dst local in netns: -2 not asked yet */
+	int off = 0;            /* one was left out for RV_NO_CROSS_NETNS */
+	uint32_t i;
+
+	if (rv_addr_norm(&d))
+		return -EAFNOSUPPORT;
+	for (i = 0; i < t->nlst; i++) {
+		const struct rv_listener *l = &t->lst[i];
+		int has;
+
+		if (!rv_reaches(l, &d))
+			continue;
+		if (l->netns != netns) {
+			if (rv_is_loopback(&d) ||
+			    ((t->lim.flags & RV_NO_CROSS_NETNS) && off))
+				continue;
+			if (here == -2)
+				here = rv_ask(local, netns, &d);
+			if (here > 0)
+				continue;
+		}
+		if (!rv_is_any(&l->addr))
+			has = 1;
+		else if (l->netns == netns)
+			has = here == -2 ? (here = rv_ask(local, netns, &d)) :
+			      here;
+		else
+			has = rv_ask(local, l->netns, &d);
+		if (!has)
+			continue;
+		if (l->netns != netns && (t->lim.flags & RV_NO_CROSS_NETNS)) {
+			off = 1;
+			continue;
+		}
+		return 1;
+	}
+	if (cause)
+		*cause = off ? RV_CAUSE_CROSS_OFF : RV_CAUSE_NO_LISTENER;
+	return 0;
+}
+
 /* Copy up to cap listeners to out; returns how many there are in total. */
 size_t rv_listener_list(const struct rv_table *t,
 			struct rv_listener_info *out, size_t cap)
@@ -672,15 +743,19 @@ int rv_withdraw(struct rv_table *t, uint64_t session, uint64_t chan_id)
  * the channel.  *ans: RV_MATCH (chan_id and pub_session filled; the
  * publication is consumed), RV_PENDING (stored until deadline_ms;
  * answered by rv_publish or rv_expire), RV_TCP (ans->cause: ambiguous,
- * a refused cross-namespace peer, local == remote, or no candidate and
- * deadline_ms <= now).  ans->req_id is a fresh id in every case.  An
+ * a refused cross-namespace peer, local == remote, no candidate and
+ * deadline_ms <= now, or -- given local -- no candidate and no listener
+ * that could have accepted the connection: rv_listener_could from
+ * netns to connected->remote; without local such a request waits).
+ * ans->req_id is a fresh id in every case.  An
  * older pending request of the same tuple and netns is superseded
  * (reported by the next rv_expire).  Returns 0, -ENOSPC (would pend but
  * the table is full: TCP) or -EAFNOSUPPORT.
  */
 int rv_request(struct rv_table *t, const struct rv_tuple *connected,
 	       uint64_t netns, uint32_t proof, uint64_t session,
-	       uint64_t now_ms, uint64_t deadline_ms, struct rv_answer *ans)
+	       uint64_t now_ms, uint64_t deadline_ms,
+	       const struct rv_local *local, struct rv_answer *ans)
 {
 	struct rv_tuple tu;
 	struct rv_entry e;
@@ -721,6 +796,15 @@ int rv_request(struct rv_table *t, const struct rv_tuple *connected,
 		ans->req_id = t->next_req_id++;
 		ans->verdict = RV_TCP;
 		ans->cause = p == RV_AMBIG ? cause : RV_CAUSE_NO_PEER;
+		return 0;
+	}
+	/* Nothing to wait for if no listener can have taken the connection
+	 * (a publication of the same tuple, even one that chose another
+	 * request, proves a listener took one: then wait). */
+	if (local && p == RV_NIL &&
+	    !rv_listener_could(t, netns, &tu.remote, local, &ans->cause)) {
+		ans->req_id = t->next_req_id++;
+		ans->verdict = RV_TCP;
 		return 0;
 	}
 	if (t->reqs.count >= t->reqs.cap)

@@ -33,7 +33,11 @@
  * requests and R's view of the publications), and a publication is
  * consumed by its match.  A publication that leaves a pending request
  * with no possible match (it makes that request's view ambiguous or
- * refused) answers the request "use TCP" at the next rv_expire.
+ * refused) answers the request "use TCP" at the next rv_expire.  A
+ * request that finds no candidate at all waits only if a registered
+ * listener could have accepted its connection (rv_listener_could, with
+ * the caller's knowledge of namespace addresses); otherwise no
+ * publication can ever come and it is answered "use TCP" at once.
  *
  * Why a cross-namespace pair is then the right one: in one namespace a
  * 4-tuple names one connection, but the same tuple can exist in two
@@ -109,6 +113,8 @@ enum rv_cause {
 				 * end lacks RV_PROVEN */
 	RV_CAUSE_TIMEOUT,       /* rv_expire: deadline passed / stale */
 	RV_CAUSE_SUPERSEDED,    /* rv_expire: same tuple and netns again */
+	RV_CAUSE_NO_LISTENER,   /* no registered listener can have accepted
+				 * the connection (rv_listener_could) */
 };
 
 /* Short text for a cause ("ambiguous", "cross-netns off", ...). */
@@ -124,6 +130,19 @@ const char *rv_cause_str(uint32_t cause);
 #define RV_LOCAL_HERE   0x1u    /* its local address is configured there */
 #define RV_REMOTE_AWAY  0x2u    /* its remote address is not */
 #define RV_PROVEN       (RV_LOCAL_HERE | RV_REMOTE_AWAY)
+
+/*
+ * The caller's knowledge of namespace addresses, for a request that finds
+ * no publication (rv_request, rv_listener_could): fn(arg, netns, a) says
+ * whether the normalised address a is local in namespace netns (the
+ * kernel there delivers a connection to a to a socket of that namespace):
+ * 1 yes, 0 no, negative when it cannot tell (counted as yes).  It may be
+ * called several times per request, for different namespaces.
+ */
+struct rv_local {
+	int (*fn)(void *arg, uint64_t netns, const struct rv_addr *a);
+	void *arg;
+};
 
 /* Capacities (0 is refused) and tunables, fixed at init. */
 struct rv_limits {
@@ -180,6 +199,27 @@ int rv_listener_add(struct rv_table *t, uint64_t sock_id, uint64_t netns,
 		    const struct rv_addr *addr, int v6only, uint64_t session);
 int rv_listener_drop(struct rv_table *t, uint64_t sock_id, uint64_t session);
 int rv_listener_maybe(const struct rv_table *t, const struct rv_addr *dst);
+/*
+ * Could a registered listener have accepted a connection made from
+ * namespace netns to dst, and a publication of it be paired?  Listener L
+ * counts when it has dst's port and
+ *  - takes dst's address: the same address, or a wildcard of a
+ *    compatible family (0.0.0.0; :: for IPv4 too unless v6only), and a
+ *    wildcard only if local->fn says dst is local in L's namespace (or
+ *    cannot tell);
+ *  - and, when L is in another namespace than netns: dst is not a
+ *    loopback address (127.0.0.0/8, ::1: those never leave a
+ *    namespace), dst is not local in netns itself (the kernel delivered
+ *    the connection there), and the table allows cross-namespace pairs
+ *    (no RV_NO_CROSS_NETNS: else no match could come of it).
+ * local NULL: nothing is known about addresses (every wildcard counts).
+ * 1 yes; 0 no, with *cause (if cause) RV_CAUSE_CROSS_OFF when a listener
+ * of another namespace was left out only for RV_NO_CROSS_NETNS, else
+ * RV_CAUSE_NO_LISTENER; -EAFNOSUPPORT.
+ */
+int rv_listener_could(const struct rv_table *t, uint64_t netns,
+		      const struct rv_addr *dst, const struct rv_local *local,
+		      uint32_t *cause);
 size_t rv_listener_list(const struct rv_table *t,
 			struct rv_listener_info *out, size_t cap);
 
@@ -190,7 +230,8 @@ int rv_publish(struct rv_table *t, const struct rv_tuple *accepted,
 int rv_withdraw(struct rv_table *t, uint64_t session, uint64_t chan_id);
 int rv_request(struct rv_table *t, const struct rv_tuple *connected,
 	       uint64_t netns, uint32_t proof, uint64_t session,
-	       uint64_t now_ms, uint64_t deadline_ms, struct rv_answer *ans);
+	       uint64_t now_ms, uint64_t deadline_ms,
+	       const struct rv_local *local, struct rv_answer *ans);
 int rv_request_cancel(struct rv_table *t, uint64_t session, uint64_t req_id);
 
 /* Intents. */

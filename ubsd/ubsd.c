@@ -1454,7 +1454,7 @@ static int do_request(struct conn *c, const struct ctl_hdr *h,
 	if (tmo > CTL_REQUEST_MAX_MS)
 		tmo = CTL_REQUEST_MAX_MS;
 	r = rv_request(&d.rv, &f.tu, f.netns, proof, c->sess->id, now,
-		       now + tmo, &ans);
+		       now + tmo, NULL, &ans);
 	logmsg(LOG_DEBUG, "pid %ld: request port %u->%u netns %llu (%s): %s",
 	       (long)c->pid, f.tu.local.port, f.tu.remote.port,
 	       (unsigned long long)f.netns, proof_str(proof, pwhy),

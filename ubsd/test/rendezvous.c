@@ -7,9 +7,13 @@
  * the namespace address files and rv_proof (a stranger holding both
  * addresses told from the veth peer, loopback never paired), consumption,
  * pending requests, deadlines and staleness, listener references per
- * socket, session teardown, wildcards, capacity, intents; and a long
- * random run (random proofs and flag flips included) checked against a
- * naive reference model.
+ * socket, session teardown, wildcards, capacity, intents; whether a
+ * listener could have taken a request's connection (rv_listener_could:
+ * wildcards where the address is local, exact addresses, dual stack,
+ * other namespaces, loopback, the client's own addresses, cross_netns
+ * off) and TCP at once when none could; and a long random run (random
+ * proofs, flag flips and namespace address facts included) checked
+ * against a naive reference model.
  */
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
@@ -90,7 +94,7 @@ static struct rv_answer request_p(struct rv_table *t, struct rv_tuple tu,
 	struct rv_answer a;
 
 	cr_assert_eq(rv_request(t, &tu, netns, proof, session, now, deadline,
-				&a), 0);
+				NULL, &a), 0);
 	return a;
 }
 
@@ -710,6 +714,289 @@ Test(rendezvous, wildcard_listeners_in_maybe)
 	rv_table_fini(&t);
 }
 
+/* ---- "could a listener have taken it?" (rv_listener_could) ------------- */
+
+/* A fake rv_local: what is local where.  Addresses not listed are not
+ * local; ans -1 is "cannot tell".  Every question is counted. */
+struct fake_local {
+	struct {
+		uint64_t ns;
+		struct rv_addr a;
+		int ans;
+	} f[8];
+	int n, calls;
+};
+
+static int fake_fn(void *arg, uint64_t netns, const struct rv_addr *a)
+{
+	struct fake_local *x = arg;
+	struct rv_addr p = *a;
+
+	x->calls++;
+	cr_assert_eq(rv_addr_norm(&p), 0);
+	cr_assert(!memcmp(&p, a, sizeof(p)), "the oracle gets normalised "
+		  "addresses");
+	for (int i = 0; i < x->n; i++) {
+		struct rv_addr q = x->f[i].a;
+
+		q.port = a->port;
+		if (x->f[i].ns == netns && rv_addr_eq(&q, a))
+			return x->f[i].ans;
+	}
+	return 0;
+}
+
+static void fake_set(struct fake_local *x, uint64_t ns, struct rv_addr a,
+		     int ans)
+{
+	cr_assert_lt(x->n, 8);
+	x->f[x->n].ns = ns;
+	x->f[x->n].a = a;
+	x->f[x->n].ans = ans;
+	x->n++;
+}
+
+/* rv_listener_could from ns to dst; *cause gets the cause of a 0. */
+static int could(const struct rv_table *t, struct fake_local *x,
+		 uint64_t ns, struct rv_addr dst, uint32_t *cause)
+{
+	struct rv_local l = { fake_fn, x };
+	uint32_t c = RV_CAUSE_NONE;
+	int r = rv_listener_could(t, ns, &dst, &l, &c);
+
+	if (cause)
+		*cause = c;
+	cr_assert(r == 0 || c == RV_CAUSE_NONE, "cause set on a yes");
+	return r;
+}
+
+/* A request from ns (client 10.9.9.9:5555) to dst, with the fake. */
+static struct rv_answer request_l(struct rv_table *t, struct fake_local *x,
+				  uint64_t ns, struct rv_addr dst)
+{
+	struct rv_local l = { fake_fn, x };
+	struct rv_tuple tu = tup(v4("10.9.9.9", 5555), dst);
+	struct rv_answer a;
+
+	if (dst.family == AF_INET6 && dst.addr[0] != 0)
+		tu.local = v6("fd09::9", 5555);
+	cr_assert_eq(rv_request(t, &tu, ns, RV_PROVEN, 22, 0, 500, &l, &a), 0);
+	return a;
+}
+
+Test(rendezvous, request_with_no_listener_at_all_gets_tcp_at_once)
+{
+	struct fake_local x = { .n = 0 };
+	struct rv_table t;
+	struct rv_answer a;
+
+	init(&t, 8, 0);
+	fake_set(&x, 1, v4("10.0.0.1", 0), 1);
+	a = request_l(&t, &x, 1, v4("10.0.0.1", 80));
+	cr_assert_eq(a.verdict, RV_TCP);
+	cr_assert_eq(a.cause, RV_CAUSE_NO_LISTENER);
+	cr_assert_str_eq(rv_cause_str(a.cause), "no local listener");
+	cr_assert_neq(a.req_id, 0);
+	cr_assert_eq(x.calls, 0, "no listener: nothing to ask");
+	cr_assert_eq(t.reqs.count, 0);
+	/* Without rv_local the request waits, as it always did. */
+	cr_assert_eq(request(&t, mirror(srv_tuple()), 1, 22, 0, 500).verdict,
+		     RV_PENDING);
+	/* A publication waiting for it: matched, the oracle not asked. */
+	cr_assert_eq(publish(&t, tup(v4("10.0.0.1", 80), v4("10.9.9.9", 5555)),
+			     1, 11, 7, 0), RV_PENDING);
+	a = request_l(&t, &x, 1, v4("10.0.0.1", 80));
+	cr_assert_eq(a.verdict, RV_MATCH);
+	cr_assert_eq(a.chan_id, 7);
+	cr_assert_eq(x.calls, 0);
+	/* Past its deadline with no candidate: "no publication", as ever. */
+	{
+		struct rv_local l = { fake_fn, &x };
+		struct rv_tuple tu = mirror(srv_tuple());
+
+		cr_assert_eq(rv_request(&t, &tu, 1, RV_PROVEN, 22, 10, 10, &l,
+					&a), 0);
+		cr_assert_eq(a.verdict, RV_TCP);
+		cr_assert_eq(a.cause, RV_CAUSE_NO_PEER);
+	}
+	rv_table_fini(&t);
+}
+
+/* The reported problem: a local nginx on 0.0.0.0:80, a client of the same
+ * namespace connecting to a remote host's port 80. */
+Test(rendezvous, wildcard_listener_counts_only_where_the_address_is_local)
+{
+	struct fake_local x = { .n = 0 };
+	struct rv_addr any4 = v4("0.0.0.0", 80);
+	struct rv_table t;
+	struct rv_answer a;
+	uint32_t c;
+
+	init(&t, 8, 0);
+	cr_assert_eq(rv_listener_add(&t, 1, 1, &any4, 0, 11), 1);
+	fake_set(&x, 1, v4("10.0.0.1", 0), 1);
+	fake_set(&x, 1, v4("127.0.0.1", 0), 1);
+	fake_set(&x, 1, v4("10.0.0.3", 0), -1);         /* cannot tell */
+	/* Remote: nobody here can have accepted it. */
+	cr_assert_eq(could(&t, &x, 1, v4("192.0.2.7", 80), &c), 0);
+	cr_assert_eq(c, RV_CAUSE_NO_LISTENER);
+	a = request_l(&t, &x, 1, v4("192.0.2.7", 80));
+	cr_assert_eq(a.verdict, RV_TCP);
+	cr_assert_eq(a.cause, RV_CAUSE_NO_LISTENER);
+	cr_assert_eq(t.reqs.count, 0);
+	/* One of ours: wait for the publication. */
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 80), NULL), 1);
+	cr_assert_eq(could(&t, &x, 1, v4("127.0.0.1", 80), NULL), 1);
+	cr_assert_eq(could(&t, &x, 1, v6("::ffff:10.0.0.1", 80), NULL), 1);
+	a = request_l(&t, &x, 1, v4("10.0.0.1", 80));
+	cr_assert_eq(a.verdict, RV_PENDING);
+	/* Cannot tell: wait, as before. */
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.3", 80), NULL), 1);
+	/* Another port: no listener, the oracle is not even asked. */
+	x.calls = 0;
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 81), NULL), 0);
+	cr_assert_eq(x.calls, 0);
+	/* Without an oracle every wildcard counts. */
+	{
+		struct rv_addr dst = v4("192.0.2.7", 80);
+
+		cr_assert_eq(rv_listener_could(&t, 1, &dst, NULL, NULL), 1);
+		dst.family = 0;
+		cr_assert_eq(rv_listener_could(&t, 1, &dst, NULL, NULL),
+			     -EAFNOSUPPORT);
+	}
+	rv_table_fini(&t);
+}
+
+Test(rendezvous, exact_listener_counts_for_its_own_address_only)
+{
+	struct fake_local x = { .n = 0 };
+	struct rv_addr one = v4("10.0.0.1", 80), six = v6("fd00::1", 80);
+	struct rv_table t;
+
+	init(&t, 8, 0);
+	cr_assert_eq(rv_listener_add(&t, 1, 1, &one, 0, 11), 1);
+	cr_assert_eq(rv_listener_add(&t, 2, 1, &six, 0, 11), 1);
+	/* Bound there: no question asked. */
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 80), NULL), 1);
+	cr_assert_eq(could(&t, &x, 1, v6("::ffff:10.0.0.1", 80), NULL), 1);
+	cr_assert_eq(could(&t, &x, 1, v6("fd00::1", 80), NULL), 1);
+	cr_assert_eq(x.calls, 0);
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.2", 80), NULL), 0);
+	cr_assert_eq(could(&t, &x, 1, v6("fd00::2", 80), NULL), 0);
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 81), NULL), 0);
+	rv_table_fini(&t);
+}
+
+Test(rendezvous, dual_stack_and_v6only_wildcards)
+{
+	struct fake_local x = { .n = 0 };
+	struct rv_addr dual = v6("::", 80), only6 = v6("::", 81);
+	struct rv_table t;
+
+	init(&t, 8, 0);
+	cr_assert_eq(rv_listener_add(&t, 1, 1, &dual, 0, 11), 1);
+	cr_assert_eq(rv_listener_add(&t, 2, 1, &only6, 1, 11), 1);
+	fake_set(&x, 1, v4("10.0.0.1", 0), 1);
+	fake_set(&x, 1, v6("fd00::1", 0), 1);
+	/* :: takes IPv4 and IPv6, where they are local. */
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 80), NULL), 1);
+	cr_assert_eq(could(&t, &x, 1, v6("::ffff:10.0.0.1", 80), NULL), 1);
+	cr_assert_eq(could(&t, &x, 1, v6("fd00::1", 80), NULL), 1);
+	cr_assert_eq(could(&t, &x, 1, v4("192.0.2.7", 80), NULL), 0);
+	cr_assert_eq(could(&t, &x, 1, v6("2001:db8::7", 80), NULL), 0);
+	/* v6only: IPv6 only. */
+	cr_assert_eq(could(&t, &x, 1, v6("fd00::1", 81), NULL), 1);
+	x.calls = 0;
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 81), NULL), 0);
+	cr_assert_eq(could(&t, &x, 1, v6("::ffff:10.0.0.1", 81), NULL), 0);
+	cr_assert_eq(x.calls, 0);
+	rv_table_fini(&t);
+}
+
+/* Namespace 2 holds 10.0.0.1 behind a veth; namespace 1 is the client's. */
+Test(rendezvous, listener_of_another_namespace)
+{
+	struct fake_local x = { .n = 0 };
+	struct rv_addr any4 = v4("0.0.0.0", 80), any6 = v6("::", 81);
+	struct rv_table t;
+	struct rv_answer a;
+	uint32_t c;
+
+	init(&t, 8, 0);
+	cr_assert_eq(rv_listener_add(&t, 1, 2, &any4, 0, 11), 1);
+	cr_assert_eq(rv_listener_add(&t, 2, 2, &any6, 0, 11), 1);
+	fake_set(&x, 2, v4("10.0.0.1", 0), 1);
+	fake_set(&x, 2, v4("127.0.0.1", 0), 1);
+	fake_set(&x, 2, v6("::1", 0), 1);
+	fake_set(&x, 1, v4("10.0.0.2", 0), 1);
+	/* The veth peer's address: it may be there. */
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 80), NULL), 1);
+	a = request_l(&t, &x, 1, v4("10.0.0.1", 80));
+	cr_assert_eq(a.verdict, RV_PENDING);
+	/* Not local there: no. */
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.9", 80), &c), 0);
+	cr_assert_eq(c, RV_CAUSE_NO_LISTENER);
+	/* Loopback never leaves namespace 1, whatever 2 holds; from 2
+	 * itself it counts. */
+	x.calls = 0;
+	cr_assert_eq(could(&t, &x, 1, v4("127.0.0.1", 80), NULL), 0);
+	cr_assert_eq(could(&t, &x, 1, v6("::1", 81), NULL), 0);
+	cr_assert_eq(could(&t, &x, 1, v6("::ffff:127.0.0.1", 81), NULL), 0);
+	cr_assert_eq(x.calls, 0, "loopback: nothing to ask");
+	cr_assert_eq(could(&t, &x, 2, v4("127.0.0.1", 80), NULL), 1);
+	cr_assert_eq(could(&t, &x, 2, v6("::1", 81), NULL), 1);
+	/* An address local in the client's own namespace stays there,
+	 * even if namespace 2 holds it too. */
+	fake_set(&x, 2, v4("10.0.0.2", 0), 1);
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.2", 80), NULL), 0);
+	cr_assert_eq(could(&t, &x, 3, v4("10.0.0.2", 80), NULL), 1);
+	/* ...and so does one bound exactly in namespace 2. */
+	{
+		struct rv_addr two = v4("10.0.0.2", 82);
+
+		cr_assert_eq(rv_listener_add(&t, 3, 2, &two, 0, 11), 1);
+		cr_assert_eq(could(&t, &x, 1, v4("10.0.0.2", 82), NULL), 0);
+		cr_assert_eq(could(&t, &x, 3, v4("10.0.0.2", 82), NULL), 1);
+	}
+	/* Cannot tell about the client's namespace: the listener counts. */
+	fake_set(&x, 4, v4("10.0.0.1", 0), -1);
+	cr_assert_eq(could(&t, &x, 4, v4("10.0.0.1", 80), NULL), 1);
+	rv_table_fini(&t);
+}
+
+Test(rendezvous, cross_netns_off_leaves_other_namespaces_out)
+{
+	struct fake_local x = { .n = 0 };
+	struct rv_addr any4 = v4("0.0.0.0", 80);
+	struct rv_table t;
+	struct rv_answer a;
+	uint32_t c;
+
+	init(&t, 8, RV_NO_CROSS_NETNS);
+	cr_assert_eq(rv_listener_add(&t, 1, 2, &any4, 0, 11), 1);
+	fake_set(&x, 2, v4("10.0.0.1", 0), 1);
+	/* Only namespace 2 could have it: TCP, and why. */
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 80), &c), 0);
+	cr_assert_eq(c, RV_CAUSE_CROSS_OFF);
+	a = request_l(&t, &x, 1, v4("10.0.0.1", 80));
+	cr_assert_eq(a.verdict, RV_TCP);
+	cr_assert_eq(a.cause, RV_CAUSE_CROSS_OFF);
+	/* Nobody could: not the flag's doing. */
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.9", 80), &c), 0);
+	cr_assert_eq(c, RV_CAUSE_NO_LISTENER);
+	/* A listener of the client's own namespace still counts. */
+	fake_set(&x, 1, v4("10.0.0.1", 0), 1);
+	cr_assert_eq(rv_listener_add(&t, 2, 1, &any4, 0, 11), 1);
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 80), NULL), 1);
+	/* Switched on: namespace 2's listener counts again. */
+	rv_set_flags(&t, 0);
+	cr_assert_eq(rv_listener_drop(&t, 2, 11), 1);
+	x.n = 1;
+	cr_assert_eq(could(&t, &x, 1, v4("10.0.0.1", 80), NULL), 1);
+	rv_table_fini(&t);
+}
+
 Test(rendezvous, capacity_gives_enospc)
 {
 	struct rv_limits lim = {
@@ -737,7 +1024,7 @@ Test(rendezvous, capacity_gives_enospc)
 	cr_assert_eq(request(&t, mirror(st), 1, 22, 0, 100).verdict, RV_PENDING);
 	st.remote.port = 3001;
 	mst = mirror(st);
-	cr_assert_eq(rv_request(&t, &mst, 1, RV_PROVEN, 22, 0, 100, &a),
+	cr_assert_eq(rv_request(&t, &mst, 1, RV_PROVEN, 22, 0, 100, NULL, &a),
 		     -ENOSPC);
 	cr_assert_eq(rv_listener_add(&t, 1, 1, &la, 0, 1), 1);
 	cr_assert_eq(rv_listener_add(&t, 2, 1, &la, 0, 1), -ENOSPC);
@@ -850,6 +1137,10 @@ struct model {
 	struct m_lst lst[M_LCAP];
 	uint64_t next_id;
 	int no_cross;           /* RV_NO_CROSS_NETNS */
+	int use_local;          /* requests pass m_local_fn */
+	/* Is address a local in namespace ns (1..M_NS)?  1, 0, -1 cannot
+	 * tell: what m_local_fn answers. */
+	int local[M_NS + 1][M_ADDRS];
 };
 
 /* Listening socket k: fixed identity.  a: 0..2 address, 3 = 0.0.0.0,
@@ -914,6 +1205,42 @@ static int m_near(const struct model *m, uint64_t req_ns, struct m_ep srv)
 		    m_reach(m->lst[i].sock, srv))
 			return 1;
 	return 0;
+}
+
+/* rv_listener_could over the model (no loopback addresses in it). */
+static int m_could(const struct model *m, uint64_t ns, struct m_ep dst)
+{
+	int here = m->local[ns][dst.a], i;
+
+	for (i = 0; i < M_LCAP; i++) {
+		int sock = m->lst[i].sock;
+		uint64_t lns = m_sock_ns[sock];
+
+		if (!m->lst[i].used || !m_reach(sock, dst))
+			continue;
+		if (lns != ns && (here > 0 || m->no_cross))
+			continue;
+		if (m_sock_addr[sock] < 3 || m->local[lns][dst.a])
+			return 1;
+	}
+	return 0;
+}
+
+/* The rv_local of the random run: the model's facts, by address. */
+static int m_local_fn(void *arg, uint64_t netns, const struct rv_addr *a)
+{
+	const struct model *m = arg;
+	struct rv_addr x[M_ADDRS] = { v4("10.0.0.1", 0), v4("10.0.0.2", 0),
+				      v6("fd00::1", 0) };
+
+	cr_assert(netns >= 1 && netns <= M_NS);
+	for (int i = 0; i < M_ADDRS; i++) {
+		x[i].port = a->port;
+		if (!memcmp(&x[i], a, sizeof(*a)))
+			return m->local[netns][i];
+	}
+	cr_assert_fail("oracle asked about an address of no listener");
+	return -1;
 }
 
 static int m_nlst(const struct model *m)
@@ -1085,7 +1412,8 @@ static int m_request(struct model *m, struct m_ep loc, struct m_ep rem,
 		m->pub[p].used = 0;
 		return 0;
 	}
-	if (p == -2 || dl <= now) {
+	if (p == -2 || dl <= now ||
+	    (m->use_local && p == -1 && !m_could(m, ns, rem))) {
 		a->req_id = m->next_id++;
 		a->verdict = RV_TCP;
 		return 0;
@@ -1186,11 +1514,18 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 	struct model *m = calloc(1, sizeof(*m));
 	uint64_t now = 1000, chan = 1;
 	unsigned long step, matches = 0, pendings_answered = 0;
+	unsigned long no_listener = 0;
+	struct rv_local local;
 	/* Request id -> its tuple, for matches answered by rv_publish. */
 	static struct m_ep req_loc[M_CHANS], req_rem[M_CHANS];
 
 	cr_assert_not_null(m);
 	m->next_id = 1;
+	local.fn = m_local_fn;
+	local.arg = m;
+	for (int i = 1; i <= M_NS; i++)
+		for (int j = 0; j < M_ADDRS; j++)
+			m->local[i][j] = 1;
 	cr_assert_eq(rv_table_init(&t, &lim), 0);
 	for (step = 0; step < 100000; step++) {
 		/* Mostly a few hot connections, so that candidates pile up
@@ -1212,6 +1547,16 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 		if (!rnd(400)) {
 			m->no_cross = !m->no_cross;
 			rv_set_flags(&t, m->no_cross ? RV_NO_CROSS_NETNS : 0);
+		}
+		/* The oracle: sometimes none, its facts change now and
+		 * then (mostly local: requests must still wait). */
+		if (!rnd(300))
+			m->use_local = !m->use_local;
+		if (!rnd(200)) {
+			int fact = (int)rnd(6);
+
+			m->local[1 + rnd(M_NS)][rnd(M_ADDRS)] =
+				fact < 3 ? 1 : fact < 5 ? 0 : -1;
 		}
 
 		if (h < 4) {
@@ -1250,7 +1595,8 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 		} else if (op < 70) {
 			uint64_t dl = now + rnd(300);
 
-			r = rv_request(&t, &tu, ns, proof, sess, now, dl, &a);
+			r = rv_request(&t, &tu, ns, proof, sess, now, dl,
+				       m->use_local ? &local : NULL, &a);
 			mr = m_request(m, loc, rem, ns, proof, sess, now, dl,
 				       &ma, &pi);
 			cr_assert_eq(r, mr, "step %lu: request %d vs %d", step,
@@ -1268,6 +1614,7 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 				matches++;
 			} else if (a.verdict == RV_TCP) {
 				note_req(a.req_id, step);
+				no_listener += a.cause == RV_CAUSE_NO_LISTENER;
 			}
 		} else if (op < 82) {
 			n = rv_expire(&t, now, out, 2 * M_CAP);
@@ -1427,6 +1774,8 @@ Test(rendezvous, random_operations_agree_with_model, .timeout = 120)
 		     pendings_answered);
 	cr_assert_gt(cross_matches, 100, "and cross-netns matches (%lu)",
 		     cross_matches);
+	cr_assert_gt(no_listener, 100, "and requests no listener could "
+		     "have taken (%lu)", no_listener);
 	rv_table_fini(&t);
 	free(m);
 }
