@@ -29,8 +29,12 @@
  * namespace, read from /proc/PID/net of a process proven to be in it and
  * cached per namespace), and keeps the channel fds of each unmatched
  * publication (struct chan) until they are handed to the matching client,
- * withdrawn as stale, or their session ends.  Pending requests are
- * answered from the epoll_wait timeout (rv_next_deadline).  The
+ * withdrawn as stale, or their session ends.  A request that finds no
+ * publication is told TCP at once when no listener can have accepted its
+ * connection: rendezvous.c decides, asking netns_local which addresses
+ * are local where (the same per-namespace cache; a listener's namespace
+ * is read through the inode learned at LISTEN, lns).  Pending requests
+ * are answered from the epoll_wait timeout (rv_next_deadline).  The
  * listeners are also published in the policy page (publish_listeners),
  * so a preloaded client can tell on connect, without a syscall, whether
  * asking for a channel is worth it.
@@ -167,12 +171,28 @@ struct nsa {
 					 * not learned yet */
 	uint64_t read_ms;               /* nets read at; 0 = none valid */
 	uint64_t fail_ms;               /* last failure; retried after TTL */
+	uint64_t fail_nosock_ms;        /* the same, reading without a socket
+					 * of the namespace (nsa_get) */
 	uint64_t used_ms;
 	struct rv_net *nets;
 	size_t n, cap;
 };
 
 static struct nsa nsa[NSA_SLOTS];
+
+/*
+ * The namespace inode of each namespace that has listeners, by the
+ * namespace id of its listeners (SO_NETNS_COOKIE), learned at LISTEN from
+ * the listening socket (sock_ns_ino): what nsa_get needs to read that
+ * namespace's addresses when a request asks whether one of its wildcard
+ * listeners could have taken a connection (netns_local), with no socket
+ * of it at hand.  An entry goes when its namespace has no listener left
+ * (lns_gc); there are never more than listeners.
+ */
+static struct {
+	uint64_t id, ino;
+} lns[UBS_POLICY_MAX_LST];
+static uint32_t nlns;
 
 static struct {
 	bool foreground;
@@ -391,6 +411,33 @@ static struct chan *chan_find(uint64_t id)
 }
 
 static int publish_listeners(void);
+
+/* Forget the namespace inodes of namespaces left without listeners (the
+ * n listeners of info). */
+static void lns_gc(const struct rv_listener_info *info, size_t n)
+{
+	uint32_t i = 0;
+
+	while (i < nlns) {
+		size_t k;
+
+		for (k = 0; k < n && info[k].netns != lns[i].id; k++)
+			;
+		if (k == n)
+			lns[i] = lns[--nlns];
+		else
+			i++;
+	}
+}
+
+/* The namespace inode lns knows for namespace id, 0 if none. */
+static uint64_t lns_ino(uint64_t id)
+{
+	for (uint32_t i = 0; i < nlns; i++)
+		if (lns[i].id == id)
+			return lns[i].ino;
+	return 0;
+}
 
 static void session_end(struct session *s)
 {
@@ -669,6 +716,7 @@ static int publish_listeners(void)
 	n = rv_listener_list(&d.rv, lst.info, UBS_POLICY_MAX_LST);
 	if (n > UBS_POLICY_MAX_LST)
 		n = UBS_POLICY_MAX_LST; /* rv_lim.listeners keeps it in range */
+	lns_gc(lst.info, n);
 	memset(lst.next, 0, n * sizeof(lst.next[0]));
 	for (i = 0; i < n; i++) {
 		lst.next[i].family = lst.info[i].addr.family;
@@ -1207,6 +1255,7 @@ static struct nsa *nsa_slot(uint64_t id, uint64_t now)
 	e->ino = 0;
 	e->read_ms = 0;
 	e->fail_ms = 0;
+	e->fail_nosock_ms = 0;
 	e->n = 0;
 found:
 	e->used_ms = now;
@@ -1214,43 +1263,42 @@ found:
 }
 
 /*
- * The proof bits (rv_proof) of socket fd with facts f, passed by c, in
- * its own namespace, or 0 with *why set.  Nothing to prove when
- * cross-namespace matching is off.
+ * The local addresses of namespace id (a SO_NETNS_COOKIE), read at most
+ * NSA_TTL_MS ago, or NULL with *why set.  The namespace's inode is ino
+ * when known, else learned from socket fd (facts f) of that namespace,
+ * held by process pid.  The addresses are read through pid if it is in
+ * the namespace, else through any session that is.  A failure is not
+ * retried for NSA_TTL_MS; one without a socket (f NULL: fewer ways to
+ * succeed) does not stop a try with one.
  */
-static uint32_t ns_proof(const struct conn *c, int fd,
-			 const struct sock_facts *f, const char **why)
+static struct nsa *nsa_get(uint64_t id, uint64_t ino, pid_t pid, int fd,
+			   const struct sock_facts *f, const char **why)
 {
-	uint64_t now = now_ms();
+	uint64_t now = now_ms(), *fail;
 	struct session *s;
 	struct nsa *e;
-	int r;
+	int r = -ESRCH;
 
-	*why = "cross_netns off";
-	if (!d.conf || !d.conf->cross_netns)
-		return 0;
-	/* Without the cookie (Linux < 5.14) netns is the passer's, which
-	 * need not be the socket's: nothing can be proven about it. */
-	*why = "no SO_NETNS_COOKIE";
-	if (!f->cookie)
-		return 0;
-	e = nsa_slot(f->netns, now);
+	e = nsa_slot(id, now);
 	if (e->read_ms && now - e->read_ms < NSA_TTL_MS)
 		goto have;
+	fail = f ? &e->fail_ms : &e->fail_nosock_ms;
 	*why = "netns facts failed recently";
-	if (e->fail_ms && now - e->fail_ms < NSA_TTL_MS)
-		return 0;
+	if (*fail && now - *fail < NSA_TTL_MS)
+		return NULL;
 	*why = "netns of the socket unknown";
 	if (!e->ino)
-		e->ino = sock_ns_ino(fd, f->family, f->sock_id, c->pid);
+		e->ino = ino ? ino : f ? sock_ns_ino(fd, f->family, f->sock_id,
+						     pid) : 0;
 	if (!e->ino)
 		goto fail;
 	/* The passing process, else any session in that namespace. */
 	*why = "no process in the socket's netns";
-	r = nsa_read(e, c->pid);
+	if (pid > 0)
+		r = nsa_read(e, pid);
 	if (r == -ESRCH) {
 		TAILQ_FOREACH(s, &sessions, entry) {
-			if (s->netns != e->ino || s->pid == c->pid)
+			if (s->netns != e->ino || s->pid == pid)
 				continue;
 			r = nsa_read(e, s->pid);
 			if (r != -ESRCH)
@@ -1264,13 +1312,75 @@ static uint32_t ns_proof(const struct conn *c, int fd,
 	}
 	e->read_ms = now ? now : 1;
 	e->fail_ms = 0;
+	e->fail_nosock_ms = 0;
 have:
 	*why = NULL;
-	return rv_proof(e->nets, e->n, &f->tu);
+	return e;
 fail:
-	e->fail_ms = now ? now : 1;
+	*fail = now ? now : 1;
 	e->read_ms = 0;
-	return 0;
+	return NULL;
+}
+
+/*
+ * The proof bits (rv_proof) of socket fd with facts f, passed by c, in
+ * its own namespace, or 0 with *why set.  Nothing to prove when
+ * cross-namespace matching is off.
+ */
+static uint32_t ns_proof(const struct conn *c, int fd,
+			 const struct sock_facts *f, const char **why)
+{
+	struct nsa *e;
+
+	*why = "cross_netns off";
+	if (!d.conf || !d.conf->cross_netns)
+		return 0;
+	/* Without the cookie (Linux < 5.14) netns is the passer's, which
+	 * need not be the socket's: nothing can be proven about it. */
+	*why = "no SO_NETNS_COOKIE";
+	if (!f->cookie)
+		return 0;
+	e = nsa_get(f->netns, 0, c->pid, fd, f, why);
+	return e ? rv_proof(e->nets, e->n, &f->tu) : 0;
+}
+
+/* A REQUEST being decided: its socket, for netns_local. */
+struct req_ctx {
+	const struct conn *c;
+	int fd;
+	const struct sock_facts *f;
+};
+
+/*
+ * rv_local for rv_request: is a local in namespace netns?  The
+ * requester's namespace is read through its socket, a listener's through
+ * the inode learned at LISTEN (lns).  1, 0, or -1 when it cannot be told
+ * (no SO_NETNS_COOKIE: the ids are not namespace cookies; an unknown
+ * namespace; its addresses unreadable).
+ */
+static int netns_local(void *arg, uint64_t netns, const struct rv_addr *a)
+{
+	const struct req_ctx *x = arg;
+	const char *why = "no SO_NETNS_COOKIE";
+	struct nsa *e = NULL;
+	uint64_t ino;
+
+	if (!x->f->cookie)
+		goto unknown;
+	if (netns == x->f->netns) {
+		e = nsa_get(netns, 0, x->c->pid, x->fd, x->f, &why);
+	} else {
+		why = "namespace inode unknown";
+		ino = lns_ino(netns);
+		if (ino)
+			e = nsa_get(netns, ino, 0, -1, NULL, &why);
+	}
+	if (e)
+		return rv_net_has(e->nets, e->n, a);
+unknown:
+	logmsg(LOG_DEBUG, "pid %ld: addresses of netns %llu: %s",
+	       (long)x->c->pid, (unsigned long long)netns, why);
+	return -1;
 }
 
 /* "local+remote" style text of proof bits, for the log. */
@@ -1290,6 +1400,30 @@ static const char *proof_str(uint32_t proof, const char *why)
 	}
 }
 
+/*
+ * A listener of socket fd (facts f) was registered: learn the inode of
+ * its namespace if lns does not know it yet (the entry goes with the
+ * namespace's last listener, lns_gc).
+ */
+static void lns_learn(const struct conn *c, int fd, const struct sock_facts *f)
+{
+	uint64_t ino;
+
+	if (!f->cookie || lns_ino(f->netns) || nlns >= UBS_POLICY_MAX_LST)
+		return;
+	ino = sock_ns_ino(fd, f->family, f->sock_id, c->pid);
+	if (!ino) {
+		logmsg(LOG_DEBUG, "pid %ld: netns %llu of listener %llu: "
+		       "inode unknown", (long)c->pid,
+		       (unsigned long long)f->netns,
+		       (unsigned long long)f->sock_id);
+		return;
+	}
+	lns[nlns].id = f->netns;
+	lns[nlns].ino = ino;
+	nlns++;
+}
+
 static int do_listen(struct conn *c, const struct ctl_hdr *h, int fd,
 		     bool add)
 {
@@ -1298,14 +1432,19 @@ static int do_listen(struct conn *c, const struct ctl_hdr *h, int fd,
 	int r;
 
 	r = sock_facts(c, fd, true, &f, &why);
-	close(fd);
-	if (r)
+	if (r) {
+		close(fd);
 		return send_error(c, h->seq, -r, why);
-	if (add)
+	}
+	if (add) {
 		r = rv_listener_add(&d.rv, f.sock_id, f.netns, &f.tu.local,
 				    f.v6only, c->sess->id);
-	else
+		if (r >= 0)
+			lns_learn(c, fd, &f);
+	} else {
 		r = rv_listener_drop(&d.rv, f.sock_id, c->sess->id);
+	}
+	close(fd);
 	/* Even after a refusal: an add may have dropped a replaced entry. */
 	publish_listeners();
 	if (r < 0)
@@ -1440,21 +1579,31 @@ static int do_request(struct conn *c, const struct ctl_hdr *h,
 	struct rv_answer ans;
 	uint64_t now = now_ms();
 	uint32_t tmo = q->timeout_ms, proof = 0;
+	struct req_ctx rctx;
+	const struct rv_local local = { netns_local, &rctx };
 	int r;
 
 	r = sock_facts(c, fd, false, &f, &why);
 	if (!r)
 		proof = ns_proof(c, fd, &f, &pwhy);
-	close(fd);
-	if (r)
+	if (!r && conn_req_full(c)) {
+		r = -EBUSY;
+		why = "too many requests pending on this connection";
+	}
+	if (r) {
+		close(fd);
 		return send_error(c, h->seq, -r, why);
-	if (conn_req_full(c))
-		return send_error(c, h->seq, EBUSY, "too many requests "
-				  "pending on this connection");
+	}
 	if (tmo > CTL_REQUEST_MAX_MS)
 		tmo = CTL_REQUEST_MAX_MS;
+	/* The socket stays open meanwhile: netns_local may read its
+	 * namespace through it. */
+	rctx.c = c;
+	rctx.fd = fd;
+	rctx.f = &f;
 	r = rv_request(&d.rv, &f.tu, f.netns, proof, c->sess->id, now,
-		       now + tmo, NULL, &ans);
+		       now + tmo, &local, &ans);
+	close(fd);
 	logmsg(LOG_DEBUG, "pid %ld: request port %u->%u netns %llu (%s): %s",
 	       (long)c->pid, f.tu.local.port, f.tu.remote.port,
 	       (unsigned long long)f.netns, proof_str(proof, pwhy),

@@ -15,7 +15,13 @@
  *  - a client whose tuple does not mirror a publication gets TCP;
  *  - a stranger (namespace C, which holds both addresses itself and
  *    makes the very same tuple between its own sockets) gets TCP, and the
- *    real peer in B still gets the channel.
+ *    real peer in B still gets the channel;
+ *  - a client whose connection no registered listener can have accepted
+ *    (A's wildcard server and a client connecting to another host's
+ *    address on its port: B's, or C's behind B; B's own address or
+ *    loopback from B) gets TCP in well under 100 ms, not after its
+ *    500 ms (the times are printed), while the connections A's server
+ *    does accept, from B and from A, still get their channel.
  *
  * Needs root and iproute2 (`ip netns`, veth): when they are missing or
  * not permitted the tests FAIL, saying so; they never skip.  Namespaces
@@ -54,6 +60,8 @@
 #define MAX_KIDS 8
 #define ADDR_A "10.77.0.1"
 #define ADDR_B "10.77.0.2"
+#define ADDR_BC "10.78.0.1"     /* B's end of the B-C link */
+#define ADDR_C "10.78.0.2"
 
 static char ubsd_path[PATH_MAX];
 static pid_t kids[MAX_KIDS];
@@ -72,12 +80,17 @@ static int in_child;
 	}								\
 } while (0)
 
-static uint64_t now_ms(void)
+static uint64_t now_us(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static uint64_t now_ms(void)
+{
+	return now_us() / 1000;
 }
 
 /* ------------------------------------------------------ namespaces */
@@ -182,6 +195,24 @@ static void make_pair(void)
 	IP("-n %s addr add " ADDR_B "/24 dev %s", ns_b, veth_b);
 	IP("-n %s link set %s up", ns_a, veth_a);
 	IP("-n %s link set %s up", ns_b, veth_b);
+}
+
+/* C as another host behind B: a veth pair B-C, C routed only to B. */
+static void make_remote(void)
+{
+	long me = (long)getpid();
+	char vb[16], vc[16];
+
+	snprintf(ns_c, sizeof(ns_c), "ubs-e2e-%ld-c", me);
+	snprintf(vb, sizeof(vb), "ubsC%ld", me);
+	snprintf(vc, sizeof(vc), "ubsD%ld", me);
+	ns_add(ns_c, &have_c);
+	IP("-n %s link add %s type veth peer name %s netns %s", ns_b, vb, vc,
+	   ns_c);
+	IP("-n %s addr add " ADDR_BC "/24 dev %s", ns_b, vb);
+	IP("-n %s addr add " ADDR_C "/24 dev %s", ns_c, vc);
+	IP("-n %s link set %s up", ns_b, vb);
+	IP("-n %s link set %s up", ns_c, vc);
 }
 
 /* C: both addresses on its own lo, no link to anyone. */
@@ -517,13 +548,28 @@ struct cli {
 	const char *ns, *src, *dst;
 	uint16_t sport, port;
 	uint32_t tmo_ms;
+	uint32_t repeat;        /* after a TCP answer: as many more
+				 * requests, timed (struct timing) */
 	int up[2], go[2];
 };
 
 struct result {
-	uint32_t type, ms;
+	uint32_t type, ms, us;
 	char reason[64];
 };
+
+/* The repeated requests: all TCP (with the first one's reason), and
+ * their times in µs. */
+struct timing {
+	uint32_t all_tcp, min_us, median_us, max_us;
+};
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
 
 static int tcp_connect(const char *src, uint16_t sport, const char *dst,
 		       uint16_t port)
@@ -565,15 +611,42 @@ static void client(void *arg)
 	pipe_put(c->up[1], 1);
 	if (pipe_get(c->go[0]) == 0)
 		return;
-	t0 = now_ms();
+	t0 = now_us();
 	send_msg(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &fd, 1);
 	REQUIRE(recv_msg(ctl, &h, &m, fds, &nfds) == 0);
 	memset(&res, 0, sizeof(res));
 	res.type = h.type;
-	res.ms = (uint32_t)(now_ms() - t0);
+	res.us = (uint32_t)(now_us() - t0);
+	res.ms = res.us / 1000;
 	if (h.type == CTL_R_TCP)
 		snprintf(res.reason, sizeof(res.reason), "%.63s", m.tcp.reason);
 	REQUIRE(write(c->up[1], &res, sizeof(res)) == sizeof(res));
+	if (h.type == CTL_R_TCP && c->repeat) {
+		uint32_t *us = calloc(c->repeat, sizeof(*us));
+		struct timing tm = { .all_tcp = 1 };
+
+		REQUIRE(us);
+		for (uint32_t i = 0; i < c->repeat; i++) {
+			int k = 4;
+
+			t0 = now_us();
+			send_msg(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &fd, 1);
+			REQUIRE(recv_msg(ctl, &h, &m, fds, &k) == 0);
+			us[i] = (uint32_t)(now_us() - t0);
+			for (int j = 0; j < k; j++)
+				close(fds[j]);
+			m.tcp.reason[sizeof(m.tcp.reason) - 1] = '\0';
+			if (h.type != CTL_R_TCP ||
+			    strcmp(m.tcp.reason, res.reason))
+				tm.all_tcp = 0;
+		}
+		qsort(us, c->repeat, sizeof(*us), cmp_u32);
+		tm.min_us = us[0];
+		tm.median_us = us[c->repeat / 2];
+		tm.max_us = us[c->repeat - 1];
+		free(us);
+		REQUIRE(write(c->up[1], &tm, sizeof(tm)) == sizeof(tm));
+	}
 	if (h.type == CTL_R_CHANNEL) {
 		struct ubt_chan ch;
 		char buf[64];
@@ -633,11 +706,11 @@ static void stop_client(struct cli *c, pid_t pid)
  * (want_chan), or TCP with reason want_reason well before the request's
  * own timeout.
  */
-static void one_connection(struct srv *s, uint16_t port, int pub_first,
-			   int want_chan, const char *want_reason)
+static void connection_from(struct srv *s, const char *ns, const char *dst,
+			    uint16_t port, int pub_first, int want_chan,
+			    const char *want_reason)
 {
-	struct cli c = { .ns = ns_b, .dst = ADDR_A, .port = port,
-			 .tmo_ms = 2000 };
+	struct cli c = { .ns = ns, .dst = dst, .port = port, .tmo_ms = 2000 };
 	struct result r;
 	pid_t pid;
 
@@ -669,6 +742,101 @@ static void one_connection(struct srv *s, uint16_t port, int pub_first,
 			     r.ms);
 	}
 	stop_client(&c, pid);
+}
+
+/* The same, from B to A's address. */
+static void one_connection(struct srv *s, uint16_t port, int pub_first,
+			   int want_chan, const char *want_reason)
+{
+	connection_from(s, ns_b, ADDR_A, port, pub_first, want_chan,
+			want_reason);
+}
+
+/*
+ * A plain listening socket (never registered with ubsd) in namespace ns
+ * on 0.0.0.0:port, held by a forked child until it is killed; its
+ * backlog completes the connections made to it.
+ */
+static pid_t plain_listener(const char *ns, uint16_t port)
+{
+	int lp[2];
+	pid_t pid;
+
+	cr_assert(pipe(lp) == 0);
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		struct sockaddr_in sin = { .sin_family = AF_INET,
+					   .sin_port = htons(port) };
+		int lfd, one = 1;
+
+		in_child = 1;
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		enter(ns);
+		lfd = socket(AF_INET, SOCK_STREAM, 0);
+		REQUIRE(lfd >= 0);
+		REQUIRE(setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one,
+				   sizeof(one)) == 0);
+		REQUIRE(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+		REQUIRE(listen(lfd, 16) == 0);
+		pipe_put(lp[1], 1);
+		pause();
+		_exit(0);
+	}
+	for (int i = 0; i < MAX_KIDS; i++)
+		if (kids[i] <= 0) {
+			kids[i] = pid;
+			break;
+		}
+	close(lp[1]);
+	cr_assert_eq(pipe_get(lp[0]), 1, "plain listener in %s failed", ns);
+	close(lp[0]);
+	return pid;
+}
+
+/*
+ * A client in ns connects to dst:port, somewhere no registered listener
+ * can have accepted it, and asks (timeout 500 ms, the preload's
+ * UBS_CONNECT_WAIT_MS): TCP, reason want_reason, in well under 100 ms;
+ * then `repeat` more requests on the same socket, all answered the same
+ * way, timed.  Returns the first answer's time in µs.
+ */
+static uint32_t no_listener_could(const char *ns, const char *dst,
+				  uint16_t port, const char *want_reason,
+				  uint32_t repeat)
+{
+	struct cli c = { .ns = ns, .dst = dst, .port = port, .tmo_ms = 500,
+			 .repeat = repeat };
+	struct timing tm;
+	struct result r;
+	pid_t pid;
+
+	pid = start_client(&c);
+	pipe_put(c.go[1], 1);
+	r = client_result(&c);
+	fprintf(stderr, "netns_e2e: %s -> %s:%u: %s \"%s\" after %u us\n",
+		ns, dst, port, r.type == CTL_R_TCP ? "R_TCP" : "not R_TCP",
+		r.reason, r.us);
+	cr_assert_eq(r.type, CTL_R_TCP, "%s -> %s: type %#x", ns, dst,
+		     r.type);
+	cr_assert_str_eq(r.reason, want_reason, "%s -> %s", ns, dst);
+	cr_assert_lt(r.us, 100000, "%s -> %s: TCP after %u us", ns, dst,
+		     r.us);
+	if (repeat) {
+		struct pollfd p = { .fd = c.up[0], .events = POLLIN };
+
+		cr_assert_eq(poll(&p, 1, WAIT_MS), 1, "no timing");
+		cr_assert_eq(read(c.up[0], &tm, sizeof(tm)),
+			     (ssize_t)sizeof(tm), "client failed");
+		cr_assert(tm.all_tcp, "a repeated request was not %s",
+			  want_reason);
+		fprintf(stderr, "netns_e2e: %u more: min %u us, median %u us, "
+			"max %u us\n", repeat, tm.min_us, tm.median_us,
+			tm.max_us);
+		cr_assert_lt(tm.max_us, 100000);
+	}
+	stop_client(&c, pid);
+	return r.us;
 }
 
 /* Rewrite ubs.conf, SIGHUP the daemon and wait until the reload is
@@ -707,6 +875,43 @@ Test(netns_e2e, veth_peers_get_a_channel)
 	one_connection(&s, port, 1, 1, NULL);
 	one_connection(&s, port, 0, 1, NULL);
 	stop_server(&s, pid);
+}
+
+/*
+ * The reported case: a wildcard UB listener on port P (A's server on
+ * 0.0.0.0:P) and a client of its namespace connecting to another host's
+ * port P (B stands for it, with a plain listener on 0.0.0.0:P).  No
+ * registered listener can have accepted that connection: TCP at once,
+ * not after the request's 500 ms.  Nor B's own connections to B's
+ * address or to 127.0.0.1 (they stay inside B, whatever A listens on),
+ * nor B's connection to C, a host behind B (its address is local neither
+ * in B nor in A: A's addresses are read through A's server's session).
+ * The connections A's server really accepts, from B and from A itself,
+ * still get their channel, the request waiting for the publication.
+ */
+Test(netns_e2e, remote_destination_beside_a_wildcard_listener_gets_tcp_at_once)
+{
+	struct srv s;
+	uint16_t port;
+	pid_t pid, plain_b, plain_c;
+
+	make_pair();
+	make_remote();
+	pid = start_server(&s, ns_a, &port);
+	plain_b = plain_listener(ns_b, port);
+	plain_c = plain_listener(ns_c, port);
+	no_listener_could(ns_a, ADDR_B, port, "no local listener", 200);
+	no_listener_could(ns_b, ADDR_C, port, "no local listener", 200);
+	no_listener_could(ns_b, ADDR_B, port, "no local listener", 0);
+	no_listener_could(ns_b, "127.0.0.1", port, "no local listener", 0);
+	connection_from(&s, ns_b, ADDR_A, port, 0, 1, NULL);
+	connection_from(&s, ns_a, "127.0.0.1", port, 0, 1, NULL);
+	connection_from(&s, ns_a, ADDR_A, port, 0, 1, NULL);
+	stop_server(&s, pid);
+	kill(plain_b, SIGKILL);
+	reap(plain_b);
+	kill(plain_c, SIGKILL);
+	reap(plain_c);
 }
 
 Test(netns_e2e, cross_netns_off_gives_tcp_at_once_until_back_on)

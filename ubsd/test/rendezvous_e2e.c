@@ -4,7 +4,8 @@
  * LISTEN / PUBLISH / REQUEST with the sockets passed over SCM_RIGHTS,
  * the channel handed to the client and used for bytes that never touch
  * TCP, pending requests answered by a later publication or by their
- * timeout, mirror mismatches, listeners held by several sessions, a
+ * timeout, TCP at once when no registered listener can have accepted the
+ * connection, mirror mismatches, listeners held by several sessions, a
  * killed server's publication withdrawn, malformed fd passing, and the
  * listener table a client sees in its mapped policy page.  The
  * daemon's fd count (/proc/PID/fd) returns to its baseline after each
@@ -317,6 +318,12 @@ static void publish(int ctl, int afd, struct ubt_chan *ch, uint64_t *id)
 		*id = m.chan_id;
 }
 
+static void listen_msg(int ctl, uint16_t type, int lfd)
+{
+	send_msg(ctl, type, NULL, 0, &lfd, 1);
+	expect(ctl, CTL_R_OK, NULL, NULL);
+}
+
 static void send_request(int ctl, int cfd, uint32_t timeout_ms)
 {
 	struct ctl_request q = { .timeout_ms = timeout_ms };
@@ -597,6 +604,8 @@ Test(rendezvous_e2e, request_without_publication_gets_tcp_in_time)
 	lfd = tcp_listen(&port);
 	cfd = tcp_connect(port);
 	ctl = hello("e2e-client");
+	/* A registered listener took it: worth waiting for. */
+	listen_msg(ctl, CTL_REQ_LISTEN, lfd);
 	t0 = now_us();
 	send_request(ctl, cfd, 300);
 	expect(ctl, CTL_R_TCP, &m, NULL);
@@ -614,6 +623,71 @@ Test(rendezvous_e2e, request_without_publication_gets_tcp_in_time)
 	close(ctl);
 	close(cfd);
 	close(lfd);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+/* TCP at once (well under 100 ms) with "no local listener". */
+static void expect_no_listener(int ctl, int cfd)
+{
+	struct ctl_tcp m;
+	uint64_t t0 = now_us(), us;
+
+	send_request(ctl, cfd, 500);
+	expect(ctl, CTL_R_TCP, &m, NULL);
+	us = now_us() - t0;
+	cr_assert_str_eq(m.reason, "no local listener");
+	cr_assert_lt(us, 100000, "answered after %llu us",
+		     (unsigned long long)us);
+}
+
+/*
+ * Nothing waits for a publication no registered listener can make: no
+ * listener at all, or one on another address of the port.  A connection
+ * the listener did accept still waits for its publication.
+ */
+Test(rendezvous_e2e, request_no_listener_could_take_gets_tcp_at_once)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	struct srv s = { .exchange = 1, .wait_before_accept = 1 };
+	uint16_t port, sport;
+	int base = baseline, ctl, cfd, plain, one = 1;
+	pid_t pid;
+
+	pid = start_server(&s, &sport);         /* on 127.0.0.1:sport */
+	port = sport;
+	expect_listener(port, 1);
+	ctl = hello("e2e-client");
+	/* 127.0.0.2:port: a plain listener, not the registered one. */
+	plain = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert(plain >= 0);
+	cr_assert_eq(setsockopt(plain, SOL_SOCKET, SO_REUSEADDR, &one,
+				sizeof(one)), 0);
+	sin.sin_port = htons(port);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1);
+	cr_assert_eq(bind(plain, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(listen(plain, 4), 0);
+	cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert(cfd >= 0);
+	cr_assert_eq(connect(cfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	expect_no_listener(ctl, cfd);
+	close(cfd);
+	close(plain);
+	/* A port with no registered listener at all. */
+	plain = tcp_listen(&port);
+	cfd = tcp_connect(port);
+	expect_no_listener(ctl, cfd);
+	close(cfd);
+	close(plain);
+	/* The registered listener's connection: the request waits for its
+	 * publication. */
+	cfd = tcp_connect(sport);
+	send_request(ctl, cfd, 2000);
+	cr_assert(!readable(ctl, 100), "request answered before publish");
+	pipe_put(s.go[1], 0);
+	client_exchange(ctl, cfd, &s);
+	finish_server(&s, pid);
+	close(ctl);
+	close(cfd);
 	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
 }
 
@@ -885,12 +959,6 @@ static int tcp6_listen_any(int v6only, uint16_t *port)
 	REQUIRE(getsockname(fd, (struct sockaddr *)&sin6, &len) == 0);
 	*port = ntohs(sin6.sin6_port);
 	return fd;
-}
-
-static void listen_msg(int ctl, uint16_t type, int lfd)
-{
-	send_msg(ctl, type, NULL, 0, &lfd, 1);
-	expect(ctl, CTL_R_OK, NULL, NULL);
 }
 
 Test(rendezvous_e2e, listeners_are_published_in_the_policy_page)
