@@ -23,6 +23,7 @@
 #define CTL_NAME_MAX  64u               /* service name, NUL included */
 #define CTL_SOCK_NAME "ubsd.sock"       /* under the run directory */
 #define CTL_PID_NAME  "ubsd.pid"
+#define CTL_STATS_NAME "stats"          /* preloaded processes' stats pages */
 #define CTL_DEFAULT_RUN_DIR "/run/ubs"
 
 struct ctl_hdr {

@@ -285,6 +285,55 @@ static int make_dirs(const char *path)
 }
 
 /*
+ * RUN_DIR/stats, where preloaded processes publish their stats pages
+ * (preload/stats.c: only when it exists): created with mode 01777, as
+ * /tmp, so that a process of any uid publishes its own page and none
+ * removes or replaces another's (sticky bit).  One that exists already
+ * is left as it is: another mode, or not a directory, is only logged.
+ * Never fatal: without it the stats stay private to each process.
+ */
+static void stats_dir_init(const char *run_dir)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	int fd;
+
+	if (snprintf(path, sizeof(path), "%s/%s", run_dir, CTL_STATS_NAME) >=
+	    (int)sizeof(path)) {
+		logmsg(LOG_WARNING, "%s: path too long for %s/; stats pages "
+		       "stay private", run_dir, CTL_STATS_NAME);
+		return;
+	}
+	if (mkdir(path, 01777) == 0) {
+		/* mkdir applied the umask: set the mode through the
+		 * directory itself (never through a symlink put there). */
+		fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			  O_CLOEXEC);
+		if (fd < 0 || fchmod(fd, 01777) < 0)
+			logmsg(LOG_WARNING, "%s: cannot set mode 1777: %s",
+			       path, strerror(errno));
+		else
+			logmsg(LOG_INFO, "%s: created, mode 1777", path);
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	if (errno != EEXIST) {
+		logmsg(LOG_WARNING, "%s: %s; stats pages stay private", path,
+		       strerror(errno));
+		return;
+	}
+	if (lstat(path, &st) < 0)
+		logmsg(LOG_WARNING, "%s: %s", path, strerror(errno));
+	else if (!S_ISDIR(st.st_mode))
+		logmsg(LOG_WARNING, "%s: exists and is not a directory; left "
+		       "as it is (stats pages stay private)", path);
+	else if ((st.st_mode & 07777) != 01777)
+		logmsg(LOG_WARNING, "%s: exists with mode %04o, not 1777; "
+		       "left as it is", path, (unsigned)(st.st_mode & 07777));
+}
+
+/*
  * Open and lock the pid file.  Returns its fd, -EWOULDBLOCK when another
  * ubsd holds it (*owner then gets its pid, 0 if unreadable), or -errno.
  */
@@ -2224,6 +2273,8 @@ int main(int argc, char **argv)
 		logmsg(LOG_ERR, "%s: %s", d.pid_path, strerror(-pidfd));
 		return 1;
 	}
+	/* Ours now (the pid lock): there before the socket appears. */
+	stats_dir_init(run_dir);
 	d.listen.fd = control_init(d.sock_path);
 	if (d.listen.fd < 0) {
 		logmsg(LOG_ERR, "%s: %s", d.sock_path,

@@ -958,3 +958,131 @@ Test(daemon, policy_fd_cannot_be_written)
 	ubt_seg_unmap(&pg);
 	get_status();
 }
+
+/* Mode bits (07777) of RUN_DIR/name, asserting it is a directory. */
+static unsigned dir_mode(const char *name)
+{
+	char path[128];
+	struct stat st;
+
+	path_in(path, sizeof(path), name);
+	cr_assert_eq(lstat(path, &st), 0, "%s: %s", path, strerror(errno));
+	cr_assert(S_ISDIR(st.st_mode), "%s is not a directory", path);
+	return (unsigned)(st.st_mode & 07777);
+}
+
+/*
+ * As nobody, in a child: create RUN_DIR/stats/mine (0: done, else the
+ * errno), then try to remove RUN_DIR/stats/other (*rm_err: 0 or its
+ * errno).  Returns -1 if the child did not report.
+ */
+static int nobody_in_stats(int *rm_err)
+{
+	int p[2], res[2] = { -1, -1 };
+	pid_t pid;
+
+	cr_assert(pipe(p) == 0);
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		char path[128];
+		int fd;
+
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (become_nobody(0, 0) < 0)
+			_exit(126);
+		path_in(path, sizeof(path), "stats/mine");
+		fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+		res[0] = fd < 0 ? errno : 0;
+		if (fd >= 0)
+			close(fd);
+		path_in(path, sizeof(path), "stats/other");
+		res[1] = unlink(path) < 0 ? errno : 0;
+		if (write(p[1], res, sizeof(res)) != sizeof(res))
+			_exit(1);
+		_exit(0);
+	}
+	close(p[1]);
+	if (read(p[0], res, sizeof(res)) != sizeof(res))
+		res[0] = -1;
+	close(p[0]);
+	cr_assert(wait_exit(pid, WAIT_MS) >= 0);
+	*rm_err = res[1];
+	return res[0];
+}
+
+/*
+ * ubsd makes RUN_DIR/stats, where preloaded processes publish their
+ * stats pages: mode 1777 whatever the umask, before its socket appears;
+ * any uid may add its own page there but not remove another's; a
+ * restart leaves it (and what is in it) as it is, quietly.
+ */
+Test(daemon, stats_dir_is_made_sticky_and_world_writable)
+{
+	char path[128];
+	mode_t old;
+	int rm_err, fd;
+
+	old = umask(077);
+	start_daemon();         /* returns once the socket exists */
+	umask(old);
+	cr_assert_eq(dir_mode("stats"), 01777, "mode %04o", dir_mode("stats"));
+	wait_log("stats: created, mode 1777");
+	path_in(path, sizeof(path), "stats/other");
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+	cr_assert(fd >= 0);
+	close(fd);
+	if (geteuid() == 0) {
+		/* nobody must reach it through the run directory. */
+		cr_assert(chmod(run_dir, 0755) == 0);
+		cr_assert_eq(nobody_in_stats(&rm_err), 0,
+			     "nobody cannot create its page");
+		cr_assert_eq(rm_err, EPERM, "nobody removed root's page: %s",
+			     strerror(rm_err));
+	} else {
+		cr_log_warn("not root: other uids not tried");
+	}
+
+	/* A restart: nothing to say, nothing changed. */
+	cr_assert_eq(kill(daemon_pid, SIGTERM), 0);
+	cr_assert(wait_exit(daemon_pid, WAIT_MS) >= 0);
+	daemon_pid = -1;
+	path_in(path, sizeof(path), "ubsd.log");
+	cr_assert_eq(unlink(path), 0);
+	start_daemon();
+	get_status();
+	cr_assert_eq(dir_mode("stats"), 01777);
+	path_in(path, sizeof(path), "stats/other");
+	cr_assert_eq(access(path, F_OK), 0, "a restart emptied stats/");
+	{
+		char log[128], text[OUT_MAX];
+
+		path_in(log, sizeof(log), "ubsd.log");
+		slurp(log, text, sizeof(text));
+		cr_assert(!strstr(text, "stats"), "%s", text);
+	}
+}
+
+/* A stats/ made by someone else stays as it is; ubsd says so and runs. */
+Test(daemon, existing_stats_dir_is_left_as_it_is)
+{
+	char path[128];
+
+	path_in(path, sizeof(path), "stats");
+	cr_assert_eq(mkdir(path, 0700), 0);
+	cr_assert_eq(chmod(path, 0750), 0);
+	start_daemon();
+	get_status();
+	cr_assert_eq(dir_mode("stats"), 0750);
+	wait_log("stats: exists with mode 0750, not 1777; left as it is");
+	cr_assert_eq(kill(daemon_pid, SIGTERM), 0);
+	cr_assert(wait_exit(daemon_pid, WAIT_MS) >= 0);
+	daemon_pid = -1;
+
+	/* Not even a directory: said too, and ubsd still starts. */
+	cr_assert_eq(rmdir(path), 0);
+	write_file("stats", "not a directory\n");
+	start_daemon();
+	get_status();
+	wait_log("stats: exists and is not a directory; left as it is");
+}

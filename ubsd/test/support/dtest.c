@@ -137,10 +137,32 @@ void dt_start_daemon(const char *prog)
 	cr_assert_fail("ubsd socket did not appear");
 }
 
+/* Remove everything in directory path, down to depth levels of
+ * directories (ubsd's stats/ is one), then path itself. */
+static void rm_tree(const char *path, int depth)
+{
+	DIR *dir = opendir(path);
+	struct dirent *de;
+
+	while (dir && (de = readdir(dir))) {
+		char ent[512];
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		snprintf(ent, sizeof(ent), "%s/%s", path, de->d_name);
+		if (unlink(ent) < 0 && errno == EISDIR && depth > 1)
+			rm_tree(ent, depth - 1);
+	}
+	if (dir)
+		closedir(dir);
+	rmdir(path);
+}
+
 /*
  * End of a test, once its own processes are reaped: the daemon must still
  * be alive and its log free of sanitizer reports; it is killed and
- * everything in the run directory (all the test's own) removed.
+ * everything in the run directory (all the test's own, ubsd's stats/
+ * included) removed.
  */
 void dt_teardown(void)
 {
@@ -157,18 +179,7 @@ void dt_teardown(void)
 			  !strstr(text, "runtime error"),
 			  "sanitizer report in ubsd log:\n%s", text);
 	}
-	DIR *dir = opendir(run_dir);
-	struct dirent *de;
-	while (dir && (de = readdir(dir))) {
-		char ent[sizeof(run_dir) + sizeof(de->d_name) + 2];
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-			path_in(ent, sizeof(ent), de->d_name);
-			unlink(ent);
-		}
-	}
-	if (dir)
-		closedir(dir);
-	rmdir(run_dir);
+	rm_tree(run_dir, 2);
 }
 
 /*
