@@ -88,10 +88,18 @@ static sigaction_fn real_sigaction(void)
 	return f;
 }
 
+/* A fork while another thread was inside sigaction: the child has one
+ * thread, and nobody to release the lock it inherited. */
+static void sig_atfork_child(void)
+{
+	atomic_flag_clear_explicit(&wlock, memory_order_relaxed);
+}
+
 __attribute__((constructor))
 static void sig_ctor(void)
 {
 	real_sigaction();       /* not in a handler, the first time */
+	pthread_atfork(NULL, NULL, sig_atfork_child);
 }
 
 static void slot_read(int sig, void **fn, int *flags)
