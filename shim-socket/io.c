@@ -171,6 +171,23 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 	return 0;
 }
 
+/*
+ * The ring says EOF (the peer shut down its side): its FIN follows on the
+ * kernel socket within microseconds.  Wait for it (bounded), so that
+ * what the program does next with the kernel socket (shutdown, a
+ * TCP_INFO, ...) finds the state the kernel alone would have shown.
+ */
+static void wait_fin(struct sock *s, int fd)
+{
+	struct pollfd p = { .fd = sock_kfd(s, fd),
+			    .events = POLLIN | POLLRDHUP };
+
+	ubs_guard_enter();
+	if (ubs_real.poll(&p, 1, 100) == 1)
+		sock_probe_kernel(s, p.fd);
+	ubs_guard_exit();
+}
+
 /* Receive into iov.  Returns bytes, 0 at EOF, -errno, or RESTART_KERNEL
  * when the connection turned out to be TCP. */
 static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
@@ -238,6 +255,8 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 
 			if (got)
 				return (ssize_t)got;
+			if (n == 0 && !atomic_load(&s->peer_fin))
+				wait_fin(s, fd);
 			sock_update_reset(s);
 			e = peek ? s->so_error : sock_take_error(s);
 			return e ? -e : 0;
