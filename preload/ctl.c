@@ -39,6 +39,7 @@
 
 #define UBS_CTL_RETRY_MS 1000   /* between attempts to reach a dead daemon */
 #define UBS_CTL_IO_MS    2500   /* any reply; REQUEST adds its own wait */
+#define UBS_CTL_GRACE_MS 3000   /* after a reconnect: old listeners count */
 
 static struct {
 	pthread_mutex_t lock;
@@ -52,6 +53,10 @@ static struct {
 	struct ubt_seg *page;   /* current policy page, NULL before the
 				 * daemon was first reached */
 	uint32_t hint;          /* pp_lookup_hint's */
+	struct ubt_seg *prev_page;      /* the page of the daemon before */
+	uint64_t reconnect_ms;          /* when this one replaced it */
+	bool had_session;               /* this process had one before (not
+					 * a forked child's inherited one) */
 	void (*reconnected)(void);
 } ctl = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
 
@@ -470,6 +475,8 @@ static int ctl_connect(void)
 		ctl.dev = st.st_dev;
 		ctl.ino = st.st_ino;
 	}
+	if (ctl.had_session)
+		hello.flags |= CTL_HELLO_RECONNECT;
 	memcpy(hello.service, ubs_config.service,
 	       strnlen(ubs_config.service, sizeof(hello.service) - 1));
 	r = ctl_call(CTL_REQ_HELLO, &hello, sizeof(hello), NULL, 0);
@@ -499,8 +506,13 @@ static int ctl_connect(void)
 		ubs_real.close(page->fd);
 		page->fd = -1;
 	}
+	if (ctl.page) {                 /* a previous daemon's */
+		ctl.prev_page = ctl.page;
+		ctl.reconnect_ms = now_ms();
+	}
 	__atomic_store_n(&ctl.page, page, __ATOMIC_RELEASE);
 	ctl.hint = 0;
+	ctl.had_session = true;
 	ubs_info("session with ubsd as service %s", ubs_config.service);
 	if (ctl.reconnected)
 		ctl.reconnected();
@@ -585,10 +597,17 @@ int ubs_ctl_excluded(int family, const void *addr, uint16_t port)
 int ubs_ctl_listener_maybe(int family, const void *addr, uint16_t port)
 {
 	struct ubt_seg *page = __atomic_load_n(&ctl.page, __ATOMIC_ACQUIRE);
+	struct ubt_seg *prev = ctl.prev_page;
 
 	if (!page)
 		return 0;
-	return pp_listener_maybe(page, family, addr, port) == 1;
+	if (pp_listener_maybe(page, family, addr, port) == 1)
+		return 1;
+	/* Just after a daemon restart its servers have not registered
+	 * their listeners again: the old daemon's table says where they
+	 * were (the new daemon waits for them as long). */
+	return prev && now_ms() - ctl.reconnect_ms < UBS_CTL_GRACE_MS &&
+		pp_listener_maybe(prev, family, addr, port) == 1;
 }
 
 int ubs_ctl_listen(int fd, bool add)
@@ -711,6 +730,7 @@ void ubs_ctl_atfork_child(void)
 	pthread_cond_init(&ctl_cv, NULL);
 	ctl_reading = false;
 	ctl_connecting = false;
+	ctl.had_session = false;
 	for (int i = 0; i < CTL_WAITERS; i++)
 		ctl_slot_free(&mailbox[i]);
 	if (ctl.fd >= 0)

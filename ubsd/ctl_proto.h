@@ -82,10 +82,14 @@ enum ctl_type {
 	CTL_R_LAST = 0x020c,
 };
 
+/* The client had a session with a daemon before (this one restarted):
+ * its servers are registering their listeners again. */
+#define CTL_HELLO_RECONNECT 0x1u
+
 struct ctl_hello {
 	uint32_t pid;                   /* as the client sees itself; the
 					 * daemon trusts SO_PEERCRED instead */
-	uint32_t flags;
+	uint32_t flags;                 /* CTL_HELLO_* */
 	char service[CTL_NAME_MAX];
 };
 

@@ -108,6 +108,7 @@ struct session {
 	char service[CTL_NAME_MAX];
 };
 
+#define LISTEN_GRACE_MS 3000 /* after a restart: listeners coming back */
 #define CONN_MAX_REQS 128 /* pending REQUESTs per connection: threads,
 			   * and connects sent ahead of their first use */
 
@@ -202,6 +203,7 @@ static struct {
 	char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char pid_path[PATH_MAX];
 	uint64_t start_ms;
+	uint64_t reconnects_ms;         /* first HELLO of a returning client */
 	uint32_t nsessions;
 	uint64_t requests;
 	uint64_t rejected;
@@ -699,6 +701,8 @@ static int do_hello(struct conn *c, const struct ctl_hdr *h,
 	TAILQ_INSERT_TAIL(&sessions, s, entry);
 	d.nsessions++;
 	c->sess = s;
+	if ((m->flags & CTL_HELLO_RECONNECT) && !d.reconnects_ms)
+		d.reconnects_ms = now_ms();     /* a restart: see do_request */
 	logmsg(LOG_INFO, "session start: pid %ld uid %ld service \"%s\" "
 	       "netns %llu", (long)s->pid, (long)s->uid, s->service,
 	       (unsigned long long)s->netns);
@@ -1650,8 +1654,14 @@ static int do_request(struct conn *c, const struct ctl_hdr *h,
 	rctx.c = c;
 	rctx.fd = fd;
 	rctx.f = &f;
+	/* After a restart (clients come back with CTL_HELLO_RECONNECT),
+	 * servers register their listeners again only on their next call
+	 * that needs the daemon, often the accept of this very connection:
+	 * for a while, no listener is no proof of a remote peer. */
 	r = rv_request(&d.rv, &f.tu, f.netns, proof, c->sess->id, now,
-		       now + tmo, &local, &ans);
+		       now + tmo, d.reconnects_ms &&
+		       now - d.reconnects_ms < LISTEN_GRACE_MS ? NULL : &local,
+		       &ans);
 	close(fd);
 	logmsg(LOG_DEBUG, "pid %ld: request port %u->%u netns %llu (%s): %s",
 	       (long)c->pid, f.tu.local.port, f.tu.remote.port,
