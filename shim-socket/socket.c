@@ -808,18 +808,8 @@ UBS_EXPORT int fcntl(int fd, int cmd, ...)
 	return r;
 }
 
-UBS_EXPORT int fcntl64(int fd, int cmd, ...)
-{
-	va_list ap;
-	int r;
-
-	if (!ubs_ready())
-		return ubs_fail(-ENOSYS);
-	va_start(ap, cmd);
-	r = do_fcntl(fd, cmd, ap);
-	va_end(ap);
-	return r;
-}
+/* The same entry under glibc's large-file name. */
+UBS_EXPORT int fcntl64(int fd, int cmd, ...) __attribute__((alias("fcntl")));
 
 UBS_EXPORT int ioctl(int fd, unsigned long req, ...)
 {
