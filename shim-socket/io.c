@@ -48,14 +48,17 @@ static uint64_t now_ms(void)
 
 /*
  * The sock behind fd if the data call must go through the shim: a UB
- * connection, or (reads only) an accepted one still undecided.  Settles
- * connections on the way.  NULL: use the kernel.
+ * connection, or (reads only) an accepted one still undecided or one
+ * draining after a demotion.  Settles connections on the way.  NULL:
+ * use the kernel, unless *err is set (-EAGAIN: a non-blocking write
+ * while the connection is not settled yet).
  */
-static struct sock *io_sock(int fd, bool for_write)
+static struct sock *io_sock_err(int fd, bool for_write, int *err)
 {
 	struct sock *s;
 	int st;
 
+	*err = 0;
 	if (!ubs_ready() || ubs_guard || !(s = sock_get(fd)))
 		return NULL;
 	st = atomic_load(&s->state);
@@ -65,15 +68,28 @@ static struct sock *io_sock(int fd, bool for_write)
 	if (st == SK_UB || st == SK_DRAIN)
 		st = sock_demote_handle(s, fd);
 	if (st == SK_CONNECTING)
-		st = sock_settle_connect(s, fd, true);
+		st = sock_settle_connect(s, fd, for_write && !s->nonblock);
 	if (st == SK_UNDECIDED)
 		st = sock_settle_undecided(s, fd, for_write);
 	ubs_guard_exit();
 	if (st == SK_UB ||
 	    ((st == SK_UNDECIDED || st == SK_DRAIN) && !for_write))
 		return s;
+	/* A write before the connection is settled must not reach the
+	 * kernel socket (the server would take it for a plain client):
+	 * the kernel itself says EAGAIN to a write while connecting. */
+	if (st == SK_CONNECTING && for_write)
+		*err = -EAGAIN;
 	sock_put(s);
 	return NULL;
+}
+
+/* io_sock_err for reads, which never get an error of their own. */
+static struct sock *io_sock(int fd, bool for_write)
+{
+	int err;
+
+	return io_sock_err(fd, for_write, &err);
 }
 
 static size_t iov_total(const struct iovec *iov, int cnt)
@@ -474,9 +490,12 @@ again:
 
 #define SEND_BODY(fd, iov, cnt, flags, kernel_call)			\
 	for (;;) {							\
-		struct sock *s_ = io_sock(fd, true);			\
+		int e_;							\
+		struct sock *s_ = io_sock_err(fd, true, &e_);		\
 		ssize_t r_;						\
 									\
+		if (e_)							\
+			return ubs_fail(e_);				\
 		if (!s_)						\
 			return kernel_call;				\
 		r_ = ub_send(s_, fd, iov, cnt, flags);			\
@@ -596,9 +615,11 @@ UBS_EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t count)
 	struct sock *s;
 	ssize_t r;
 
+	int e;
+
 again:
-	if (!(s = io_sock(out, true)))
-		return ubs_real.sendfile(out, in, off, count);
+	if (!(s = io_sock_err(out, true, &e)))
+		return e ? ubs_fail(e) : ubs_real.sendfile(out, in, off, count);
 	r = ub_sendfile(s, out, in, off, count);
 	if (r == RESTART_IO) {
 		sock_put(s);
@@ -699,6 +720,7 @@ UBS_EXPORT ssize_t splice(int in, loff_t *off_in, int out, loff_t *off_out,
 {
 	struct sock *s;
 	ssize_t r;
+	int e = 0;
 
 again:
 	if (!off_in && (s = io_sock(in, false))) {
@@ -714,7 +736,7 @@ again:
 			return io_ret(s, r);
 		}
 	}
-	if (!off_out && (s = io_sock(out, true))) {
+	if (!off_out && (s = io_sock_err(out, true, &e))) {
 		r = ub_splice_out(s, out, in, len, flags);
 		if (r == RESTART_IO) {
 			sock_put(s);
@@ -722,6 +744,8 @@ again:
 		}
 		return io_ret(s, r);
 	}
+	if (e)
+		return ubs_fail(e);
 	return ubs_real.splice(in, off_in, out, off_out, len, flags);
 }
 

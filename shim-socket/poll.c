@@ -353,7 +353,7 @@ static struct sock **poll_socks(struct pollfd *fds, nfds_t n)
 		struct sock *s = sock_get(fds[i].fd);
 
 		if (s && atomic_load(&s->state) == SK_CONNECTING) {
-			sock_settle_connect(s, fds[i].fd, true);
+			sock_settle_connect(s, fds[i].fd, false);
 		}
 		if (s && !emulated(s)) {
 			sock_put(s);

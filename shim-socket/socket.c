@@ -369,8 +369,8 @@ void sock_to_tcp(struct sock *s, int fd)
 }
 
 /*
- * A client's connect has completed (or may have): ask ubsd for the
- * channel and decide.  Returns the state now held (SK_UB, or 0 after the
+ * A client's connect has completed (or may have; with may_wait, wait for
+ * it): ask ubsd for the channel and decide.  Returns the state now held (SK_UB, or 0 after the
  * connection went TCP), or SK_CONNECTING when the kernel connection is
  * not established yet (nothing decided).
  */
@@ -380,14 +380,17 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 	char why[96] = "";
 	int fds[3], r, st, reason = -1;
 
-	(void)may_wait;
 	pthread_mutex_lock(&s->mu);
 	st = atomic_load(&s->state);
 	if (st != SK_CONNECTING) {
 		pthread_mutex_unlock(&s->mu);
 		return st;
 	}
-	r = ubs_real.poll(&p, 1, 0);
+	/* may_wait: a blocking write, which the kernel holds until the
+	 * connection is made (or fails), as long as SO_SNDTIMEO allows. */
+	do
+		r = ubs_real.poll(&p, 1, may_wait ? s->sndtimeo_ms : 0);
+	while (r < 0 && errno == EINTR && may_wait);
 	if (r == 0 || (r > 0 && !(p.revents & (POLLOUT | POLLERR | POLLHUP)))) {
 		pthread_mutex_unlock(&s->mu);
 		return SK_CONNECTING;
@@ -896,7 +899,7 @@ UBS_EXPORT int getsockopt(int fd, int level, int name, void *val,
 		/* Settle now: the program is asking whether connect
 		 * finished, and it will use the socket next. */
 		ubs_guard_enter();
-		sock_settle_connect(s, fd, true);
+		sock_settle_connect(s, fd, false);
 		ubs_guard_exit();
 	}
 	r = ubs_real.getsockopt(fd, level, name, val, len);
