@@ -147,10 +147,15 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		.watch_fd = atomic_load(&s->peer_fin) ||
 			sock_demote_pending(s) ? -1 : fd,
 		.watch_events = POLLIN | POLLRDHUP,
-		.stop = ubt_chan_demote_word(&s->ch, !s->ch.side),
-		/* Once: a wait started before a deferred close watches a
-		 * closed fd number and must start again. */
-		.stop2 = s->closing ? NULL : &s->moved,
+		.stop = {
+			ubt_chan_demote_word(&s->ch, !s->ch.side),
+			/* Once: a wait started before a deferred close
+			 * watches a closed fd number and must start again. */
+			s->closing ? NULL : &s->moved,
+			/* A handler ran (while spinning: a sleep would have
+			 * been interrupted anyway). */
+			&ubs_sig_hit,
+		},
 	};
 
 	if (w.timeout_ms == 0)
@@ -167,6 +172,7 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		trim = true;
 	}
 	mark = ubs_sig_mark();
+	atomic_store(&ubs_sig_hit, 0);
 	ubs_guard_enter();
 	ubs_sig_sleep = true;
 	r = write ? ubt_wait_writable(s->tx, 1, &w) :

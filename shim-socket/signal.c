@@ -43,6 +43,7 @@
 UBS_TLS volatile uint32_t ubs_sig_seq;
 UBS_TLS volatile bool ubs_sig_restart;
 UBS_TLS volatile bool ubs_sig_sleep;
+UBS_TLS _Atomic uint32_t ubs_sig_hit;
 
 /* Exported by glibc, not declared by its headers under _GNU_SOURCE. */
 int __sigaction(int sig, const struct sigaction *act, struct sigaction *old);
@@ -141,6 +142,7 @@ static void trampoline(int sig, siginfo_t *info, void *uc)
 	slot_read(sig, &fn, &flags);
 	ubs_sig_restart = flags & SA_RESTART;
 	ubs_sig_seq++;
+	atomic_store_explicit(&ubs_sig_hit, 1, memory_order_relaxed);
 	atomic_signal_fence(memory_order_seq_cst);
 	if (fn == (void *)SIG_DFL || fn == (void *)SIG_IGN)
 		return;         /* not reached: the kernel had no trampoline */

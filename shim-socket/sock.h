@@ -150,6 +150,9 @@ void sock_atfork_child(void);
 extern UBS_TLS volatile uint32_t ubs_sig_seq;
 extern UBS_TLS volatile bool ubs_sig_restart;
 extern UBS_TLS volatile bool ubs_sig_sleep;
+/* Set to 1 by every handler that runs: a stop word for a wait that this
+ * thread zeroes before it spins (a signal must end the spin at once). */
+extern UBS_TLS _Atomic uint32_t ubs_sig_hit;
 
 static inline uint32_t ubs_sig_mark(void)
 {

@@ -165,13 +165,15 @@ void ubt_ring_close_consumer(struct ubt_ring *r);
 /* How to wait: spin up to spin_ns (0 = never spin), then sleep in poll()
  * on the doorbell and on watch_fd (if >= 0) for watch_events, for at most
  * timeout_ms (-1 = forever).  Signals interrupt the sleep. */
+#define UBT_WAIT_STOPS 3
 struct ubt_wait {
 	int64_t spin_ns;
 	int timeout_ms;
 	int watch_fd;
 	short watch_events;
-	const _Atomic uint32_t *stop;   /* if set and nonzero: UBT_STOP */
-	const _Atomic uint32_t *stop2;  /* a second such word */
+	/* Words that end the wait (UBT_STOP) when one becomes nonzero,
+	 * checked while spinning and around each sleep; NULL: unused. */
+	const _Atomic uint32_t *stop[UBT_WAIT_STOPS];
 };
 
 enum ubt_wake {
@@ -298,7 +300,7 @@ void ubt_chan_demote_side(struct ubt_chan *c, int side);
 /* Wake this side's own sleepers (threads of this process waiting on the
  * channel), e.g. to make them look again at what changed. */
 void ubt_chan_wake_self(struct ubt_chan *c);
-/* The demote flag of side (0 creator, 1 attacher), for ubt_wait.stop. */
+/* The demote flag of side (0 creator, 1 attacher), a ubt_wait.stop word. */
 const _Atomic uint32_t *ubt_chan_demote_word(const struct ubt_chan *c,
 					     int side);
 /* The channel's decided state, as both sides see it. */

@@ -114,8 +114,19 @@ static int cond_writable(const struct ubt_ring *r, uint64_t arg)
 	return atomic_load_explicit(&r->shm->cclosed, memory_order_acquire) != 0;
 }
 
+/* Has the waiter been told to stop? */
+static int stopped(const struct ubt_wait *w)
+{
+	for (int i = 0; i < UBT_WAIT_STOPS; i++)
+		if (w->stop[i] &&
+		    atomic_load_explicit(w->stop[i], memory_order_acquire))
+			return 1;
+	return 0;
+}
+
 /* Spin for up to the adaptive budget.  Returns cond's result (0: give up). */
-static int spin(struct ubt_ring *r, cond_fn cond, uint64_t arg, int64_t budget)
+static int spin(struct ubt_ring *r, cond_fn cond, uint64_t arg, int64_t budget,
+		const struct ubt_wait *w)
 {
 	uint64_t t0, limit;
 	int c, i;
@@ -138,7 +149,7 @@ static int spin(struct ubt_ring *r, cond_fn cond, uint64_t arg, int64_t budget)
 			}
 			ubt_cpu_relax();
 		}
-		if (ubt_now_ns() - t0 >= limit)
+		if (ubt_now_ns() - t0 >= limit || stopped(w))
 			break;
 	}
 	/* Spinning did not pay: halve, but keep a floor so it can recover. */
@@ -152,14 +163,6 @@ static int spin(struct ubt_ring *r, cond_fn cond, uint64_t arg, int64_t budget)
  * The common wait: condition, spin, then sleep on the doorbell.  efd is
  * this side's eventfd for db.
  */
-/* Has the waiter been told to stop? */
-static int stopped(const struct ubt_wait *w)
-{
-	return (w->stop && atomic_load_explicit(w->stop, memory_order_acquire)) ||
-		(w->stop2 && atomic_load_explicit(w->stop2,
-						  memory_order_acquire));
-}
-
 static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 		   cond_fn cond, uint64_t arg, const struct ubt_wait *w)
 {
@@ -172,9 +175,11 @@ static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 	if (stopped(w))
 		return UBT_STOP;
 	if (w->spin_ns > 0) {
-		c = spin(r, cond, arg, w->spin_ns);
+		c = spin(r, cond, arg, w->spin_ns, w);
 		if (c)
 			return c > 0 ? UBT_READY : c;
+		if (stopped(w))
+			return UBT_STOP;
 	}
 	if (efd < 0)
 		return -EINVAL;

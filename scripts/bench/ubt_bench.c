@@ -604,7 +604,6 @@ int main(int argc, char **argv)
 	e.w.spin_ns = v == V_UBT_SPIN ? SPIN_NS : 0;
 	e.w.timeout_ms = WAIT_SLICE_MS;
 	e.w.watch_fd = -1;
-	e.w.stop = e.w.stop2 = NULL;
 	e.deadline = now_ns() + (uint64_t)((secs + SLACK_S - 2) * 1e9);
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) < 0)
