@@ -68,48 +68,11 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Lowest fd number for the library's own fds: room below the limit, out
- * of the range programs fill.  Computed once (a program that raises its
- * limit later only leaves more room above). */
-static int fd_floor(void)
-{
-	static int floor_cached;
-	struct rlimit rl;
-	int floor = 900;
-
-	if (floor_cached)
-		return floor_cached;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-		if (rl.rlim_cur > 1024)
-			floor = rl.rlim_cur > (1u << 20) ? (1 << 20) - 256 :
-				(int)rl.rlim_cur - 256;
-		else if (rl.rlim_cur > 128)
-			floor = (int)rl.rlim_cur - 64;
-		else
-			floor = 3;
-	}
-	floor_cached = floor;
-	return floor;
-}
-
-int ubs_fd_high(int fd)
-{
-	int nfd;
-
-	if (fd < 0)
-		return fd;
-	nfd = ubs_real.fcntl(fd, F_DUPFD_CLOEXEC, fd_floor());
-	if (nfd < 0)
-		return fd;              /* no room up there: keep it low */
-	ubs_real.close(fd);
-	return nfd;
-}
-
 static void ctl_drop(const char *why)
 {
 	if (ctl.fd >= 0) {
 		ubs_info("control connection to ubsd dropped: %s", why);
-		ubs_real.close(ctl.fd);
+		ubs_fd_release(ctl.fd);
 	}
 	ctl.fd = -1;
 	ctl.next_try_ms = now_ms() + UBS_CTL_RETRY_MS;
@@ -734,7 +697,7 @@ void ubs_ctl_atfork_child(void)
 	for (int i = 0; i < CTL_WAITERS; i++)
 		ctl_slot_free(&mailbox[i]);
 	if (ctl.fd >= 0)
-		ubs_real.close(ctl.fd);
+		ubs_fd_release(ctl.fd);
 	ctl.fd = -1;
 	ctl.next_try_ms = 0;
 }

@@ -46,8 +46,17 @@ void ubs_ctl_request_cancel(uint32_t token);
 void ubs_ctl_on_reconnect(void (*fn)(void));
 void ubs_ctl_atfork_child(void);
 
-/* Move a library-owned fd above the range programs use (close-on-exec);
- * returns the new fd (the old one closed) or fd itself if no room. */
+/* The library's own fds (fds.c).  ubs_fd_high moves one above the range
+ * programs use (close-on-exec) and marks it ours: returns the new fd (the
+ * old one closed) or fd itself if no room.  A program's close of a marked
+ * fd is refused; the library closes its own with ubs_fd_release (or, from
+ * code that closes it with close(), under the recursion guard, which
+ * forgets the mark).  ubs_fd_next_owned: the first marked fd in
+ * [from, to], or -1. */
 int ubs_fd_high(int fd);
+bool ubs_fd_owned(int fd);
+void ubs_fd_forget(int fd);
+int ubs_fd_release(int fd);
+int ubs_fd_next_owned(int from, int to);
 
 #endif

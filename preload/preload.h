@@ -52,7 +52,7 @@
 	X(epoll_pwait) X(sendfile) X(pread)	\
 	X(execve) X(execv) X(execvp) X(execvpe) X(fexecve)		\
 	X(posix_spawn) X(posix_spawnp) X(fdopen) X(splice)		\
-	X(recvmmsg) X(sendmmsg) X(prctl)
+	X(recvmmsg) X(sendmmsg) X(prctl) X(close_range)
 
 struct ubs_real {
 #define UBS_REAL_SLOT_(fn) __typeof__(fn) *fn;

@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include "sock.h"
+#include "ctl.h"
 
 #define FDTAB_CHUNK   1024
 #define FDTAB_CHUNKS  1024      /* fds up to 1M */
@@ -64,16 +65,16 @@ struct sock *sock_get(int fd)
 
 static void sock_free(struct sock *s)
 {
-	if (s->closing) {       /* the program closed it while in use */
-		bool g = ubs_guard_enter();
+	bool g = ubs_guard_enter();     /* ubt_chan_close closes our fds */
 
+	if (s->closing) {       /* the program closed it while in use */
 		sock_last_close(s);
-		ubs_real.close(s->fd);
-		if (g)
-			ubs_guard_exit();
+		ubs_fd_release(s->fd);
 	}
 	if (s->have_chan)
 		ubt_chan_close(&s->ch);
+	if (g)
+		ubs_guard_exit();
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 }

@@ -1187,7 +1187,7 @@ void ep_fd_closing(int fd)
 			reg_drop(e, e->regs);
 		pthread_mutex_unlock(&e->mu);
 		if (e->inner >= 0)
-			ubs_real.close(e->inner);
+			ubs_fd_release(e->inner);
 		free(e->mem);
 		pthread_mutex_destroy(&e->mu);
 		free(e);
@@ -1210,4 +1210,25 @@ void ep_atfork_child(void)
 	pthread_mutex_init(&ep_lock, NULL);
 	for (struct ep_set *e = ep_sets; e; e = e->next)
 		pthread_mutex_init(&e->mu, NULL);
+}
+
+/* Forget the epoll sets among fds [lo, hi], about to be closed together
+ * (close_range); their registrations go too. */
+void ep_forget_range(unsigned lo, unsigned hi)
+{
+	for (;;) {
+		struct ep_set *e;
+		int fd = -1;
+
+		pthread_mutex_lock(&ep_lock);
+		for (e = ep_sets; e; e = e->next)
+			if ((unsigned)e->epfd >= lo && (unsigned)e->epfd <= hi) {
+				fd = e->epfd;
+				break;
+			}
+		pthread_mutex_unlock(&ep_lock);
+		if (fd < 0)
+			return;
+		ep_fd_closing(fd);
+	}
 }

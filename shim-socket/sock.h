@@ -133,6 +133,7 @@ void ep_sock_gone(struct sock *s);              /* drop its registrations */
 void ep_sock_rehome(struct sock *s, int fd);    /* emulated -> kernel */
 void ep_sock_adopt(struct sock *s, int fd);     /* kernel -> emulated */
 void ep_fd_closing(int fd);                     /* fd is about to close */
+void ep_forget_range(unsigned lo, unsigned hi); /* close_range is */
 void ep_atfork_child(void);
 
 void sock_go_tcp(const char *why);

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <linux/close_range.h>
 #include <time.h>
 
 #include "sock.h"
@@ -666,8 +667,12 @@ UBS_EXPORT int close(int fd)
 
 	if (err)
 		return ubs_fail(err);
-	if (ubs_guard)
+	if (ubs_guard) {
+		ubs_fd_forget(fd);      /* the library closing its own */
 		return ubs_real.close(fd);
+	}
+	if (ubs_fd_owned(fd))
+		return ubs_fail(-EBADF);        /* never the program's */
 	ep_fd_closing(fd);
 	s = sock_detach(fd);
 	if (s) {
@@ -696,6 +701,59 @@ UBS_EXPORT int close(int fd)
 		sock_put(s);
 	}
 	return ubs_real.close(fd);
+}
+
+/*
+ * close_range and closefrom pass over the library's own fds: a program
+ * that closes "everything above 2" (at start, or in a child before exec)
+ * does not take the library's control socket or doorbells with it.  The
+ * program's fds in the range go through close() (which settles what the
+ * shim tracks); the library's are skipped.
+ */
+static int close_span(unsigned first, unsigned last, int flags)
+{
+	unsigned fd = first;
+
+	while (fd <= last) {
+		int own = ubs_fd_next_owned((int)fd, last > INT32_MAX ?
+					    INT32_MAX : (int)last);
+		unsigned end = own < 0 ? last : (unsigned)own - 1;
+
+		if (own != (int)fd) {
+			/* Tracked sockets first, one by one; the rest in one
+			 * call. */
+			for (unsigned t = fd; t <= end && t < 1u << 20; t++)
+				if (sock_slot_used((int)t))
+					close((int)t);
+			ep_forget_range(fd, end);
+			if (ubs_real.close_range(fd, end, flags) < 0 &&
+			    errno != EBADF)
+				return -1;
+		}
+		if (own < 0 || (unsigned)own >= last)
+			break;
+		fd = (unsigned)own + 1;
+	}
+	return 0;
+}
+
+UBS_EXPORT int close_range(unsigned first, unsigned last, int flags)
+{
+	if (!ubs_ready())
+		return ubs_fail(-ENOSYS);
+	if (ubs_guard || first > last ||
+	    (flags & CLOSE_RANGE_CLOEXEC) ||
+	    ubs_fd_next_owned((int)(first > INT32_MAX ? INT32_MAX : first),
+			      last > INT32_MAX ? INT32_MAX : (int)last) < 0)
+		return ubs_real.close_range(first, last, flags);
+	return close_span(first, last, flags);
+}
+
+UBS_EXPORT void closefrom(int lowfd)
+{
+	if (lowfd < 0)
+		lowfd = 0;
+	close_range((unsigned)lowfd, ~0u, 0);
 }
 
 UBS_EXPORT int shutdown(int fd, int how)

@@ -344,6 +344,8 @@ Test(interpose, exports_only_interposed_names, .timeout = 30)
 		"bind",
 		"bsd_signal",
 		"close",
+		"close_range",
+		"closefrom",
 		"connect",
 		"dup",
 		"dup2",
