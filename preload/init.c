@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "preload.h"
+#include "ctl.h"
 
 struct ubs_real ubs_real;
 struct ubs_config ubs_config;
@@ -134,6 +135,15 @@ static void ubs_config_load(void)
 	ubs_config.first_send_wait_ms = ubs_env_int("UBS_FIRST_SEND_WAIT_MS",
 						    20, 0, 2000);
 	ubs_config.log_level = ubs_env_int("UBS_LOG", 0, 0, 3);
+	ubs_config.log_fd = 2;
+	v = secure_getenv("UBS_LOG_FILE");
+	if (ubs_config.log_level && v && v[0]) {
+		int fd = open(v, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+			      0644);
+
+		if (fd >= 0)
+			ubs_config.log_fd = ubs_fd_high(fd);
+	}
 	ubs_config.tcp_only = ubs_seccomp_filtered();
 
 	v = secure_getenv("UBS_RUN_DIR");
@@ -170,7 +180,7 @@ void ubs_log(int level, const char *fmt, ...)
 		n = (int)sizeof(buf) - 2;
 	buf[n++] = '\n';
 	if (ubs_real.write)
-		ubs_real.write(2, buf, (size_t)n);
+		ubs_real.write(ubs_config.log_fd, buf, (size_t)n);
 	errno = saved;
 }
 

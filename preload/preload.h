@@ -72,6 +72,7 @@ struct ubs_config {
 						 * undecided connection (default 20) */
 	bool tcp_only;				/* io_uring or seccomp seen: no
 						 * more UB (sock_go_tcp) */
+	int log_fd;				/* stderr, or UBS_LOG_FILE */
 	int log_level;				/* UBS_LOG: 0 silent (default),
 						 * 1 error, 2 info, 3 debug */
 	char run_dir[PATH_MAX];			/* UBS_RUN_DIR, default /run/ubs */
