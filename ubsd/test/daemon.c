@@ -53,22 +53,6 @@
 
 static pid_t client_pid = -1;
 
-/* Wait up to ms for pid to exit; returns its wait status or -1. */
-static int wait_exit(pid_t pid, int ms)
-{
-	int status;
-
-	for (int t = 0; t < ms; t += 10) {
-		pid_t r = waitpid(pid, &status, WNOHANG);
-		if (r == pid)
-			return status;
-		if (r < 0)
-			return -1;
-		sleep_ms(10);
-	}
-	return -1;
-}
-
 /* Start the test's daemon and wait (bounded) until its socket exists. */
 static void start_daemon(void)
 {
@@ -101,6 +85,12 @@ static int become_nobody(gid_t supp, gid_t prim)
 /* ubsctl runs as nobody (see become_nobody) when this is set. */
 static int ubsctl_as_nobody;
 
+/* In ubsctl's child: become nobody. */
+static int ubsctl_prep(void)
+{
+	return become_nobody(0, 0);
+}
+
 /*
  * Run ubsctl with args (NULL-terminated, at most 6) on run_dir; capture
  * stdout and stderr.  Returns its exit code (or -1 if it did not exit
@@ -108,11 +98,8 @@ static int ubsctl_as_nobody;
  */
 static int run_ubsctlv(char *out, char *err, const char *const *args)
 {
-	const char *argv[8] = { "ubsctl" };
 	const char *prog = UBSCTL_PATH;
 	char copy[128];
-	int po[2], pe[2], status;
-	pid_t pid;
 
 	/* nobody may not be able to reach the build tree (a clone under
 	 * /root): run a copy from the run directory instead. */
@@ -125,45 +112,8 @@ static int run_ubsctlv(char *out, char *err, const char *const *args)
 		cr_assert_eq(system(cmd), 0);
 		prog = copy;
 	}
-	cr_assert(pipe(po) == 0 && pipe(pe) == 0);
-	pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(po[1], STDOUT_FILENO);
-		dup2(pe[1], STDERR_FILENO);
-		close(po[0]);
-		close(pe[0]);
-		setenv("UBS_RUN_DIR", run_dir, 1);
-		if (ubsctl_as_nobody && become_nobody(0, 0) < 0)
-			_exit(126);
-		for (int i = 0; i < 6 && args[i]; i++)
-			argv[i + 1] = args[i];
-		execv(prog, (char *const *)argv);
-		_exit(127);
-	}
-	close(po[1]);
-	close(pe[1]);
-	/* Outputs are small: each fits in its pipe, so order is safe. */
-	status = wait_exit(pid, WAIT_MS);
-	if (status < 0)
-		kill_reap(&pid);
-	for (int k = 0; k < 2; k++) {
-		int fd = k ? pe[0] : po[0];
-		char *buf = k ? err : out;
-		size_t len = 0;
-		ssize_t r;
-
-		fcntl(fd, F_SETFL, O_NONBLOCK);
-		while (len + 1 < OUT_MAX &&
-		       (r = read(fd, buf + len, OUT_MAX - 1 - len)) > 0)
-			len += (size_t)r;
-		buf[len] = '\0';
-		close(fd);
-	}
-	if (status < 0 || !WIFEXITED(status))
-		return -1;
-	return WEXITSTATUS(status);
+	return dt_run_ubsctl(prog, args, out, err,
+			     ubsctl_as_nobody ? ubsctl_prep : NULL);
 }
 
 static int run_ubsctl(char *out, char *err, const char *a1, const char *a2)
@@ -171,15 +121,6 @@ static int run_ubsctl(char *out, char *err, const char *a1, const char *a2)
 	const char *args[] = { a1, a2, NULL };
 
 	return run_ubsctlv(out, err, args);
-}
-
-/* A connected control socket with bounded receive/send waits. */
-static int ctl_open(void)
-{
-	int fd = dt_ctl_connect();
-
-	cr_assert(fd >= 0, "connect: %s", strerror(errno));
-	return fd;
 }
 
 static void send_all(int fd, const void *buf, size_t n)
@@ -227,7 +168,7 @@ static struct ctl_status get_status(void)
 {
 	unsigned char body[CTL_MAX_BODY];
 	struct ctl_status st;
-	int fd = ctl_open();
+	int fd = dt_ctl_open();
 
 	send_msg(fd, CTL_REQ_STATUS, 7, NULL, 0);
 	cr_assert_eq(recv_msg(fd, 7, body), CTL_R_STATUS);
@@ -270,7 +211,7 @@ Test(daemon, session_ends_when_client_is_killed)
 
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		strcpy(m.service, "svc-a");
-		fd = ctl_open();
+		fd = dt_ctl_open();
 		send_msg(fd, CTL_REQ_HELLO, 1, &m, sizeof(m));
 		if (recv_msg(fd, 1, body) != CTL_R_OK)
 			_exit(1);
@@ -309,7 +250,7 @@ Test(daemon, session_ends_when_client_is_killed)
 static void expect_closed(const void *buf, size_t n, int shut)
 {
 	char c;
-	int fd = ctl_open();
+	int fd = dt_ctl_open();
 
 	send_all(fd, buf, n);
 	if (shut)
@@ -378,7 +319,7 @@ Test(daemon, half_a_header_stalls_nobody)
 	int slow;
 
 	start_daemon();
-	slow = ctl_open();
+	slow = dt_ctl_open();
 	ctl_fill(&h, CTL_REQ_STATUS, 0, 99);
 	send_all(slow, &h, 6);
 	sleep_ms(100);
@@ -400,7 +341,7 @@ Test(daemon, client_that_never_reads_is_dropped)
 	int fd, closed = 0;
 
 	start_daemon();
-	fd = ctl_open();
+	fd = dt_ctl_open();
 	for (int i = 0; i < 64; i++)
 		ctl_fill(&h[i], CTL_REQ_STATUS, 0, (uint32_t)i);
 	/* Ask forever, read nothing: the daemon's queue must overflow. */
@@ -428,9 +369,7 @@ Test(daemon, second_instance_refuses_to_start)
 
 	start_daemon();
 	second = dt_spawn_ubsd(UBSD_PATH, "ubsd2.log", "ubs.conf");
-	status = wait_exit(second, WAIT_MS);
-	if (status < 0)
-		kill_reap(&second);
+	status = dt_reap(second);
 	cr_assert(status >= 0, "second ubsd did not exit");
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0);
 	path_in(log, sizeof(log), "ubsd2.log");
@@ -453,7 +392,7 @@ Test(daemon, sigterm_exits_cleanly)
 	start_daemon();
 	get_status();
 	cr_assert(kill(daemon_pid, SIGTERM) == 0);
-	status = wait_exit(daemon_pid, WAIT_MS);
+	status = dt_wait_exit(daemon_pid, WAIT_MS);
 	cr_assert(status >= 0, "ubsd did not exit on SIGTERM");
 	daemon_pid = -1;
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
@@ -502,7 +441,7 @@ static void map_policy(struct ubt_seg *pg)
 	const char *why;
 	int fds[2], nfds = 2, fd, n;
 
-	fd = ctl_open();
+	fd = dt_ctl_open();
 	send_msg(fd, CTL_REQ_POLICY_FD, 11, NULL, 0);
 	n = ubt_recv_fds(fd, fds, &nfds, buf, sizeof(buf));
 	cr_assert_eq(n, (int)sizeof(buf), "recv: %d", n);
@@ -762,9 +701,7 @@ Test(daemon, bad_config_refuses_to_start)
 
 	write_file("bad.conf", "[default]\naccel = on\n\nspeed = 11\n");
 	pid = dt_spawn_ubsd(UBSD_PATH, "ubsd2.log", "bad.conf");
-	status = wait_exit(pid, WAIT_MS);
-	if (status < 0)
-		kill_reap(&pid);
+	status = dt_reap(pid);
 	cr_assert(status >= 0, "ubsd started with a bad config");
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1,
 		  "status %#x", status);
@@ -780,9 +717,7 @@ Test(daemon, bad_config_refuses_to_start)
 	/* A file named with -c must exist. */
 	unlink(log);
 	pid = dt_spawn_ubsd(UBSD_PATH, "ubsd2.log", "missing.conf");
-	status = wait_exit(pid, WAIT_MS);
-	if (status < 0)
-		kill_reap(&pid);
+	status = dt_reap(pid);
 	cr_assert(status >= 0 && WIFEXITED(status) &&
 		  WEXITSTATUS(status) == 1);
 	slurp(log, text, sizeof(text));
@@ -887,9 +822,7 @@ static int set_as_nobody(gid_t supp, gid_t prim)
 			_exit(1);
 		_exit(2);
 	}
-	status = wait_exit(pid, WAIT_MS);
-	if (status < 0)
-		kill_reap(&pid);
+	status = dt_reap(pid);
 	cr_assert(status >= 0 && WIFEXITED(status), "child hung or died: %#x",
 		  status);
 	return WEXITSTATUS(status);
@@ -1006,7 +939,7 @@ static int nobody_in_stats(int *rm_err)
 	if (read(p[0], res, sizeof(res)) != sizeof(res))
 		res[0] = -1;
 	close(p[0]);
-	cr_assert(wait_exit(pid, WAIT_MS) >= 0);
+	cr_assert(dt_wait_exit(pid, WAIT_MS) >= 0);
 	*rm_err = res[1];
 	return res[0];
 }
@@ -1045,7 +978,7 @@ Test(daemon, stats_dir_is_made_sticky_and_world_writable)
 
 	/* A restart: nothing to say, nothing changed. */
 	cr_assert_eq(kill(daemon_pid, SIGTERM), 0);
-	cr_assert(wait_exit(daemon_pid, WAIT_MS) >= 0);
+	cr_assert(dt_wait_exit(daemon_pid, WAIT_MS) >= 0);
 	daemon_pid = -1;
 	path_in(path, sizeof(path), "ubsd.log");
 	cr_assert_eq(unlink(path), 0);
@@ -1076,7 +1009,7 @@ Test(daemon, existing_stats_dir_is_left_as_it_is)
 	cr_assert_eq(dir_mode("stats"), 0750);
 	wait_log("stats: exists with mode 0750, not 1777; left as it is");
 	cr_assert_eq(kill(daemon_pid, SIGTERM), 0);
-	cr_assert(wait_exit(daemon_pid, WAIT_MS) >= 0);
+	cr_assert(dt_wait_exit(daemon_pid, WAIT_MS) >= 0);
 	daemon_pid = -1;
 
 	/* Not even a directory: said too, and ubsd still starts. */

@@ -30,7 +30,6 @@
  */
 #include <criterion/criterion.h>
 
-#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -40,7 +39,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <poll.h>
 #include <sched.h>
@@ -57,41 +55,12 @@
 #include "ubt.h"
 #include "support/dtest.h"
 
-#define MAX_KIDS 8
 #define ADDR_A "10.77.0.1"
 #define ADDR_B "10.77.0.2"
 #define ADDR_BC "10.78.0.1"     /* B's end of the B-C link */
 #define ADDR_C "10.78.0.2"
 
 static char ubsd_path[PATH_MAX];
-static pid_t kids[MAX_KIDS];
-static int in_child;
-
-#define REQUIRE(x) do {							\
-	if (!(x)) {							\
-		if (in_child) {						\
-			fprintf(stderr, "child %d: %s:%d: %s (%s)\n",	\
-				getpid(), __FILE__, __LINE__, #x,	\
-				strerror(errno));			\
-			_exit(1);					\
-		}							\
-		cr_assert_fail("%s:%d: %s (errno: %s)", __FILE__,	\
-			       __LINE__, #x, strerror(errno));		\
-	}								\
-} while (0)
-
-static uint64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
-static uint64_t now_ms(void)
-{
-	return now_us() / 1000;
-}
 
 /* ------------------------------------------------------ namespaces */
 
@@ -106,7 +75,7 @@ static int have_a, have_b, have_c, have_veth;
 static int ip(char *out, size_t n, const char *fmt, ...)
 {
 	char cmd[256], *argv[24], *save = NULL, *tok;
-	int po[2], argc = 0, status = -1;
+	int po[2], argc = 0, status;
 	size_t len = 0;
 	va_list ap;
 	pid_t pid;
@@ -132,7 +101,7 @@ static int ip(char *out, size_t n, const char *fmt, ...)
 	}
 	close(po[1]);
 	out[0] = '\0';
-	for (uint64_t end = now_ms() + WAIT_MS; now_ms() < end;) {
+	for (uint64_t end = dt_now_ms() + WAIT_MS; dt_now_ms() < end;) {
 		struct pollfd p = { .fd = po[0], .events = POLLIN };
 		ssize_t r;
 
@@ -147,14 +116,8 @@ static int ip(char *out, size_t n, const char *fmt, ...)
 			break;
 	}
 	close(po[0]);
-	for (int t = 0; t < WAIT_MS; t += 5) {
-		if (waitpid(pid, &status, WNOHANG) == pid)
-			return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-		sleep_ms(5);
-	}
-	kill(pid, SIGKILL);
-	waitpid(pid, &status, 0);
-	return -1;
+	status = dt_reap(pid);
+	return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 /* `ip ARGS` must succeed; otherwise the test fails, saying why. */
@@ -254,70 +217,16 @@ static void enter(const char *name)
 
 /* ------------------------------------------------------- processes */
 
-/* Fork a child running fn(arg); it exits 0 when fn returns. */
-static pid_t spawn(void (*fn)(void *), void *arg)
-{
-	pid_t pid = fork();
-
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		in_child = 1;
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		fn(arg);
-		_exit(0);
-	}
-	for (int i = 0; i < MAX_KIDS; i++)
-		if (kids[i] <= 0) {
-			kids[i] = pid;
-			return pid;
-		}
-	cr_assert_fail("too many children");
-	return -1;
-}
-
-/* Wait (bounded) for a child of ours to exit; returns its status. */
-static int reap(pid_t pid)
-{
-	int status = -1;
-
-	for (int t = 0; t < WAIT_MS; t += 5) {
-		if (waitpid(pid, &status, WNOHANG) == pid)
-			break;
-		sleep_ms(5);
-		status = -1;
-	}
-	if (status == -1) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		status = -1;
-	}
-	for (int i = 0; i < MAX_KIDS; i++)
-		if (kids[i] == pid)
-			kids[i] = -1;
-	return status;
-}
-
 static void setup(void)
 {
-	char exe[PATH_MAX], dir[512];
-	ssize_t n;
-
-	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	cr_assert(n > 0);
-	exe[n] = '\0';
-	/* BUILD/tests/ubsd-netns_e2e -> BUILD/bin/ */
-	snprintf(dir, sizeof(dir), "%s", dirname(exe));
-	snprintf(ubsd_path, sizeof(ubsd_path), "%s/../bin/ubsd", dir);
+	dt_bin_path(ubsd_path, sizeof(ubsd_path), "ubsd");
 	dt_make_run_dir("/tmp/ubsd-netns.XXXXXX");
-	for (int i = 0; i < MAX_KIDS; i++)
-		kids[i] = -1;
 	dt_start_daemon(ubsd_path);
 }
 
 static void teardown(void)
 {
-	for (int i = 0; i < MAX_KIDS; i++)
-		kill_reap(&kids[i]);
+	dt_reap_kids();
 	drop_namespaces();
 	dt_teardown();
 }
@@ -391,36 +300,12 @@ static int expect(int fd, uint16_t want, void *body, int *fds)
 static int hello(const char *name)
 {
 	struct ctl_hello m = { .pid = (uint32_t)getpid() };
-	int fd = dt_ctl_connect();
+	int fd = dt_ctl_open();
 
-	REQUIRE(fd >= 0);
 	snprintf(m.service, sizeof(m.service), "%s", name);
 	send_msg(fd, CTL_REQ_HELLO, &m, sizeof(m), NULL, 0);
 	expect(fd, CTL_R_OK, NULL, NULL);
 	return fd;
-}
-
-static void pipe_put(int fd, uint32_t v)
-{
-	REQUIRE(write(fd, &v, sizeof(v)) == sizeof(v));
-}
-
-static uint32_t pipe_get(int fd)
-{
-	struct pollfd p = { .fd = fd, .events = POLLIN };
-	uint32_t v = 0;
-
-	REQUIRE(poll(&p, 1, WAIT_MS) == 1);
-	REQUIRE(read(fd, &v, sizeof(v)) == sizeof(v));
-	return v;
-}
-
-static int tcp_queued(int fd)
-{
-	int n = -1;
-
-	REQUIRE(ioctl(fd, FIONREAD, &n) == 0);
-	return n;
 }
 
 /* Bounded read of exactly len bytes from a stream ring. */
@@ -482,8 +367,8 @@ static void server(void *arg)
 	REQUIRE(getsockname(lfd, (struct sockaddr *)&sin, &len) == 0);
 	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
 	expect(ctl, CTL_R_OK, NULL, NULL);
-	pipe_put(s->up[1], ntohs(sin.sin_port));
-	while ((cmd = pipe_get(s->go[0])) != 0) {
+	dt_pipe_put(s->up[1], ntohs(sin.sin_port));
+	while ((cmd = dt_pipe_get(s->go[0])) != 0) {
 		struct ubt_chan ch;
 		struct ctl_chan m;
 		char buf[64];
@@ -501,13 +386,13 @@ static void server(void *arg)
 		send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
 		expect(ctl, CTL_R_PUBLISHED, &m, NULL);
 		close(peer);
-		pipe_put(s->up[1], 1);
+		dt_pipe_put(s->up[1], 1);
 		if (cmd == 1) {
 			ring_write(&ch, ping, sizeof(ping));
 			ring_read(&ch, buf, sizeof(pong));
 			REQUIRE(memcmp(buf, pong, sizeof(pong)) == 0);
-			REQUIRE(tcp_queued(afd) == 0);
-			pipe_put(s->up[1], 2);
+			REQUIRE(dt_tcp_queued(afd) == 0);
+			dt_pipe_put(s->up[1], 2);
 		}
 		ubt_chan_close(&ch);
 		close(afd);
@@ -521,20 +406,14 @@ static pid_t start_server(struct srv *s, const char *ns, uint16_t *port)
 	pid_t pid;
 
 	s->ns = ns;
-	cr_assert(pipe(s->up) == 0 && pipe(s->go) == 0);
-	pid = spawn(server, s);
-	close(s->up[1]);
-	close(s->go[0]);
-	*port = (uint16_t)pipe_get(s->up[0]);
+	pid = dt_spawn_piped(server, s, s->up, s->go);
+	*port = (uint16_t)dt_pipe_get(s->up[0]);
 	return pid;
 }
 
 static void stop_server(struct srv *s, pid_t pid)
 {
-	pipe_put(s->go[1], 0);
-	cr_assert_eq(reap(pid), 0, "server child failed");
-	close(s->up[0]);
-	close(s->go[1]);
+	dt_end_piped(pid, s->up, s->go, "server");
 }
 
 /*
@@ -608,15 +487,15 @@ static void client(void *arg)
 	enter(c->ns);
 	fd = tcp_connect(c->src, c->sport, c->dst, c->port);
 	ctl = hello("netns-client");
-	pipe_put(c->up[1], 1);
-	if (pipe_get(c->go[0]) == 0)
+	dt_pipe_put(c->up[1], 1);
+	if (dt_pipe_get(c->go[0]) == 0)
 		return;
-	t0 = now_us();
+	t0 = dt_now_us();
 	send_msg(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &fd, 1);
 	REQUIRE(recv_msg(ctl, &h, &m, fds, &nfds) == 0);
 	memset(&res, 0, sizeof(res));
 	res.type = h.type;
-	res.us = (uint32_t)(now_us() - t0);
+	res.us = (uint32_t)(dt_now_us() - t0);
 	res.ms = res.us / 1000;
 	if (h.type == CTL_R_TCP)
 		snprintf(res.reason, sizeof(res.reason), "%.63s", m.tcp.reason);
@@ -629,10 +508,10 @@ static void client(void *arg)
 		for (uint32_t i = 0; i < c->repeat; i++) {
 			int k = 4;
 
-			t0 = now_us();
+			t0 = dt_now_us();
 			send_msg(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &fd, 1);
 			REQUIRE(recv_msg(ctl, &h, &m, fds, &k) == 0);
-			us[i] = (uint32_t)(now_us() - t0);
+			us[i] = (uint32_t)(dt_now_us() - t0);
 			for (int j = 0; j < k; j++)
 				close(fds[j]);
 			m.tcp.reason[sizeof(m.tcp.reason) - 1] = '\0';
@@ -656,14 +535,14 @@ static void client(void *arg)
 		ring_read(&ch, buf, sizeof(ping));
 		REQUIRE(memcmp(buf, ping, sizeof(ping)) == 0);
 		ring_write(&ch, pong, sizeof(pong));
-		REQUIRE(tcp_queued(fd) == 0);
-		pipe_put(c->up[1], 2);
+		REQUIRE(dt_tcp_queued(fd) == 0);
+		dt_pipe_put(c->up[1], 2);
 		ubt_chan_close(&ch);
 	} else {
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
 	}
-	pipe_get(c->go[0]);     /* hold the connection until told */
+	dt_pipe_get(c->go[0]);     /* hold the connection until told */
 	close(fd);
 	close(ctl);
 }
@@ -672,11 +551,8 @@ static pid_t start_client(struct cli *c)
 {
 	pid_t pid;
 
-	cr_assert(pipe(c->up) == 0 && pipe(c->go) == 0);
-	pid = spawn(client, c);
-	close(c->up[1]);
-	close(c->go[0]);
-	cr_assert_eq(pipe_get(c->up[0]), 1, "client did not connect");
+	pid = dt_spawn_piped(client, c, c->up, c->go);
+	cr_assert_eq(dt_pipe_get(c->up[0]), 1, "client did not connect");
 	return pid;
 }
 
@@ -694,10 +570,7 @@ static struct result client_result(struct cli *c)
 
 static void stop_client(struct cli *c, pid_t pid)
 {
-	pipe_put(c->go[1], 0);
-	cr_assert_eq(reap(pid), 0, "client child failed");
-	close(c->up[0]);
-	close(c->go[1]);
+	dt_end_piped(pid, c->up, c->go, "client");
 }
 
 /*
@@ -716,14 +589,16 @@ static void connection_from(struct srv *s, const char *ns, const char *dst,
 
 	pid = start_client(&c);
 	if (pub_first) {
-		pipe_put(s->go[1], want_chan ? 1 : 2);
-		cr_assert_eq(pipe_get(s->up[0]), 1, "server did not publish");
-		pipe_put(c.go[1], 1);
+		dt_pipe_put(s->go[1], want_chan ? 1 : 2);
+		cr_assert_eq(dt_pipe_get(s->up[0]), 1,
+			     "server did not publish");
+		dt_pipe_put(c.go[1], 1);
 	} else {
-		pipe_put(c.go[1], 1);
+		dt_pipe_put(c.go[1], 1);
 		sleep_ms(100);  /* the request waits in the daemon */
-		pipe_put(s->go[1], want_chan ? 1 : 2);
-		cr_assert_eq(pipe_get(s->up[0]), 1, "server did not publish");
+		dt_pipe_put(s->go[1], want_chan ? 1 : 2);
+		cr_assert_eq(dt_pipe_get(s->up[0]), 1,
+			     "server did not publish");
 	}
 	r = client_result(&c);
 	if (want_chan) {
@@ -731,8 +606,8 @@ static void connection_from(struct srv *s, const char *ns, const char *dst,
 			     "%s first: wanted a channel, got type %#x (%s)",
 			     pub_first ? "publish" : "request", r.type,
 			     r.reason);
-		cr_assert_eq(pipe_get(c.up[0]), 2, "client side failed");
-		cr_assert_eq(pipe_get(s->up[0]), 2, "server side failed");
+		cr_assert_eq(dt_pipe_get(c.up[0]), 2, "client side failed");
+		cr_assert_eq(dt_pipe_get(s->up[0]), 2, "server side failed");
 	} else {
 		cr_assert_eq(r.type, CTL_R_TCP,
 			     "%s first: wanted TCP, got type %#x",
@@ -754,43 +629,46 @@ static void one_connection(struct srv *s, uint16_t port, int pub_first,
 
 /*
  * A plain listening socket (never registered with ubsd) in namespace ns
- * on 0.0.0.0:port, held by a forked child until it is killed; its
- * backlog completes the connections made to it.
+ * on addr:port (addr NULL: 0.0.0.0), held by a child until it is killed;
+ * its backlog completes the connections made to it.
  */
-static pid_t plain_listener(const char *ns, uint16_t port)
+struct plain {
+	const char *ns, *addr;
+	uint16_t port;
+	int lp[2];              /* child -> test: listening */
+};
+
+static void plain_child(void *arg)
 {
-	int lp[2];
+	struct plain *p = arg;
+	struct sockaddr_in sin = { .sin_family = AF_INET,
+				   .sin_port = htons(p->port) };
+	int lfd, one = 1;
+
+	enter(p->ns);
+	lfd = socket(AF_INET, SOCK_STREAM, 0);
+	REQUIRE(lfd >= 0);
+	REQUIRE(setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one,
+			   sizeof(one)) == 0);
+	if (p->addr)
+		REQUIRE(inet_pton(AF_INET, p->addr, &sin.sin_addr) == 1);
+	REQUIRE(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+	REQUIRE(listen(lfd, 16) == 0);
+	dt_pipe_put(p->lp[1], 1);
+	pause();
+}
+
+static pid_t plain_listener(const char *ns, const char *addr, uint16_t port)
+{
+	struct plain p = { .ns = ns, .addr = addr, .port = port };
 	pid_t pid;
 
-	cr_assert(pipe(lp) == 0);
-	pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		struct sockaddr_in sin = { .sin_family = AF_INET,
-					   .sin_port = htons(port) };
-		int lfd, one = 1;
-
-		in_child = 1;
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		enter(ns);
-		lfd = socket(AF_INET, SOCK_STREAM, 0);
-		REQUIRE(lfd >= 0);
-		REQUIRE(setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one,
-				   sizeof(one)) == 0);
-		REQUIRE(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
-		REQUIRE(listen(lfd, 16) == 0);
-		pipe_put(lp[1], 1);
-		pause();
-		_exit(0);
-	}
-	for (int i = 0; i < MAX_KIDS; i++)
-		if (kids[i] <= 0) {
-			kids[i] = pid;
-			break;
-		}
-	close(lp[1]);
-	cr_assert_eq(pipe_get(lp[0]), 1, "plain listener in %s failed", ns);
-	close(lp[0]);
+	cr_assert(pipe(p.lp) == 0);
+	pid = dt_spawn(plain_child, &p);
+	close(p.lp[1]);
+	cr_assert_eq(dt_pipe_get(p.lp[0]), 1, "plain listener in %s failed",
+		     ns);
+	close(p.lp[0]);
 	return pid;
 }
 
@@ -812,7 +690,7 @@ static uint32_t no_listener_could(const char *ns, const char *dst,
 	pid_t pid;
 
 	pid = start_client(&c);
-	pipe_put(c.go[1], 1);
+	dt_pipe_put(c.go[1], 1);
 	r = client_result(&c);
 	fprintf(stderr, "netns_e2e: %s -> %s:%u: %s \"%s\" after %u us\n",
 		ns, dst, port, r.type == CTL_R_TCP ? "R_TCP" : "not R_TCP",
@@ -898,8 +776,8 @@ Test(netns_e2e, remote_destination_beside_a_wildcard_listener_gets_tcp_at_once)
 	make_pair();
 	make_remote();
 	pid = start_server(&s, ns_a, &port);
-	plain_b = plain_listener(ns_b, port);
-	plain_c = plain_listener(ns_c, port);
+	plain_b = plain_listener(ns_b, NULL, port);
+	plain_c = plain_listener(ns_c, NULL, port);
 	no_listener_could(ns_a, ADDR_B, port, "no local listener", 200);
 	no_listener_could(ns_b, ADDR_C, port, "no local listener", 200);
 	no_listener_could(ns_b, ADDR_B, port, "no local listener", 0);
@@ -909,9 +787,9 @@ Test(netns_e2e, remote_destination_beside_a_wildcard_listener_gets_tcp_at_once)
 	connection_from(&s, ns_a, ADDR_A, port, 0, 1, NULL);
 	stop_server(&s, pid);
 	kill(plain_b, SIGKILL);
-	reap(plain_b);
+	dt_reap(plain_b);
 	kill(plain_c, SIGKILL);
-	reap(plain_c);
+	dt_reap(plain_c);
 }
 
 Test(netns_e2e, cross_netns_off_gives_tcp_at_once_until_back_on)
@@ -945,20 +823,20 @@ Test(netns_e2e, tuple_that_does_not_mirror_gets_tcp)
 	c2 = c1;
 	p1 = start_client(&c1);
 	/* The server accepts and publishes c1's connection only. */
-	pipe_put(s.go[1], 1);
-	cr_assert_eq(pipe_get(s.up[0]), 1);
+	dt_pipe_put(s.go[1], 1);
+	cr_assert_eq(dt_pipe_get(s.up[0]), 1);
 	p2 = start_client(&c2);
-	pipe_put(c2.go[1], 1);
+	dt_pipe_put(c2.go[1], 1);
 	r = client_result(&c2);
 	cr_assert_eq(r.type, CTL_R_TCP, "type %#x", r.type);
 	cr_assert_str_eq(r.reason, "timeout");
 	/* The publication was not spent on the stranger. */
 	c1.tmo_ms = 2000;
-	pipe_put(c1.go[1], 1);
+	dt_pipe_put(c1.go[1], 1);
 	r = client_result(&c1);
 	cr_assert_eq(r.type, CTL_R_CHANNEL, "type %#x (%s)", r.type, r.reason);
-	cr_assert_eq(pipe_get(c1.up[0]), 2, "client side failed");
-	cr_assert_eq(pipe_get(s.up[0]), 2, "server side failed");
+	cr_assert_eq(dt_pipe_get(c1.up[0]), 2, "client side failed");
+	cr_assert_eq(dt_pipe_get(s.up[0]), 2, "server side failed");
 	stop_client(&c1, p1);
 	stop_client(&c2, p2);
 	stop_server(&s, pid);
@@ -980,64 +858,36 @@ Test(netns_e2e, stranger_with_the_same_tuple_gets_tcp)
 	struct srv s;
 	uint16_t port;
 	pid_t pid, pb, pc, pl;
-	int lp[2];
 
 	make_pair();
 	make_stranger();
 	pid = start_server(&s, ns_a, &port);
 	/* C's own listener on A's port, not registered with ubsd. */
-	cr_assert(pipe(lp) == 0);
-	pl = fork();
-	cr_assert(pl >= 0);
-	if (pl == 0) {
-		struct sockaddr_in sin = { .sin_family = AF_INET,
-					   .sin_port = htons(port) };
-		int lfd;
-
-		in_child = 1;
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		enter(ns_c);
-		lfd = socket(AF_INET, SOCK_STREAM, 0);
-		REQUIRE(lfd >= 0);
-		REQUIRE(inet_pton(AF_INET, ADDR_A, &sin.sin_addr) == 1);
-		REQUIRE(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
-		REQUIRE(listen(lfd, 4) == 0);
-		pipe_put(lp[1], 1);
-		pause();
-		_exit(0);
-	}
-	for (int i = 0; i < MAX_KIDS; i++)
-		if (kids[i] <= 0) {
-			kids[i] = pl;
-			break;
-		}
-	close(lp[1]);
-	cr_assert_eq(pipe_get(lp[0]), 1, "C's listener failed");
-	close(lp[0]);
+	pl = plain_listener(ns_c, ADDR_A, port);
 
 	/* B's client from a fixed port; A publishes its connection. */
 	b.port = port;
 	b.sport = (uint16_t)(20000 + getpid() % 20000);
 	pb = start_client(&b);
-	pipe_put(s.go[1], 1);
-	cr_assert_eq(pipe_get(s.up[0]), 1);
+	dt_pipe_put(s.go[1], 1);
+	cr_assert_eq(dt_pipe_get(s.up[0]), 1);
 	/* C's client: the same tuple, inside C. */
 	c = b;
 	c.ns = ns_c;
 	pc = start_client(&c);
-	pipe_put(c.go[1], 1);
+	dt_pipe_put(c.go[1], 1);
 	r = client_result(&c);
 	cr_assert_eq(r.type, CTL_R_TCP, "the stranger got type %#x", r.type);
 	cr_assert_str_eq(r.reason, "cross-netns unproven");
 	/* The real peer. */
-	pipe_put(b.go[1], 1);
+	dt_pipe_put(b.go[1], 1);
 	r = client_result(&b);
 	cr_assert_eq(r.type, CTL_R_CHANNEL, "type %#x (%s)", r.type, r.reason);
-	cr_assert_eq(pipe_get(b.up[0]), 2, "client side failed");
-	cr_assert_eq(pipe_get(s.up[0]), 2, "server side failed");
+	cr_assert_eq(dt_pipe_get(b.up[0]), 2, "client side failed");
+	cr_assert_eq(dt_pipe_get(s.up[0]), 2, "server side failed");
 	stop_client(&c, pc);
 	stop_client(&b, pb);
 	stop_server(&s, pid);
 	kill(pl, SIGKILL);
-	reap(pl);
+	dt_reap(pl);
 }

@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 
 #include "policy.h"
+#include "support/dtest.h"
 
 static struct ubs_svc_policy rec(const char *name, uint32_t k)
 {
@@ -32,14 +33,6 @@ static struct ubs_svc_policy rec(const char *name, uint32_t k)
 	p.ring_kib = k;
 	p.mem_quota = k;
 	return p;
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /* fork() with the child dying with us; the child runs fn(fd). */
@@ -120,10 +113,10 @@ static struct ubt_seg shared_seg;
 static int writer(int secs)
 {
 	struct ubs_svc_policy d, v[64];
-	uint64_t end = now_ms() + (uint64_t)secs * 1000;
+	uint64_t end = dt_now_ms() + (uint64_t)secs * 1000;
 	uint32_t k = 0, i;
 
-	while (now_ms() < end) {
+	while (dt_now_ms() < end) {
 		k++;
 		d = rec("", k);
 		for (i = 0; i < 64; i++) {
@@ -150,8 +143,8 @@ Test(policy, concurrent_reader_never_sees_a_torn_record, .timeout = 30)
 	cr_assert_eq(pp_publish(&shared_seg, &p, NULL, 0), 0);
 	cr_assert_eq(pp_map(&r, dup(shared_seg.fd)), 0);
 	pid = child(writer, 1);
-	end = now_ms() + 1000;
-	while (now_ms() < end) {
+	end = dt_now_ms() + 1000;
+	while (dt_now_ms() < end) {
 		char n[16];
 		int got;
 
@@ -456,14 +449,14 @@ static int excl_writer(int secs)
 {
 	struct ubs_excl_rule v[2][UBS_POLICY_MAX_EXCL];
 	struct ubs_svc_policy d;
-	uint64_t end = now_ms() + (uint64_t)secs * 1000;
+	uint64_t end = dt_now_ms() + (uint64_t)secs * 1000;
 	uint32_t n[2], k = 0;
 
 	memset(v, 0, sizeof(v));
 	torn_set(v[0], 0, &n[0]);
 	torn_set(v[1], 1, &n[1]);
 	pp_defaults(&d);
-	while (now_ms() < end) {
+	while (dt_now_ms() < end) {
 		k++;
 		if (pp_publish_ex(&shared_seg, &d, NULL, 0, v[k & 1],
 				  n[k & 1]))
@@ -487,8 +480,8 @@ Test(policy, concurrent_exclude_reader_sees_one_whole_set, .timeout = 30)
 	cr_assert_eq(pp_map(&r, dup(shared_seg.fd)), 0);
 	g0 = pp_generation(&r);
 	pid = child(excl_writer, 1);
-	end = now_ms() + 1000;
-	while (now_ms() < end) {
+	end = dt_now_ms() + 1000;
+	while (dt_now_ms() < end) {
 		unsigned i;
 		uint8_t a[4];
 		int got;
@@ -771,12 +764,12 @@ static void torn_lst(struct ubs_lst_entry *v, int b, uint32_t *n)
 static int lst_writer(int secs)
 {
 	static struct ubs_lst_entry v[2][TORN_LST];
-	uint64_t end = now_ms() + (uint64_t)secs * 1000;
+	uint64_t end = dt_now_ms() + (uint64_t)secs * 1000;
 	uint32_t n[2], k = 0;
 
 	torn_lst(v[0], 0, &n[0]);
 	torn_lst(v[1], 1, &n[1]);
-	while (now_ms() < end) {
+	while (dt_now_ms() < end) {
 		k++;
 		if (pp_publish_listeners(&shared_seg, v[k & 1], n[k & 1]))
 			return 1;
@@ -800,8 +793,8 @@ Test(policy, concurrent_listener_reader_sees_one_whole_table, .timeout = 30)
 	cr_assert_eq(pp_map(&r, dup(shared_seg.fd)), 0);
 	g0 = pp_generation(&r);
 	pid = child(lst_writer, 1);
-	end = now_ms() + 1000;
-	while (now_ms() < end) {
+	end = dt_now_ms() + 1000;
+	while (dt_now_ms() < end) {
 		unsigned i;
 		uint8_t a[4];
 		int got;

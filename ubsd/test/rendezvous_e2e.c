@@ -19,19 +19,15 @@
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 
-#include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -46,76 +42,8 @@
 #include "ubt.h"
 #include "support/dtest.h"
 
-#define MAX_KIDS 8
-
 static char ubsd_path[PATH_MAX], ubsctl_path[PATH_MAX];
-static pid_t kids[MAX_KIDS];
-static int in_child;
 static int baseline;               /* daemon fds when idle */
-
-#define REQUIRE(x) do {							\
-	if (!(x)) {							\
-		if (in_child) {						\
-			fprintf(stderr, "child %d: %s:%d: %s (%s)\n",	\
-				getpid(), __FILE__, __LINE__, #x,	\
-				strerror(errno));			\
-			_exit(1);					\
-		}							\
-		cr_assert_fail("%s:%d: %s (errno: %s)", __FILE__,	\
-			       __LINE__, #x, strerror(errno));		\
-	}								\
-} while (0)
-
-static uint64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
-/* Fork a child running fn(arg); it exits 0 when fn returns. */
-static pid_t spawn(void (*fn)(void *), void *arg)
-{
-	pid_t pid = fork();
-
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		in_child = 1;
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		fn(arg);
-		_exit(0);
-	}
-	for (int i = 0; i < MAX_KIDS; i++)
-		if (kids[i] <= 0) {
-			kids[i] = pid;
-			return pid;
-		}
-	cr_assert_fail("too many children");
-	return -1;
-}
-
-/* Wait (bounded) for a child of ours to exit; returns its status. */
-static int reap(pid_t pid)
-{
-	int status = -1;
-
-	for (int t = 0; t < WAIT_MS; t += 5) {
-		if (waitpid(pid, &status, WNOHANG) == pid)
-			break;
-		sleep_ms(5);
-		status = -1;
-	}
-	if (status == -1) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		status = -1;
-	}
-	for (int i = 0; i < MAX_KIDS; i++)
-		if (kids[i] == pid)
-			kids[i] = -1;
-	return status;
-}
 
 static void set_baseline(void);
 
@@ -125,19 +53,9 @@ static void set_baseline(void);
  */
 static void setup(void)
 {
-	char exe[PATH_MAX], dir[512];
-	ssize_t n;
-
-	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	cr_assert(n > 0);
-	exe[n] = '\0';
-	/* BUILD/tests/ubsd-rendezvous_e2e -> BUILD/bin/ */
-	snprintf(dir, sizeof(dir), "%s", dirname(exe));
-	snprintf(ubsd_path, sizeof(ubsd_path), "%s/../bin/ubsd", dir);
-	snprintf(ubsctl_path, sizeof(ubsctl_path), "%s/../bin/ubsctl", dir);
+	dt_bin_path(ubsd_path, sizeof(ubsd_path), "ubsd");
+	dt_bin_path(ubsctl_path, sizeof(ubsctl_path), "ubsctl");
 	dt_make_run_dir("/tmp/ubsd-e2e.XXXXXX");
-	for (int i = 0; i < MAX_KIDS; i++)
-		kids[i] = -1;
 	dt_start_daemon(ubsd_path);
 	set_baseline();
 }
@@ -145,8 +63,7 @@ static void setup(void)
 /* Reap the test's children, then check the daemon and clean up. */
 static void teardown(void)
 {
-	for (int i = 0; i < MAX_KIDS; i++)
-		kill_reap(&kids[i]);
+	dt_reap_kids();
 	dt_teardown();
 }
 
@@ -181,14 +98,6 @@ static int daemon_fds_settle(int want)
 }
 
 /* ---------------------------------------------------------- protocol */
-
-static int ctl_open(void)
-{
-	int fd = dt_ctl_connect();
-
-	REQUIRE(fd >= 0);
-	return fd;
-}
 
 static void send_msg(int fd, uint16_t type, const void *body, uint32_t len,
 		     const int *fds, int nfds)
@@ -256,7 +165,7 @@ static int expect(int fd, uint16_t want, void *body, int *fds)
 static int hello(const char *name)
 {
 	struct ctl_hello m = { .pid = (uint32_t)getpid() };
-	int fd = ctl_open();
+	int fd = dt_ctl_open();
 
 	snprintf(m.service, sizeof(m.service), "%s", name);
 	send_msg(fd, CTL_REQ_HELLO, &m, sizeof(m), NULL, 0);
@@ -289,14 +198,6 @@ static int tcp_connect(uint16_t port)
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	REQUIRE(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
 	return fd;
-}
-
-static int tcp_queued(int fd)
-{
-	int n = -1;
-
-	REQUIRE(ioctl(fd, FIONREAD, &n) == 0);
-	return n;
 }
 
 /* Publish accepted socket afd with a fresh stream channel in *ch. */
@@ -368,31 +269,9 @@ static void ring_write(struct ubt_chan *ch, const void *buf, size_t len)
 /* Run `ubsctl --json listeners`; output in out.  Returns exit code. */
 static int ubsctl_listeners(char *out)
 {
-	int po[2], status;
-	size_t len = 0;
-	ssize_t r;
-	pid_t pid;
+	const char *args[] = { "--json", "listeners", NULL };
 
-	cr_assert(pipe(po) == 0);
-	pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(po[1], STDOUT_FILENO);
-		close(po[0]);
-		setenv("UBS_RUN_DIR", run_dir, 1);
-		execl(ubsctl_path, "ubsctl", "--json", "listeners",
-		      (char *)NULL);
-		_exit(127);
-	}
-	close(po[1]);
-	while (len + 1 < OUT_MAX &&
-	       (r = read(po[0], out + len, OUT_MAX - 1 - len)) > 0)
-		len += (size_t)r;
-	out[len] = '\0';
-	close(po[0]);
-	cr_assert(waitpid(pid, &status, 0) == pid);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+	return dt_run_ubsctl(ubsctl_path, args, out, NULL, NULL);
 }
 
 /* Wait (bounded) until the listener on port is listed with holders
@@ -418,21 +297,6 @@ static void expect_listener(uint16_t port, int holders)
 	}
 	cr_assert(ok, "listener port %u holders %d not seen: %s", port,
 		  holders, out);
-}
-
-static void pipe_put(int fd, uint32_t v)
-{
-	REQUIRE(write(fd, &v, sizeof(v)) == sizeof(v));
-}
-
-static uint32_t pipe_get(int fd)
-{
-	struct pollfd p = { .fd = fd, .events = POLLIN };
-	uint32_t v = 0;
-
-	REQUIRE(poll(&p, 1, WAIT_MS) == 1);
-	REQUIRE(read(fd, &v, sizeof(v)) == sizeof(v));
-	return v;
 }
 
 /* Is a reply waiting on fd within ms? */
@@ -498,21 +362,21 @@ static void server(void *arg)
 	lfd = tcp_listen(&port);
 	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
 	expect(ctl, CTL_R_OK, NULL, NULL);
-	pipe_put(s->up[1], port);
+	dt_pipe_put(s->up[1], port);
 	if (s->wait_before_accept)
-		pipe_get(s->go[0]);
+		dt_pipe_get(s->go[0]);
 	afd = accept(lfd, NULL, NULL);
 	REQUIRE(afd >= 0);
 	publish(ctl, afd, &ch, NULL);
-	pipe_put(s->up[1], 1);
+	dt_pipe_put(s->up[1], 1);
 	if (s->exchange) {
 		ring_write(&ch, ping, sizeof(ping));
 		ring_read(&ch, buf, sizeof(pong));
 		REQUIRE(memcmp(buf, pong, sizeof(pong)) == 0);
-		REQUIRE(tcp_queued(afd) == 0);
-		pipe_put(s->up[1], 2);
+		REQUIRE(dt_tcp_queued(afd) == 0);
+		dt_pipe_put(s->up[1], 2);
 	}
-	pipe_get(s->go[0]);     /* stay until told (or killed) */
+	dt_pipe_get(s->go[0]);     /* stay until told (or killed) */
 	ubt_chan_close(&ch);
 }
 
@@ -520,11 +384,8 @@ static pid_t start_server(struct srv *s, uint16_t *port)
 {
 	pid_t pid;
 
-	cr_assert(pipe(s->up) == 0 && pipe(s->go) == 0);
-	pid = spawn(server, s);
-	close(s->up[1]);
-	close(s->go[0]);
-	*port = (uint16_t)pipe_get(s->up[0]);
+	pid = dt_spawn_piped(server, s, s->up, s->go);
+	*port = (uint16_t)dt_pipe_get(s->up[0]);
 	return pid;
 }
 
@@ -538,18 +399,15 @@ static void client_exchange(int ctl, int cfd, struct srv *s)
 	ring_read(&ch, buf, sizeof(ping));
 	cr_assert_eq(memcmp(buf, ping, sizeof(ping)), 0);
 	ring_write(&ch, pong, sizeof(pong));
-	cr_assert_eq(pipe_get(s->up[0]), 1);
-	cr_assert_eq(pipe_get(s->up[0]), 2, "server side failed");
-	cr_assert_eq(tcp_queued(cfd), 0, "bytes went over TCP");
+	cr_assert_eq(dt_pipe_get(s->up[0]), 1);
+	cr_assert_eq(dt_pipe_get(s->up[0]), 2, "server side failed");
+	cr_assert_eq(dt_tcp_queued(cfd), 0, "bytes went over TCP");
 	ubt_chan_close(&ch);
 }
 
 static void finish_server(struct srv *s, pid_t pid)
 {
-	pipe_put(s->go[1], 0);
-	cr_assert_eq(reap(pid), 0, "server child failed");
-	close(s->up[0]);
-	close(s->go[1]);
+	dt_end_piped(pid, s->up, s->go, "server");
 }
 
 TestSuite(rendezvous_e2e, .init = setup, .fini = teardown, .timeout = 30);
@@ -586,7 +444,7 @@ Test(rendezvous_e2e, pending_request_is_answered_by_the_publication)
 	ctl = hello("e2e-client");
 	send_request(ctl, cfd, 2000);
 	cr_assert(!readable(ctl, 200), "request answered before publish");
-	pipe_put(s.go[1], 0);
+	dt_pipe_put(s.go[1], 0);
 	client_exchange(ctl, cfd, &s);
 	finish_server(&s, pid);
 	close(ctl);
@@ -606,18 +464,18 @@ Test(rendezvous_e2e, request_without_publication_gets_tcp_in_time)
 	ctl = hello("e2e-client");
 	/* A registered listener took it: worth waiting for. */
 	listen_msg(ctl, CTL_REQ_LISTEN, lfd);
-	t0 = now_us();
+	t0 = dt_now_us();
 	send_request(ctl, cfd, 300);
 	expect(ctl, CTL_R_TCP, &m, NULL);
-	ms = (now_us() - t0) / 1000;
+	ms = (dt_now_us() - t0) / 1000;
 	cr_assert(ms >= 250 && ms < 1500, "answered after %llu ms",
 		  (unsigned long long)ms);
 	cr_assert_str_eq(m.reason, "timeout");
 	/* An over-long timeout is capped. */
-	t0 = now_us();
+	t0 = dt_now_us();
 	send_request(ctl, cfd, 60000);
 	expect(ctl, CTL_R_TCP, &m, NULL);
-	ms = (now_us() - t0) / 1000;
+	ms = (dt_now_us() - t0) / 1000;
 	cr_assert(ms < CTL_REQUEST_MAX_MS + 1000, "cap not applied: %llu ms",
 		  (unsigned long long)ms);
 	close(ctl);
@@ -630,11 +488,11 @@ Test(rendezvous_e2e, request_without_publication_gets_tcp_in_time)
 static void expect_no_listener(int ctl, int cfd)
 {
 	struct ctl_tcp m;
-	uint64_t t0 = now_us(), us;
+	uint64_t t0 = dt_now_us(), us;
 
 	send_request(ctl, cfd, 500);
 	expect(ctl, CTL_R_TCP, &m, NULL);
-	us = now_us() - t0;
+	us = dt_now_us() - t0;
 	cr_assert_str_eq(m.reason, "no local listener");
 	cr_assert_lt(us, 100000, "answered after %llu us",
 		     (unsigned long long)us);
@@ -683,7 +541,7 @@ Test(rendezvous_e2e, request_no_listener_could_take_gets_tcp_at_once)
 	cfd = tcp_connect(sport);
 	send_request(ctl, cfd, 2000);
 	cr_assert(!readable(ctl, 100), "request answered before publish");
-	pipe_put(s.go[1], 0);
+	dt_pipe_put(s.go[1], 0);
 	client_exchange(ctl, cfd, &s);
 	finish_server(&s, pid);
 	close(ctl);
@@ -739,8 +597,8 @@ static void holder(void *arg)
 
 	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &shared_lfd, 1);
 	expect(ctl, CTL_R_OK, NULL, NULL);
-	pipe_put(go[3], 1);
-	pipe_get(go[0]);
+	dt_pipe_put(go[3], 1);
+	dt_pipe_get(go[0]);
 }
 
 Test(rendezvous_e2e, listener_lives_while_any_holder_does)
@@ -752,17 +610,17 @@ Test(rendezvous_e2e, listener_lives_while_any_holder_does)
 	shared_lfd = tcp_listen(&port);
 	cr_assert(pipe(p1) == 0 && pipe(p1 + 2) == 0);
 	cr_assert(pipe(p2) == 0 && pipe(p2 + 2) == 0);
-	a = spawn(holder, p1);
-	cr_assert_eq(pipe_get(p1[2]), 1);
-	b = spawn(holder, p2);
-	cr_assert_eq(pipe_get(p2[2]), 1);
+	a = dt_spawn(holder, p1);
+	cr_assert_eq(dt_pipe_get(p1[2]), 1);
+	b = dt_spawn(holder, p2);
+	cr_assert_eq(dt_pipe_get(p2[2]), 1);
 	close(shared_lfd);      /* only the children hold it now */
 	expect_listener(port, 2);
-	pipe_put(p1[1], 0);     /* the first registrant exits */
-	cr_assert_eq(reap(a), 0);
+	dt_pipe_put(p1[1], 0);     /* the first registrant exits */
+	cr_assert_eq(dt_reap(a), 0);
 	expect_listener(port, 1);
 	kill(b, SIGKILL);
-	reap(b);
+	dt_reap(b);
 	expect_listener(port, 0);
 	for (int i = 0; i < 4; i++) {
 		close(p1[i]);
@@ -780,12 +638,12 @@ Test(rendezvous_e2e, killed_server_publication_is_withdrawn)
 
 	pid = start_server(&s, &port);
 	cfd = tcp_connect(port);
-	cr_assert_eq(pipe_get(s.up[0]), 1);     /* published */
+	cr_assert_eq(dt_pipe_get(s.up[0]), 1);     /* published */
 	n = daemon_fds();
 	cr_assert_eq(n, base + 4, "expected the server's control socket and "
 		     "3 channel fds, have %d over %d", n, base);
 	kill(pid, SIGKILL);
-	reap(pid);
+	dt_reap(pid);
 	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
 	ctl = hello("e2e-client");
 	send_request(ctl, cfd, 300);
@@ -837,7 +695,7 @@ Test(rendezvous_e2e, wrong_fd_counts_drop_the_client)
 	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &p[1], 1);
 	expect(ctl, CTL_R_ERROR, &e, NULL);
 	close(ctl);
-	ctl = ctl_open();
+	ctl = dt_ctl_open();
 	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
 	expect(ctl, CTL_R_ERROR, &e, NULL);
 	cr_assert_eq(e.err, EPERM);
@@ -875,7 +733,7 @@ Test(rendezvous_e2e, round_trip_cost)
 	fds[1] = ch.seg.fd;
 	fds[2] = ch.efd[0];
 	fds[3] = peer;
-	t0 = now_us();
+	t0 = dt_now_us();
 	for (int i = 0; i < N; i++) {
 		int got[4];
 
@@ -886,7 +744,7 @@ Test(rendezvous_e2e, round_trip_cost)
 		for (int k = 0; k < 3; k++)
 			close(got[k]);
 	}
-	t1 = now_us();
+	t1 = dt_now_us();
 	cr_log_info("rendezvous round trip (PUBLISH + REQUEST->CHANNEL): "
 		    "%.1f us over %d iterations", (double)(t1 - t0) / N, N);
 	fprintf(stderr, "rendezvous round trip (PUBLISH + REQUEST->CHANNEL):"
@@ -906,7 +764,7 @@ Test(rendezvous_e2e, round_trip_cost)
 static void map_policy(struct ubt_seg *pg)
 {
 	struct ctl_policy pol;
-	int ctl = ctl_open(), fds[4];
+	int ctl = dt_ctl_open(), fds[4];
 
 	send_msg(ctl, CTL_REQ_POLICY_FD, NULL, 0, NULL, 0);
 	cr_assert_eq(expect(ctl, CTL_R_POLICY, &pol, fds), 1);
@@ -1056,7 +914,7 @@ Test(rendezvous_e2e, killed_server_listener_leaves_the_policy_page)
 	pid = start_server(&s, &port);
 	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", port), 1);
 	kill(pid, SIGKILL);
-	reap(pid);
+	dt_reap(pid);
 	expect_maybe(&pg, AF_INET, "127.0.0.1", port, 0);
 	close(s.up[0]);
 	close(s.go[1]);

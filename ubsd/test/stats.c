@@ -19,7 +19,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -34,40 +33,7 @@
 #include "support/dtest.h"
 
 static pid_t child_pid = -1, child2_pid = -1;
-
-/* ubsctl of this build tree: build/tests/ubsd-stats -> build/bin/ubsctl. */
-static const char *ubsctl_path(void)
-{
-	static char path[PATH_MAX];
-	char *slash;
-	ssize_t n;
-
-	if (path[0])
-		return path;
-	n = readlink("/proc/self/exe", path, sizeof(path) - 32);
-	cr_assert(n > 0);
-	path[n] = '\0';
-	slash = strrchr(path, '/');
-	cr_assert_not_null(slash);
-	strcpy(slash, "/../bin/ubsctl");
-	return path;
-}
-
-/* Wait up to ms for pid to exit; returns its wait status or -1. */
-static int wait_exit(pid_t pid, int ms)
-{
-	int status;
-
-	for (int t = 0; t < ms; t += 10) {
-		pid_t r = waitpid(pid, &status, WNOHANG);
-		if (r == pid)
-			return status;
-		if (r < 0)
-			return -1;
-		sleep_ms(10);
-	}
-	return -1;
-}
+static char ubsctl_path[PATH_MAX];      /* this build tree's (setup) */
 
 /*
  * Run ubsctl with args (NULL-terminated, at most 6) on run_dir; capture
@@ -76,47 +42,7 @@ static int wait_exit(pid_t pid, int ms)
  */
 static int run_ubsctlv(char *out, char *err, const char *const *args)
 {
-	const char *argv[8] = { "ubsctl" };
-	int po[2], pe[2], status;
-	pid_t pid;
-
-	cr_assert(pipe(po) == 0 && pipe(pe) == 0);
-	pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(po[1], STDOUT_FILENO);
-		dup2(pe[1], STDERR_FILENO);
-		close(po[0]);
-		close(pe[0]);
-		setenv("UBS_RUN_DIR", run_dir, 1);
-		for (int i = 0; i < 6 && args[i]; i++)
-			argv[i + 1] = args[i];
-		execv(ubsctl_path(), (char *const *)argv);
-		_exit(127);
-	}
-	close(po[1]);
-	close(pe[1]);
-	/* Outputs are small: each fits in its pipe, so order is safe. */
-	status = wait_exit(pid, WAIT_MS);
-	if (status < 0)
-		kill_reap(&pid);
-	for (int k = 0; k < 2; k++) {
-		int fd = k ? pe[0] : po[0];
-		char *buf = k ? err : out;
-		size_t len = 0;
-		ssize_t r;
-
-		fcntl(fd, F_SETFL, O_NONBLOCK);
-		while (len + 1 < OUT_MAX &&
-		       (r = read(fd, buf + len, OUT_MAX - 1 - len)) > 0)
-			len += (size_t)r;
-		buf[len] = '\0';
-		close(fd);
-	}
-	if (status < 0 || !WIFEXITED(status))
-		return -1;
-	return WEXITSTATUS(status);
+	return dt_run_ubsctl(ubsctl_path, args, out, err, NULL);
 }
 
 #define UBSCTL(out, err, ...) \
@@ -323,32 +249,17 @@ static void setup(void)
 {
 	char stats[128];
 
+	dt_bin_path(ubsctl_path, sizeof(ubsctl_path), "ubsctl");
 	dt_make_run_dir("/tmp/ubsd-stats.XXXXXX");
 	path_in(stats, sizeof(stats), "stats");
 	cr_assert_eq(mkdir(stats, 0755), 0, "%s: %s", stats, strerror(errno));
 }
 
-/* Reap the children, empty stats/, then the run directory. */
+/* Reap the children, then remove the run directory (stats/ too). */
 static void teardown(void)
 {
-	char stats[128], path[512];
-	struct dirent *de;
-	DIR *d;
-
 	kill_reap(&child_pid);
 	kill_reap(&child2_pid);
-	path_in(stats, sizeof(stats), "stats");
-	d = opendir(stats);
-	while (d && (de = readdir(d))) {
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-			snprintf(path, sizeof(path), "%s/%s", stats,
-				 de->d_name);
-			unlink(path);
-		}
-	}
-	if (d)
-		closedir(d);
-	rmdir(stats);
 	dt_teardown();
 }
 
@@ -627,7 +538,7 @@ Test(stats, a_page_published_by_the_preload)
 #endif
 		/* The build tree's: build/tests/ubsd-stats ->
 		 * build/libubs_preload.so. */
-		snprintf(libpath, sizeof(libpath), "%s", ubsctl_path());
+		snprintf(libpath, sizeof(libpath), "%s", ubsctl_path);
 		strcpy(strstr(libpath, "/bin/ubsctl"), "/libubs_preload.so");
 		lib = libpath;
 	}

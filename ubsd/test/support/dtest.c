@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -15,6 +16,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +30,10 @@
 
 char run_dir[64];
 pid_t daemon_pid = -1;
+int dt_in_child;
+
+/* The children of dt_spawn; a free entry is <= 0. */
+static pid_t kids[DT_MAX_KIDS];
 
 /* Sleep for ms milliseconds. */
 void sleep_ms(int ms)
@@ -34,6 +41,35 @@ void sleep_ms(int ms)
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
 
 	nanosleep(&ts, NULL);
+}
+
+/* The monotonic clock in microseconds. */
+uint64_t dt_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* The monotonic clock in milliseconds. */
+uint64_t dt_now_ms(void)
+{
+	return dt_now_us() / 1000;
+}
+
+/* buf = BUILD/bin/NAME, from this binary's path BUILD/tests/X. */
+void dt_bin_path(char *buf, size_t n, const char *name)
+{
+	char exe[PATH_MAX], *slash;
+	ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+	cr_assert(len > 0, "/proc/self/exe: %s", strerror(errno));
+	exe[len] = '\0';
+	slash = strrchr(exe, '/');
+	cr_assert_not_null(slash);
+	*slash = '\0';                          /* BUILD/tests */
+	snprintf(buf, n, "%s/../bin/%s", exe, name);
 }
 
 /* buf = RUN_DIR/name. */
@@ -52,6 +88,118 @@ void kill_reap(pid_t *pid)
 	}
 }
 
+/*
+ * Fork a child running fn(arg); it dies with the test process and exits 0
+ * when fn returns.  It stays in kids[] until dt_reap or dt_reap_kids.
+ */
+pid_t dt_spawn(void (*fn)(void *), void *arg)
+{
+	pid_t pid = fork();
+
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		dt_in_child = 1;
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		fn(arg);
+		_exit(0);
+	}
+	for (int i = 0; i < DT_MAX_KIDS; i++)
+		if (kids[i] <= 0) {
+			kids[i] = pid;
+			return pid;
+		}
+	cr_assert_fail("too many children");
+	return -1;
+}
+
+/* Wait up to ms for child pid to exit; its wait status, or -1. */
+int dt_wait_exit(pid_t pid, int ms)
+{
+	int status;
+
+	for (int t = 0; t < ms; t += 5) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+		if (r == pid)
+			return status;
+		if (r < 0)
+			return -1;
+		sleep_ms(5);
+	}
+	return -1;
+}
+
+/*
+ * Wait (bounded) for child pid to exit, SIGKILLing it if it does not, and
+ * forget it in kids[]; its wait status, or -1 if it was killed.
+ */
+int dt_reap(pid_t pid)
+{
+	int status = dt_wait_exit(pid, WAIT_MS);
+
+	if (status < 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	for (int i = 0; i < DT_MAX_KIDS; i++)
+		if (kids[i] == pid)
+			kids[i] = -1;
+	return status;
+}
+
+/* SIGKILL and reap every child still in kids[]. */
+void dt_reap_kids(void)
+{
+	for (int i = 0; i < DT_MAX_KIDS; i++)
+		kill_reap(&kids[i]);
+}
+
+/* dt_spawn with pipes up (child -> test) and go (test -> child). */
+pid_t dt_spawn_piped(void (*fn)(void *), void *arg, int up[2], int go[2])
+{
+	pid_t pid;
+
+	cr_assert(pipe(up) == 0 && pipe(go) == 0);
+	pid = dt_spawn(fn, arg);
+	close(up[1]);
+	close(go[0]);
+	return pid;
+}
+
+/* 0 down go, the child must exit 0; close the test's ends. */
+void dt_end_piped(pid_t pid, int up[2], int go[2], const char *who)
+{
+	dt_pipe_put(go[1], 0);
+	cr_assert_eq(dt_reap(pid), 0, "%s child failed", who);
+	close(up[0]);
+	close(go[1]);
+}
+
+/* Write v to pipe fd. */
+void dt_pipe_put(int fd, uint32_t v)
+{
+	REQUIRE(write(fd, &v, sizeof(v)) == sizeof(v));
+}
+
+/* Read one value from pipe fd, waiting at most WAIT_MS. */
+uint32_t dt_pipe_get(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	uint32_t v = 0;
+
+	REQUIRE(poll(&p, 1, WAIT_MS) == 1);
+	REQUIRE(read(fd, &v, sizeof(v)) == sizeof(v));
+	return v;
+}
+
+/* Bytes waiting in socket fd's receive queue. */
+int dt_tcp_queued(int fd)
+{
+	int n = -1;
+
+	REQUIRE(ioctl(fd, FIONREAD, &n) == 0);
+	return n;
+}
+
 /* Write text to name in run_dir. */
 void write_file(const char *name, const char *text)
 {
@@ -65,20 +213,27 @@ void write_file(const char *name, const char *text)
 	cr_assert(fclose(f) == 0);
 }
 
-/* Read all of a file into buf (NUL-terminated; empty if missing). */
-void slurp(const char *path, char *buf, size_t n)
+/* Read what fd has (up to n - 1 bytes) into buf, NUL-terminated, and
+ * close fd. */
+static void read_close(int fd, char *buf, size_t n)
 {
-	int fd = open(path, O_RDONLY);
 	size_t len = 0;
 	ssize_t r;
 
-	buf[0] = '\0';
-	if (fd < 0)
-		return;
 	while (len + 1 < n && (r = read(fd, buf + len, n - 1 - len)) > 0)
 		len += (size_t)r;
 	buf[len] = '\0';
 	close(fd);
+}
+
+/* Read all of a file into buf (NUL-terminated; empty if missing). */
+void slurp(const char *path, char *buf, size_t n)
+{
+	int fd = open(path, O_RDONLY);
+
+	buf[0] = '\0';
+	if (fd >= 0)
+		read_close(fd, buf, n);
 }
 
 /* Create run_dir from the mkdtemp template tmpl, with an empty ubs.conf. */
@@ -208,6 +363,15 @@ int dt_ctl_connect(void)
 	return fd;
 }
 
+/* dt_ctl_connect, REQUIRing success (in a child of dt_spawn too). */
+int dt_ctl_open(void)
+{
+	int fd = dt_ctl_connect();
+
+	REQUIRE(fd >= 0);
+	return fd;
+}
+
 /*
  * Frame a message (header with sequence seq, then len bytes of body) into
  * buf, which holds sizeof(struct ctl_hdr) + CTL_MAX_BODY bytes; returns
@@ -223,4 +387,52 @@ size_t dt_ctl_frame(void *buf, uint16_t type, uint32_t seq,
 	if (len)
 		memcpy((char *)buf + sizeof(h), body, len);
 	return sizeof(h) + len;
+}
+
+/*
+ * Run ubsctl (prog) with args on run_dir, capturing stdout into out and,
+ * unless err is NULL, stderr into err; prep runs in the child before exec
+ * (< 0: exit 126).  Returns the exit code, or -1 if ubsctl did not exit
+ * normally within WAIT_MS.
+ */
+int dt_run_ubsctl(const char *prog, const char *const *args, char *out,
+		  char *err, int (*prep)(void))
+{
+	const char *argv[8] = { "ubsctl" };
+	int po[2], pe[2] = { -1, -1 }, status;
+	pid_t pid;
+
+	cr_assert(pipe(po) == 0 && (!err || pipe(pe) == 0));
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(po[1], STDOUT_FILENO);
+		close(po[0]);
+		if (err) {
+			dup2(pe[1], STDERR_FILENO);
+			close(pe[0]);
+		}
+		setenv("UBS_RUN_DIR", run_dir, 1);
+		if (prep && prep() < 0)
+			_exit(126);
+		for (int i = 0; i < 6 && args[i]; i++)
+			argv[i + 1] = args[i];
+		execv(prog, (char *const *)argv);
+		_exit(127);
+	}
+	close(po[1]);
+	if (err)
+		close(pe[1]);
+	/* Outputs are small: each fits in its pipe, so order is safe. */
+	status = dt_reap(pid);
+	fcntl(po[0], F_SETFL, O_NONBLOCK);
+	read_close(po[0], out, OUT_MAX);
+	if (err) {
+		fcntl(pe[0], F_SETFL, O_NONBLOCK);
+		read_close(pe[0], err, OUT_MAX);
+	}
+	if (status < 0 || !WIFEXITED(status))
+		return -1;
+	return WEXITSTATUS(status);
 }
