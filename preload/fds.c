@@ -77,6 +77,10 @@ int ubs_fd_release(int fd)
 
 int ubs_fd_next_owned(int from, int to)
 {
+	const int top = (int)(OWN_CHUNKS * OWN_CHUNK_BITS) - 1;
+
+	if (to > top)
+		to = top;               /* no mark lies above */
 	for (int fd = from < 0 ? 0 : from; fd <= to; ) {
 		uint64_t *w = own_word(fd, false);
 		uint64_t v;
