@@ -555,7 +555,8 @@ static const char *const case_names[] = {
 	"sendfile", "splice", "exec_inherit", "plain_peer", "eintr_restart",
 	"eintr_norestart", "eintr_timeout", "eintr_poll", "eintr_partial",
 	"handler_write",
-	"threads_close", "policy_flip", "daemon_restart",
+	"threads_close", "policy_flip", "daemon_restart", "mmsg",
+	"close_others", "uring",
 };
 
 /* Every case of sockcase has a test here, and no test names a lost case. */
@@ -630,3 +631,6 @@ CASE(handler_write)
 CASE(threads_close)
 CASE(policy_flip)
 CASE(daemon_restart)
+CASE(mmsg)
+CASE(close_others)
+CASE(uring)

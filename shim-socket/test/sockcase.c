@@ -71,6 +71,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <liburing.h>
+#include <linux/close_range.h>
 
 #define ALARM_S		10		/* per process, whole case */
 #define WAIT_MS		4000		/* any helper wait, poll timeouts */
@@ -2696,6 +2698,121 @@ struct sockcase {
 
 #define CASE(n, ub) { #n, ub, srv_##n, cli_##n, 0 }
 #define CASE_EXACT(n, ends) { #n, (ends) / 2, srv_##n, cli_##n, ends }
+/* mmsg: sendmmsg of three messages, recvmmsg of what arrived (a stream:
+ * the batch fills the first buffer first), then recvmmsg at EOF. */
+static void srv_mmsg(void)
+{
+	int l = srv_listen(), s = srv_accept(l), n;
+	char b[3][8];
+	struct iovec iov[3];
+	struct mmsghdr m[3];
+
+	wait_bytes(s, 18);
+	memset(m, 0, sizeof(m));
+	for (int i = 0; i < 3; i++) {
+		iov[i].iov_base = b[i];
+		iov[i].iov_len = sizeof(b[i]);
+		m[i].msg_hdr.msg_iov = &iov[i];
+		m[i].msg_hdr.msg_iovlen = 1;
+	}
+	n = (int)CALL(recvmmsg(s, m, 3, MSG_DONTWAIT, NULL),
+		      "recvmmsg(%d,3,DONTWAIT)", s);
+	for (int i = 0; i < n; i++)
+		tr("  msg %d: %u \"%.*s\"", i, m[i].msg_len,
+		   (int)m[i].msg_len, b[i]);
+	blocks[role].moved += 18;
+	tell('R');
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_mmsg(void)
+{
+	int c = cli_connect(), n;
+	const char *parts[3] = { "first-", "second", "third!" };
+	struct iovec iov[3];
+	struct mmsghdr m[3];
+
+	memset(m, 0, sizeof(m));
+	for (int i = 0; i < 3; i++) {
+		iov[i].iov_base = (void *)parts[i];
+		iov[i].iov_len = 6;
+		m[i].msg_hdr.msg_iov = &iov[i];
+		m[i].msg_hdr.msg_iovlen = 1;
+	}
+	n = (int)CALL(sendmmsg(c, m, 3, 0), "sendmmsg(%d,3)", c);
+	for (int i = 0; i < n; i++)
+		tr("  msg %d: %u", i, m[i].msg_len);
+	blocks[role].moved += 18;
+	hear('R');
+	kclose(c);
+}
+
+/* close_others: the client closes every fd above its socket (as a daemon
+ * does at start, or a child before exec): the library's own fds stay,
+ * and the connection goes on. */
+static void srv_close_others(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	read_exact(s, NULL, 10);
+	xwrite(s, "still here");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_close_others(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "before|");
+	CALL(close_range((unsigned)c + 1, ~0u, 0), "close_range(%d+1,~0)", c);
+	xwrite(c, "aft");
+	read_exact(c, NULL, 10);
+	kclose(c);
+}
+
+/* io_uring: after the connection is up, the client reads it through an
+ * io_uring instance, past every read hook: the bytes arrive (the
+ * library gives the connection back to TCP first). */
+static void srv_uring(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	read_exact(s, NULL, 5);
+	hear('U');
+	xwrite(s, "from-server");
+	read_exact(s, NULL, 4);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_uring(void)
+{
+	int c = cli_connect();
+	struct io_uring ring;
+	struct io_uring_sqe *sqe;
+	struct io_uring_cqe *cqe;
+	char buf[64] = "";
+	int r;
+
+	xwrite(c, "hello");
+	r = io_uring_queue_init(8, &ring, 0);
+	tr("io_uring_queue_init(8) = %d", r);
+	tell('U');
+	sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_recv(sqe, c, buf, 11, MSG_WAITALL);
+	io_uring_submit(&ring);
+	r = io_uring_wait_cqe(&ring, &cqe);
+	tr("io_uring recv: wait %d res %d \"%.11s\"", r, cqe->res, buf);
+	io_uring_cqe_seen(&ring, cqe);
+	io_uring_queue_exit(&ring);
+	xwrite(c, "done");
+	kclose(c);
+}
+
 static const struct sockcase cases[] = {
 	CASE(roundtrip, 1),
 	CASE(bulk, 1),
@@ -2738,6 +2855,9 @@ static const struct sockcase cases[] = {
 	CASE(threads_close, 1),
 	CASE_EXACT(policy_flip, 2),
 	CASE_EXACT(daemon_restart, 4),
+	CASE(mmsg, 1),
+	CASE(close_others, 1),
+	CASE(uring, 1),
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
