@@ -385,6 +385,8 @@ static int do_poll(struct pollfd *fds, nfds_t n, int timeout_ms,
 
 	if (!ubs_ready())
 		return ubs_fail(-ENOSYS);
+	if (__builtin_expect(ubs_listen_pending, 0) && !ubs_guard)
+		sock_relisten_now();
 	if (ubs_guard)
 		goto kernel;
 	ubs_guard_enter();
@@ -526,6 +528,8 @@ UBS_EXPORT int select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex,
 
 	if (!ubs_ready())
 		return ubs_fail(-ENOSYS);
+	if (__builtin_expect(ubs_listen_pending, 0) && !ubs_guard)
+		sock_relisten_now();
 	if (ubs_guard || nfds < 0 || !select_has_ub(nfds, rd, wr, ex))
 		return ubs_real.select(nfds, rd, wr, ex, tv);
 	if (tv && (tv->tv_sec < 0 || tv->tv_usec < 0))
@@ -1014,6 +1018,8 @@ static int do_epoll_wait(int epfd, struct epoll_event *ev, int max,
 
 	if (!ubs_ready())
 		return ubs_fail(-ENOSYS);
+	if (__builtin_expect(ubs_listen_pending, 0) && !ubs_guard)
+		sock_relisten_now();
 	if (ubs_guard || !__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED) ||
 	    !(e = ep_find(epfd, false)) || !e->nregs || max <= 0)
 		return pwait ? ubs_real.epoll_pwait(epfd, ev, max, timeout, mask)

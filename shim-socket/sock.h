@@ -65,6 +65,7 @@ struct sock {
 	uint64_t rx_seen_head;  /* edge-triggered emulation */
 	uint64_t tx_seen_tail;
 	bool fork_seen;         /* atfork walk: hold taken */
+	bool shared;            /* SK_LISTEN: other processes hold it too */
 	uint64_t trim_head[2];  /* rx, tx heads when last trimmed */
 	uint64_t seen_head[2];  /* ... when last seen moving */
 	uint64_t seen_ms[2];    /* ... and when (coarse clock) */
@@ -137,6 +138,10 @@ void ep_forget_range(unsigned lo, unsigned hi); /* close_range is */
 void ep_atfork_child(void);
 
 void sock_go_tcp(const char *why);
+/* Set in a forked child holding listeners: register them before the
+ * first wait for connections (accept, poll, epoll, select). */
+extern bool ubs_listen_pending;
+void sock_relisten_now(void);
 void sock_init(void);
 void sock_atfork_child(void);
 

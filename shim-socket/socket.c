@@ -245,6 +245,9 @@ static int do_accept(int lfd, __SOCKADDR_ARG addr, socklen_t *len,
 	struct sock *ls;
 	int fd, err;
 
+	if (__builtin_expect(ubs_listen_pending, 0) && !ubs_guard)
+		sock_relisten_now();
+
 	fd = four ? ubs_real.accept4(lfd, addr, len, flags) :
 		ubs_real.accept(lfd, addr, len);
 	if (fd < 0 || ubs_guard || !(ls = sock_get(lfd)))
@@ -686,7 +689,10 @@ UBS_EXPORT int close(int fd)
 			if (s->fd == fd)
 				s->fd = d.fds[0];       /* another fd of it */
 		} else if (atomic_load(&s->state) == SK_LISTEN) {
-			ubs_ctl_listen(fd, false);
+			/* A shared listener lives on in the other holders;
+			 * the daemon drops ours with our session. */
+			if (!s->shared)
+				ubs_ctl_listen(fd, false);
 			sock_last_close(s);
 		} else if (__atomic_load_n(&s->refs, __ATOMIC_ACQUIRE) > 1 &&
 			   defer_close(s, fd)) {
@@ -988,17 +994,53 @@ static void fork_unmark(int fd, struct sock *s, void *arg)
 	s->fork_seen = false;
 }
 
+/* A listener the process forked with is shared: its close in one
+ * process does not end it (a pre-fork server's parent closes its copy
+ * while the workers accept). */
+static void fork_share(int fd, struct sock *s, void *any)
+{
+	(void)fd;
+	if (atomic_load(&s->state) == SK_LISTEN) {
+		s->shared = true;
+		if (any)
+			*(bool *)any = true;
+	}
+}
+
+static void sock_atfork_parent(void)
+{
+	sock_for_each(fork_share, NULL);
+}
+
+/* The child holds the parent's listeners: it registers them in its own
+ * session before it first waits for connections (ubs_listen_pending). */
+bool ubs_listen_pending;
+
+void sock_relisten_now(void)
+{
+	struct ubs_svc_policy pol;
+
+	ubs_listen_pending = false;
+	ubs_guard_enter();
+	ubs_ctl_policy(&pol);   /* connects: the reconnect hook registers */
+	ubs_guard_exit();
+}
+
 void sock_atfork_child(void)
 {
+	bool any = false;
+
 	sock_tab_atfork_child();
 	ubs_ctl_atfork_child();
 	sock_for_each(fork_hold, NULL);
 	sock_for_each(fork_unmark, NULL);
+	sock_for_each(fork_share, &any);
+	ubs_listen_pending = any;
 	ep_atfork_child();
 }
 
 void sock_init(void)
 {
 	ubs_ctl_on_reconnect(relisten_all);
-	pthread_atfork(NULL, NULL, sock_atfork_child);
+	pthread_atfork(NULL, sock_atfork_parent, sock_atfork_child);
 }
