@@ -131,6 +131,20 @@ static int64_t spin_budget(int64_t max)
 	return spin_cur;
 }
 
+/* A wait that slept but was answered within the budget: a spin that
+ * long would have caught it (see ubtransport/wait.c db_wait). */
+static void spin_after_sleep(uint64_t waited_ns, int64_t max)
+{
+	int64_t want = (int64_t)waited_ns * 2;
+
+	if (waited_ns >= (uint64_t)max)
+		return;
+	if (want > max)
+		want = max;
+	if (spin_cur < want)
+		spin_cur = want;
+}
+
 static void spin_result(bool hit, int64_t max)
 {
 	if (hit) {
@@ -910,6 +924,7 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		struct epoll_event tmp[32];
 		int na = 0, lm;
 		bool trim = false;
+		uint64_t slept_at;
 
 		/* The inner set, without waiting: a FIN on the kernel
 		 * socket of a UB connection, and whether kernel fds of the
@@ -973,6 +988,7 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		n = ep_collect(e, ev, max);
 		pthread_mutex_unlock(&e->mu);
 		k = 0;
+		slept_at = now_ns() - (uint64_t)spin_budget(budget);
 		if (!n) {
 			lm = timeout_ms < 0 ? -1 : left_ms(deadline);
 			if (trim && (lm < 0 || lm > UBS_TRIM_IDLE_MS))
@@ -989,6 +1005,8 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		for (int j = 0; j < na; j++)
 			disarm(&arms[j]);
 		free(arms);
+		if (budget && k > 0)
+			spin_after_sleep(now_ns() - slept_at, budget);
 		if (n)
 			return n;
 		if (k < 0)

@@ -163,8 +163,8 @@ static int spin(struct ubt_ring *r, cond_fn cond, uint64_t arg, int64_t budget,
  * The common wait: condition, spin, then sleep on the doorbell.  efd is
  * this side's eventfd for db.
  */
-static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
-		   cond_fn cond, uint64_t arg, const struct ubt_wait *w)
+static int db_wait_sleep(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
+			 cond_fn cond, uint64_t arg, const struct ubt_wait *w)
 {
 	uint64_t deadline = 0, s, stray_t0 = 0;
 	int c, n, yields = 0;
@@ -292,6 +292,34 @@ int ubt_ring_pclosed(const struct ubt_ring *r)
 int ubt_ring_cclosed(const struct ubt_ring *r)
 {
 	return atomic_load_explicit(&r->shm->cclosed, memory_order_acquire) != 0;
+}
+
+/*
+ * A wait that slept but was answered within the spin budget would have
+ * been caught by a longer spin: let the next one spin that long.  (Spins
+ * only shrink when they fail; without this, two peers whose spins both
+ * shrank to the floor while a CPU was busy keep waking each other from
+ * real sleeps once it is free again.)
+ */
+static int db_wait(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
+		   cond_fn cond, uint64_t arg, const struct ubt_wait *w)
+{
+	uint64_t t0 = w->spin_ns > 0 ? ubt_now_ns() : 0, sleeps = r->st.sleeps;
+	int ret = db_wait_sleep(r, db, efd, cond, arg, w);
+
+	if (ret == UBT_READY && t0 && r->st.sleeps != sleeps) {
+		uint64_t el = ubt_now_ns() - t0;
+
+		if (el < (uint64_t)w->spin_ns) {
+			int64_t want = (int64_t)el * 2;
+
+			if (want > w->spin_ns)
+				want = w->spin_ns;
+			if (r->spin_ns < want)
+				r->spin_ns = want;
+		}
+	}
+	return ret;
 }
 
 int ubt_wait_readable(struct ubt_ring *r, const struct ubt_wait *w)
