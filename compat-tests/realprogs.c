@@ -168,24 +168,6 @@ static int free_port(void)
 	return p;
 }
 
-static void setup(void)
-{
-	char path[1100];
-
-	find_build();
-	own_netns = enter_netns();
-	dt_make_run_dir("/tmp/ubs-compat.XXXXXX");
-	/* nginx's worker runs as nobody when we are root: it must reach
-	 * the files it serves. */
-	cr_assert_eq(chmod(run_dir, 0755), 0);
-	path_in(path, sizeof(path), "stats");
-	cr_assert_eq(mkdir(path, 0755), 0);
-	snprintf(path, sizeof(path), "%s/ubsd", bin_dir);
-	dt_start_daemon(path);
-	port = free_port();
-	nservers = 0;
-}
-
 static int rm_entry(const char *path, const struct stat *st, int flag,
 		    struct FTW *ftw)
 {
@@ -196,18 +178,119 @@ static int rm_entry(const char *path, const struct stat *st, int flag,
 	return 0;
 }
 
+static int guard_fd = -1;               /* to the guard: server groups */
+static pid_t guard_pid = -1;
+
+/*
+ * The guard, a child that does not die with the test process: it is
+ * told the process group of each server, and if the test process dies
+ * without its teardown (Criterion's timeout SIGKILLs it) it kills those
+ * groups and ubsd and removes the run directory.  The servers die with
+ * the test process themselves (PR_SET_PDEATHSIG), but not their own
+ * children (nginx's worker), which would live on, listening, in a
+ * namespace nobody can reach any more.  Teardown sends 0: nothing to do.
+ */
+static void start_guard(void)
+{
+	int p[2];
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0, "pipe: %s", strerror(errno));
+	guard_pid = fork();
+	cr_assert(guard_pid >= 0, "fork: %s", strerror(errno));
+	if (guard_pid == 0) {
+		pid_t groups[MAX_SERVERS], ubsd = daemon_pid;
+		int null = open("/dev/null", O_RDWR), n = 0;
+		int32_t v;
+
+		/* Only the pipe: no fd of the test runner's kept open. */
+		if (null < 0)
+			_exit(1);
+		for (int fd = 0; fd < 3; fd++)
+			dup2(null, fd);
+		if (dup2(p[0], 3) < 0)
+			_exit(1);
+		close_range(4, ~0U, 0);
+		while (read(3, &v, sizeof(v)) == sizeof(v)) {
+			if (v == 0)
+				_exit(0);
+			if (n < MAX_SERVERS)
+				groups[n++] = v;
+		}
+		kill(ubsd, SIGKILL);
+		for (int i = 0; i < n; i++)
+			kill(-groups[i], SIGKILL);
+		sleep_ms(200);          /* ubsd's last writes */
+		nftw(run_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+		rmdir(run_dir);
+		_exit(0);
+	}
+	close(p[0]);
+	guard_fd = p[1];
+}
+
+/* Tell the guard about a server's process group (its pid). */
+static void guard_add(pid_t pgid)
+{
+	int32_t v = (int32_t)pgid;
+
+	cr_assert_eq(write(guard_fd, &v, sizeof(v)), (ssize_t)sizeof(v));
+}
+
+/* Teardown: the guard has nothing to do; it exits and is reaped. */
+static void stop_guard(void)
+{
+	int32_t v = 0;
+
+	if (guard_fd >= 0) {
+		if (write(guard_fd, &v, sizeof(v)) != sizeof(v))
+			kill(guard_pid, SIGKILL);
+		close(guard_fd);
+		guard_fd = -1;
+	}
+	if (guard_pid > 0)
+		waitpid(guard_pid, NULL, 0);
+	guard_pid = -1;
+}
+
+static void setup(void)
+{
+	char path[1100];
+
+	/* Orphans of our servers (nginx's worker, when its master is
+	 * killed first) become our children: teardown reaps them. */
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	find_build();
+	own_netns = enter_netns();
+	dt_make_run_dir("/tmp/ubs-compat.XXXXXX");
+	/* nginx's worker runs as nobody when we are root: it must reach
+	 * the files it serves. */
+	cr_assert_eq(chmod(run_dir, 0755), 0);
+	path_in(path, sizeof(path), "stats");
+	cr_assert_eq(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/ubsd", bin_dir);
+	dt_start_daemon(path);
+	start_guard();
+	port = free_port();
+	nservers = 0;
+}
+
 static void drop_namespaces(void);
 
-/* Kill every server's process group, then remove what the test made. */
+/* Kill every server's process group and reap all its members (ours, as
+ * subreaper, once their parent is gone), then remove what the test
+ * made. */
 static void teardown(void)
 {
 	for (int i = 0; i < nservers; i++) {
 		if (server_pids[i] > 0) {
 			kill(-server_pids[i], SIGKILL);
-			waitpid(server_pids[i], NULL, 0);
+			while (waitpid(-server_pids[i], NULL, 0) > 0 ||
+			       errno == EINTR)
+				;
 			server_pids[i] = -1;
 		}
 	}
+	stop_guard();
 	drop_namespaces();
 	/* Everything but ubsd's own files; dt_teardown checks the daemon
 	 * survived and removes the rest. */
@@ -416,6 +499,7 @@ static pid_t start_server(const char *const *argv, bool preload)
 	snprintf(err, sizeof(err), "%s.err", argv[0]);
 	pid = spawn(argv, preload, server_ns, NULL, NULL, out, err);
 	server_pids[nservers++] = pid;
+	guard_add(pid);
 	for (int t = 0; t < WAIT_MS; t += 10) {
 		if (listening(pid, port))
 			return pid;
