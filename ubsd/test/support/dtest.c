@@ -280,10 +280,17 @@ void dt_start_daemon(const char *prog)
 	char sock[128];
 	struct stat st;
 
+	char pidf[128], text[32];
+
 	daemon_pid = dt_spawn_ubsd(prog, "ubsd.log", "ubs.conf");
 	path_in(sock, sizeof(sock), CTL_SOCK_NAME);
+	path_in(pidf, sizeof(pidf), CTL_PID_NAME);
+	/* Ready when it listens: ubsd binds the socket, listens, then
+	 * writes its pid into the pid file (the socket file alone appears
+	 * before listen). */
 	for (int t = 0; t < WAIT_MS; t += 10) {
-		if (stat(sock, &st) == 0)
+		slurp(pidf, text, sizeof(text));
+		if (stat(sock, &st) == 0 && atol(text) == (long)daemon_pid)
 			return;
 		cr_assert(waitpid(daemon_pid, NULL, WNOHANG) == 0,
 			  "ubsd (%s) exited at start", prog);
