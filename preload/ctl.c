@@ -159,7 +159,7 @@ static void close_fds(int *fds, int n)
 {
 	for (int i = 0; i < n; i++)
 		if (fds[i] >= 0)
-			ubs_real.close(fds[i]);
+			ubs_fd_release(fds[i]);
 }
 
 /*
@@ -207,6 +207,13 @@ static int ctl_read_msg(int fd, struct ctl_hdr *h, unsigned char *in,
 		*why = "wrong number of fds";
 		r = -EPROTO;
 	}
+	/* Received fds are the library's: out of the program's range at
+	 * once, whoever reads them and however long they wait in the
+	 * mailbox (the program's next socket must get the number it would
+	 * have without us). */
+	for (int i = 0; i < CTL_MAX_FDS; i++)
+		if (got[i] >= 0)
+			got[i] = ubs_fd_high(got[i]);
 	if (r)
 		close_fds(got, CTL_MAX_FDS);
 	return r;
@@ -452,7 +459,7 @@ static int ctl_connect(void)
 		r = -EPROTO;
 	if (r) {
 		if (pfd >= 0 && n == 1)
-			ubs_real.close(pfd);
+			ubs_fd_release(pfd);
 		ctl_drop("session refused");
 		return r;
 	}
@@ -461,12 +468,12 @@ static int ctl_connect(void)
 	page = calloc(1, sizeof(*page));
 	if (!page || pp_map(page, pfd) < 0) {
 		free(page);
-		ubs_real.close(pfd);
+		ubs_fd_release(pfd);
 		ctl_drop("policy page refused");
 		return -EPROTO;
 	}
 	if (page->fd >= 0) {            /* the mapping is all we need */
-		ubs_real.close(page->fd);
+		ubs_fd_release(page->fd);
 		page->fd = -1;
 	}
 	if (ctl.page) {                 /* a previous daemon's */

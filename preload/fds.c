@@ -128,11 +128,14 @@ int ubs_fd_high(int fd)
 
 	if (fd < 0)
 		return fd;
+	if (fd >= fd_floor() && ubs_fd_owned(fd))
+		return fd;              /* already ours, up there */
 	nfd = ubs_real.fcntl(fd, F_DUPFD_CLOEXEC, fd_floor());
 	if (nfd < 0) {
 		own_set(fd, true);      /* no room up there: keep it low */
 		return fd;
 	}
+	own_set(fd, false);
 	ubs_real.close(fd);
 	own_set(nfd, true);
 	return nfd;

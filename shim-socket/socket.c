@@ -219,7 +219,7 @@ static void accepted(int fd, int flags)
 	chan_fds_high(&s->ch);
 	r = ubs_ctl_publish(fd, s->ch.seg.fd, s->ch.efd[0], s->ch.efd[1]);
 	/* The mapping is all this side needs of the segment. */
-	ubs_real.close(s->ch.seg.fd);
+	ubs_fd_release(s->ch.seg.fd);
 	s->ch.seg.fd = -1;
 	if (r) {
 		ubt_chan_close(&s->ch);
@@ -424,11 +424,11 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 	if (r) {
 		snprintf(why, sizeof(why), "attach: %s", strerror(-r));
 		for (int i = 0; i < 3; i++)
-			ubs_real.close(fds[i]);
+			ubs_fd_release(fds[i]);
 		goto tcp;
 	}
 	/* The mapping is all we need of the segment. */
-	ubs_real.close(s->ch.seg.fd);
+	ubs_fd_release(s->ch.seg.fd);
 	s->ch.seg.fd = -1;
 	chan_fds_high(&s->ch);
 	bind_chan(s);
