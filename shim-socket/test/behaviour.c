@@ -556,7 +556,7 @@ static const char *const case_names[] = {
 	"eintr_norestart", "eintr_timeout", "eintr_poll", "eintr_partial",
 	"handler_write",
 	"threads_close", "policy_flip", "daemon_restart", "mmsg",
-	"close_others", "uring",
+	"close_others", "uring", "connect_ahead",
 };
 
 /* Every case of sockcase has a test here, and no test names a lost case. */
@@ -634,3 +634,4 @@ CASE(daemon_restart)
 CASE(mmsg)
 CASE(close_others)
 CASE(uring)
+CASE(connect_ahead)

@@ -2813,6 +2813,53 @@ static void cli_uring(void)
 	kclose(c);
 }
 
+/* connect_ahead: several non-blocking connects made before any is
+ * used (an event loop opening its pool): the program's fd numbers are
+ * the kernel's, whatever the library holds meanwhile; then each carries
+ * a round trip. */
+#define AHEAD_N 6
+
+static void srv_connect_ahead(void)
+{
+	int l = srv_listen(), s[AHEAD_N];
+
+	for (int i = 0; i < AHEAD_N; i++)
+		s[i] = srv_accept(l);
+	for (int i = 0; i < AHEAD_N; i++) {
+		read_exact(s[i], NULL, 4);
+		xwrite(s[i], "ack");
+	}
+	for (int i = 0; i < AHEAD_N; i++)
+		kclose(s[i]);
+	kclose(l);
+}
+
+static void cli_connect_ahead(void)
+{
+	struct sockaddr_in a = loopback(srv_port());
+	int c[AHEAD_N];
+
+	for (int i = 0; i < AHEAD_N; i++) {
+		c[i] = (int)CALL(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0),
+				 "socket(INET,STREAM|NONBLOCK)");
+		CALL(connect(c[i], (struct sockaddr *)&a, sizeof(a)) == 0 ||
+		     errno == EINPROGRESS ? 0 : -1,
+		     "connect(%d) started", c[i]);
+		sleep_ms(20);   /* the library's answers arrive meanwhile */
+	}
+	for (int i = 0; i < AHEAD_N; i++) {
+		char m[8];
+
+		wait_event(c[i], POLLOUT);
+		snprintf(m, sizeof(m), "req%d", i);
+		xwrite(c[i], m);
+		wait_bytes(c[i], 3);
+		xread(c[i], 3);
+	}
+	for (int i = 0; i < AHEAD_N; i++)
+		kclose(c[i]);
+}
+
 static const struct sockcase cases[] = {
 	CASE(roundtrip, 1),
 	CASE(bulk, 1),
@@ -2858,6 +2905,7 @@ static const struct sockcase cases[] = {
 	CASE(mmsg, 1),
 	CASE(close_others, 1),
 	CASE(uring, 1),
+	CASE(connect_ahead, AHEAD_N),
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
