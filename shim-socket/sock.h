@@ -7,9 +7,10 @@
  * sockets the library may accelerate have an entry: a registered UB
  * listener, a client whose connect() went towards a possible UB listener
  * (CONNECTING until settled), an accepted connection whose channel is
- * offered (UNDECIDED until the client attaches or TCP wins), and a UB
- * connection.  Everything else (and a connection decided TCP, whose entry
- * is dropped) goes straight to libc after one table load.
+ * offered (UNDECIDED until the client attaches or TCP wins), a UB
+ * connection, and one draining its ring after the peer's demotion.
+ * Everything else (and a connection decided TCP, whose entry is dropped)
+ * goes straight to libc after one table load.
  *
  * Locking: the fd table's rwlock guards the slots and the sock refcounts;
  * a sock's mutex guards its state changes; the rings have their own
@@ -62,8 +63,6 @@ struct sock {
 	uint64_t undecided_until_ns;    /* first-send wait deadline */
 	uint32_t req_token;     /* SK_CONNECTING: REQUEST sent at connect
 				 * time, answer not read yet (0: none) */
-	uint64_t rx_seen_head;  /* edge-triggered emulation */
-	uint64_t tx_seen_tail;
 	bool fork_seen;         /* atfork walk: hold taken */
 	bool shared;            /* SK_LISTEN: other processes hold it too */
 	uint64_t trim_head[2];  /* rx, tx heads when last trimmed */
