@@ -615,6 +615,7 @@ struct ep_set {
 	struct ep_reg *regs;
 	int nregs;
 	unsigned rot;                   /* fairness: first reg to look at */
+	unsigned trim_rot;              /* next regs to look at for trimming */
 };
 
 static pthread_mutex_t ep_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -894,6 +895,30 @@ static int ep_collect(struct ep_set *e, struct epoll_event *out, int max)
 	return n;
 }
 
+/*
+ * A set that never sleeps (always busy) would never trim: each wait
+ * also looks at a few registrations in turn, so rings idle for a second
+ * are given back while others are busy.  e->mu held.
+ */
+static void ep_trim_some(struct ep_set *e)
+{
+	struct ep_reg *r = e->regs;
+	unsigned skip;
+
+	if (!e->nregs)
+		return;
+	skip = e->trim_rot % (unsigned)e->nregs;
+	while (skip-- && r)
+		r = r->next;
+	for (int k = 0; k < 4; k++, e->trim_rot++) {
+		if (!r)
+			r = e->regs;
+		if (emulated(r->s))
+			sock_trim_idle(r->s);
+		r = r->next;
+	}
+}
+
 /* The inner epoll said the kernel socket of a member changed: learn
  * whether its peer is gone. */
 static void probe_member(struct ep_set *e, uint64_t tag)
@@ -943,6 +968,7 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		n = ep_collect(e, ev, max);
 		for (struct ep_reg *r = e->regs; r; r = r->next)
 			budget = spin_of(r->s, budget);
+		ep_trim_some(e);
 		pthread_mutex_unlock(&e->mu);
 		if (n < max && kernel) {
 			k = ubs_real.epoll_wait(e->epfd, ev + n, max - n, 0);
