@@ -277,43 +277,70 @@ static int excl_match(const struct ubs_excl_rule *r, const char *service,
 	}
 }
 
+/* What a table scan compares each entry with (normalised address). */
+struct pp_query {
+	const char *service;
+	int family;
+	const uint8_t *a;
+	uint16_t port;
+};
+
+/* A v4-mapped IPv6 address is its IPv4 address. */
+static void query_addr(struct pp_query *q, int family, const void *addr)
+{
+	q->family = family;
+	q->a = addr;
+	if (q->a && family == AF_INET6 &&
+	    memcmp(q->a, v4mapped, sizeof(v4mapped)) == 0) {
+		q->family = AF_INET;
+		q->a += sizeof(v4mapped);
+	}
+}
+
+/*
+ * Does any of the first *count entries match (match(pg, i, q))?  One
+ * seqlock read of a table whose count lives in the page: the count is
+ * loaded once (the bound checked is the bound used), clamped to max when
+ * torn, and an out-of-range count in a stable copy is -EPROTO.  Returns
+ * 1, 0, -EAGAIN (no stable copy) or -EPROTO.
+ */
+static int pp_scan(const struct ubs_policy_page *pg, const uint32_t *count,
+		   uint32_t max, int (*match)(const struct ubs_policy_page *,
+					      uint32_t, const struct pp_query *),
+		   const struct pp_query *q)
+{
+	for (int tries = 0; tries < PP_READ_TRIES; tries++) {
+		uint64_t s1 = read_begin(pg);
+		uint32_t i, n;
+		int found = 0;
+
+		if (s1 & 1)
+			continue;
+		n = *(const volatile uint32_t *)count;
+		for (i = 0; !found && i < n && i < max; i++)
+			found = match(pg, i, q);
+		if (read_changed(pg, s1))
+			continue;
+		return n > max ? -EPROTO : found;
+	}
+	return -EAGAIN;
+}
+
+static int excl_entry(const struct ubs_policy_page *pg, uint32_t i,
+		      const struct pp_query *q)
+{
+	return excl_match(&pg->excl[i], q->service, q->family, q->a, q->port);
+}
+
 int pp_excluded(const struct ubt_seg *s, const char *service, int family,
 		const void *addr, uint16_t port)
 {
 	const struct ubs_policy_page *pg = page_of(s);
-	const uint8_t *a = NULL;
-	int tries;
+	struct pp_query q = { .service = service, .port = port };
 
-	if (addr && family == AF_INET) {
-		a = addr;
-	} else if (addr && family == AF_INET6) {
-		a = addr;
-		if (memcmp(a, v4mapped, sizeof(v4mapped)) == 0) {
-			family = AF_INET;
-			a += sizeof(v4mapped);
-		}
-	}
-	for (tries = 0; tries < PP_READ_TRIES; tries++) {
-		uint64_t s1;
-		uint32_t i, n;
-		int found = 0;
-
-		s1 = read_begin(pg);
-		if (s1 & 1)
-			continue;
-		n = pg->nexcl;
-		if (n > UBS_POLICY_MAX_EXCL)
-			n = UBS_POLICY_MAX_EXCL; /* torn or hostile */
-		for (i = 0; !found && i < n; i++)
-			found = excl_match(&pg->excl[i], service, family, a,
-					   port);
-		if (read_changed(pg, s1))
-			continue;
-		if (pg->nexcl > UBS_POLICY_MAX_EXCL)
-			return -EPROTO;
-		return found;
-	}
-	return -EAGAIN;
+	query_addr(&q, family, family == AF_INET || family == AF_INET6 ?
+		   addr : NULL);
+	return pp_scan(pg, &pg->nexcl, UBS_POLICY_MAX_EXCL, excl_entry, &q);
 }
 
 /*
@@ -336,40 +363,22 @@ static int lst_reaches(const struct ubs_lst_entry *e, int family,
 	       memcmp(e->addr, zero16, sizeof(zero16)) == 0;
 }
 
+static int lst_entry(const struct ubs_policy_page *pg, uint32_t i,
+		     const struct pp_query *q)
+{
+	return lst_reaches(&pg->lst[i], q->family, q->a, q->port);
+}
+
 int pp_listener_maybe(const struct ubt_seg *s, int family, const void *addr,
 		      uint16_t port)
 {
 	const struct ubs_policy_page *pg = page_of(s);
-	const uint8_t *a = addr;
-	int tries;
+	struct pp_query q = { .port = port };
 
 	if (family != AF_INET && family != AF_INET6)
 		return -EAFNOSUPPORT;
-	if (!a)
+	if (!addr)
 		return -EINVAL;
-	if (family == AF_INET6 && memcmp(a, v4mapped, sizeof(v4mapped)) == 0) {
-		family = AF_INET;
-		a += sizeof(v4mapped);
-	}
-	for (tries = 0; tries < PP_READ_TRIES; tries++) {
-		uint64_t s1;
-		uint32_t i, n;
-		int found = 0;
-
-		s1 = read_begin(pg);
-		if (s1 & 1)
-			continue;
-		/* One load: the bound checked is the bound used. */
-		n = *(const volatile uint32_t *)&pg->nlst;
-		if (n > UBS_POLICY_MAX_LST)
-			n = UBS_POLICY_MAX_LST; /* torn or hostile */
-		for (i = 0; !found && i < n; i++)
-			found = lst_reaches(&pg->lst[i], family, a, port);
-		if (read_changed(pg, s1))
-			continue;
-		if (pg->nlst > UBS_POLICY_MAX_LST)
-			return -EPROTO;
-		return found;
-	}
-	return -EAGAIN;
+	query_addr(&q, family, addr);
+	return pp_scan(pg, &pg->nlst, UBS_POLICY_MAX_LST, lst_entry, &q);
 }
