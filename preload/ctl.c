@@ -44,8 +44,6 @@
 static struct {
 	pthread_mutex_t lock;
 	int fd;                 /* control connection, -1 when down */
-	dev_t dev;              /* its identity, to notice a program's */
-	ino_t ino;              /* close/dup2 over the fd number */
 	uint32_t seq;
 	uint64_t next_try_ms;   /* no connect attempt before this... */
 	ino_t failed_ino;       /* ...unless the socket file is no longer
@@ -92,10 +90,9 @@ static void ctl_drop(const char *why)
  * number)? */
 static bool ctl_fd_ours(void)
 {
-	struct stat st;
-
-	return ctl.fd >= 0 && fstat(ctl.fd, &st) == 0 &&
-	       st.st_dev == ctl.dev && st.st_ino == ctl.ino;
+	/* A program can take the number only with dup2/dup3 onto it, which
+	 * clears the mark (dup_track): no syscall needed. */
+	return ctl.fd >= 0 && ubs_fd_owned(ctl.fd);
 }
 
 /* Send one message with fds.  Returns 0 or -errno (connection dropped). */
@@ -441,10 +438,6 @@ static int ctl_connect(void)
 	}
 	ctl.fd = ubs_fd_high(fd);
 	ctl_gen++;
-	if (fstat(ctl.fd, &st) == 0) {
-		ctl.dev = st.st_dev;
-		ctl.ino = st.st_ino;
-	}
 	if (ctl.had_session)
 		hello.flags |= CTL_HELLO_RECONNECT;
 	memcpy(hello.service, ubs_config.service,

@@ -796,6 +796,7 @@ static int dup_track(int oldfd, int newfd)
 
 	if (newfd < 0 || ubs_guard)
 		return newfd;
+	ubs_fd_forget(newfd);           /* a library fd the program took over */
 	old = sock_detach(newfd);       /* dup2 over a tracked fd closed it */
 	if (old) {
 		struct drop_arg d = { .s = old };
