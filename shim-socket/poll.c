@@ -39,6 +39,8 @@ static uint64_t now_ns(void)
 
 int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen);
 
+#define POLL_SMALL 32    /* fds of a poll/select handled on the stack */
+
 /* Is s a connection whose readiness is computed here? */
 static bool emulated(struct sock *s)
 {
@@ -189,8 +191,8 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 		now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
 	int64_t budget = 0;
 	nfds_t nk = 0, nu = 0;
-	struct pollfd *kp;
-	struct arm *arms;
+	struct pollfd *kp, kp_small[POLL_SMALL * 2];
+	struct arm *arms, arms_small[POLL_SMALL];
 	uint32_t mark = ubs_sig_mark();
 	int ready, r;
 
@@ -202,12 +204,16 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 			nk++;
 		}
 	}
-	/* Kernel fds, then per UB sock its eventfd and its kernel socket. */
-	kp = calloc(nk + 2 * nu + 1, sizeof(*kp));
-	arms = calloc(nu + 1, sizeof(*arms));
+	/* Kernel fds, then per UB sock its eventfd and its kernel socket;
+	 * on the stack for the usual few fds (no allocation per call). */
+	kp = nk + 2 * nu + 1 <= POLL_SMALL * 2 ? kp_small :
+		calloc(nk + 2 * nu + 1, sizeof(*kp));
+	arms = nu + 1 <= POLL_SMALL ? arms_small : calloc(nu + 1, sizeof(*arms));
 	if (!kp || !arms) {
-		free(kp);
-		free(arms);
+		if (kp != kp_small)
+			free(kp);
+		if (arms != arms_small)
+			free(arms);
 		return -ENOMEM;
 	}
 	for (bool first = true;; first = false) {
@@ -343,13 +349,16 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 		if (timeout_ms > 0 && left_ms(deadline) == 0)
 			timeout_ms = 0;         /* one last collection */
 	}
-	free(kp);
-	free(arms);
+	if (kp != kp_small)
+		free(kp);
+	if (arms != arms_small)
+		free(arms);
 	return ready;
 }
 
 /* Socks of the fds in a poll set, or NULL when none is emulated. */
-static struct sock **poll_socks(struct pollfd *fds, nfds_t n)
+static struct sock **poll_socks(struct pollfd *fds, nfds_t n,
+				 struct sock **small)
 {
 	struct sock **socks = NULL;
 	bool any = false;
@@ -359,7 +368,7 @@ static struct sock **poll_socks(struct pollfd *fds, nfds_t n)
 			any = true;
 	if (!any)
 		return NULL;
-	socks = calloc(n, sizeof(*socks));
+	socks = n <= POLL_SMALL ? small : calloc(n, sizeof(*socks));
 	if (!socks)
 		return NULL;
 	any = false;
@@ -377,24 +386,26 @@ static struct sock **poll_socks(struct pollfd *fds, nfds_t n)
 		any |= s != NULL;
 	}
 	if (!any) {
-		free(socks);
+		if (socks != small)
+			free(socks);
 		return NULL;
 	}
 	return socks;
 }
 
-static void put_socks(struct sock **socks, nfds_t n)
+static void put_socks(struct sock **socks, nfds_t n, struct sock **small)
 {
 	for (nfds_t i = 0; i < n; i++)
 		sock_put(socks[i]);
-	free(socks);
+	if (socks != small)
+		free(socks);
 }
 
 static int do_poll(struct pollfd *fds, nfds_t n, int timeout_ms,
 		   const sigset_t *mask, bool is_ppoll,
 		   const struct timespec *ts)
 {
-	struct sock **socks;
+	struct sock **socks, *small[POLL_SMALL];
 	int r;
 
 	if (!ubs_ready())
@@ -404,13 +415,13 @@ static int do_poll(struct pollfd *fds, nfds_t n, int timeout_ms,
 	if (ubs_guard)
 		goto kernel;
 	ubs_guard_enter();
-	socks = poll_socks(fds, n);
+	socks = poll_socks(fds, n, small);
 	if (!socks) {
 		ubs_guard_exit();
 		goto kernel;
 	}
 	r = ub_poll(fds, n, socks, timeout_ms, mask);
-	put_socks(socks, n);
+	put_socks(socks, n, small);
 	ubs_guard_exit();
 	return r < 0 ? ubs_fail(r) : r;
 kernel:
@@ -464,7 +475,7 @@ static int do_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex,
 		     int timeout_ms, const sigset_t *mask)
 {
 	struct pollfd *p;
-	struct sock **socks;
+	struct sock **socks, *small[POLL_SMALL];
 	int n = 0, r, cnt = 0;
 
 	for (int fd = 0; fd < nfds && fd < FD_SETSIZE; fd++)
@@ -489,13 +500,13 @@ static int do_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex,
 			p[n++].events = ev;
 		}
 	}
-	socks = poll_socks(p, (nfds_t)n);
+	socks = poll_socks(p, (nfds_t)n, small);
 	if (!socks) {
 		free(p);
 		return 1 << 30;         /* not ours after all */
 	}
 	r = ub_poll(p, (nfds_t)n, socks, timeout_ms, mask);
-	put_socks(socks, (nfds_t)n);
+	put_socks(socks, (nfds_t)n, small);
 	if (r < 0) {
 		free(p);
 		return r;
