@@ -81,14 +81,6 @@ static const char *preload_lib(void)
 	return lib && lib[0] ? lib : UBS_PRELOAD_DEFAULT;
 }
 
-static long long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
-}
-
 /* Creates the run directory with stats/ and starts the private ubsd. */
 static void setup(void)
 {
@@ -223,7 +215,7 @@ static void run_case(const char *name, bool preload, struct run *r)
 	char ld[4200], dir[128], kvar[200], kpath[128], errpath[128], tmp[64];
 	char rdir[128], hvar[64];
 	const char *extra[6] = { kvar, rdir, hvar, NULL, NULL, NULL };
-	long long deadline = now_ms() + RUN_TIMEOUT_MS;
+	long long deadline = (long long)dt_now_ms() + RUN_TIMEOUT_MS;
 	bool timed_out = false;
 	char **env;
 	int p[2], req[2], rep[2], ret;
@@ -281,7 +273,7 @@ static void run_case(const char *name, bool preload, struct run *r)
 	for (;;) {
 		struct pollfd pfd[2] = { { .fd = p[0], .events = POLLIN },
 					 { .fd = req[0], .events = POLLIN } };
-		long long left = deadline - now_ms();
+		long long left = deadline - (long long)dt_now_ms();
 		ssize_t n;
 
 		if (left <= 0) {
@@ -316,7 +308,7 @@ static void run_case(const char *name, bool preload, struct run *r)
 		ret = waitpid(pid, &r->status, WNOHANG);
 		if (ret == pid)
 			break;
-		if (now_ms() >= deadline)
+		if ((long long)dt_now_ms() >= deadline)
 			timed_out = true;
 		else
 			sleep_ms(5);
