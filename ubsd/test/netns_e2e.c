@@ -54,6 +54,7 @@
 #include "policy.h"
 #include "ubt.h"
 #include "support/dtest.h"
+#include "support/rvtest.h"
 
 #define ADDR_A "10.77.0.1"
 #define ADDR_B "10.77.0.2"
@@ -233,105 +234,6 @@ static void teardown(void)
 
 TestSuite(netns_e2e, .init = setup, .fini = teardown, .timeout = 60);
 
-/* -------------------------------------------------------- protocol */
-
-static void send_msg(int fd, uint16_t type, const void *body, uint32_t len,
-		     const int *fds, int nfds)
-{
-	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
-	size_t n = dt_ctl_frame(buf, type, type, body, len);
-
-	REQUIRE(ubt_send_fds(fd, fds, nfds, buf, n) == (int)n);
-}
-
-/* One message: header, body (up to CTL_MAX_BODY), fds (up to *nfds).
- * 0, or -1 on EOF or timeout. */
-static int recv_msg(int fd, struct ctl_hdr *h, void *body, int *fds,
-		    int *nfds)
-{
-	int got = 0, max = *nfds, n;
-	size_t off = 0;
-
-	*nfds = 0;
-	while (off < sizeof(*h)) {
-		int k = max - got;
-
-		n = ubt_recv_fds(fd, fds + got, &k, (char *)h + off,
-				 sizeof(*h) - off);
-		if (n <= 0)
-			return -1;
-		got += k;
-		off += (size_t)n;
-	}
-	*nfds = got;
-	if (h->len > CTL_MAX_BODY)
-		return -1;
-	for (off = 0; off < h->len; off += (size_t)n) {
-		n = (int)recv(fd, (char *)body + off, h->len - off, 0);
-		if (n <= 0)
-			return -1;
-	}
-	return 0;
-}
-
-/* Expect a reply of type want (body into body, fds into fds, or closed
- * when fds is NULL); returns the number of fds. */
-static int expect(int fd, uint16_t want, void *body, int *fds)
-{
-	unsigned char tmp[CTL_MAX_BODY];
-	struct ctl_hdr h;
-	int nfds = 4, dummy[4];
-
-	REQUIRE(recv_msg(fd, &h, body ? body : tmp, fds ? fds : dummy,
-			 &nfds) == 0);
-	if (h.type != want && h.type == CTL_R_ERROR) {
-		struct ctl_error *e = (void *)(body ? body : tmp);
-
-		e->msg[sizeof(e->msg) - 1] = '\0';
-		fprintf(stderr, "ERROR reply: %s\n", e->msg);
-	}
-	REQUIRE(h.type == want);
-	if (!fds)
-		for (int i = 0; i < nfds; i++)
-			close(dummy[i]);
-	return nfds;
-}
-
-static int hello(const char *name)
-{
-	struct ctl_hello m = { .pid = (uint32_t)getpid() };
-	int fd = dt_ctl_open();
-
-	snprintf(m.service, sizeof(m.service), "%s", name);
-	send_msg(fd, CTL_REQ_HELLO, &m, sizeof(m), NULL, 0);
-	expect(fd, CTL_R_OK, NULL, NULL);
-	return fd;
-}
-
-/* Bounded read of exactly len bytes from a stream ring. */
-static void ring_read(struct ubt_chan *ch, void *buf, size_t len)
-{
-	size_t off = 0;
-
-	for (int t = 0; off < len && t < WAIT_MS * 10; t++) {
-		ssize_t n = ubt_stream_read(ubt_chan_rx(ch, 0),
-					    (char *)buf + off, len - off, 0);
-		if (n > 0)
-			off += (size_t)n;
-		else if (n == -EAGAIN)
-			usleep(100);
-		else
-			break;
-	}
-	REQUIRE(off == len);
-}
-
-static void ring_write(struct ubt_chan *ch, const void *buf, size_t len)
-{
-	REQUIRE(ubt_stream_write(ubt_chan_tx(ch, 0), buf, len) ==
-		(ssize_t)len);
-}
-
 static const char ping[] = "ping across namespaces", pong[] = "pong!";
 
 /* ---------------------------------------------------------- actors */
@@ -357,7 +259,7 @@ static void server(void *arg)
 	uint32_t cmd;
 
 	enter(s->ns);
-	ctl = hello("netns-server");
+	ctl = dt_hello("netns-server");
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	REQUIRE(lfd >= 0);
 	REQUIRE(setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one,
@@ -365,8 +267,8 @@ static void server(void *arg)
 	REQUIRE(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
 	REQUIRE(listen(lfd, 16) == 0);
 	REQUIRE(getsockname(lfd, (struct sockaddr *)&sin, &len) == 0);
-	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
-	expect(ctl, CTL_R_OK, NULL, NULL);
+	dt_send(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
+	dt_expect(ctl, CTL_R_OK, NULL, NULL);
 	dt_pipe_put(s->up[1], ntohs(sin.sin_port));
 	while ((cmd = dt_pipe_get(s->go[0])) != 0) {
 		struct ubt_chan ch;
@@ -383,13 +285,13 @@ static void server(void *arg)
 		fds[1] = ch.seg.fd;
 		fds[2] = ch.efd[0];
 		fds[3] = peer;
-		send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
-		expect(ctl, CTL_R_PUBLISHED, &m, NULL);
+		dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
+		dt_expect(ctl, CTL_R_PUBLISHED, &m, NULL);
 		close(peer);
 		dt_pipe_put(s->up[1], 1);
 		if (cmd == 1) {
-			ring_write(&ch, ping, sizeof(ping));
-			ring_read(&ch, buf, sizeof(pong));
+			dt_ring_write(&ch, ping, sizeof(ping));
+			dt_ring_read(&ch, buf, sizeof(pong));
 			REQUIRE(memcmp(buf, pong, sizeof(pong)) == 0);
 			REQUIRE(dt_tcp_queued(afd) == 0);
 			dt_pipe_put(s->up[1], 2);
@@ -486,13 +388,13 @@ static void client(void *arg)
 
 	enter(c->ns);
 	fd = tcp_connect(c->src, c->sport, c->dst, c->port);
-	ctl = hello("netns-client");
+	ctl = dt_hello("netns-client");
 	dt_pipe_put(c->up[1], 1);
 	if (dt_pipe_get(c->go[0]) == 0)
 		return;
 	t0 = dt_now_us();
-	send_msg(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &fd, 1);
-	REQUIRE(recv_msg(ctl, &h, &m, fds, &nfds) == 0);
+	dt_send(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &fd, 1);
+	REQUIRE(dt_recv(ctl, &h, &m, fds, &nfds) == 0);
 	memset(&res, 0, sizeof(res));
 	res.type = h.type;
 	res.us = (uint32_t)(dt_now_us() - t0);
@@ -509,8 +411,8 @@ static void client(void *arg)
 			int k = 4;
 
 			t0 = dt_now_us();
-			send_msg(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &fd, 1);
-			REQUIRE(recv_msg(ctl, &h, &m, fds, &k) == 0);
+			dt_send(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &fd, 1);
+			REQUIRE(dt_recv(ctl, &h, &m, fds, &k) == 0);
 			us[i] = (uint32_t)(dt_now_us() - t0);
 			for (int j = 0; j < k; j++)
 				close(fds[j]);
@@ -532,9 +434,9 @@ static void client(void *arg)
 
 		REQUIRE(nfds == 3);
 		REQUIRE(ubt_chan_attach_efds(&ch, fds[0], fds[1], fds[2]) == 0);
-		ring_read(&ch, buf, sizeof(ping));
+		dt_ring_read(&ch, buf, sizeof(ping));
 		REQUIRE(memcmp(buf, ping, sizeof(ping)) == 0);
-		ring_write(&ch, pong, sizeof(pong));
+		dt_ring_write(&ch, pong, sizeof(pong));
 		REQUIRE(dt_tcp_queued(fd) == 0);
 		dt_pipe_put(c->up[1], 2);
 		ubt_chan_close(&ch);
@@ -727,8 +629,8 @@ static void reload(const char *conf)
 	int ctl = dt_ctl_connect(), fds[4];
 
 	cr_assert(ctl >= 0);
-	send_msg(ctl, CTL_REQ_POLICY_FD, NULL, 0, NULL, 0);
-	cr_assert_eq(expect(ctl, CTL_R_POLICY, &pol, fds), 1);
+	dt_send(ctl, CTL_REQ_POLICY_FD, NULL, 0, NULL, 0);
+	cr_assert_eq(dt_expect(ctl, CTL_R_POLICY, &pol, fds), 1);
 	cr_assert_eq(pp_map(&pg, fds[0]), 0);
 	close(ctl);
 	g = pp_generation(&pg);

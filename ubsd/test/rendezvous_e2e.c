@@ -41,6 +41,7 @@
 #include "policy.h"
 #include "ubt.h"
 #include "support/dtest.h"
+#include "support/rvtest.h"
 
 static char ubsd_path[PATH_MAX], ubsctl_path[PATH_MAX];
 static int baseline;               /* daemon fds when idle */
@@ -97,82 +98,6 @@ static int daemon_fds_settle(int want)
 	return n;
 }
 
-/* ---------------------------------------------------------- protocol */
-
-static void send_msg(int fd, uint16_t type, const void *body, uint32_t len,
-		     const int *fds, int nfds)
-{
-	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
-	size_t n = dt_ctl_frame(buf, type, type, body, len);
-
-	REQUIRE(ubt_send_fds(fd, fds, nfds, buf, n) == (int)n);
-}
-
-/*
- * Receive one message: header, body (up to CTL_MAX_BODY) and fds (up to
- * 4, *nfds updated).  Returns 0, or -1 on EOF or timeout.
- */
-static int recv_msg(int fd, struct ctl_hdr *h, void *body, int *fds,
-		    int *nfds)
-{
-	int got = 0, max = nfds ? *nfds : 0, n;
-	size_t off = 0;
-
-	if (nfds)
-		*nfds = 0;
-	while (off < sizeof(*h)) {
-		int k = max - got;
-		n = ubt_recv_fds(fd, fds ? fds + got : NULL, &k,
-				 (char *)h + off, sizeof(*h) - off);
-		if (n <= 0)
-			return -1;
-		got += k;
-		off += (size_t)n;
-	}
-	if (nfds)
-		*nfds = got;
-	if (h->len > CTL_MAX_BODY)
-		return -1;
-	for (off = 0; off < h->len; off += (size_t)n) {
-		n = (int)recv(fd, (char *)body + off, h->len - off, 0);
-		if (n <= 0)
-			return -1;
-	}
-	return 0;
-}
-
-/* Expect a reply of type want; returns the number of fds received. */
-static int expect(int fd, uint16_t want, void *body, int *fds)
-{
-	unsigned char tmp[CTL_MAX_BODY];
-	struct ctl_hdr h;
-	int nfds = 4, dummy[4];
-
-	REQUIRE(recv_msg(fd, &h, body ? body : tmp, fds ? fds : dummy,
-			 &nfds) == 0);
-	if (h.type != want && h.type == CTL_R_ERROR) {
-		struct ctl_error *e = (void *)(body ? body : tmp);
-		e->msg[sizeof(e->msg) - 1] = '\0';
-		fprintf(stderr, "ERROR reply: %s\n", e->msg);
-	}
-	REQUIRE(h.type == want);
-	if (!fds)
-		for (int i = 0; i < nfds; i++)
-			close(dummy[i]);
-	return nfds;
-}
-
-static int hello(const char *name)
-{
-	struct ctl_hello m = { .pid = (uint32_t)getpid() };
-	int fd = dt_ctl_open();
-
-	snprintf(m.service, sizeof(m.service), "%s", name);
-	send_msg(fd, CTL_REQ_HELLO, &m, sizeof(m), NULL, 0);
-	expect(fd, CTL_R_OK, NULL, NULL);
-	return fd;
-}
-
 static int tcp_listen(uint16_t *port)
 {
 	struct sockaddr_in sin = { .sin_family = AF_INET };
@@ -213,23 +138,23 @@ static void publish(int ctl, int afd, struct ubt_chan *ch, uint64_t *id)
 	fds[1] = ch->seg.fd;
 	fds[2] = ch->efd[0];
 	fds[3] = peer;
-	send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
-	expect(ctl, CTL_R_PUBLISHED, &m, NULL);
+	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
+	dt_expect(ctl, CTL_R_PUBLISHED, &m, NULL);
 	if (id)
 		*id = m.chan_id;
 }
 
 static void listen_msg(int ctl, uint16_t type, int lfd)
 {
-	send_msg(ctl, type, NULL, 0, &lfd, 1);
-	expect(ctl, CTL_R_OK, NULL, NULL);
+	dt_send(ctl, type, NULL, 0, &lfd, 1);
+	dt_expect(ctl, CTL_R_OK, NULL, NULL);
 }
 
 static void send_request(int ctl, int cfd, uint32_t timeout_ms)
 {
 	struct ctl_request q = { .timeout_ms = timeout_ms };
 
-	send_msg(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &cfd, 1);
+	dt_send(ctl, CTL_REQ_REQUEST, &q, sizeof(q), &cfd, 1);
 }
 
 /* After send_request: expect the channel and attach to it. */
@@ -238,32 +163,8 @@ static void get_channel(int ctl, struct ubt_chan *ch)
 	struct ctl_chan m;
 	int fds[4];
 
-	REQUIRE(expect(ctl, CTL_R_CHANNEL, &m, fds) == 3);
+	REQUIRE(dt_expect(ctl, CTL_R_CHANNEL, &m, fds) == 3);
 	REQUIRE(ubt_chan_attach_efds(ch, fds[0], fds[1], fds[2]) == 0);
-}
-
-/* Bounded blocking read of exactly len bytes from a stream ring. */
-static void ring_read(struct ubt_chan *ch, void *buf, size_t len)
-{
-	size_t off = 0;
-
-	for (int t = 0; off < len && t < WAIT_MS * 10; t++) {
-		ssize_t n = ubt_stream_read(ubt_chan_rx(ch, 0),
-					    (char *)buf + off, len - off, 0);
-		if (n > 0)
-			off += (size_t)n;
-		else if (n == -EAGAIN)
-			usleep(100);
-		else
-			break;
-	}
-	REQUIRE(off == len);
-}
-
-static void ring_write(struct ubt_chan *ch, const void *buf, size_t len)
-{
-	REQUIRE(ubt_stream_write(ubt_chan_tx(ch, 0), buf, len) ==
-		(ssize_t)len);
 }
 
 /* Run `ubsctl --json listeners`; output in out.  Returns exit code. */
@@ -330,9 +231,9 @@ static void set_baseline(void)
 	}
 	cr_assert(ctl >= 0, "ubsd does not accept connections");
 
-	send_msg(ctl, CTL_REQ_STATUS, NULL, 0, NULL, 0);
-	expect(ctl, CTL_R_STATUS, NULL, NULL);
-	expect(ctl, CTL_R_END, NULL, NULL);
+	dt_send(ctl, CTL_REQ_STATUS, NULL, 0, NULL, 0);
+	dt_expect(ctl, CTL_R_STATUS, NULL, NULL);
+	dt_expect(ctl, CTL_R_END, NULL, NULL);
 	n = daemon_fds();
 	close(ctl);
 	baseline = n - 1;
@@ -358,10 +259,10 @@ static void server(void *arg)
 	char buf[64];
 	int ctl, lfd, afd;
 
-	ctl = hello("e2e-server");
+	ctl = dt_hello("e2e-server");
 	lfd = tcp_listen(&port);
-	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
-	expect(ctl, CTL_R_OK, NULL, NULL);
+	dt_send(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
+	dt_expect(ctl, CTL_R_OK, NULL, NULL);
 	dt_pipe_put(s->up[1], port);
 	if (s->wait_before_accept)
 		dt_pipe_get(s->go[0]);
@@ -370,8 +271,8 @@ static void server(void *arg)
 	publish(ctl, afd, &ch, NULL);
 	dt_pipe_put(s->up[1], 1);
 	if (s->exchange) {
-		ring_write(&ch, ping, sizeof(ping));
-		ring_read(&ch, buf, sizeof(pong));
+		dt_ring_write(&ch, ping, sizeof(ping));
+		dt_ring_read(&ch, buf, sizeof(pong));
 		REQUIRE(memcmp(buf, pong, sizeof(pong)) == 0);
 		REQUIRE(dt_tcp_queued(afd) == 0);
 		dt_pipe_put(s->up[1], 2);
@@ -396,9 +297,9 @@ static void client_exchange(int ctl, int cfd, struct srv *s)
 	char buf[64];
 
 	get_channel(ctl, &ch);
-	ring_read(&ch, buf, sizeof(ping));
+	dt_ring_read(&ch, buf, sizeof(ping));
 	cr_assert_eq(memcmp(buf, ping, sizeof(ping)), 0);
-	ring_write(&ch, pong, sizeof(pong));
+	dt_ring_write(&ch, pong, sizeof(pong));
 	cr_assert_eq(dt_pipe_get(s->up[0]), 1);
 	cr_assert_eq(dt_pipe_get(s->up[0]), 2, "server side failed");
 	cr_assert_eq(dt_tcp_queued(cfd), 0, "bytes went over TCP");
@@ -422,7 +323,7 @@ Test(rendezvous_e2e, publish_then_request_hands_over_the_channel)
 	pid = start_server(&s, &port);
 	expect_listener(port, 1);
 	cfd = tcp_connect(port);
-	ctl = hello("e2e-client");
+	ctl = dt_hello("e2e-client");
 	send_request(ctl, cfd, 2000);
 	client_exchange(ctl, cfd, &s);
 	finish_server(&s, pid);
@@ -441,7 +342,7 @@ Test(rendezvous_e2e, pending_request_is_answered_by_the_publication)
 
 	pid = start_server(&s, &port);
 	cfd = tcp_connect(port);
-	ctl = hello("e2e-client");
+	ctl = dt_hello("e2e-client");
 	send_request(ctl, cfd, 2000);
 	cr_assert(!readable(ctl, 200), "request answered before publish");
 	dt_pipe_put(s.go[1], 0);
@@ -461,12 +362,12 @@ Test(rendezvous_e2e, request_without_publication_gets_tcp_in_time)
 
 	lfd = tcp_listen(&port);
 	cfd = tcp_connect(port);
-	ctl = hello("e2e-client");
+	ctl = dt_hello("e2e-client");
 	/* A registered listener took it: worth waiting for. */
 	listen_msg(ctl, CTL_REQ_LISTEN, lfd);
 	t0 = dt_now_us();
 	send_request(ctl, cfd, 300);
-	expect(ctl, CTL_R_TCP, &m, NULL);
+	dt_expect(ctl, CTL_R_TCP, &m, NULL);
 	ms = (dt_now_us() - t0) / 1000;
 	cr_assert(ms >= 250 && ms < 1500, "answered after %llu ms",
 		  (unsigned long long)ms);
@@ -474,7 +375,7 @@ Test(rendezvous_e2e, request_without_publication_gets_tcp_in_time)
 	/* An over-long timeout is capped. */
 	t0 = dt_now_us();
 	send_request(ctl, cfd, 60000);
-	expect(ctl, CTL_R_TCP, &m, NULL);
+	dt_expect(ctl, CTL_R_TCP, &m, NULL);
 	ms = (dt_now_us() - t0) / 1000;
 	cr_assert(ms < CTL_REQUEST_MAX_MS + 1000, "cap not applied: %llu ms",
 		  (unsigned long long)ms);
@@ -491,7 +392,7 @@ static void expect_no_listener(int ctl, int cfd)
 	uint64_t t0 = dt_now_us(), us;
 
 	send_request(ctl, cfd, 500);
-	expect(ctl, CTL_R_TCP, &m, NULL);
+	dt_expect(ctl, CTL_R_TCP, &m, NULL);
 	us = dt_now_us() - t0;
 	cr_assert_str_eq(m.reason, "no local listener");
 	cr_assert_lt(us, 100000, "answered after %llu us",
@@ -514,7 +415,7 @@ Test(rendezvous_e2e, request_no_listener_could_take_gets_tcp_at_once)
 	pid = start_server(&s, &sport);         /* on 127.0.0.1:sport */
 	port = sport;
 	expect_listener(port, 1);
-	ctl = hello("e2e-client");
+	ctl = dt_hello("e2e-client");
 	/* 127.0.0.2:port: a plain listener, not the registered one. */
 	plain = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	cr_assert(plain >= 0);
@@ -555,26 +456,26 @@ Test(rendezvous_e2e, connection_to_another_server_gets_tcp)
 	uint16_t pa, pb;
 	int base = baseline, la, lb, c1, c2, a1, srv, cli;
 
-	srv = hello("e2e-server");
-	cli = hello("e2e-client");
+	srv = dt_hello("e2e-server");
+	cli = dt_hello("e2e-client");
 	la = tcp_listen(&pa);
 	lb = tcp_listen(&pb);
-	send_msg(srv, CTL_REQ_LISTEN, NULL, 0, &la, 1);
-	expect(srv, CTL_R_OK, NULL, NULL);
+	dt_send(srv, CTL_REQ_LISTEN, NULL, 0, &la, 1);
+	dt_expect(srv, CTL_R_OK, NULL, NULL);
 	c1 = tcp_connect(pa);
 	c2 = tcp_connect(pb);   /* to B: never accepted, never published */
 	a1 = accept(la, NULL, NULL);
 	cr_assert(a1 >= 0);
 	publish(srv, a1, &sch, NULL);
 	send_request(cli, c2, 300);
-	expect(cli, CTL_R_TCP, NULL, NULL);
+	dt_expect(cli, CTL_R_TCP, NULL, NULL);
 	/* The publication was not taken by the mismatch. */
 	send_request(cli, c1, 300);
 	get_channel(cli, &cch);
-	ring_write(&sch, "x", 1);
+	dt_ring_write(&sch, "x", 1);
 	{
 		char b;
-		ring_read(&cch, &b, 1);
+		dt_ring_read(&cch, &b, 1);
 		cr_assert_eq(b, 'x');
 	}
 	ubt_chan_close(&cch);
@@ -593,10 +494,10 @@ static int shared_lfd;
 
 static void holder(void *arg)
 {
-	int *go = arg, ctl = hello("e2e-holder");
+	int *go = arg, ctl = dt_hello("e2e-holder");
 
-	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &shared_lfd, 1);
-	expect(ctl, CTL_R_OK, NULL, NULL);
+	dt_send(ctl, CTL_REQ_LISTEN, NULL, 0, &shared_lfd, 1);
+	dt_expect(ctl, CTL_R_OK, NULL, NULL);
 	dt_pipe_put(go[3], 1);
 	dt_pipe_get(go[0]);
 }
@@ -645,9 +546,9 @@ Test(rendezvous_e2e, killed_server_publication_is_withdrawn)
 	kill(pid, SIGKILL);
 	dt_reap(pid);
 	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
-	ctl = hello("e2e-client");
+	ctl = dt_hello("e2e-client");
 	send_request(ctl, cfd, 300);
-	expect(ctl, CTL_R_TCP, NULL, NULL);
+	dt_expect(ctl, CTL_R_TCP, NULL, NULL);
 	close(ctl);
 	close(cfd);
 	close(s.up[0]);
@@ -674,35 +575,35 @@ Test(rendezvous_e2e, wrong_fd_counts_drop_the_client)
 
 	cr_assert(pipe(p) == 0);
 	/* PUBLISH with one fd of four. */
-	ctl = hello("e2e-bad");
-	send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, &p[0], 1);
+	ctl = dt_hello("e2e-bad");
+	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, &p[0], 1);
 	expect_dropped(ctl);
 	/* An fd attached to STATUS. */
-	ctl = hello("e2e-bad");
-	send_msg(ctl, CTL_REQ_STATUS, NULL, 0, &p[0], 1);
+	ctl = dt_hello("e2e-bad");
+	dt_send(ctl, CTL_REQ_STATUS, NULL, 0, &p[0], 1);
 	expect_dropped(ctl);
 	/* Five fds. */
-	ctl = hello("e2e-bad");
+	ctl = dt_hello("e2e-bad");
 	for (int i = 0; i < 5; i++)
 		many[i] = p[i % 2];
-	send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, many, 5);
+	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, many, 5);
 	expect_dropped(ctl);
 	/* Four fds of the wrong kinds: refused, connection kept. */
-	ctl = hello("e2e-bad");
-	send_msg(ctl, CTL_REQ_PUBLISH, NULL, 0, many, 4);
-	expect(ctl, CTL_R_ERROR, &e, NULL);
+	ctl = dt_hello("e2e-bad");
+	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, many, 4);
+	dt_expect(ctl, CTL_R_ERROR, &e, NULL);
 	/* LISTEN with a pipe, and with a listening socket but no session. */
-	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &p[1], 1);
-	expect(ctl, CTL_R_ERROR, &e, NULL);
+	dt_send(ctl, CTL_REQ_LISTEN, NULL, 0, &p[1], 1);
+	dt_expect(ctl, CTL_R_ERROR, &e, NULL);
 	close(ctl);
 	ctl = dt_ctl_open();
-	send_msg(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
-	expect(ctl, CTL_R_ERROR, &e, NULL);
+	dt_send(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
+	dt_expect(ctl, CTL_R_ERROR, &e, NULL);
 	cr_assert_eq(e.err, EPERM);
 	/* The daemon still serves. */
-	send_msg(ctl, CTL_REQ_STATUS, NULL, 0, NULL, 0);
-	expect(ctl, CTL_R_STATUS, NULL, NULL);
-	expect(ctl, CTL_R_END, NULL, NULL);
+	dt_send(ctl, CTL_REQ_STATUS, NULL, 0, NULL, 0);
+	dt_expect(ctl, CTL_R_STATUS, NULL, NULL);
+	dt_expect(ctl, CTL_R_END, NULL, NULL);
 	close(ctl);
 	close(p[0]);
 	close(p[1]);
@@ -720,8 +621,8 @@ Test(rendezvous_e2e, round_trip_cost)
 	int base = baseline, srv, cli, lfd, cfd, afd, peer, fds[4];
 	uint64_t t0, t1;
 
-	srv = hello("e2e-server");
-	cli = hello("e2e-client");
+	srv = dt_hello("e2e-server");
+	cli = dt_hello("e2e-client");
 	lfd = tcp_listen(&port);
 	cfd = tcp_connect(port);
 	afd = accept(lfd, NULL, NULL);
@@ -737,10 +638,10 @@ Test(rendezvous_e2e, round_trip_cost)
 	for (int i = 0; i < N; i++) {
 		int got[4];
 
-		send_msg(srv, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
-		expect(srv, CTL_R_PUBLISHED, NULL, NULL);
+		dt_send(srv, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
+		dt_expect(srv, CTL_R_PUBLISHED, NULL, NULL);
 		send_request(cli, cfd, 1000);
-		cr_assert_eq(expect(cli, CTL_R_CHANNEL, NULL, got), 3);
+		cr_assert_eq(dt_expect(cli, CTL_R_CHANNEL, NULL, got), 3);
 		for (int k = 0; k < 3; k++)
 			close(got[k]);
 	}
@@ -766,8 +667,8 @@ static void map_policy(struct ubt_seg *pg)
 	struct ctl_policy pol;
 	int ctl = dt_ctl_open(), fds[4];
 
-	send_msg(ctl, CTL_REQ_POLICY_FD, NULL, 0, NULL, 0);
-	cr_assert_eq(expect(ctl, CTL_R_POLICY, &pol, fds), 1);
+	dt_send(ctl, CTL_REQ_POLICY_FD, NULL, 0, NULL, 0);
+	cr_assert_eq(dt_expect(ctl, CTL_R_POLICY, &pol, fds), 1);
 	cr_assert_eq(pp_map(pg, fds[0]), 0);
 	cr_assert_eq(pol.size, pg->size);
 	close(ctl);
@@ -831,7 +732,7 @@ Test(rendezvous_e2e, listeners_are_published_in_the_policy_page)
 	cr_assert_eq(maybe(&pg, AF_INET, "127.0.0.1", port), 0);
 
 	/* LISTEN: in the page before the OK. */
-	srv = hello("e2e-server");
+	srv = dt_hello("e2e-server");
 	g = pp_generation(&pg);
 	listen_msg(srv, CTL_REQ_LISTEN, lfd);
 	cr_assert_gt(pp_generation(&pg), g);
@@ -844,7 +745,7 @@ Test(rendezvous_e2e, listeners_are_published_in_the_policy_page)
 
 	/* Another holder of the same listener changes nothing in the page,
 	 * and neither does its leaving. */
-	other = hello("e2e-holder");
+	other = dt_hello("e2e-holder");
 	g = pp_generation(&pg);
 	listen_msg(other, CTL_REQ_LISTEN, lfd);
 	listen_msg(other, CTL_REQ_UNLISTEN, lfd);
