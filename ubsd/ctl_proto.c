@@ -36,6 +36,10 @@ int ctl_body_len(uint16_t type)
 	case CTL_R_WITHDRAWN:   return sizeof(struct ctl_chan);
 	case CTL_R_LISTENER:    return sizeof(struct ctl_listener);
 	case CTL_R_EXCLUDE:     return sizeof(struct ctl_exclude);
+	/* memory pool */
+
+	/* verbs registry */
+
 	default:                return -1;
 	}
 }
@@ -68,6 +72,10 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_R_WITHDRAWN:   return "R_WITHDRAWN";
 	case CTL_R_LISTENER:    return "R_LISTENER";
 	case CTL_R_EXCLUDE:     return "R_EXCLUDE";
+	/* memory pool */
+
+	/* verbs registry */
+
 	default:                return "?";
 	}
 }
@@ -81,6 +89,10 @@ int ctl_fd_count(uint16_t type)
 	case CTL_REQ_REQUEST:   return 1;
 	case CTL_R_POLICY:      return 1;
 	case CTL_R_CHANNEL:     return 3;
+	/* memory pool */
+
+	/* verbs registry */
+
 	default:                return 0;
 	}
 }
@@ -159,6 +171,10 @@ int ctl_check(const struct ctl_hdr *h, const void *body, const char **why)
 			     sizeof(((struct ctl_tcp *)0)->reason)))
 			goto unterminated;
 		break;
+	/* memory pool */
+
+	/* verbs registry */
+
 	}
 	return 0;
 unterminated:

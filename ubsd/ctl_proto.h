@@ -34,7 +34,8 @@ struct ctl_hdr {
 	uint32_t seq;           /* echoed in every reply to a request */
 };
 
-/* Type ranges: requests 0x01xx, replies 0x02xx. */
+/* Type ranges: requests 0x01xx, replies 0x02xx; a type inside a range
+ * that ctl_body_len does not know is unknown (-EBADMSG). */
 enum ctl_type {
 	CTL_REQ_FIRST = 0x0100,
 	CTL_REQ_HELLO = 0x0100,         /* struct ctl_hello: start a session */
@@ -60,7 +61,11 @@ enum ctl_type {
 	CTL_REQ_LISTENERS = 0x010a,     /* no body: CTL_R_LISTENER... + END */
 	CTL_REQ_EXCLUDES = 0x010b,      /* no body: CTL_R_EXCLUDE... + END,
 					 * in the order of the config */
-	CTL_REQ_LAST = 0x010b,
+	/* Memory pool (memhooks issue): requests 0x0110..0x011f. */
+
+	/* Verbs endpoint registry (verbs issue): requests 0x0120..0x012f. */
+
+	CTL_REQ_LAST = 0x012f,          /* end of the request range */
 
 	CTL_R_FIRST = 0x0200,
 	CTL_R_OK = 0x0200,              /* no body */
@@ -79,7 +84,11 @@ enum ctl_type {
 					 * unsolicited, seq of its PUBLISH) */
 	CTL_R_LISTENER = 0x020b,        /* struct ctl_listener */
 	CTL_R_EXCLUDE = 0x020c,         /* struct ctl_exclude */
-	CTL_R_LAST = 0x020c,
+	/* Memory pool replies: 0x0210..0x021f. */
+
+	/* Verbs registry replies: 0x0220..0x022f. */
+
+	CTL_R_LAST = 0x022f,            /* end of the reply range */
 };
 
 /* The client had a session with a daemon before (this one restarted):

@@ -500,6 +500,10 @@ static void session_end(struct session *s)
 		if (ch->session == s->id)
 			chan_free(ch);
 	}
+	/* memory pool */
+
+	/* verbs registry */
+
 	logmsg(LOG_INFO, "session end: pid %ld service \"%s\"%s",
 	       (long)s->pid, s->service, gone > 0 ? ", listeners gone" : "");
 	if (gone > 0)
@@ -1872,6 +1876,10 @@ static int conn_dispatch(struct conn *c, const char **why)
 		case CTL_REQ_EXCLUDES:
 			err = do_excludes(c, &h);
 			break;
+		/* memory pool */
+
+		/* verbs registry */
+
 		default:
 			*why = "reply type sent as a request";
 			err = -EBADMSG;
