@@ -115,39 +115,51 @@ static int ctl_send(uint16_t type, const void *body, uint32_t len,
 	return 0;
 }
 
-/* Read exactly n bytes of fd by deadline; the first read may carry fds. */
+/*
+ * Read exactly n bytes of fd: the first byte by deadline, the rest within
+ * UBS_CTL_IO_MS of it (a message comes whole, or nearly).  The first read
+ * may carry fds.  Reads before it polls: a reply that is already there
+ * costs one syscall.
+ */
 static int ctl_read_full(int fd, void *p, size_t n, int *fds, int *nfds,
 			 uint64_t deadline)
 {
+	int cap = nfds ? *nfds : 0;
 	size_t got = 0;
 
 	while (got < n) {
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		uint64_t now = now_ms();
+		uint64_t now;
 		int r;
 
-		if (now >= deadline)
-			return -ETIMEDOUT;
-		r = ubs_real.poll(&pfd, 1, (int)(deadline - now));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return r < 0 ? -errno : -ETIMEDOUT;
 		if (got == 0 && fds) {
-			r = ubt_recv_fds(fd, fds, nfds, p, n);
-			fds = NULL;
+			*nfds = cap;
+			r = ubt_recv_fds_flags(fd, fds, nfds, p, n,
+					       MSG_DONTWAIT);
+			if (r > 0)
+				fds = NULL;
 		} else {
 			r = (int)ubs_real.recv(fd, (char *)p + got, n - got,
 					       MSG_DONTWAIT);
 			if (r == 0)
 				r = -EPIPE;
 			else if (r < 0)
-				r = errno == EAGAIN || errno == EINTR ? 0 :
-					-errno;
+				r = -errno;
 		}
-		if (r < 0)
+		if (r > 0) {
+			if (got == 0)
+				deadline = now_ms() + UBS_CTL_IO_MS;
+			got += (size_t)r;
+			continue;
+		}
+		if (r != -EAGAIN && r != -EINTR)
 			return r;
-		got += (size_t)r;
+		now = now_ms();
+		if (now >= deadline)
+			return got ? -EPROTO : -ETIMEDOUT;  /* cut short */
+		r = ubs_real.poll(&pfd, 1, (int)(deadline - now));
+		if (r < 0 && errno != EINTR)
+			return -errno;
 	}
 	return 0;
 }
@@ -197,8 +209,12 @@ static int ctl_read_msg(int fd, struct ctl_hdr *h, unsigned char *in,
 	for (int i = 0; i < CTL_MAX_FDS; i++)
 		got[i] = -1;
 	r = ctl_read_full(fd, h, sizeof(*h), got, &ngot, deadline);
-	if (r == 0 && (r = ctl_check(h, NULL, why)) == 0)
-		r = ctl_read_full(fd, in, h->len, NULL, NULL, deadline);
+	if (r == 0 && (r = ctl_check(h, NULL, why)) == 0 &&
+	    (r = ctl_read_full(fd, in, h->len, NULL, NULL,
+			       now_ms() + UBS_CTL_IO_MS)) == -ETIMEDOUT)
+		r = -EPROTO;            /* a header without its body */
+	if (r == -EPROTO && !*why)
+		*why = "message cut short";
 	if (r == 0 && (r = ctl_check(h, in, why)) == 0 &&
 	    ngot != ctl_fd_count(h->type)) {
 		*why = "wrong number of fds";
@@ -238,8 +254,8 @@ static void ctl_deliver(const struct ctl_hdr *h, const unsigned char *in,
 
 /*
  * Read one message as the reader: the lock is released while blocked
- * in the socket.  Returns 0 (a message was delivered or the wait timed
- * out) or -errno (the connection was dropped).  Lock held on entry and
+ * in the socket.  Returns 1 (a message was delivered), 0 (none came by
+ * deadline) or -errno (the connection was dropped).  Lock held on entry and
  * on return.
  */
 static int ctl_read_one(uint64_t deadline)
@@ -252,15 +268,7 @@ static int ctl_read_one(uint64_t deadline)
 
 	ctl_reading = true;
 	pthread_mutex_unlock(&ctl.lock);
-	{
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		uint64_t now = now_ms();
-
-		r = ubs_real.poll(&p, 1, now >= deadline ? 0 :
-				  (int)(deadline - now));
-		r = r > 0 ? ctl_read_msg(fd, &h, in, got, now_ms() + 1000,
-					 &why) : r == 0 ? -ETIMEDOUT : -errno;
-	}
+	r = ctl_read_msg(fd, &h, in, got, deadline, &why);
 	pthread_mutex_lock(&ctl.lock);
 	ctl_reading = false;
 	pthread_cond_broadcast(&ctl_cv);
@@ -269,7 +277,7 @@ static int ctl_read_one(uint64_t deadline)
 	else if (r != -ETIMEDOUT && r != -EINTR && gen == ctl_gen &&
 		 ctl.fd == fd)
 		ctl_drop(why ? why : "reply not read");
-	return r == -ETIMEDOUT || r == -EINTR ? 0 : r;
+	return r == 0 ? 1 : r == -ETIMEDOUT || r == -EINTR ? 0 : r;
 }
 
 /*
@@ -279,11 +287,11 @@ static int ctl_read_one(uint64_t deadline)
 static void ctl_drain(void)
 {
 	while (ctl.fd >= 0 && !ctl_reading) {
-		struct pollfd p = { .fd = ctl.fd, .events = POLLIN };
+		uint64_t gen = ctl_gen;
+		int fd = ctl.fd;
 
-		if (ubs_real.poll(&p, 1, 0) <= 0)
-			return;
-		if (ctl_read_one(now_ms() + 100) < 0)
+		/* Nothing there: one failed read, and out. */
+		if (ctl_read_one(0) <= 0 || ctl.fd != fd || gen != ctl_gen)
 			return;
 	}
 }
@@ -346,6 +354,7 @@ static int ctl_slot_wait(struct ctl_mail *m, uint16_t *type, void *body,
 			r = ctl_read_one(deadline);
 			if (r < 0)
 				break;
+			r = 0;
 		} else {
 			struct timespec ts;
 

@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
@@ -16,15 +17,39 @@
 
 #define REQUIRED_SEALS (F_SEAL_SHRINK | F_SEAL_GROW)
 
-/* A host-unique segment id: 64 random bits (id 0 is never used). */
+/*
+ * A host-unique segment id (0 is never used): 64 random bits drawn once
+ * per process (again in a fork child), then a counter through an odd
+ * multiplier, so that a segment costs no getrandom of its own.
+ */
+static uint64_t seg_seed, seg_count;
+
+static void seg_fork_child(void)
+{
+	seg_seed = 0;
+}
+
+__attribute__((constructor)) static void seg_init(void)
+{
+	pthread_atfork(NULL, NULL, seg_fork_child);
+}
+
 static uint64_t new_seg_id(void)
 {
-	uint64_t id = 0;
+	uint64_t seed = __atomic_load_n(&seg_seed, __ATOMIC_RELAXED), id;
 
-	while (id == 0) {
-		if (getrandom(&id, sizeof(id), 0) != sizeof(id))
-			id = ((uint64_t)getpid() << 32) ^ (uint64_t)ubt_now_ns();
+	if (seed == 0) {
+		if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+			seed = ((uint64_t)getpid() << 32) ^
+			       (uint64_t)ubt_now_ns();
+		seed |= 1;
+		__atomic_store_n(&seg_seed, seed, __ATOMIC_RELAXED);
 	}
+	do
+		id = seed ^ (__atomic_add_fetch(&seg_count, 1,
+						__ATOMIC_RELAXED) *
+			     0x9e3779b97f4a7c15ull);
+	while (id == 0);
 	return id;
 }
 
@@ -69,7 +94,7 @@ int ubt_seg_create(struct ubt_seg *s, size_t size, uint16_t kind,
 	h->size = size;
 	h->id = new_seg_id();
 	h->hdr_size = UBT_SEG_HDR_SIZE;
-	h->creator_pid = (uint32_t)getpid();
+	h->creator_pid = ubt_self_pid();
 
 	s->fd = fd;
 	s->base = base;
@@ -182,6 +207,12 @@ int ubt_send_fds(int sock, const int *fds, int nfds, const void *data,
 
 int ubt_recv_fds(int sock, int *fds, int *nfds, void *data, size_t len)
 {
+	return ubt_recv_fds_flags(sock, fds, nfds, data, len, 0);
+}
+
+int ubt_recv_fds_flags(int sock, int *fds, int *nfds, void *data, size_t len,
+		       int flags)
+{
 	char cbuf[CMSG_SPACE(sizeof(int) * UBT_MAX_FDS)];
 	uint8_t dummy;
 	struct iovec iov = {
@@ -198,7 +229,7 @@ int ubt_recv_fds(int sock, int *fds, int *nfds, void *data, size_t len)
 
 	*nfds = 0;
 	do
-		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | flags);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;

@@ -70,6 +70,9 @@ int ubt_send_fds(int sock, const int *fds, int nfds, const void *data,
  * Returns bytes of data received, -EPIPE on EOF, -EPROTO if control data
  * was truncated.  Fds beyond *nfds are closed. */
 int ubt_recv_fds(int sock, int *fds, int *nfds, void *data, size_t len);
+/* The same with recvmsg flags (MSG_DONTWAIT); -EAGAIN when nothing came. */
+int ubt_recv_fds_flags(int sock, int *fds, int *nfds, void *data, size_t len,
+		       int flags);
 
 /* ------------------------------------------------------------------- rings */
 
