@@ -1068,23 +1068,23 @@ static int sock_facts(const struct conn *c, int fd, bool listening,
 	int v = 0;
 
 	memset(f, 0, sizeof(*f));
+	/* IPPROTO_TCP is only ever a stream socket's protocol. */
 	len = sizeof(v);
-	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) < 0 ||
-	    v != SOCK_STREAM) {
-		*why = "not a stream socket";
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &v, &len) < 0) {
+		*why = "not a socket";
 		return -ENOTSOCK;
 	}
-	len = sizeof(v);
-	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &v, &len) < 0 ||
-	    v != IPPROTO_TCP) {
+	if (v != IPPROTO_TCP) {
 		*why = "not a TCP socket";
 		return -EPROTOTYPE;
 	}
+	/* A connected socket proves it by getpeername below (a listening
+	 * one has no peer); a listener must say so. */
 	len = sizeof(v);
-	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) < 0 ||
-	    (v == 1) != listening) {
-		*why = listening ? "socket is not listening"
-				 : "socket is listening";
+	if (listening &&
+	    (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) < 0 ||
+	     v != 1)) {
+		*why = "socket is not listening";
 		return -EINVAL;
 	}
 	len = sizeof(ss);
