@@ -57,6 +57,7 @@
 #include <sys/un.h>
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -108,6 +109,8 @@ struct session {
 	char service[CTL_NAME_MAX];
 };
 
+#define STATS_KEEP_DEAD 64   /* stats pages of exited processes kept */
+#define STATS_REAP_MS 10000  /* after a session ends: reap dead pages */
 #define LISTEN_GRACE_MS 3000 /* after a restart: listeners coming back */
 #define CONN_MAX_REQS 128 /* pending REQUESTs per connection: threads,
 			   * and connects sent ahead of their first use */
@@ -202,6 +205,8 @@ static struct {
 	struct ev_src listen, sig;
 	char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char pid_path[PATH_MAX];
+	char stats_path[PATH_MAX];      /* RUN_DIR/stats, "" when unusable */
+	uint64_t stats_reap_ms;         /* last reap; 0: none due */
 	uint64_t start_ms;
 	uint64_t reconnects_ms;         /* first HELLO of a returning client */
 	uint32_t nsessions;
@@ -318,6 +323,7 @@ static void stats_dir_init(const char *run_dir)
 			logmsg(LOG_INFO, "%s: created, mode 1777", path);
 		if (fd >= 0)
 			close(fd);
+		memcpy(d.stats_path, path, sizeof(path));
 		return;
 	}
 	if (errno != EEXIST) {
@@ -333,6 +339,101 @@ static void stats_dir_init(const char *run_dir)
 	else if ((st.st_mode & 07777) != 01777)
 		logmsg(LOG_WARNING, "%s: exists with mode %04o, not 1777; "
 		       "left as it is", path, (unsigned)(st.st_mode & 07777));
+	if (S_ISDIR(st.st_mode))
+		memcpy(d.stats_path, path, sizeof(path));
+}
+
+/* A stats page name: the decimal pid, or .PID.tmp for one being built.
+ * Returns the pid, or 0 for any other name. */
+static pid_t stats_name_pid(const char *name)
+{
+	unsigned long v = 0;
+	const char *p = name;
+	bool tmp = *p == '.';
+
+	if (tmp)
+		p++;
+	if (!isdigit((unsigned char)*p))
+		return 0;
+	for (; isdigit((unsigned char)*p); p++) {
+		v = v * 10 + (unsigned long)(*p - '0');
+		if (v > INT_MAX)
+			return 0;
+	}
+	if (tmp ? strcmp(p, ".tmp") != 0 : *p != '\0')
+		return 0;
+	return (pid_t)v;
+}
+
+struct dead_page {
+	char name[24];
+	int64_t mtime_ns;
+};
+
+static int dead_page_newer_first(const void *a, const void *b)
+{
+	const struct dead_page *x = a, *y = b;
+
+	return x->mtime_ns < y->mtime_ns ? 1 : x->mtime_ns > y->mtime_ns ? -1
+	       : 0;
+}
+
+/*
+ * Remove the stats pages of exited processes beyond the newest
+ * STATS_KEEP_DEAD (so `ubsctl --all stats` still shows what just ran,
+ * and a host that starts preloaded programs all day does not fill its
+ * run directory), and pages left half-built by a process that died.
+ * Only regular files named as pages; never a live pid's.  Returns how
+ * many were removed.
+ */
+static int stats_reap(void)
+{
+	struct dead_page *dead = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *e;
+	int removed = 0;
+	DIR *dir;
+
+	if (!d.stats_path[0] || !(dir = opendir(d.stats_path)))
+		return 0;
+	while ((e = readdir(dir))) {
+		pid_t pid = stats_name_pid(e->d_name);
+		struct stat st;
+
+		if (pid <= 0 || strlen(e->d_name) >= sizeof(dead->name) ||
+		    (kill(pid, 0) == 0 || errno != ESRCH) ||
+		    fstatat(dirfd(dir), e->d_name, &st,
+			    AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+			continue;
+		if (e->d_name[0] == '.') {
+			removed += unlinkat(dirfd(dir), e->d_name, 0) == 0;
+			continue;
+		}
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 256;
+			struct dead_page *nd = realloc(dead, nc * sizeof(*nd));
+
+			if (!nd)
+				break;
+			dead = nd;
+			cap = nc;
+		}
+		memcpy(dead[n].name, e->d_name, strlen(e->d_name) + 1);
+		dead[n].mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 +
+				   st.st_mtim.tv_nsec;
+		n++;
+	}
+	if (n > STATS_KEEP_DEAD) {
+		qsort(dead, n, sizeof(*dead), dead_page_newer_first);
+		for (size_t i = STATS_KEEP_DEAD; i < n; i++)
+			removed += unlinkat(dirfd(dir), dead[i].name, 0) == 0;
+	}
+	closedir(dir);
+	free(dead);
+	if (removed)
+		logmsg(LOG_INFO, "%s: removed %d pages of exited processes",
+		       d.stats_path, removed);
+	return removed;
 }
 
 /*
@@ -511,6 +612,8 @@ static void session_end(struct session *s)
 	TAILQ_REMOVE(&sessions, s, entry);
 	d.nsessions--;
 	free(s);
+	if (!d.stats_reap_ms)           /* its page may have to go, later */
+		d.stats_reap_ms = now_ms() + STATS_REAP_MS;
 }
 
 static void close_fds(int *fds, int n)
@@ -1780,6 +1883,22 @@ static int rv_timeout(void)
 	return dl - now > INT_MAX ? INT_MAX : (int)(dl - now);
 }
 
+/* epoll_wait timeout: the next rendezvous deadline or stats reap. */
+static int loop_timeout(void)
+{
+	int t = rv_timeout();
+	uint64_t now;
+
+	if (!d.stats_reap_ms)
+		return t;
+	now = now_ms();
+	if (d.stats_reap_ms <= now)
+		return 0;
+	if (t < 0 || (uint64_t)t > d.stats_reap_ms - now)
+		t = (int)(d.stats_reap_ms - now);
+	return t;
+}
+
 /*
  * Handle every complete message in c's input buffer.  Returns 0, or -errno
  * with *why set when the connection must be dropped.
@@ -2126,7 +2245,7 @@ static int event_loop(void)
 	struct epoll_event ev[MAX_EVENTS];
 
 	for (;;) {
-		int n = epoll_wait(d.epfd, ev, MAX_EVENTS, rv_timeout());
+		int n = epoll_wait(d.epfd, ev, MAX_EVENTS, loop_timeout());
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -2177,6 +2296,10 @@ static int event_loop(void)
 		}
 		if (rv_timeout() == 0)
 			rv_tick();
+		if (d.stats_reap_ms && now_ms() >= d.stats_reap_ms) {
+			d.stats_reap_ms = 0;
+			stats_reap();
+		}
 		graveyard_free();
 	}
 }
@@ -2293,6 +2416,7 @@ int main(int argc, char **argv)
 	}
 	/* Ours now (the pid lock): there before the socket appears. */
 	stats_dir_init(run_dir);
+	stats_reap();
 	d.listen.fd = control_init(d.sock_path);
 	if (d.listen.fd < 0) {
 		logmsg(LOG_ERR, "%s: %s", d.sock_path,

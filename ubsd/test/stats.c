@@ -7,17 +7,21 @@
  * out exactly, in the table and as JSON, filtered by pid or service, with
  * a total; broken pages (bad magic, another layout version, a pid that is
  * not the file's, too short, a FIFO) are skipped with a warning and
- * change nothing else; a missing stats/ is an error; and a page that the
- * real preload library published is read like the hand-made ones.
+ * change nothing else; a missing stats/ is an error; a page that the
+ * real preload library published is read like the hand-made ones; and
+ * ubsd keeps only the newest pages of exited processes.
  *
- * Each test has its own mkdtemp run directory (no daemon: stats reads
- * files only); every process started is killed and reaped by pid.
+ * Each test has its own mkdtemp run directory (no daemon but in the
+ * reaping test: stats reads files only); every process started is
+ * killed and reaped by pid.
  */
 #include <criterion/criterion.h>
 
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+
+#include <stdbool.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -566,4 +570,63 @@ Test(stats, a_page_published_by_the_preload)
 	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
 	cr_expect(strstr(out, "\"total\":{\"processes\":1,"), "%s", out);
 	cr_expect_str_empty(err);
+}
+
+/* Does RUN_DIR/stats/name exist? */
+static bool page_exists(const char *name)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/stats/%s", run_dir, name);
+	return access(path, F_OK) == 0;
+}
+
+/*
+ * ubsd keeps the pages of the newest 64 exited processes and removes the
+ * older ones (and pages left half-built by a dead process) when it
+ * starts: a live process's page, its page being built and files that are
+ * not pages stay.  Pids above any pid_max never exist: dead for sure.
+ */
+Test(stats, ubsd_reaps_pages_of_exited_processes)
+{
+	const int ndead = 80, keep = 64;
+	struct ubs_stats_page pg;
+	char name[32], live[16];
+
+	child_pid = spawn_sleeper();
+	for (int i = 0; i < ndead; i++) {
+		struct timespec ts[2] = { { .tv_sec = 1000000 + i },
+					  { .tv_sec = 1000000 + i } };
+		char path[256];
+
+		make_page(&pg, 2000000000 + i, "gone", cd, UBS_STAT_NR);
+		put_pid_page(&pg);
+		snprintf(path, sizeof(path), "%s/stats/%d", run_dir,
+			 2000000000 + i);
+		cr_assert_eq(utimensat(AT_FDCWD, path, ts, 0), 0);
+	}
+	make_page(&pg, child_pid, "alive", ca, UBS_STAT_NR);
+	put_pid_page(&pg);
+	snprintf(live, sizeof(live), "%d", (int)child_pid);
+	put_page(".2000000999.tmp", &pg, UBS_STATS_SIZE);
+	snprintf(name, sizeof(name), ".%d.tmp", (int)child_pid);
+	put_page(name, &pg, UBS_STATS_SIZE);
+	put_page("notes", &pg, 10);
+
+	{
+		char ubsd[PATH_MAX];
+
+		dt_bin_path(ubsd, sizeof(ubsd), "ubsd");
+		dt_start_daemon(ubsd);
+	}
+	for (int i = 0; i < ndead; i++) {
+		snprintf(name, sizeof(name), "%d", 2000000000 + i);
+		cr_expect_eq(page_exists(name), i >= ndead - keep,
+			     "page %s (mtime rank %d)", name, i);
+	}
+	cr_expect(page_exists(live));
+	snprintf(name, sizeof(name), ".%d.tmp", (int)child_pid);
+	cr_expect(page_exists(name), "a live process's page being built");
+	cr_expect(!page_exists(".2000000999.tmp"));
+	cr_expect(page_exists("notes"));
 }
