@@ -758,15 +758,31 @@ again:
 /*
  * recvmmsg/sendmmsg on a UB connection: one recvmsg/sendmsg per message,
  * as the kernel does for a stream socket; an error after the first
- * message ends the batch with the count so far.
+ * message ends the batch with the count so far.  recvmmsg's timeout is
+ * the kernel's: checked after each message (the first may block without
+ * bound), the batch ends once it has run out, and *tmo gets the time
+ * left.
  */
 UBS_EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags,
 			struct timespec *tmo)
 {
+	struct timespec end, now;
 	unsigned int i;
 
 	if (!ubs_ready() || ubs_guard || !sock_slot_used(fd))
 		return ubs_real.recvmmsg(fd, v, n, flags, tmo);
+	if (tmo) {
+		if (tmo->tv_sec < 0 || tmo->tv_nsec < 0 ||
+		    tmo->tv_nsec >= 1000000000L)
+			return ubs_fail(-EINVAL);
+		clock_gettime(CLOCK_MONOTONIC, &end);
+		end.tv_sec += tmo->tv_sec;
+		end.tv_nsec += tmo->tv_nsec;
+		if (end.tv_nsec >= 1000000000L) {
+			end.tv_sec++;
+			end.tv_nsec -= 1000000000L;
+		}
+	}
 	for (i = 0; i < n; i++) {
 		int f = flags & ~MSG_WAITFORONE;
 		ssize_t r;
@@ -779,6 +795,21 @@ UBS_EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags,
 		v[i].msg_len = (unsigned int)r;
 		if (r == 0)
 			return (int)i + 1;      /* EOF ends the batch */
+		if (tmo) {
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			tmo->tv_sec = end.tv_sec - now.tv_sec;
+			tmo->tv_nsec = end.tv_nsec - now.tv_nsec;
+			if (tmo->tv_nsec < 0) {
+				tmo->tv_sec--;
+				tmo->tv_nsec += 1000000000L;
+			}
+			if (tmo->tv_sec < 0) {
+				tmo->tv_sec = tmo->tv_nsec = 0;
+				return (int)i + 1;
+			}
+			if (tmo->tv_sec == 0 && tmo->tv_nsec == 0)
+				return (int)i + 1;
+		}
 	}
 	return (int)i;
 }

@@ -2749,6 +2749,48 @@ static void cli_mmsg(void)
 	kclose(c);
 }
 
+/* mmsg_timeout: recvmmsg with a timeout of zero returns after the first
+ * message (the kernel checks it after each one) instead of blocking for
+ * the next, and says no time is left; an invalid timeout is EINVAL. */
+static void srv_mmsg_timeout(void)
+{
+	int l = srv_listen(), s = srv_accept(l), n;
+	struct timespec tmo = { 0, 0 }, bad = { 0, 1000000000L };
+	char b[3][8];
+	struct iovec iov[3];
+	struct mmsghdr m[3];
+
+	wait_bytes(s, 16);
+	memset(m, 0, sizeof(m));
+	for (int i = 0; i < 3; i++) {
+		iov[i].iov_base = b[i];
+		iov[i].iov_len = sizeof(b[i]);
+		m[i].msg_hdr.msg_iov = &iov[i];
+		m[i].msg_hdr.msg_iovlen = 1;
+	}
+	CALL(recvmmsg(s, m, 3, 0, &bad), "recvmmsg(%d,3,tmo 1e9 ns)", s);
+	n = (int)CALL(recvmmsg(s, m, 3, 0, &tmo), "recvmmsg(%d,3,tmo 0)", s);
+	tr("  left %ld.%09ld", (long)tmo.tv_sec, tmo.tv_nsec);
+	for (int i = 0; i < n; i++)
+		tr("  msg %d: %u \"%.*s\"", i, m[i].msg_len,
+		   (int)m[i].msg_len, b[i]);
+	read_exact(s, NULL, 8);
+	blocks[role].moved += 16;
+	tell('R');
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_mmsg_timeout(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "0123456789abcdef");
+	blocks[role].moved += 16;
+	hear('R');
+	kclose(c);
+}
+
 /* close_others: the client closes every fd above its socket (as a daemon
  * does at start, or a child before exec): the library's own fds stay,
  * and the connection goes on. */
@@ -2903,6 +2945,7 @@ static const struct sockcase cases[] = {
 	CASE_EXACT(policy_flip, 2),
 	CASE_EXACT(daemon_restart, 4),
 	CASE(mmsg, 1),
+	CASE(mmsg_timeout, 1),
 	CASE(close_others, 1),
 	CASE(uring, 1),
 	CASE(connect_ahead, AHEAD_N),
