@@ -447,6 +447,8 @@ static int ctl_connect(void)
 	}
 	ctl.fd = ubs_fd_high(fd);
 	ctl_gen++;
+	/* connect() asks for its channel before connecting. */
+	hello.flags |= CTL_HELLO_EARLY_REQUEST;
 	if (ctl.had_session)
 		hello.flags |= CTL_HELLO_RECONNECT;
 	memcpy(hello.service, ubs_config.service,

@@ -303,6 +303,17 @@ UBS_EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 		}
 	}
 	ubs_guard_exit();
+	/* Ask for the channel before connecting: the request is then at
+	 * ubsd before the server can accept, which lets ubsd tell a server
+	 * at once that no preloaded client is coming (see ubsd/README.md,
+	 * early requests).  The answer is read at first use, so the round
+	 * trip overlaps the handshake and what the program does meanwhile. */
+	if (s) {
+		ubs_guard_enter();
+		s->req_token = ubs_ctl_request_send(fd,
+						    ubs_config.connect_wait_ms);
+		ubs_guard_exit();
+	}
 	r = ubs_real.connect(fd, addr, len);
 	if (!s)
 		return r;
@@ -310,26 +321,17 @@ UBS_EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 	if (r == 0 || errno == EINPROGRESS || errno == EINTR) {
 		atomic_store(&s->state, SK_CONNECTING);
 		if (sock_install(fd, s) < 0) {
+			if (s->req_token)
+				ubs_ctl_request_cancel(s->req_token);
 			free(s);
 		} else if (r == 0) {
 			ubs_guard_enter();
 			sock_settle_connect(s, fd, true);
 			ubs_guard_exit();
-		} else {
-			/* Non-blocking: over loopback the handshake is
-			 * usually done already.  Ask for the channel now and
-			 * read the answer at first use, so the daemon's round
-			 * trip overlaps what the program does meanwhile. */
-			struct pollfd p = { .fd = fd, .events = POLLOUT };
-
-			ubs_guard_enter();
-			if (ubs_real.poll(&p, 1, 0) == 1 &&
-			    p.revents == POLLOUT)
-				s->req_token = ubs_ctl_request_send(
-					fd, ubs_config.connect_wait_ms);
-			ubs_guard_exit();
 		}
 	} else {
+		if (s->req_token)
+			ubs_ctl_request_cancel(s->req_token);
 		free(s);
 	}
 	errno = saved;
@@ -525,9 +527,12 @@ int sock_settle_undecided(struct sock *s, int fd, bool for_write)
 		if (!for_write || now_ns() >= s->undecided_until_ns)
 			break;
 		{
+			/* ubsd decides TCP in the channel as soon as it knows
+			 * no preloaded client is coming: look often. */
 			struct pollfd p = { .fd = fd, .events = POLLIN };
+			const struct timespec ts = { 0, 200000 };
 
-			ubs_real.poll(&p, 1, 1);
+			ubs_real.ppoll(&p, 1, &ts, NULL);
 		}
 	}
 	if (!for_write && k == 0)

@@ -55,8 +55,10 @@ enum ctl_type {
 					 * channel segment, creator's
 					 * eventfd, attacher's eventfd.
 					 * CTL_R_PUBLISHED|WITHDRAWN|ERROR */
-	CTL_REQ_REQUEST = 0x0109,       /* struct ctl_request; fd: connected
-					 * socket.  CTL_R_CHANNEL (+3 fds)|
+	CTL_REQ_REQUEST = 0x0109,       /* struct ctl_request; fd: a TCP
+					 * socket, connected or connecting
+					 * (then answered once it is).
+					 * CTL_R_CHANNEL (+3 fds)|
 					 * CTL_R_TCP|ERROR, maybe later */
 	CTL_REQ_LISTENERS = 0x010a,     /* no body: CTL_R_LISTENER... + END */
 	CTL_REQ_EXCLUDES = 0x010b,      /* no body: CTL_R_EXCLUDE... + END,
@@ -94,6 +96,13 @@ enum ctl_type {
 /* The client had a session with a daemon before (this one restarted):
  * its servers are registering their listeners again. */
 #define CTL_HELLO_RECONNECT 0x1u
+/* The client's library sends its REQUEST before connect() (the socket is
+ * not connected yet when it arrives), so a request is always there before
+ * the server can accept: the daemon may withdraw this session's
+ * publications, deciding TCP in the channel, as soon as nothing it has
+ * read can match them (a server speaking first to a plain client then
+ * learns it at once). */
+#define CTL_HELLO_EARLY_REQUEST 0x2u
 
 struct ctl_hello {
 	uint32_t pid;                   /* as the client sees itself; the

@@ -89,7 +89,7 @@
 #define MAX_EVENTS 64
 
 /* What an epoll event points at. */
-enum ev_kind { EV_LISTEN, EV_SIGNAL, EV_CONN };
+enum ev_kind { EV_LISTEN, EV_SIGNAL, EV_CONN, EV_EARLY };
 
 struct ev_src {
 	enum ev_kind kind;
@@ -106,6 +106,7 @@ struct session {
 	uid_t uid;
 	uint64_t netns;                 /* inode of /proc/<pid>/ns/net, or 0 */
 	uint64_t started_ms;            /* monotonic */
+	bool early;                     /* CTL_HELLO_EARLY_REQUEST */
 	char service[CTL_NAME_MAX];
 };
 
@@ -134,6 +135,24 @@ struct conn {
 		uint64_t id;            /* rv request id, 0 = free slot */
 		uint32_t seq;
 	} reqs[CONN_MAX_REQS];
+	uint32_t nearly;                /* of them not connected yet */
+};
+
+/*
+ * A REQUEST whose socket was not connected yet when it came (a client
+ * asks before connect(), so that its request is here before the server
+ * can accept).  It becomes a request (rv_request) when the connect
+ * completes (EPOLLOUT on the daemon's copy of the socket) or when a
+ * publication comes, whichever is first; it is answered TCP at its
+ * deadline.  Freed after the epoll batch (its event may be in it).
+ */
+struct early {
+	struct ev_src src;              /* first: epoll data.ptr; the socket */
+	TAILQ_ENTRY(early) entry;
+	struct conn *c;
+	uint32_t seq;
+	uint64_t deadline;              /* ms */
+	bool dead;
 };
 
 /* The channel fds of one unmatched publication. */
@@ -143,12 +162,20 @@ struct chan {
 	uint64_t session;
 	uint32_t seq;                   /* of the PUBLISH */
 	int fd[3];                      /* segment, creator's, attacher's efd */
+	bool orphan;                    /* unmatched from an early session:
+					 * withdrawn once input is drained */
 };
 
 static TAILQ_HEAD(, session) sessions = TAILQ_HEAD_INITIALIZER(sessions);
 static TAILQ_HEAD(, conn) conns = TAILQ_HEAD_INITIALIZER(conns);
 static TAILQ_HEAD(, conn) graveyard = TAILQ_HEAD_INITIALIZER(graveyard);
 static TAILQ_HEAD(, chan) chans = TAILQ_HEAD_INITIALIZER(chans);
+static TAILQ_HEAD(, early) earlies = TAILQ_HEAD_INITIALIZER(earlies);
+static TAILQ_HEAD(, early) early_dead = TAILQ_HEAD_INITIALIZER(early_dead);
+static uint32_t norphans;               /* chans with orphan set */
+static uint64_t early_gen;              /* earlies dropped by conn_close */
+
+static void early_try_all(void);
 
 /* Rendezvous capacities: preallocated once.  Every listener fits in the
  * policy page.  Cross-namespace matching stays off until the configuration
@@ -546,6 +573,8 @@ static int ep_mod(int op, int fd, uint32_t events, void *ptr)
 
 static void chan_free(struct chan *ch)
 {
+	if (ch->orphan)
+		norphans--;
 	TAILQ_REMOVE(&chans, ch, entry);
 	for (int i = 0; i < 3; i++)
 		close(ch->fd[i]);
@@ -623,6 +652,21 @@ static void close_fds(int *fds, int n)
 			close(fds[i]);
 }
 
+/* Forget an early request: out of epoll, its socket closed (unless
+ * handed on: src.fd -1), freed after the batch. */
+static void early_free(struct early *e)
+{
+	if (e->src.fd >= 0) {
+		epoll_ctl(d.epfd, EPOLL_CTL_DEL, e->src.fd, NULL);
+		close(e->src.fd);
+		e->src.fd = -1;
+	}
+	e->c->nearly--;
+	e->dead = true;
+	TAILQ_REMOVE(&earlies, e, entry);
+	TAILQ_INSERT_TAIL(&early_dead, e, entry);
+}
+
 /*
  * Close a connection, ending its session; reason != NULL counts a reject.
  * c itself is freed by graveyard_free after the epoll batch.
@@ -641,6 +685,16 @@ static void conn_close(struct conn *c, const char *reason)
 	if (c->sess)
 		session_end(c->sess);
 	c->sess = NULL;
+	if (c->nearly) {
+		struct early *e, *next;
+
+		for (e = TAILQ_FIRST(&earlies); e; e = next) {
+			next = TAILQ_NEXT(e, entry);
+			if (e->c == c)
+				early_free(e);
+		}
+		early_gen++;
+	}
 	close_fds(c->fds, c->nfds);
 	c->nfds = 0;
 	epoll_ctl(d.epfd, EPOLL_CTL_DEL, c->src.fd, NULL);
@@ -653,8 +707,13 @@ static void conn_close(struct conn *c, const char *reason)
 
 static void graveyard_free(void)
 {
+	struct early *e;
 	struct conn *c;
 
+	while ((e = TAILQ_FIRST(&early_dead))) {
+		TAILQ_REMOVE(&early_dead, e, entry);
+		free(e);
+	}
 	while ((c = TAILQ_FIRST(&graveyard))) {
 		TAILQ_REMOVE(&graveyard, c, entry);
 		free(c->out);
@@ -808,6 +867,7 @@ static int do_hello(struct conn *c, const struct ctl_hdr *h,
 	TAILQ_INSERT_TAIL(&sessions, s, entry);
 	d.nsessions++;
 	c->sess = s;
+	s->early = (m->flags & CTL_HELLO_EARLY_REQUEST) != 0;
 	if ((m->flags & CTL_HELLO_RECONNECT) && !d.reconnects_ms)
 		d.reconnects_ms = now_ms();     /* a restart: see do_request */
 	logmsg(LOG_INFO, "session start: pid %ld uid %ld service \"%s\" "
@@ -1678,6 +1738,14 @@ static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 	uint32_t proof = 0;
 	int r;
 
+	/* Requests sent before connect() whose connect has completed: they
+	 * must be requests before this publication looks for its match. */
+	if (!TAILQ_EMPTY(&earlies))
+		early_try_all();
+	if (c->dead) {                  /* it was one of them, and failed */
+		close_fds(fds, 4);
+		return 0;
+	}
 	r = sock_facts(c, fds[0], false, &f, &why);
 	if (!r)
 		proof = ns_proof(c, fds[0], &f, &pwhy);
@@ -1722,62 +1790,66 @@ static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 				  "publication table full" : strerror(-r));
 	}
 	if (ans.verdict == RV_WITHDRAWN) {
+		/* Decided in the channel too: a server about to speak
+		 * first sees TCP at once. */
+		ubt_chan_decide_fd(ch->fd[0], UBT_CHAN_TCP);
 		chan_free(ch);
 		return conn_send(c, CTL_R_WITHDRAWN, h->seq, &m, sizeof(m));
 	}
 	r = conn_send(c, CTL_R_PUBLISHED, h->seq, &m, sizeof(m));
-	if (ans.verdict == RV_MATCH)
+	if (ans.verdict == RV_MATCH) {
 		give_channel(ch, ans.req_session, ans.req_id);
+	} else if (c->sess->early) {
+		/* Its client, if preloaded, asked before connect(): if no
+		 * input still unread matches it, none ever will. */
+		ch->orphan = true;
+		norphans++;
+	}
 	return r;
 }
 
-static int do_request(struct conn *c, const struct ctl_hdr *h,
-		      const struct ctl_request *q, int fd)
+/*
+ * A request whose socket is connected (facts f, proof bits proof): match
+ * it, store it or answer it (seq), waiting at most tmo ms.  Closes fd.
+ * Returns 0 or the error of sending to c.
+ */
+static int request_connected(struct conn *c, uint32_t seq, int fd,
+			     struct sock_facts *f, uint32_t proof,
+			     const char *pwhy, uint32_t tmo)
 {
-	const char *why = NULL, *pwhy = NULL;
-	struct sock_facts f;
 	struct rv_answer ans;
 	uint64_t now = now_ms();
-	uint32_t tmo = q->timeout_ms, proof = 0;
 	struct req_ctx rctx;
 	const struct rv_local local = { netns_local, &rctx };
 	int r;
 
-	r = sock_facts(c, fd, false, &f, &why);
-	if (!r)
-		proof = ns_proof(c, fd, &f, &pwhy);
-	if (!r && conn_req_full(c)) {
-		r = -EBUSY;
-		why = "too many requests pending on this connection";
-	}
-	if (r) {
+	if (conn_req_full(c)) {
 		close(fd);
-		return send_error(c, h->seq, -r, why);
+		return send_error(c, seq, EBUSY, "too many requests pending "
+				  "on this connection");
 	}
-	if (tmo > CTL_REQUEST_MAX_MS)
-		tmo = CTL_REQUEST_MAX_MS;
 	/* The socket stays open meanwhile: netns_local may read its
 	 * namespace through it. */
 	rctx.c = c;
 	rctx.fd = fd;
-	rctx.f = &f;
+	rctx.f = f;
 	/* After a restart (clients come back with CTL_HELLO_RECONNECT),
 	 * servers register their listeners again only on their next call
 	 * that needs the daemon, often the accept of this very connection:
 	 * for a while, no listener is no proof of a remote peer. */
-	r = rv_request(&d.rv, &f.tu, f.netns, proof, c->sess->id, now,
+	r = rv_request(&d.rv, &f->tu, f->netns, proof, c->sess->id, now,
 		       now + tmo, d.reconnects_ms &&
 		       now - d.reconnects_ms < LISTEN_GRACE_MS ? NULL : &local,
 		       &ans);
 	close(fd);
 	logmsg(LOG_DEBUG, "pid %ld: request port %u->%u netns %llu (%s): %s",
-	       (long)c->pid, f.tu.local.port, f.tu.remote.port,
-	       (unsigned long long)f.netns, proof_str(proof, pwhy),
+	       (long)c->pid, f->tu.local.port, f->tu.remote.port,
+	       (unsigned long long)f->netns, proof_str(proof, pwhy),
 	       r < 0 ? strerror(-r) : ans.verdict == RV_MATCH ? "matched" :
 	       ans.verdict == RV_PENDING ? "pending" :
 	       rv_cause_str(ans.cause));
 	if (r < 0)
-		return send_error(c, h->seq, -r, r == -ENOSPC ?
+		return send_error(c, seq, -r, r == -ENOSPC ?
 				  "request table full" : strerror(-r));
 	switch (ans.verdict) {
 	case RV_MATCH:
@@ -1786,18 +1858,126 @@ static int do_request(struct conn *c, const struct ctl_hdr *h,
 			struct ctl_chan m = { .chan_id = ans.chan_id };
 
 			if (!ch)        /* cannot happen: table and rv agree */
-				return send_tcp(c, h->seq, "channel lost");
-			r = conn_send_fds(c, CTL_R_CHANNEL, h->seq, &m,
+				return send_tcp(c, seq, "channel lost");
+			r = conn_send_fds(c, CTL_R_CHANNEL, seq, &m,
 					  sizeof(m), ch->fd, 3);
 			chan_free(ch);
 			return r;
 		}
 	case RV_PENDING:
-		conn_req_add(c, ans.req_id, h->seq);
+		conn_req_add(c, ans.req_id, seq);
 		return 0;
 	default:
-		return send_tcp(c, h->seq, rv_cause_str(ans.cause));
+		return send_tcp(c, seq, rv_cause_str(ans.cause));
 	}
+}
+
+/*
+ * Try an early request again: connected now?  Returns true when it was
+ * answered or became a request (e is gone), false while it still waits.
+ */
+static bool early_try(struct early *e, uint64_t now)
+{
+	const char *why = NULL, *pwhy = NULL;
+	struct conn *c = e->c;
+	struct sock_facts f;
+	uint32_t proof;
+	int r, fd = e->src.fd;
+
+	r = sock_facts(c, fd, false, &f, &why);
+	if (r == -ENOTCONN && now < e->deadline)
+		return false;
+	if (r) {
+		r = r == -ENOTCONN ? send_tcp(c, e->seq, "not connected in "
+					      "time") :
+			send_error(c, e->seq, -r, why);
+		early_free(e);
+		conn_after_push(c, r);
+		return true;
+	}
+	proof = ns_proof(c, fd, &f, &pwhy);
+	epoll_ctl(d.epfd, EPOLL_CTL_DEL, fd, NULL);
+	e->src.fd = -1;                 /* request_connected closes it */
+	r = request_connected(c, e->seq, fd, &f, proof, pwhy,
+			      (uint32_t)(e->deadline - now));
+	early_free(e);
+	conn_after_push(c, r);
+	return true;
+}
+
+/* Try every early request (a publication came, or time passed). */
+static void early_try_all(void)
+{
+	uint64_t now = now_ms(), gen;
+	struct early *e, *next;
+
+again:
+	gen = early_gen;
+	for (e = TAILQ_FIRST(&earlies); e; e = next) {
+		next = TAILQ_NEXT(e, entry);
+		if (early_try(e, now) && gen != early_gen)
+			goto again;     /* a connection closed: next may be gone */
+	}
+}
+
+/* The earliest early-request deadline, UINT64_MAX for none. */
+static uint64_t early_next_deadline(void)
+{
+	uint64_t dl = UINT64_MAX;
+	struct early *e;
+
+	TAILQ_FOREACH(e, &earlies, entry)
+		if (e->deadline < dl)
+			dl = e->deadline;
+	return dl;
+}
+
+static int do_request(struct conn *c, const struct ctl_hdr *h,
+		      const struct ctl_request *q, int fd)
+{
+	const char *why = NULL, *pwhy = NULL;
+	struct sock_facts f;
+	uint32_t tmo = q->timeout_ms, proof = 0;
+	struct early *e;
+	int r;
+
+	if (tmo > CTL_REQUEST_MAX_MS)
+		tmo = CTL_REQUEST_MAX_MS;
+	r = sock_facts(c, fd, false, &f, &why);
+	if (r == -ENOTCONN) {
+		/* Asked before connect(): wait for it to complete. */
+		struct epoll_event ev = { .events = EPOLLOUT | EPOLLET };
+
+		if (c->nearly >= CONN_MAX_REQS || !(e = calloc(1, sizeof(*e)))) {
+			close(fd);
+			return send_error(c, h->seq, EBUSY, "too many requests "
+					  "pending on this connection");
+		}
+		e->src.kind = EV_EARLY;
+		e->src.fd = fd;
+		e->c = c;
+		e->seq = h->seq;
+		e->deadline = now_ms() + tmo;
+		ev.data.ptr = &e->src;
+		if (epoll_ctl(d.epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			r = errno;
+			close(fd);
+			free(e);
+			return send_error(c, h->seq, r, "cannot watch the socket");
+		}
+		c->nearly++;
+		TAILQ_INSERT_TAIL(&earlies, e, entry);
+		logmsg(LOG_DEBUG, "pid %ld: request before connect (seq %u)",
+		       (long)c->pid, h->seq);
+		return 0;
+	}
+	if (!r)
+		proof = ns_proof(c, fd, &f, &pwhy);
+	if (r) {
+		close(fd);
+		return send_error(c, h->seq, -r, why);
+	}
+	return request_connected(c, h->seq, fd, &f, proof, pwhy, tmo);
 }
 
 static int do_listeners(struct conn *c, const struct ctl_hdr *h)
@@ -1853,8 +2033,11 @@ static void rv_tick(void)
 					.chan_id = out[i].chan_id };
 				uint32_t seq = ch ? ch->seq : 0;
 
-				if (ch)
+				if (ch) {
+					ubt_chan_decide_fd(ch->fd[0],
+							   UBT_CHAN_TCP);
 					chan_free(ch);
+				}
 				o = session_conn(out[i].pub_session);
 				if (o)
 					conn_after_push(o, conn_send(o,
@@ -1863,6 +2046,40 @@ static void rv_tick(void)
 			}
 		}
 	} while (n == 64);
+}
+
+/*
+ * Withdraw the orphans: publications of early sessions that no request
+ * matched although every message sent so far has been read (the loop
+ * calls this when an epoll_wait with no timeout found nothing): their
+ * clients are not preloaded (or not accelerated), so TCP is decided in
+ * the channel and the server told.
+ */
+static void orphans_withdraw(void)
+{
+	struct chan *ch, *next;
+
+	for (ch = TAILQ_FIRST(&chans); ch && norphans; ch = next) {
+		struct ctl_chan m = { .chan_id = ch->id };
+		uint32_t seq = ch->seq;
+		struct conn *o;
+
+		next = TAILQ_NEXT(ch, entry);
+		if (!ch->orphan)
+			continue;
+		rv_withdraw(&d.rv, ch->session, ch->id);
+		ubt_chan_decide_fd(ch->fd[0], UBT_CHAN_TCP);
+		o = session_conn(ch->session);
+		logmsg(LOG_DEBUG, "chan %llu withdrawn: no client asked",
+		       (unsigned long long)ch->id);
+		chan_free(ch);
+		if (o)
+			conn_after_push(o, conn_send(o, CTL_R_WITHDRAWN, seq,
+						     &m, sizeof(m)));
+		/* conn_after_push may close o, freeing its channels: the
+		 * list may have changed behind next. */
+		next = TAILQ_FIRST(&chans);
+	}
 }
 
 /* epoll_wait timeout for the next rendezvous deadline, -1 for none. */
@@ -1883,11 +2100,23 @@ static int rv_timeout(void)
 	return dl - now > INT_MAX ? INT_MAX : (int)(dl - now);
 }
 
-/* epoll_wait timeout: the next rendezvous deadline or stats reap. */
+/* epoll_wait timeout: none while orphans wait for the input to be
+ * drained, else the next rendezvous, early request or stats deadline. */
 static int loop_timeout(void)
 {
 	int t = rv_timeout();
-	uint64_t now;
+	uint64_t now, dl;
+
+	if (norphans)
+		return 0;
+	if (!TAILQ_EMPTY(&earlies)) {
+		dl = early_next_deadline();
+		now = now_ms();
+		if (dl <= now)
+			return 0;
+		if (t < 0 || (uint64_t)t > dl - now)
+			t = dl - now > INT_MAX ? INT_MAX : (int)(dl - now);
+	}
 
 	if (!d.stats_reap_ms)
 		return t;
@@ -2265,6 +2494,14 @@ static int event_loop(void)
 				if (handle_signal())
 					return 0;
 				break;
+			case EV_EARLY:
+				{
+					struct early *e = (struct early *)src;
+
+					if (!e->dead)
+						early_try(e, now_ms());
+				}
+				break;
 			case EV_CONN:
 				/*
 				 * A connection closed earlier in this batch
@@ -2296,6 +2533,10 @@ static int event_loop(void)
 		}
 		if (rv_timeout() == 0)
 			rv_tick();
+		if (!TAILQ_EMPTY(&earlies) && early_next_deadline() <= now_ms())
+			early_try_all();
+		if (n == 0 && norphans)
+			orphans_withdraw();
 		if (d.stats_reap_ms && now_ms() >= d.stats_reap_ms) {
 			d.stats_reap_ms = 0;
 			stats_reap();

@@ -5,6 +5,7 @@
  * private copy of the table before it touches any ring.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
@@ -215,6 +216,26 @@ uint32_t ubt_chan_decide(struct ubt_chan *c, uint32_t want)
 		return want;
 	/* A state we do not know (a hostile peer) means TCP. */
 	return cur == UBT_CHAN_UB ? UBT_CHAN_UB : UBT_CHAN_TCP;
+}
+
+int ubt_chan_decide_fd(int seg_fd, uint32_t want)
+{
+	struct ubt_chan c;
+	uint32_t r;
+	int err;
+
+	memset(&c, 0, sizeof(c));
+	err = ubt_seg_map(&c.seg, seg_fd, UBT_SEG_CHAN);
+	if (err)
+		return err;
+	c.seg.fd = -1;                  /* the caller's: not closed here */
+	if (chan_hdr(&c)->version != UBT_LAYOUT_VER) {
+		ubt_seg_unmap(&c.seg);
+		return -EPROTONOSUPPORT;
+	}
+	r = ubt_chan_decide(&c, want);
+	ubt_seg_unmap(&c.seg);
+	return (int)r;
 }
 
 void ubt_chan_shutdown(struct ubt_chan *c)

@@ -277,6 +277,9 @@ int ubt_chan_make_peer_efd(struct ubt_chan *c);
 void ubt_chan_move_efd(struct ubt_chan *c, int side, int newfd);
 /* CAS the channel state from UNDECIDED; returns the state that holds. */
 uint32_t ubt_chan_decide(struct ubt_chan *c, uint32_t want);
+/* The same on a channel segment fd not attached to (ubsd withdrawing an
+ * offer nobody can take): the state that holds, or -errno. */
+int ubt_chan_decide_fd(int seg_fd, uint32_t want);
 /* Shut down this side's ends: EOF to the peer's reader, EPIPE to the
  * peer's writer.  ubt_chan_close only releases this process's handles. */
 void ubt_chan_shutdown(struct ubt_chan *c);

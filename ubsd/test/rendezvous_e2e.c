@@ -821,3 +821,111 @@ Test(rendezvous_e2e, killed_server_listener_leaves_the_policy_page)
 	close(s.go[1]);
 	ubt_seg_unmap(&pg);
 }
+
+/* A session whose library asks before connect() (CTL_HELLO_EARLY_REQUEST):
+ * its publications may be withdrawn as soon as no request can come. */
+static int hello_early(const char *name)
+{
+	struct ctl_hello m = { .pid = (uint32_t)getpid(),
+			       .flags = CTL_HELLO_EARLY_REQUEST };
+	int fd = dt_ctl_open();
+
+	snprintf(m.service, sizeof(m.service), "%s", name);
+	dt_send(fd, CTL_REQ_HELLO, &m, sizeof(m), NULL, 0);
+	dt_expect(fd, CTL_R_OK, NULL, NULL);
+	return fd;
+}
+
+/*
+ * A client asks for its channel before connect(): the request waits,
+ * unanswered, for the connect to complete; the server's publication
+ * (from an early session, whose unmatched offers are withdrawn at once)
+ * then finds it and the channel carries bytes that never touch TCP.
+ */
+Test(rendezvous_e2e, request_before_connect_meets_its_publication)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	struct ubt_chan sch, cch;
+	char buf[5];
+	uint16_t port;
+	int base = baseline, srv, cli, lfd, cfd, afd;
+
+	srv = hello_early("e2e-server");
+	lfd = tcp_listen(&port);
+	listen_msg(srv, CTL_REQ_LISTEN, lfd);
+	cli = dt_hello("e2e-client");
+	cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert(cfd >= 0);
+	send_request(cli, cfd, 2000);
+	cr_assert(!readable(cli, 100), "answered before the connect");
+	sin.sin_port = htons(port);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(cfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	afd = accept(lfd, NULL, NULL);
+	cr_assert(afd >= 0);
+	publish(srv, afd, &sch, NULL);
+	get_channel(cli, &cch);
+	cr_assert_eq(ubt_chan_decide(&cch, UBT_CHAN_UB), UBT_CHAN_UB);
+	cr_assert(!readable(srv, 200), "an offer that was taken withdrawn");
+	cr_assert_eq(ubt_chan_state(&sch), UBT_CHAN_UB);
+	dt_ring_write(&cch, "hello", 5);
+	dt_ring_read(&sch, buf, 5);
+	cr_assert_eq(memcmp(buf, "hello", 5), 0);
+	cr_assert_eq(dt_tcp_queued(afd), 0, "bytes went over TCP");
+	ubt_chan_close(&cch);
+	ubt_chan_close(&sch);
+	close(afd);
+	close(cfd);
+	close(lfd);
+	close(cli);
+	close(srv);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+/*
+ * A plain client (no request): the early server's offer is withdrawn at
+ * once, with TCP decided in the channel, so a server about to speak
+ * first need not wait; a server of a session without the flag keeps its
+ * offer (a late request may still come).
+ */
+Test(rendezvous_e2e, offer_nobody_asked_for_is_withdrawn_at_once)
+{
+	struct ubt_chan sch, och;
+	struct ctl_chan m;
+	uint64_t id, t0;
+	uint16_t port;
+	int base = baseline, srv, old, lfd, cfd, afd, cfd2, afd2;
+
+	srv = hello_early("e2e-server");
+	old = dt_hello("e2e-old-server");
+	lfd = tcp_listen(&port);
+	listen_msg(srv, CTL_REQ_LISTEN, lfd);
+	listen_msg(old, CTL_REQ_LISTEN, lfd);
+	cfd = tcp_connect(port);
+	afd = accept(lfd, NULL, NULL);
+	cr_assert(afd >= 0);
+	t0 = dt_now_ms();
+	publish(srv, afd, &sch, &id);
+	dt_expect(srv, CTL_R_WITHDRAWN, &m, NULL);
+	cr_log_info("withdrawn %llu ms after the publication",
+		    (unsigned long long)(dt_now_ms() - t0));
+	cr_assert_eq(m.chan_id, id);
+	cr_assert_eq(ubt_chan_state(&sch), UBT_CHAN_TCP);
+	cfd2 = tcp_connect(port);
+	afd2 = accept(lfd, NULL, NULL);
+	cr_assert(afd2 >= 0);
+	publish(old, afd2, &och, NULL);
+	cr_assert(!readable(old, 300), "offer of a late-request session "
+		  "withdrawn");
+	cr_assert_eq(ubt_chan_state(&och), UBT_CHAN_UNDECIDED);
+	ubt_chan_close(&sch);
+	ubt_chan_close(&och);
+	close(afd);
+	close(cfd);
+	close(afd2);
+	close(cfd2);
+	close(lfd);
+	close(srv);
+	close(old);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
