@@ -637,10 +637,12 @@ void sock_last_close(struct sock *s)
 		}
 	}
 
-	if (st == SK_UNDECIDED)
-		ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
+	/* The last holder anywhere ends it (a forked child may still hold
+	 * it: an UNDECIDED connection is then the child's to settle). */
 	if (s->have_chan && (st == SK_UB || st == SK_UNDECIDED) &&
 	    ubt_chan_release(&s->ch) == 0) {
+		if (st == SK_UNDECIDED)
+			ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
 		ubs_dbg("last close of a UB connection: rings shut down");
 		ubt_chan_shutdown(&s->ch);
 	}
@@ -1013,8 +1015,22 @@ static void fork_share(int fd, struct sock *s, void *any)
 	}
 }
 
+/*
+ * The child's hold on every channel is taken here, in the parent before
+ * the fork: taken in the child, it came too late when the parent closed
+ * its copy first (a pre-fork server: accept, fork, close in the parent),
+ * whose close then released the last hold and shut the rings down under
+ * the child.  (A failed fork leaves the extra hold: the connection then
+ * ends by the kernel's FIN instead of the rings' close.)
+ */
+static void sock_atfork_prepare(void)
+{
+	sock_for_each(fork_hold, NULL);
+}
+
 static void sock_atfork_parent(void)
 {
+	sock_for_each(fork_unmark, NULL);
 	sock_for_each(fork_share, NULL);
 }
 
@@ -1038,7 +1054,6 @@ void sock_atfork_child(void)
 
 	sock_tab_atfork_child();
 	ubs_ctl_atfork_child();
-	sock_for_each(fork_hold, NULL);
 	sock_for_each(fork_unmark, NULL);
 	sock_for_each(fork_share, &any);
 	ubs_listen_pending = any;
@@ -1048,5 +1063,6 @@ void sock_atfork_child(void)
 void sock_init(void)
 {
 	ubs_ctl_on_reconnect(relisten_all);
-	pthread_atfork(NULL, sock_atfork_parent, sock_atfork_child);
+	pthread_atfork(sock_atfork_prepare, sock_atfork_parent,
+		       sock_atfork_child);
 }

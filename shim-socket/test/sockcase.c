@@ -1632,6 +1632,56 @@ static void cli_fork_shared(void)
 	kclose(c);
 }
 
+/* fork_handoff: a pre-fork server: accept, fork, the parent closes its
+ * copy at once (before the child runs), the child talks; the connection
+ * lives on in the child. */
+static void srv_fork_handoff(void)
+{
+	int l = srv_listen(), s = srv_accept(l), go[2], st = 0;
+	pid_t pid;
+	char c;
+
+	if (pipe(go) < 0)
+		fatal("pipe: %s", ename(errno));
+	pid = fork();
+	if (pid < 0)
+		fatal("fork: %s", ename(errno));
+	if (pid == 0) {
+		role = R_CHILD;
+		blocks[role].used = 1;
+		alarm(ALARM_S);
+		kclose(l);
+		if (read(go[0], &c, 1) != 1)    /* the parent has closed */
+			fatal("go: %s", ename(errno));
+		read_exact(s, NULL, 5);
+		xwrite(s, "echo");
+		kclose(s);
+		finish(0);
+	}
+	kclose(s);
+	if (write(go[1], "g", 1) != 1)
+		fatal("go: %s", ename(errno));
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	tr("child exit %d", WIFEXITED(st) ? WEXITSTATUS(st) :
+	   128 + WTERMSIG(st));
+	close(go[0]);
+	close(go[1]);
+	tell('D');
+	kclose(l);
+}
+
+static void cli_fork_handoff(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "hello");
+	read_exact(c, NULL, 4);
+	xread(c, 16);			/* EOF: the child, last holder, closed */
+	hear('D');
+	kclose(c);
+}
+
 /* dup_fds: dup, dup2 (also over another connection), F_DUPFD_CLOEXEC. */
 static void srv_dup_fds(void)
 {
@@ -2946,6 +2996,7 @@ static const struct sockcase cases[] = {
 	CASE_EXACT(daemon_restart, 4),
 	CASE(mmsg, 1),
 	CASE(mmsg_timeout, 1),
+	CASE(fork_handoff, 1),
 	CASE(close_others, 1),
 	CASE(uring, 1),
 	CASE(connect_ahead, AHEAD_N),
