@@ -97,6 +97,23 @@ void ubs_stats_init(void);
 void ubs_stats_atfork_child(void);
 
 /*
+ * The connection table of the stats file (ubs_stats.h), for `ubsctl
+ * conns`.  ubs_conn_open takes a live slot for a connection decided UB
+ * (NULL without a shared page or with every slot taken); ubs_conn_close
+ * frees it; ubs_conn_tcp records a decision for TCP and its reason.
+ */
+struct ubs_conn_slot *ubs_conn_open(int fd, int side, uint64_t chan_id);
+void ubs_conn_close(struct ubs_conn_slot *c);
+void ubs_conn_tcp(int fd, int side, enum ubs_stat_id why);
+
+static inline void ubs_conn_bytes(struct ubs_conn_slot *c, bool tx,
+				  uint64_t n)
+{
+	if (c)
+		__atomic_add_fetch(tx ? &c->tx : &c->rx, n, __ATOMIC_RELAXED);
+}
+
+/*
  * Recursion guard for the library's own socket use: wrap the calls the
  * library itself makes with ubs_guard_enter()/ubs_guard_exit(); entry
  * points reached while the guard is held pass straight to libc, uncounted.

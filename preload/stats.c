@@ -10,14 +10,19 @@
  * the library holds no fds for stats.
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "preload.h"
 
 static struct ubs_stats_page ubs_private_page;
+
+/* The connection table's lock (see the end of this file). */
+static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Counters of this process; starts private so early bumps never fault. */
 struct ubs_stats_page *ubs_stats = &ubs_private_page;
@@ -88,6 +93,10 @@ static void ubs_stats_header(struct ubs_stats_page *page, pid_t pid)
 	page->size = UBS_STATS_SIZE;
 	page->pid = pid;
 	page->ncounters = UBS_STAT_NR;
+	if (page != &ubs_private_page) {
+		page->conns_off = UBS_STATS_SIZE;
+		page->conns_max = UBS_CONNS_MAX;
+	}
 	memcpy(page->service, ubs_config.service, sizeof(page->service));
 	__atomic_store_n(&page->magic, UBS_STATS_MAGIC, __ATOMIC_RELEASE);
 }
@@ -110,9 +119,11 @@ static struct ubs_stats_page *ubs_stats_file(pid_t pid)
 	fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return NULL;
-	if (fchmod(fd, 0644) < 0 || ftruncate(fd, UBS_STATS_SIZE) < 0)
+	/* The connection table's pages are only touched when used. */
+	if (fchmod(fd, 0644) < 0 || ftruncate(fd, UBS_STATS_FILE_SIZE) < 0)
 		goto fail;
-	map = mmap(NULL, UBS_STATS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	map = mmap(NULL, UBS_STATS_FILE_SIZE, PROT_READ | PROT_WRITE,
+		   MAP_SHARED, fd, 0);
 	if (map == MAP_FAILED)
 		goto fail;
 	ubs_real.close(fd);
@@ -120,7 +131,7 @@ static struct ubs_stats_page *ubs_stats_file(pid_t pid)
 	page = map;
 	ubs_stats_header(page, pid);
 	if (rename(tmp, path) < 0) {
-		munmap(map, UBS_STATS_SIZE);
+		munmap(map, UBS_STATS_FILE_SIZE);
 		goto fail;
 	}
 	return page;
@@ -159,7 +170,8 @@ void ubs_stats_init(void)
 
 /*
  * pthread_atfork child handler: the child stops counting into its parent's
- * page and gets its own for its pid, starting from zero.  Runs with one
+ * page and gets its own for its pid, starting from zero (its connection
+ * table too: the socket shim enters the connections it inherited).  Runs with one
  * thread, so the page pointer can be swapped without care for readers.
  */
 void ubs_stats_atfork_child(void)
@@ -168,9 +180,115 @@ void ubs_stats_atfork_child(void)
 
 	if (!old)
 		return;		/* disabled */
+	pthread_mutex_init(&conn_lock, NULL);   /* another thread's, maybe */
 	ubs_stats = &ubs_private_page;
 	if (old != &ubs_private_page)
-		munmap(old, UBS_STATS_SIZE);
+		munmap(old, UBS_STATS_FILE_SIZE);
 	memset(&ubs_private_page, 0, sizeof(ubs_private_page));
 	ubs_stats_init();
+}
+
+/* ---------------------------------------------------- connection table */
+
+static uint16_t conn_free[UBS_CONNS_LIVE];     /* free live slots */
+static unsigned conn_nfree;
+static struct ubs_stats_page *conn_page;       /* the page they are of */
+static unsigned conn_hist;                      /* next history slot */
+
+/* The table of the current page, or NULL (private page, disabled). */
+static struct ubs_conn_slot *conn_table(void)
+{
+	struct ubs_stats_page *page = __atomic_load_n(&ubs_stats,
+						      __ATOMIC_ACQUIRE);
+
+	if (!page || page == &ubs_private_page || !page->conns_max)
+		return NULL;
+	if (conn_page != page) {        /* first use, or a fork child's */
+		conn_page = page;
+		conn_hist = 0;
+		conn_nfree = UBS_CONNS_LIVE;
+		for (unsigned i = 0; i < UBS_CONNS_LIVE; i++)
+			conn_free[i] = (uint16_t)(UBS_CONNS_LIVE - 1 - i);
+	}
+	return (struct ubs_conn_slot *)((char *)page + page->conns_off);
+}
+
+static uint64_t conn_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Fill slot c under its seqlock. */
+static void conn_fill(struct ubs_conn_slot *c, uint8_t state, int fd,
+		      int side, uint16_t why, uint64_t chan_id, uint64_t ino)
+{
+	uint32_t seq = __atomic_load_n(&c->seq, __ATOMIC_RELAXED) | 1;
+
+	__atomic_store_n(&c->seq, seq, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	c->side = (uint8_t)side;
+	c->why = why;
+	c->fd = fd;
+	c->chan_id = chan_id;
+	c->ino = ino;
+	c->since_ms = conn_now_ms();
+	__atomic_store_n(&c->tx, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->rx, 0, __ATOMIC_RELAXED);
+	c->state = state;
+	__atomic_store_n(&c->seq, seq + 1, __ATOMIC_RELEASE);
+}
+
+struct ubs_conn_slot *ubs_conn_open(int fd, int side, uint64_t chan_id)
+{
+	struct ubs_conn_slot *t, *c = NULL;
+
+	pthread_mutex_lock(&conn_lock);
+	t = conn_table();
+	if (t && conn_nfree) {
+		c = &t[conn_free[--conn_nfree]];
+		conn_fill(c, UBS_CONN_UB, fd, side, 0, chan_id, 0);
+	}
+	pthread_mutex_unlock(&conn_lock);
+	return c;
+}
+
+void ubs_conn_close(struct ubs_conn_slot *c)
+{
+	struct ubs_conn_slot *t;
+
+	if (!c)
+		return;
+	pthread_mutex_lock(&conn_lock);
+	t = conn_table();
+	/* A slot of the page this process uses now (a fork child's old
+	 * slots went with its parent's page). */
+	if (t && c >= t && c < t + UBS_CONNS_LIVE) {
+		conn_fill(c, UBS_CONN_FREE, -1, 0, 0, 0, 0);
+		conn_free[conn_nfree++] = (uint16_t)(c - t);
+	}
+	pthread_mutex_unlock(&conn_lock);
+}
+
+void ubs_conn_tcp(int fd, int side, enum ubs_stat_id why)
+{
+	struct ubs_conn_slot *t;
+
+	struct stat st;
+	uint64_t ino;
+
+	if (!conn_table())              /* unlocked: a hint */
+		return;
+	/* The rare path (a peer on TCP): one fstat names the socket. */
+	ino = fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
+	pthread_mutex_lock(&conn_lock);
+	t = conn_table();
+	if (t) {
+		conn_fill(&t[UBS_CONNS_LIVE + conn_hist], UBS_CONN_TCP, fd,
+			  side, (uint16_t)why, 0, ino);
+		conn_hist = (conn_hist + 1) % (UBS_CONNS_MAX - UBS_CONNS_LIVE);
+	}
+	pthread_mutex_unlock(&conn_lock);
 }

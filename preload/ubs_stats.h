@@ -75,7 +75,9 @@ struct ubs_stats_page {
 	int32_t pid;				/* owning process */
 	uint32_t ncounters;			/* valid entries of counters[] */
 	char service[UBS_STATS_SERVICE_MAX];	/* NUL-terminated */
-	uint64_t reserved[5];			/* zero; future header fields */
+	uint32_t conns_off;			/* connection table: file offset, */
+	uint32_t conns_max;			/* slots (0, 0: none) */
+	uint64_t reserved[4];			/* zero; future header fields */
 	uint64_t counters[UBS_STAT_NR];		/* indexed by enum ubs_stat_id */
 };
 
@@ -83,5 +85,46 @@ _Static_assert(offsetof(struct ubs_stats_page, counters) == 128,
 	       "stats page header is 128 bytes");
 _Static_assert(sizeof(struct ubs_stats_page) <= UBS_STATS_SIZE,
 	       "stats page fits in UBS_STATS_SIZE");
+
+/*
+ * The connection table, after the page in the same file (header fields
+ * conns_off, conns_max; a file without them has none): what `ubsctl conns`
+ * lists.  Slots [0, UBS_CONNS_LIVE) are the process's live UB connections
+ * (a slot is freed at the connection's last close in this process);
+ * slots [UBS_CONNS_LIVE, conns_max) are a ring of its latest decisions
+ * for TCP, with the reason.  A writer makes seq odd, writes, makes it
+ * even again: a reader copies a slot between two equal even reads of seq.
+ * tx/rx grow without the seqlock (relaxed 64-bit adds).
+ */
+#define UBS_CONNS_MAX		1024u		/* slots in the table */
+#define UBS_CONNS_LIVE		960u		/* of them for live connections */
+
+enum ubs_conn_state {
+	UBS_CONN_FREE = 0,
+	UBS_CONN_UB = 1,			/* live, over UB */
+	UBS_CONN_TCP = 2,			/* decided TCP (history) */
+};
+
+struct ubs_conn_slot {
+	uint32_t seq;				/* seqlock, even when stable */
+	uint8_t state;				/* enum ubs_conn_state */
+	uint8_t side;				/* 0 accepted, 1 connected */
+	uint16_t why;				/* TCP: enum ubs_stat_id reason */
+	int32_t fd;				/* its fd at the decision */
+	uint32_t reserved;
+	uint64_t chan_id;			/* UB: the channel (same id at both
+						 * ends: pairs them) */
+	uint64_t since_ms;			/* CLOCK_REALTIME of the decision */
+	uint64_t tx, rx;			/* bytes over UB */
+	uint64_t ino;				/* TCP: the socket's inode (its fd
+						 * may since be another file) */
+	uint64_t pad;
+};
+
+_Static_assert(sizeof(struct ubs_conn_slot) == 64, "connection slot is 64 bytes");
+
+/* File size of a page with its connection table. */
+#define UBS_STATS_FILE_SIZE \
+	(UBS_STATS_SIZE + UBS_CONNS_MAX * sizeof(struct ubs_conn_slot))
 
 #endif /* UBS_STATS_H */

@@ -262,8 +262,10 @@ static ssize_t ub_recv(struct sock *s, int fd, const struct iovec *iov,
 					     peek ? UBT_PEEK : 0);
 		}
 		if (n > 0) {
-			if (!peek)
+			if (!peek) {
 				ubs_stats_add(UBS_STAT_UB_BYTES_RX, (uint64_t)n);
+				ubs_conn_bytes(s->cslot, false, (uint64_t)n);
+			}
 			got += (size_t)n;
 			if (!all || got == total)
 				return (ssize_t)got;
@@ -353,6 +355,7 @@ static ssize_t ub_send(struct sock *s, int fd, const struct iovec *iov,
 				      iov_skip(iov, cnt, sent, v, 64));
 		if (n > 0) {
 			ubs_stats_add(UBS_STAT_UB_BYTES_TX, (uint64_t)n);
+			ubs_conn_bytes(s->cslot, true, (uint64_t)n);
 			sent += (size_t)n;
 			if (sent == total || nb)
 				return (ssize_t)sent;
@@ -673,6 +676,7 @@ static ssize_t ub_splice_in(struct sock *s, int fd, int pipe_out,
 				return w < 0 ? -errno : -EAGAIN;
 			ubt_stream_read(s->rx, buf, (size_t)w, 0);
 			ubs_stats_add(UBS_STAT_UB_BYTES_RX, (uint64_t)w);
+			ubs_conn_bytes(s->cslot, false, (uint64_t)w);
 			return w;
 		}
 		if (n != -EAGAIN)

@@ -70,6 +70,8 @@ struct sock {
 	uint64_t seen_ms[2];    /* ... and when (coarse clock) */
 	bool resent;            /* after the peer's demotion: our unread
 				 * ring bytes went over the kernel socket */
+	struct ubs_conn_slot *cslot;    /* its entry in the connection table
+					 * (UB; NULL if none) */
 };
 
 /* The fd table. */

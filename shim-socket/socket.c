@@ -113,11 +113,22 @@ static void bind_chan(struct sock *s)
 }
 
 /* Count a decided connection; why: the reason counter of a TCP one. */
-static void count_conn(bool ub, int why)
+/*
+ * A connection was decided: count it, and enter it in the connection
+ * table (`ubsctl conns`): s's live slot for UB, a line of the TCP
+ * history with the reason (why, a counter id; -1 none) for TCP.  side 0
+ * accepted, 1 connected.
+ */
+static void count_conn(struct sock *s, bool ub, int why, int fd, int side)
 {
 	ubs_stats_add(ub ? UBS_STAT_UB_CONNS : UBS_STAT_TCP_CONNS, 1);
 	if (!ub && why >= 0)
 		ubs_stats_add((enum ubs_stat_id)why, 1);
+	if (ub)
+		s->cslot = ubs_conn_open(fd, side, s->ch.seg.id);
+	else
+		ubs_conn_tcp(fd, side, why >= 0 ? (enum ubs_stat_id)why :
+			     UBS_STAT_TCP_CONNS);
 }
 
 /* ---------------------------------------------------- socket, bind */
@@ -213,7 +224,7 @@ static void accepted(int fd, int flags)
 		if (s->ch.seg.base)
 			ubt_chan_close(&s->ch);
 		free(s);
-		count_conn(false, -1);
+		count_conn(NULL, false, -1, fd, 0);
 		return;
 	}
 	chan_fds_high(&s->ch);
@@ -224,7 +235,7 @@ static void accepted(int fd, int flags)
 	if (r) {
 		ubt_chan_close(&s->ch);
 		free(s);
-		count_conn(false, UBS_STAT_TCP_NO_DAEMON);
+		count_conn(NULL, false, UBS_STAT_TCP_NO_DAEMON, fd, 0);
 		return;
 	}
 	bind_chan(s);
@@ -442,14 +453,14 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 	atomic_store(&s->state, SK_UB);
 	pthread_mutex_unlock(&s->mu);
 	ep_sock_adopt(s, fd);
-	count_conn(true, -1);
+	count_conn(s, true, -1, fd, 1);
 	ubs_dbg("fd %d: connected over UB", fd);
 	return SK_UB;
 tcp:
 	atomic_store(&s->state, 0);
 	pthread_mutex_unlock(&s->mu);
 	ubs_dbg("fd %d: TCP (%s)", fd, why);
-	count_conn(false, reason);
+	count_conn(s, false, reason, fd, 1);
 	sock_to_tcp(s, fd);
 	return 0;
 }
@@ -546,7 +557,7 @@ tcp:
 		atomic_store(&s->state, 0);
 		pthread_mutex_unlock(&s->mu);
 		ubs_dbg("fd %d: accepted connection stays TCP", fd);
-		count_conn(false, UBS_STAT_TCP_PLAIN_PEER);
+		count_conn(s, false, UBS_STAT_TCP_PLAIN_PEER, fd, 0);
 		sock_to_tcp(s, fd);
 		return 0;
 	}
@@ -605,7 +616,7 @@ bool sock_promote(struct sock *s)
 	if (ubt_chan_state(&s->ch) != UBT_CHAN_UB)
 		return false;
 	if (atomic_compare_exchange_strong(&s->state, &want, SK_UB)) {
-		count_conn(true, -1);
+		count_conn(s, true, -1, s->fd, 0);
 		ubs_dbg("fd %d: accepted connection over UB", s->fd);
 	}
 	return true;
@@ -637,6 +648,8 @@ void sock_last_close(struct sock *s)
 		}
 	}
 
+	ubs_conn_close(s->cslot);
+	s->cslot = NULL;
 	/* The last holder anywhere ends it (a forked child may still hold
 	 * it: an UNDECIDED connection is then the child's to settle). */
 	if (s->have_chan && (st == SK_UB || st == SK_UNDECIDED) &&
@@ -1002,6 +1015,18 @@ static void fork_unmark(int fd, struct sock *s, void *arg)
 	s->fork_seen = false;
 }
 
+/* A fork child: its inherited UB connections go into its own table (the
+ * old slots were in the parent's page, unmapped here). */
+static void fork_reslot(int fd, struct sock *s, void *arg)
+{
+	(void)arg;
+	if (s->cslot) {
+		s->cslot = NULL;
+		s->cslot = ubs_conn_open(fd, s->ch.side ? 1 : 0,
+					 s->ch.seg.id);
+	}
+}
+
 /* A listener the process forked with is shared: its close in one
  * process does not end it (a pre-fork server's parent closes its copy
  * while the workers accept). */
@@ -1055,6 +1080,7 @@ void sock_atfork_child(void)
 	sock_tab_atfork_child();
 	ubs_ctl_atfork_child();
 	sock_for_each(fork_unmark, NULL);
+	sock_for_each(fork_reslot, NULL);
 	sock_for_each(fork_share, &any);
 	ubs_listen_pending = any;
 	ep_atfork_child();

@@ -31,6 +31,7 @@
 
 #include "ctl_proto.h"
 #include "ubs_stats.h"
+#include "ubsctl.h"
 
 #define EX_NOTRUNNING 1
 #define EX_USAGE      2
@@ -39,7 +40,7 @@
 #define REPLY_TIMEOUT_S 10      /* a reply never takes this long */
 
 enum action { ACT_STATUS, ACT_SESSIONS, ACT_SERVICES, ACT_SERVICE,
-	ACT_LISTENERS, ACT_EXCLUDES, ACT_STATS };
+	ACT_LISTENERS, ACT_EXCLUDES, ACT_STATS, ACT_CONNS };
 
 /*
  * The command keywords; any unique prefix is accepted, except for an
@@ -52,6 +53,7 @@ static const struct keyword {
 	uint16_t req;
 	bool exact_only;
 } keywords[] = {
+	{ "conns", ACT_CONNS, 0, false },       /* no request: reads files */
 	{ "excludes", ACT_EXCLUDES, CTL_REQ_EXCLUDES, false },
 	{ "listeners", ACT_LISTENERS, CTL_REQ_LISTENERS, false },
 	{ "service", ACT_SERVICE, CTL_REQ_SERVICE_SET, false },
@@ -69,6 +71,7 @@ static void __attribute__((noreturn)) usage(void)
 {
 	fprintf(stderr, "usage: ubsctl [--json] command\n"
 		"       ubsctl [--json] [--all] stats [PID|SERVICE]\n"
+		"       ubsctl [--json] [--all] conns [PID|SERVICE]\n"
 		"commands (any unique prefix):\n"
 		"  status     daemon pid, uptime, counters\n"
 		"  sessions   one line per preloaded process\n"
@@ -77,6 +80,9 @@ static void __attribute__((noreturn)) usage(void)
 		"  excludes   exclude rules (connections kept on TCP)\n"
 		"  stats      counters of preloaded processes (stats pages;"
 		" no prefix)\n"
+		"  conns      their connections: UB ones with their peer and"
+		" bytes,\n"
+		"             the latest decided TCP with the reason\n"
 		"  service NAME on|off          accelerate NAME or not\n"
 		"  service NAME set KEY=VALUE   KEY: accel, spin_us, ring_kib,"
 		" mem_quota\n"
@@ -853,15 +859,16 @@ int main(int argc, char **argv)
 			argv[optind]);
 		usage();
 	}
-	if (all && kw->action != ACT_STATS) {
-		fprintf(stderr, "ubsctl: --all goes with stats only\n");
+	if (all && kw->action != ACT_STATS && kw->action != ACT_CONNS) {
+		fprintf(stderr, "ubsctl: --all goes with stats and conns "
+			"only\n");
 		usage();
 	}
 	if (kw->action == ACT_SERVICE) {
 		if (argc - optind < 3)
 			usage();
 		service_args(&set, argv + optind + 1, argc - optind - 1);
-	} else if (kw->action == ACT_STATS) {
+	} else if (kw->action == ACT_STATS || kw->action == ACT_CONNS) {
 		if (argc - optind > 2)
 			usage();
 	} else if (argc - optind != 1) {
@@ -874,6 +881,9 @@ int main(int argc, char **argv)
 	if (kw->action == ACT_STATS)
 		return cmd_stats(run_dir, argc - optind == 2 ?
 				 argv[optind + 1] : NULL, json, all);
+	if (kw->action == ACT_CONNS)
+		return ubsctl_conns(run_dir, argc - optind == 2 ?
+				    argv[optind + 1] : NULL, json, all);
 	snprintf(path, sizeof(path), "%s/%s", run_dir, CTL_SOCK_NAME);
 	fd = ctl_connect(path);
 
@@ -957,4 +967,30 @@ int main(int argc, char **argv)
 		return EX_ERROR;
 	}
 	return 0;
+}
+
+/* For the commands in their own files (ubsctl.h). */
+void ubsctl_json_str(const char *s)
+{
+	json_str(s);
+}
+
+void ubsctl_printable(char *dst, const char *s, size_t n)
+{
+	printable(dst, s, n);
+}
+
+void ubsctl_print_age(uint64_t ms)
+{
+	print_age(ms);
+}
+
+bool ubsctl_pid_alive(pid_t pid)
+{
+	return pid_alive(pid);
+}
+
+pid_t ubsctl_pid_name(const char *name)
+{
+	return stat_name_pid(name);
 }

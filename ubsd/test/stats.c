@@ -18,6 +18,7 @@
 #include <criterion/criterion.h>
 
 #include <sys/prctl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -629,4 +630,245 @@ Test(stats, ubsd_reaps_pages_of_exited_processes)
 	cr_expect(page_exists(name), "a live process's page being built");
 	cr_expect(!page_exists(".2000000999.tmp"));
 	cr_expect(page_exists("notes"));
+}
+
+/* ------------------------------------------------ ubsctl conns */
+
+/* Write pg with a connection table of UBS_CONNS_MAX slots (slots, where
+ * set) as stats/<pid>; conns_off/conns_max as in pg. */
+static void put_conns_file(const struct ubs_stats_page *pg,
+			   const struct ubs_conn_slot *slots)
+{
+	static unsigned char buf[UBS_STATS_FILE_SIZE];
+	char path[256];
+	int fd;
+
+	memset(buf, 0, sizeof(buf));
+	memcpy(buf, pg, sizeof(*pg));
+	memcpy(buf + UBS_STATS_SIZE, slots,
+	       UBS_CONNS_MAX * sizeof(struct ubs_conn_slot));
+	snprintf(path, sizeof(path), "%s/stats/%d", run_dir, (int)pg->pid);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert(fd >= 0, "%s: %s", path, strerror(errno));
+	cr_assert_eq(write(fd, buf, sizeof(buf)), (ssize_t)sizeof(buf));
+	close(fd);
+}
+
+static void ub_slot(struct ubs_conn_slot *s, int side, uint64_t chan,
+		    uint64_t tx, uint64_t rx)
+{
+	memset(s, 0, sizeof(*s));
+	s->seq = 2;
+	s->state = UBS_CONN_UB;
+	s->side = (uint8_t)side;
+	s->fd = -1;
+	s->chan_id = chan;
+	s->tx = tx;
+	s->rx = rx;
+}
+
+/*
+ * Hand-made tables: the two ends of one channel in two processes are
+ * each other's peer (also when only one process is asked for), a TCP
+ * decision shows its reason, a slot in an unknown state and a table that
+ * lies outside its file are skipped with a warning.
+ */
+Test(stats, conns_from_hand_made_tables)
+{
+	static struct ubs_conn_slot ta[UBS_CONNS_MAX], tb[UBS_CONNS_MAX];
+	char out[OUT_MAX], err[OUT_MAX], want[512], pa[16], pb[16];
+	struct ubs_stats_page pg;
+	pid_t dead = dead_pid();
+
+	child_pid = spawn_sleeper();
+	child2_pid = spawn_sleeper();
+	snprintf(pa, sizeof(pa), "%d", (int)child_pid);
+	snprintf(pb, sizeof(pb), "%d", (int)child2_pid);
+	ub_slot(&ta[0], 0, 77, 100, 200);
+	ta[3] = ta[0];
+	ta[3].state = 9;
+	ta[UBS_CONNS_LIVE].seq = 4;
+	ta[UBS_CONNS_LIVE].state = UBS_CONN_TCP;
+	ta[UBS_CONNS_LIVE].why = UBS_STAT_TCP_PLAIN_PEER;
+	ta[UBS_CONNS_LIVE].fd = -1;
+	ub_slot(&tb[5], 1, 77, 200, 100);
+	make_page(&pg, child_pid, "svc-a", ca, 0);
+	pg.conns_off = UBS_STATS_SIZE;
+	pg.conns_max = UBS_CONNS_MAX;
+	put_conns_file(&pg, ta);
+	make_page(&pg, child2_pid, "svc-b", cb, 0);
+	pg.conns_off = UBS_STATS_SIZE;
+	pg.conns_max = UBS_CONNS_MAX;
+	put_conns_file(&pg, tb);
+	make_page(&pg, dead, "gone", cd, 0);
+	pg.conns_off = UBS_STATS_SIZE;
+	pg.conns_max = 4 * UBS_CONNS_MAX;       /* past the end of the file */
+	put_conns_file(&pg, tb);
+
+	cr_assert_eq(UBSCTL(out, err, "--json", "--all", "conns"), 0, "%s",
+		     err);
+	snprintf(want, sizeof(want), "{\"pid\":%s,\"service\":\"svc-a\","
+		 "\"alive\":true,\"fd\":-1,\"side\":\"accepted\",\"state\":"
+		 "\"ub\",\"local\":\"-\",\"remote\":\"-\",\"chan_id\":77,"
+		 "\"tx\":100,\"rx\":200,\"peer\":{\"pid\":%s,\"fd\":-1},", pa, pb);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	snprintf(want, sizeof(want), "{\"pid\":%s,\"service\":\"svc-b\","
+		 "\"alive\":true,\"fd\":-1,\"side\":\"connected\",\"state\":"
+		 "\"ub\",\"local\":\"-\",\"remote\":\"-\",\"chan_id\":77,"
+		 "\"tx\":200,\"rx\":100,\"peer\":{\"pid\":%s,\"fd\":-1},", pb, pa);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	snprintf(want, sizeof(want), "{\"pid\":%s,\"service\":\"svc-a\","
+		 "\"alive\":true,\"fd\":-1,\"side\":\"accepted\",\"state\":"
+		 "\"tcp\",\"local\":\"-\",\"remote\":\"-\",\"why\":"
+		 "\"plain_peer\",", pa);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	cr_expect(strstr(err, "1 slots in an unknown state, skipped"), "%s",
+		  err);
+	cr_expect(strstr(err, "outside the file, skipped"), "%s", err);
+
+	/* One process asked for: its rows only, its peer still found. */
+	cr_assert_eq(UBSCTL(out, err, "--json", "conns", pb), 0, "%s", err);
+	cr_expect(strstr(out, "\"service\":\"svc-b\""), "%s", out);
+	cr_expect(!strstr(out, "\"service\":\"svc-a\""), "%s", out);
+	snprintf(want, sizeof(want), "\"peer\":{\"pid\":%s,\"fd\":-1}", pa);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	/* The table: one line per row under the header. */
+	cr_assert_eq(UBSCTL(out, err, "conns", "svc-a"), 0, "%s", err);
+	cr_expect(strstr(out, "PID "), "%s", out);
+	snprintf(want, sizeof(want), "%s/-1", pb);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	cr_expect(strstr(out, "plain_peer"), "%s", out);
+}
+
+/* Run python3 -c script under the preload (lib, or none) with stdout
+ * into a new pipe whose read end is *rd; returns its pid. */
+static pid_t spawn_py(const char *lib, const char *script, int *rd)
+{
+	int p[2];
+	pid_t pid;
+
+	cr_assert_eq(pipe(p), 0);
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(p[1], 1);
+		close(p[0]);
+		close(p[1]);
+		setenv("UBS_RUN_DIR", run_dir, 1);
+		if (lib)
+			setenv("LD_PRELOAD", lib, 1);
+		else
+			unsetenv("LD_PRELOAD");
+		execlp("python3", "python3", "-c", script, (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	*rd = p[0];
+	return pid;
+}
+
+/* One line of fd (bounded by WAIT_MS), without its newline. */
+static void read_line(int fd, char *buf, size_t n)
+{
+	size_t got = 0;
+
+	for (int t = 0; t < WAIT_MS && got + 1 < n; ) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t r;
+
+		if (poll(&p, 1, 50) <= 0) {
+			t += 50;
+			continue;
+		}
+		r = read(fd, buf + got, 1);
+		if (r <= 0 || buf[got] == '\n')
+			break;
+		got++;
+	}
+	buf[got] = '\0';
+}
+
+/*
+ * Real programs: a preloaded Python server holding a UB connection from
+ * a preloaded client and a TCP one from a plain client.  `ubsctl conns`
+ * shows the UB pair with the addresses the kernel gives, each end the
+ * other's peer and the bytes each way, and the plain client's connection
+ * as a TCP decision for a plain peer.
+ */
+Test(stats, conns_of_real_programs)
+{
+	static const char srv[] =
+		"import socket\n"
+		"l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(8)\n"
+		"print(l.getsockname()[1], flush=True)\n"
+		"k = []\n"
+		"while True:\n"
+		"    c, _ = l.accept(); c.sendall(c.recv(100) * 2); k.append(c)\n";
+	static const char cli_fmt[] =
+		"import socket, time\n"
+		"s = socket.create_connection(('127.0.0.1', %s))\n"
+		"s.sendall(b'hello'); n = 0\n"
+		"while n < 10: n += len(s.recv(100))\n"
+		"print(s.getsockname()[1], flush=True); time.sleep(20)\n";
+	const char *lib = getenv("UBS_PRELOAD_LIB");
+	char libpath[PATH_MAX], ubsd[PATH_MAX], port[16], cport[16];
+	char pport[16], cli[512], out[OUT_MAX], err[OUT_MAX], want[256];
+	pid_t spid, cpid, ppid;
+	int srd, crd, prd;
+	struct stat st;
+
+	if (!lib || !*lib) {
+#ifdef __SANITIZE_ADDRESS__
+		cr_skip_test("sanitized build: set UBS_PRELOAD_LIB to a plain "
+			     "build's library");
+#endif
+		snprintf(libpath, sizeof(libpath), "%s", ubsctl_path);
+		strcpy(strstr(libpath, "/bin/ubsctl"), "/libubs_preload.so");
+		lib = libpath;
+	}
+	if (stat(lib, &st) != 0)
+		cr_skip_test("no preload library at %s", lib);
+	dt_bin_path(ubsd, sizeof(ubsd), "ubsd");
+	dt_start_daemon(ubsd);
+
+	spid = spawn_py(lib, srv, &srd);
+	read_line(srd, port, sizeof(port));
+	cr_assert(atoi(port) > 0, "server port: '%s'", port);
+	snprintf(cli, sizeof(cli), cli_fmt, port);
+	cpid = spawn_py(lib, cli, &crd);
+	read_line(crd, cport, sizeof(cport));
+	cr_assert(atoi(cport) > 0, "preloaded client: '%s'", cport);
+	ppid = spawn_py(NULL, cli, &prd);
+	read_line(prd, pport, sizeof(pport));
+	cr_assert(atoi(pport) > 0, "plain client: '%s'", pport);
+
+	cr_assert_eq(UBSCTL(out, err, "--json", "conns"), 0, "%s", err);
+	snprintf(want, sizeof(want), "{\"pid\":%d,\"service\":\"python3\","
+		 "\"alive\":true,\"fd\":", (int)spid);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	snprintf(want, sizeof(want), "\"side\":\"accepted\",\"state\":\"ub\","
+		 "\"local\":\"127.0.0.1:%s\",\"remote\":\"127.0.0.1:%s\"", port,
+		 cport);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	snprintf(want, sizeof(want), "\"side\":\"connected\",\"state\":"
+		 "\"ub\",\"local\":\"127.0.0.1:%s\",\"remote\":\"127.0.0.1:%s\"",
+		 cport, port);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	/* Bytes: the client sent 5 and read 10. */
+	cr_expect(strstr(out, "\"tx\":10,\"rx\":5,\"peer\":{\"pid\":"),
+		  "server's bytes in:\n%s", out);
+	snprintf(want, sizeof(want), "\"tx\":5,\"rx\":10,\"peer\":{\"pid\":%d,",
+		 (int)spid);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	snprintf(want, sizeof(want), "\"side\":\"accepted\",\"state\":\"tcp\","
+		 "\"local\":\"127.0.0.1:%s\",\"remote\":\"127.0.0.1:%s\","
+		 "\"why\":\"plain_peer\"", port, pport);
+	cr_expect(strstr(out, want), "want %s in:\n%s", want, out);
+	kill_reap(&ppid);
+	kill_reap(&cpid);
+	kill_reap(&spid);
+	close(srd);
+	close(crd);
+	close(prd);
 }
