@@ -816,7 +816,6 @@ static int dup_track(int oldfd, int newfd)
 
 	if (newfd < 0 || ubs_guard)
 		return newfd;
-	ubs_fd_forget(newfd);           /* a library fd the program took over */
 	old = sock_detach(newfd);       /* dup2 over a tracked fd closed it */
 	if (old) {
 		struct drop_arg d = { .s = old };
@@ -841,12 +840,35 @@ UBS_EXPORT int dup(int fd)
 	return dup_track(fd, ubs_real.dup(fd));
 }
 
+/*
+ * dup2/dup3 over one of the library's own fds (its control socket, a
+ * channel's doorbell, an inner epoll set) would close it under the
+ * library, and its doorbells would then be written into the program's
+ * file: refused with EBUSY (which Linux's dup2 may say when the target
+ * number is being set up), once logged.  Returns true when refused.
+ */
+static bool dup_refused(int fd, int nfd)
+{
+	static bool said;
+
+	if (fd == nfd || ubs_guard || !ubs_fd_owned(nfd))
+		return false;
+	if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED))
+		ubs_err("dup2/dup3 onto fd %d refused: the library uses it "
+			"(its fds are the highest; lower RLIMIT_NOFILE use "
+			"is unaffected)", nfd);
+	errno = EBUSY;
+	return true;
+}
+
 UBS_EXPORT int dup2(int fd, int nfd)
 {
 	int r;
 
 	if (!ubs_ready())
 		return ubs_fail(-ENOSYS);
+	if (dup_refused(fd, nfd))
+		return -1;
 	if (fd != nfd && !ubs_guard)
 		ep_fd_closing(nfd);
 	r = ubs_real.dup2(fd, nfd);
@@ -859,6 +881,8 @@ UBS_EXPORT int dup3(int fd, int nfd, int flags)
 
 	if (!ubs_ready())
 		return ubs_fail(-ENOSYS);
+	if (dup_refused(fd, nfd))
+		return -1;
 	if (!ubs_guard)
 		ep_fd_closing(nfd);
 	r = ubs_real.dup3(fd, nfd, flags);

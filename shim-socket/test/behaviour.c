@@ -548,7 +548,7 @@ static const char *const case_names[] = {
 	"eintr_norestart", "eintr_timeout", "eintr_poll", "eintr_partial",
 	"handler_write",
 	"threads_close", "policy_flip", "daemon_restart", "mmsg",
-	"mmsg_timeout", "fork_handoff", "close_others", "uring", "connect_ahead",
+	"mmsg_timeout", "fork_handoff", "close_others", "dup2_others", "uring", "connect_ahead",
 };
 
 /* Every case of sockcase has a test here, and no test names a lost case. */
@@ -627,5 +627,6 @@ CASE(mmsg)
 CASE(mmsg_timeout)
 CASE(fork_handoff)
 CASE(close_others)
+CASE(dup2_others)
 CASE(uring)
 CASE(connect_ahead)

@@ -65,6 +65,7 @@
 #include <sys/prctl.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -2866,6 +2867,54 @@ static void cli_close_others(void)
 	kclose(c);
 }
 
+/* dup2_others: the client dup2()s /dev/null over every fd that appeared
+ * above its socket with the connection (in the preloaded run, the
+ * library's own), then closes them, as a program that reuses "free" high
+ * numbers may: the library refuses, its fds stay as they were, and the
+ * connection goes on. */
+static void srv_dup2_others(void)
+{
+	srv_close_others();
+}
+
+#define DUP2_SPAN 65536
+
+static void cli_dup2_others(void)
+{
+	static unsigned char before[DUP2_SPAN];
+	int c, nul, lost = 0, n;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		fatal("getrlimit: %s", ename(errno));
+	if (rl.rlim_cur > DUP2_SPAN)
+		rl.rlim_cur = DUP2_SPAN;
+	for (n = 0; n < (int)rl.rlim_cur; n++)
+		before[n] = fcntl(n, F_GETFD) >= 0;
+	c = cli_connect();
+	xwrite(c, "before|");
+	nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (nul < 0)
+		fatal("open /dev/null: %s", ename(errno));
+	for (n = c + 1; n < (int)rl.rlim_cur; n++) {
+		struct stat a, b;
+
+		if (n == nul || before[n] || fstat(n, &a) < 0)
+			continue;
+		if (dup2(nul, n) == n)
+			close(n);
+		/* A refused dup2 leaves the same file there. */
+		if (fstat(n, &b) < 0 || a.st_ino != b.st_ino ||
+		    a.st_dev != b.st_dev)
+			lost++;
+	}
+	close(nul);
+	tr("new fds above the socket that changed: %d", lost);
+	xwrite(c, "aft");
+	read_exact(c, NULL, 10);
+	kclose(c);
+}
+
 /* io_uring: after the connection is up, the client reads it through an
  * io_uring instance, past every read hook: the bytes arrive (the
  * library gives the connection back to TCP first). */
@@ -2998,6 +3047,7 @@ static const struct sockcase cases[] = {
 	CASE(mmsg_timeout, 1),
 	CASE(fork_handoff, 1),
 	CASE(close_others, 1),
+	CASE(dup2_others, 1),
 	CASE(uring, 1),
 	CASE(connect_ahead, AHEAD_N),
 };
