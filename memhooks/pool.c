@@ -109,6 +109,8 @@ static struct {
 	int fd;                         /* control connection, -1 if none */
 	uint32_t seq;
 	uint64_t retry_ms;              /* no lease asked before this */
+	uint64_t leased;                /* bytes leased by this process's
+					 * sessions (not a fork parent's) */
 	int fork_pipe[2];
 } rg = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1,
 	 .fork_pipe = { -1, -1 } };
@@ -277,6 +279,28 @@ static int conn_hello(void)
 }
 
 /*
+ * A new session after the old one broke (ubsd restarted): what this
+ * process still maps from its earlier leases counts as its lease with the
+ * new daemon.  0 or -errno.
+ */
+static int claim(void)
+{
+	struct ctl_mem_lease m = { .bytes = rg.leased };
+	unsigned char body[CTL_MAX_BODY];
+	struct ctl_hdr h;
+	int fd, err;
+
+	err = conn_send(CTL_REQ_MEM_CLAIM, &m, sizeof(m));
+	if (!err)
+		err = conn_recv(&h, body, &fd);
+	if (!err && fd >= 0)
+		syscall(SYS_close, fd);
+	if (!err && h.type != CTL_R_OK)
+		err = -EPROTO;
+	return err;
+}
+
+/*
  * Lease at least bytes and map them at rg.map_end (caller holds
  * region_lock).  0, or -errno: -ENOSPC/-EDQUOT refused, other: no
  * daemon or a broken connection (dropped).  A failure sets the back-off
@@ -295,6 +319,8 @@ static int lease(uint64_t bytes)
 		err = conn_open();
 		if (!err)
 			err = conn_hello();
+		if (!err && rg.leased)
+			err = claim();
 		if (err)
 			goto fail;
 	}
@@ -335,6 +361,7 @@ static int lease(uint64_t bytes)
 		return err;
 	}
 	rg.map_end += seg.size;
+	rg.leased += seg.size;
 	ubs_stats_add(UBS_STAT_MEM_POOL_LEASED, seg.size);
 	ubs_dbg("memhooks: leased %llu bytes (segment %llu%s)",
 		(unsigned long long)seg.size, (unsigned long long)seg.seg_id,
@@ -416,13 +443,38 @@ static bool ext_merge(extent_hooks_t *hk, void *a, size_t as, void *b,
 	return false;
 }
 
+static void ext_destroy(extent_hooks_t *hk, void *addr, size_t size,
+			bool committed, unsigned arena)
+{
+	(void)hk, (void)addr, (void)size, (void)committed, (void)arena;
+}
+
+/* Pages are always committed: commit succeeds, decommit and the purges
+ * opt out (true), so jemalloc keeps the pages as they are. */
+static bool ext_commit(extent_hooks_t *hk, void *addr, size_t size,
+		       size_t off, size_t len, unsigned arena)
+{
+	(void)hk, (void)addr, (void)size, (void)off, (void)len, (void)arena;
+	return false;
+}
+
+static bool ext_keep(extent_hooks_t *hk, void *addr, size_t size,
+		     size_t off, size_t len, unsigned arena)
+{
+	(void)hk, (void)addr, (void)size, (void)off, (void)len, (void)arena;
+	return true;
+}
+
 static extent_hooks_t hooks = {
 	.alloc = ext_alloc,
 	.dalloc = ext_dalloc,
+	.destroy = ext_destroy,
+	.commit = ext_commit,
+	.decommit = ext_keep,
+	.purge_lazy = ext_keep,
+	.purge_forced = ext_keep,
 	.split = ext_split,
 	.merge = ext_merge,
-	/* commit, decommit, purges, destroy: none (opt out; the pages
-	 * stay committed and leased until the process ends). */
 };
 
 /* ------------------------------------------------------------ the pool */
@@ -556,6 +608,7 @@ static void fork_child(void)
 	/* The parent's session is the parent's. */
 	conn_close();
 	rg.retry_ms = 0;
+	rg.leased = 0;                  /* the inherited range is private */
 	ubs_stats_add(UBS_STAT_MEM_POOL_BYTES,
 		      __atomic_load_n(&live_bytes, __ATOMIC_RELAXED));
 	pthread_mutex_unlock(&rg.lock);

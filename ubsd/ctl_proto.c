@@ -40,6 +40,7 @@ int ctl_body_len(uint16_t type)
 	case CTL_REQ_MEM_LEASE: return sizeof(struct ctl_mem_lease);
 	case CTL_REQ_MEM_RETURN: return sizeof(struct ctl_mem_ref);
 	case CTL_REQ_MEM:       return 0;
+	case CTL_REQ_MEM_CLAIM: return sizeof(struct ctl_mem_lease);
 	case CTL_R_MEM_SEG:     return sizeof(struct ctl_mem_seg);
 	case CTL_R_MEM_POOL:    return sizeof(struct ctl_mem_pool);
 	case CTL_R_MEM_SERVICE: return sizeof(struct ctl_mem_service);
@@ -83,6 +84,7 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_REQ_MEM_LEASE: return "MEM_LEASE";
 	case CTL_REQ_MEM_RETURN: return "MEM_RETURN";
 	case CTL_REQ_MEM:       return "MEM";
+	case CTL_REQ_MEM_CLAIM: return "MEM_CLAIM";
 	case CTL_R_MEM_SEG:     return "R_MEM_SEG";
 	case CTL_R_MEM_POOL:    return "R_MEM_POOL";
 	case CTL_R_MEM_SERVICE: return "R_MEM_SERVICE";

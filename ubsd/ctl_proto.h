@@ -71,6 +71,11 @@ enum ctl_type {
 	CTL_REQ_MEM = 0x0112,           /* no body: CTL_R_MEM_POOL,
 					 * CTL_R_MEM_SERVICE...,
 					 * CTL_R_MEM_HOLDER... + END */
+	CTL_REQ_MEM_CLAIM = 0x0113,     /* struct ctl_mem_lease; needs a
+					 * session: the process still maps
+					 * that many bytes lent by a daemon
+					 * before this one (a restart): they
+					 * count as its lease.  OK|ERROR */
 
 	/* Verbs endpoint registry (verbs issue): requests 0x0120..0x012f. */
 

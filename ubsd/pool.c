@@ -17,11 +17,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "pool.h"
@@ -32,12 +34,16 @@
 
 #define FREE_KEEP 64                    /* free segments kept for reuse */
 #define LEASE_MAX (1ull << 40)          /* no single lease beyond 1 TiB */
+#define ORPHAN (1ull << 63)             /* owner bit: session gone */
 
 struct seg {
 	uint64_t id;                    /* of the current lease, 0 if free */
-	uint64_t owner;                 /* session id, 0 = free */
+	uint64_t owner;                 /* session id, 0 = free; ORPHAN|pid
+					 * when its session ended before its
+					 * process did */
 	pid_t pid;
 	int fd;
+	int pidfd;                      /* an orphan's process, else -1 */
 	uint64_t size;
 	bool huge;
 	char service[CTL_NAME_MAX];
@@ -105,7 +111,14 @@ static void seg_release(struct seg *s)
 	s->owner = 0;
 	s->id = 0;
 	s->pid = 0;
+	if (s->pidfd >= 0)
+		close(s->pidfd);
+	s->pidfd = -1;
 	s->service[0] = '\0';
+	if (s->fd < 0) {                /* a claim: nothing to keep */
+		*s = pool.seg[--pool.nseg];
+		return;
+	}
 	if (pool.nfree >= FREE_KEEP ||
 	    fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
 		      (off_t)s->size) < 0) {
@@ -120,6 +133,21 @@ static void seg_release(struct seg *s)
 		return;
 	}
 	pool.nfree++;
+}
+
+/* Room for one more segment record.  0 or -ENOMEM. */
+static int seg_room(void)
+{
+	if (pool.nseg == pool.cap) {
+		uint32_t cap = pool.cap ? pool.cap * 2 : 16;
+		struct seg *t = realloc(pool.seg, cap * sizeof(*t));
+
+		if (!t)
+			return -ENOMEM;
+		pool.seg = t;
+		pool.cap = cap;
+	}
+	return 0;
 }
 
 static uint64_t service_used(const char *name)
@@ -146,6 +174,7 @@ int pool_lease(uint64_t owner, pid_t pid, const char *service,
 		return -EINVAL;
 	}
 	size = (bytes + POOL_GRANULE - 1) & ~(POOL_GRANULE - 1);
+	pool_sweep();
 	if (pool.used + size > pool.size) {
 		pool.refused++;
 		snprintf(msg, msglen, "memory pool exhausted (%llu of %llu "
@@ -175,16 +204,9 @@ int pool_lease(uint64_t owner, pid_t pid, const char *service,
 		bool huge;
 		int nfd;
 
-		if (pool.nseg == pool.cap) {
-			uint32_t cap = pool.cap ? pool.cap * 2 : 16;
-			struct seg *t = realloc(pool.seg, cap * sizeof(*t));
-
-			if (!t) {
-				snprintf(msg, msglen, "out of memory");
-				return -ENOMEM;
-			}
-			pool.seg = t;
-			pool.cap = cap;
+		if (seg_room() < 0) {
+			snprintf(msg, msglen, "out of memory");
+			return -ENOMEM;
 		}
 		nfd = seg_create(size, pool.want_huge, &huge);
 		if (nfd < 0) {
@@ -193,6 +215,7 @@ int pool_lease(uint64_t owner, pid_t pid, const char *service,
 		}
 		s = &pool.seg[pool.nseg++];
 		memset(s, 0, sizeof(*s));
+		s->pidfd = -1;
 		s->fd = nfd;
 		s->size = size;
 		s->huge = huge;
@@ -213,6 +236,34 @@ int pool_lease(uint64_t owner, pid_t pid, const char *service,
 	return 0;
 }
 
+int pool_claim(uint64_t owner, pid_t pid, const char *service,
+	       uint64_t bytes, char *msg, size_t msglen)
+{
+	struct seg *s;
+
+	if (bytes == 0 || bytes > LEASE_MAX) {
+		snprintf(msg, msglen, "bad claim size %llu",
+			 (unsigned long long)bytes);
+		return -EINVAL;
+	}
+	if (seg_room() < 0) {
+		snprintf(msg, msglen, "out of memory");
+		return -ENOMEM;
+	}
+	s = &pool.seg[pool.nseg++];
+	memset(s, 0, sizeof(*s));
+	s->pidfd = -1;
+	s->fd = -1;                     /* the memory is the process's */
+	s->size = bytes;
+	s->id = ++pool.next_id;
+	s->owner = owner;
+	s->pid = pid;
+	snprintf(s->service, sizeof(s->service), "%s", service);
+	pool.used += bytes;
+	pool.nlent++;
+	return 0;
+}
+
 int pool_return(uint64_t owner, uint64_t seg_id)
 {
 	for (uint32_t i = 0; i < pool.nseg; i++) {
@@ -226,6 +277,21 @@ int pool_return(uint64_t owner, uint64_t seg_id)
 	return -ENOENT;
 }
 
+/* Has the process behind pidfd exited? */
+static bool exited(int pidfd)
+{
+	struct pollfd p = { .fd = pidfd, .events = POLLIN };
+
+	return poll(&p, 1, 0) != 0;
+}
+
+/*
+ * A session ended.  Its segments come back at once if its process is
+ * gone.  A process that lives on (it lost its connection, or is still on
+ * its way out) may still have them mapped: they stay counted, as
+ * orphans watched through a pidfd, until it has exited (pool_sweep), so
+ * no live heap is ever punched or lent twice.
+ */
 void pool_session_end(uint64_t owner)
 {
 	uint32_t i = 0;
@@ -235,6 +301,16 @@ void pool_session_end(uint64_t owner)
 		uint32_t before = pool.nseg;
 
 		if (s->owner == owner) {
+			int pfd = (int)syscall(SYS_pidfd_open, s->pid, 0);
+
+			if (pfd >= 0 && !exited(pfd)) {
+				s->owner = ORPHAN | (uint32_t)s->pid;
+				s->pidfd = pfd;
+				i++;
+				continue;
+			}
+			if (pfd >= 0)
+				close(pfd);
 			seg_release(s);
 			if (pool.nseg < before)
 				continue;       /* the last one moved here */
@@ -243,8 +319,26 @@ void pool_session_end(uint64_t owner)
 	}
 }
 
+void pool_sweep(void)
+{
+	uint32_t i = 0;
+
+	while (i < pool.nseg) {
+		struct seg *s = &pool.seg[i];
+		uint32_t before = pool.nseg;
+
+		if ((s->owner & ORPHAN) && exited(s->pidfd)) {
+			seg_release(s);
+			if (pool.nseg < before)
+				continue;
+		}
+		i++;
+	}
+}
+
 void pool_totals(struct ctl_mem_pool *out)
 {
+	pool_sweep();
 	memset(out, 0, sizeof(*out));
 	out->size = pool.size;
 	out->used = pool.used;
@@ -306,8 +400,13 @@ bool pool_holder(uint32_t i, struct ctl_mem_holder *out)
 
 void pool_fini(void)
 {
-	for (uint32_t i = 0; i < pool.nseg; i++)
-		close(pool.seg[i].fd);
+	/* Nothing is punched: live processes keep what they map. */
+	for (uint32_t i = 0; i < pool.nseg; i++) {
+		if (pool.seg[i].fd >= 0)
+			close(pool.seg[i].fd);
+		if (pool.seg[i].pidfd >= 0)
+			close(pool.seg[i].pidfd);
+	}
 	free(pool.seg);
 	memset(&pool, 0, sizeof(pool));
 }

@@ -34,11 +34,26 @@ int pool_lease(uint64_t owner, pid_t pid, const char *service,
 	       uint64_t quota, uint64_t bytes, struct ctl_mem_seg *out,
 	       int *fd, char *msg, size_t msglen);
 
+/*
+ * Session owner still maps bytes lent by a daemon before this one (ubsd
+ * restarted while it lived): they count as its lease from now on, in the
+ * pool and its service's use, even past the capacity or quota (the memory
+ * is in use; new leases are refused until there is room).  Returns 0 or
+ * -EINVAL (0 or absurd size), -ENOMEM.
+ */
+int pool_claim(uint64_t owner, pid_t pid, const char *service,
+	       uint64_t bytes, char *msg, size_t msglen);
+
 /* owner gives segment seg_id back.  Returns 0 or -ENOENT. */
 int pool_return(uint64_t owner, uint64_t seg_id);
 
-/* Session owner ended: every segment it holds comes back. */
+/* Session owner ended: every segment it holds comes back, at once if its
+ * process is gone, else when it has exited (pool_sweep). */
 void pool_session_end(uint64_t owner);
+
+/* Give back the segments of ended sessions whose process has exited
+ * (done by pool_lease and pool_totals too). */
+void pool_sweep(void);
 
 /* Pool-wide figures. */
 void pool_totals(struct ctl_mem_pool *out);
@@ -52,7 +67,8 @@ uint64_t pool_service_used(const char *name, uint32_t *holders);
  */
 bool pool_holder(uint32_t i, struct ctl_mem_holder *out);
 
-/* Close every segment (daemon exit). */
+/* Close every segment without punching it (daemon exit: processes that
+ * live on keep their memory).  Call before ending the sessions. */
 void pool_fini(void);
 
 #endif /* UBSD_POOL_H */

@@ -1002,8 +1002,8 @@ static const struct ubs_svc_policy *svc_policy(const char *name)
 }
 
 /*
- * MEM_LEASE, MEM_RETURN (both need a session: a lease lives as long as
- * its session) and MEM (the pool, per-service and per-process figures,
+ * MEM_LEASE, MEM_RETURN, MEM_CLAIM (all need a session: a lease lives as
+ * long as its session) and MEM (the pool, per-service and per-process figures,
  * for ubsctl mem).
  */
 static int do_mem(struct conn *c, const struct ctl_hdr *h, const void *body)
@@ -1065,6 +1065,20 @@ static int do_mem(struct conn *c, const struct ctl_hdr *h, const void *body)
 			return send_error(c, h->seq, ENOENT, "no such lease");
 		logmsg(LOG_DEBUG, "pool: pid %ld returned segment %llu",
 		       (long)c->pid, (unsigned long long)m.seg_id);
+		return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
+	}
+	if (h->type == CTL_REQ_MEM_CLAIM) {
+		struct ctl_mem_lease m;
+
+		memcpy(&m, body, sizeof(m));
+		err = pool_claim(c->sess->id, c->sess->pid, c->sess->service,
+				 m.bytes, msg, sizeof(msg));
+		if (err)
+			return send_error(c, h->seq, -err, msg);
+		logmsg(LOG_INFO, "pool: pid %ld service \"%s\" still maps "
+		       "%llu bytes from before a restart: counted",
+		       (long)c->pid, c->sess->service,
+		       (unsigned long long)m.bytes);
 		return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
 	}
 	{
@@ -1989,6 +2003,7 @@ static int conn_dispatch(struct conn *c, const char **why)
 		case CTL_REQ_MEM_LEASE:
 		case CTL_REQ_MEM_RETURN:
 		case CTL_REQ_MEM:
+		case CTL_REQ_MEM_CLAIM:
 			err = do_mem(c, &h, body);
 			break;
 
@@ -2298,6 +2313,7 @@ static int event_loop(void)
 
 static void cleanup(void)
 {
+	pool_fini();            /* first: no live process's heap punched */
 	while (!TAILQ_EMPTY(&conns))
 		conn_close(TAILQ_FIRST(&conns), NULL);
 	graveyard_free();
@@ -2320,7 +2336,6 @@ static void cleanup(void)
 		close(d.epfd);
 	if (d.page.base)
 		ubt_seg_unmap(&d.page);
-	pool_fini();
 	free(d.conf);
 	d.conf = NULL;
 }

@@ -255,6 +255,72 @@ Test(memhooks, kill9_gives_the_lease_back)
 	cr_assert(strstr(out, "\"processes\":[]"), "%s", out);
 }
 
+/* Read one line of fd (bounded by the reads of a live child) into buf. */
+static void read_line(int fd, char *buf, size_t n)
+{
+	size_t have = 0;
+
+	while (have + 1 < n && read(fd, buf + have, 1) == 1 &&
+	       buf[have] != '\n')
+		have++;
+	buf[have] = '\0';
+}
+
+/* Bytes ubsd counts for pid (its holder record), or -1. */
+static long long held_by(const char *json, pid_t pid)
+{
+	char pat[64];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "{\"pid\":%d,", (int)pid);
+	p = strstr(json, pat);
+	return p ? json_num(p, "bytes") : -1;
+}
+
+Test(memhooks, restarted_ubsd_counts_what_live_processes_still_map)
+{
+	const char *argv[] = { MHCASE_PATH, "hold", NULL };
+	char out[OUT_MAX], line[64];
+	long long before, after;
+	int ofd, ifd, i;
+	pid_t pid;
+
+	start("[daemon]\npool_size = 64M\n");
+	pid = spawn(argv, pool_1k, &ofd, &ifd, true);
+	read_line(ofd, line, sizeof(line));
+	cr_assert(strncmp(line, "READY", 5) == 0, "%s", line);
+	ubsctl_json(out, "mem", NULL, NULL);
+	before = held_by(out, pid);
+	cr_assert_geq(before, 4ll << 20, "%s", out);
+
+	/* A new daemon starts with nothing lent... */
+	REQUIRE(kill(daemon_pid, SIGTERM) == 0);
+	REQUIRE(waitpid(daemon_pid, NULL, 0) == daemon_pid);
+	dt_start_daemon(ubsd_path);
+	ubsctl_json(out, "mem", NULL, NULL);
+	cr_assert_eq(json_num(out, "used"), 0, "%s", out);
+
+	/* ...and learns at the process's next lease what it still maps. */
+	REQUIRE(write(ifd, "more\n", 5) == 5);
+	read_line(ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "MORE ok");
+	ubsctl_json(out, "mem", NULL, NULL);
+	after = held_by(out, pid);
+	cr_assert_geq(after, before + (2ll << 20), "%s", out);
+	cr_assert_eq(json_num(out, "used"), after, "%s", out);
+
+	close(ifd);
+	cr_assert_eq(dt_wait_exit(pid, RUN_MS), 0);
+	close(ofd);
+	for (i = 0; i < 500; i++) {
+		ubsctl_json(out, "mem", NULL, NULL);
+		if (json_num(out, "used") == 0)
+			break;
+		sleep_ms(10);
+	}
+	cr_assert_eq(json_num(out, "used"), 0, "%s", out);
+}
+
 Test(memhooks, python3_runs_a_script_on_the_pool)
 {
 	const char *argv[] = { "/usr/bin/python3", "-c",

@@ -14,7 +14,8 @@
  *   fork     the child sees a snapshot as of fork; neither sees the
  *            other's writes after it
  *   off      pool off: nothing lands in the pool
- *   hold     allocate 3 MiB in the pool, print READY, wait for stdin EOF
+ *   hold     allocate 3 MiB in the pool, print READY; 3 MiB more for
+ *            each line on stdin, reported (MORE ok); exit at EOF
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -362,8 +363,16 @@ static void case_hold(void)
 	memset(p, 'H', 3 << 20);
 	printf("READY %d\n", (int)getpid());
 	fflush(stdout);
-	while (read(0, buf, sizeof(buf)) > 0)
-		;
+	/* Each line: 3 MiB more, reported. */
+	while (read(0, buf, sizeof(buf)) > 0) {
+		void *q = malloc(3 << 20);
+
+		CHECK(q && in_pool(q, 3 << 20));
+		if (q)
+			memset(q, 'M', 3 << 20);
+		printf("MORE %s\n", failures ? "FAIL" : "ok");
+		fflush(stdout);
+	}
 	free(p);
 }
 

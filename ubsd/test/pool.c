@@ -4,8 +4,9 @@
  * mappable memfd of the granule-rounded size, counted by `ubsctl mem`;
  * the service quota (also when changed at run time) and the pool size
  * refuse further leases; a session's leases come back when its process is
- * killed with SIGKILL, and a segment lent again reads as zeros; a lease
- * needs a session and can be returned.
+ * killed with SIGKILL (not while it lives on without its session), and a
+ * segment lent again reads as zeros; a lease needs a session and can be
+ * returned.
  */
 #include <criterion/criterion.h>
 
@@ -127,11 +128,12 @@ Test(pool, lease_is_a_mappable_segment_counted_by_ubsctl, .fini = teardown)
 Test(pool, quota_and_pool_size_refuse_further_leases, .fini = teardown)
 {
 	struct ctl_mem_seg seg;
-	const char *args[] = { "service", "q", "set", "mem_quota=2M", NULL };
+	const char *up[] = { "service", "q", "set", "mem_quota=6M", NULL };
+	const char *down[] = { "service", "q", "set", "mem_quota=2M", NULL };
 	char out[OUT_MAX];
 	int s, t, fd;
 
-	start("[daemon]\npool_size = 8M\n[service q]\nmem_quota = 4M\n");
+	start("[daemon]\npool_size = 16M\n[service q]\nmem_quota = 4M\n");
 	s = dt_hello("q");
 	REQUIRE((fd = lease(s, 2 * MiB, &seg)) >= 0);
 	close(fd);
@@ -141,23 +143,28 @@ Test(pool, quota_and_pool_size_refuse_further_leases, .fini = teardown)
 	/* Another process of the same service shares the quota. */
 	t = dt_hello("q");
 	cr_assert_eq(lease(t, 1, &seg), -EDQUOT, "quota is per service");
+
+	/* Quotas changed at run time apply to the next lease. */
+	REQUIRE(dt_run_ubsctl(ubsctl_path, up, out, NULL, NULL) == 0);
+	REQUIRE((fd = lease(t, 2 * MiB, &seg)) >= 0);
+	close(fd);
+	cr_assert_eq(lease(t, 1, &seg), -EDQUOT, "raised mem_quota");
+	REQUIRE(dt_run_ubsctl(ubsctl_path, down, out, NULL, NULL) == 0);
+	cr_assert_eq(lease(s, 1, &seg), -EDQUOT, "lowered mem_quota");
+
+	/* A live process that closes its sessions may still map what it
+	 * was lent: it stays counted. */
+	close(s);
 	close(t);
+	mem_json(out);
+	cr_assert_eq(json_num(out, "used"), 6 * MiB, "%s", out);
 
 	/* Another service fills the rest of the pool, then no more. */
 	t = dt_hello("other");
-	REQUIRE((fd = lease(t, 4 * MiB, &seg)) >= 0);
+	REQUIRE((fd = lease(t, 10 * MiB, &seg)) >= 0);
 	close(fd);
 	cr_assert_eq(lease(t, 1, &seg), -ENOSPC, "pool exhausted");
 	close(t);
-
-	/* A quota lowered at run time: q now holds more than it may. */
-	close(s);
-	REQUIRE(dt_run_ubsctl(ubsctl_path, args, out, NULL, NULL) == 0);
-	s = dt_hello("q");
-	REQUIRE((fd = lease(s, 2 * MiB, &seg)) >= 0);
-	close(fd);
-	cr_assert_eq(lease(s, 1, &seg), -EDQUOT, "run-time mem_quota");
-	close(s);
 }
 
 /* Child: lease 2 MiB, fill it with 0xab, say so, wait to be killed. */
