@@ -4,9 +4,11 @@
  * scenarios of mhcase under the preload (every malloc-family function,
  * frees from another thread, quota fallback, fork snapshot, pool off by
  * default, pool on by service policy), a lease reclaimed after kill -9,
- * and real programs with the pool on (python3, redis-server under
- * redis-benchmark with a BGSAVE checked by redis-check-rdb), each
- * required to have really allocated from the pool.
+ * a restarted ubsd told what a live process still maps, and real programs
+ * with the pool on (python3, redis-server under redis-benchmark with a
+ * BGSAVE checked by redis-check-rdb, nginx master and workers under curl
+ * and wrk, git status), each required to have really allocated from the
+ * pool.
  */
 #include <criterion/criterion.h>
 
@@ -43,8 +45,19 @@ static void start(const char *conf)
 	dt_start_daemon(ubsd_path);
 }
 
+/* Process groups of the servers a test started (their forked workers
+ * and BGSAVE children included), killed at its end whatever happened. */
+static pid_t groups[4];
+static int ngroups;
+
 static void teardown(void)
 {
+	for (int i = 0; i < ngroups; i++) {
+		kill(-groups[i], SIGKILL);
+		while (waitpid(groups[i], NULL, 0) < 0 && errno == EINTR)
+			;
+	}
+	ngroups = 0;
 	dt_reap_kids();
 	dt_teardown();
 }
@@ -66,6 +79,7 @@ static pid_t spawn(const char *const *argv, const char *const *env,
 	pid = fork();
 	REQUIRE(pid >= 0);
 	if (pid == 0) {
+		setpgid(0, 0);          /* its children die with it (teardown) */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (out_fd) {
 			dup2(o[1], 1);
@@ -85,6 +99,9 @@ static pid_t spawn(const char *const *argv, const char *const *env,
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}
+	setpgid(pid, pid);
+	if (ngroups < (int)(sizeof(groups) / sizeof(groups[0])))
+		groups[ngroups++] = pid;
 	close(o[1]);
 	close(i[0]);
 	if (out_fd)
@@ -472,6 +489,156 @@ Test(memhooks, redis_bgsave_under_write_load_on_the_pool, .timeout = 90)
 	cr_assert(strstr(out, "RDB looks OK"), "%s", out);
 	REQUIRE(redis_cli(port, out, sizeof(out), "PING", NULL) == 0);
 	cr_assert(strstr(out, "PONG"), "%s", out);
-	kill(server, SIGKILL);
-	waitpid(server, NULL, 0);
+}
+
+/* Run argv (not preloaded unless preload, env added) in cwd-less mode to
+ * its end; stdout into out.  Its exit status; *pid gets its pid. */
+static int run_prog(const char *const *argv, const char *const *env,
+		    bool preload, char *out, size_t n, pid_t *pidp)
+{
+	int fd, st;
+	pid_t pid = spawn(argv, env, &fd, NULL, preload);
+
+	drain(fd, out, n);
+	st = dt_wait_exit(pid, RUN_MS);
+	if (st < 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	if (pidp)
+		*pidp = pid;
+	return st;
+}
+
+/* A file of n pseudo-random bytes at path. */
+static void random_file(const char *path, size_t n)
+{
+	FILE *f = fopen(path, "we");
+	uint32_t x = 2463534242u;
+
+	REQUIRE(f);
+	for (size_t i = 0; i < n; i++) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		fputc((int)(x & 0xff), f);
+	}
+	REQUIRE(fclose(f) == 0);
+}
+
+Test(memhooks, nginx_master_and_workers_serve_from_the_pool, .timeout = 90)
+{
+	char conf[256], text[2048], www[192], file[256], got[256], url[128];
+	char out[OUT_MAX], pidf[192];
+	const char *srv[] = { "/usr/sbin/nginx", "-p", run_dir, "-c", conf,
+			      "-e", "/dev/null", NULL };
+	const char *curl[] = { "/usr/bin/curl", "-sS", "--max-time", "15",
+			       "-o", got, "-w", "%{http_code}", url, NULL };
+	const char *wrk[] = { "/usr/bin/wrk", "-t1", "-c4", "-d1s", url,
+			      NULL };
+	const char *cmp[] = { "/usr/bin/cmp", file, got, NULL };
+	const char *env[] = { "UBS_MEM_POOL=1", "UBS_MEM_MIN=1024",
+			      "UBS_SERVICE=mhnginx", NULL };
+	int port, st, i;
+	pid_t server;
+
+	if (access(srv[0], X_OK) || access(curl[0], X_OK) ||
+	    access(wrk[0], X_OK))
+		cr_skip_test("nginx, curl or wrk missing");
+	start("[daemon]\npool_size = 256M\n");
+	port = free_port();
+	snprintf(www, sizeof(www), "%s/www", run_dir);
+	REQUIRE(mkdir(www, 0755) == 0);
+	snprintf(file, sizeof(file), "%s/big.bin", www);
+	random_file(file, 3 << 20);
+	/* nginx's workers run as nobody: they must reach the file. */
+	REQUIRE(chmod(run_dir, 0755) == 0 && chmod(file, 0644) == 0);
+	snprintf(got, sizeof(got), "%s/big.got", run_dir);
+	snprintf(pidf, sizeof(pidf), "%s/nginx.pid", run_dir);
+	snprintf(text, sizeof(text),
+		 "daemon off;\nmaster_process on;\nworker_processes 2;\n"
+		 "pid %1$s;\nerror_log %2$s/nginx-error.log info;\n"
+		 "events { worker_connections 256; }\n"
+		 "http {\n    access_log off;\n"
+		 "    client_body_temp_path %2$s/tmp;\n"
+		 "    proxy_temp_path %2$s/tmp;\n"
+		 "    fastcgi_temp_path %2$s/tmp;\n"
+		 "    uwsgi_temp_path %2$s/tmp;\n"
+		 "    scgi_temp_path %2$s/tmp;\n"
+		 "    types { application/octet-stream bin; }\n"
+		 "    server { listen 127.0.0.1:%3$d; root %4$s; }\n}\n",
+		 pidf, run_dir, port, www);
+	write_file("nginx.conf", text);
+	snprintf(conf, sizeof(conf), "%s/nginx.conf", run_dir);
+	server = spawn(srv, env, NULL, NULL, true);
+	for (i = 0; i < 500 && !port_open(port); i++) {
+		cr_assert_eq(waitpid(server, NULL, WNOHANG), 0,
+			     "nginx exited at start");
+		sleep_ms(10);
+	}
+	cr_assert(port_open(port), "nginx does not listen");
+
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/big.bin", port);
+	st = run_prog(curl, NULL, false, out, sizeof(out), NULL);
+	cr_assert_eq(st, 0, "curl: %#x", st);
+	cr_assert_str_eq(out, "200");
+	st = run_prog(cmp, NULL, false, out, sizeof(out), NULL);
+	cr_assert_eq(st, 0, "the file came back different: %s", out);
+	st = run_prog(wrk, NULL, false, out, sizeof(out), NULL);
+	cr_assert_eq(st, 0, "wrk: %#x", st);
+	cr_assert(strstr(out, " requests in "), "%s", out);
+	cr_assert_null(strstr(out, "Socket errors"), "%s", out);
+	cr_assert_null(strstr(out, "Non-2xx"), "%s", out);
+
+	/* Master and workers (forked with pool memory) allocated from it. */
+	ubsctl_json(out, "stats", "mhnginx", NULL);
+	cr_assert_geq(json_num(strstr(out, "\"total\""), "processes"), 3,
+		      "%s", out);
+	cr_assert_gt(json_num(strstr(out, "\"total\""), "mem_pool_allocs"),
+		     10, "%s", out);
+	/* The master and its workers go in teardown (process group). */
+}
+
+Test(memhooks, git_status_on_the_pool)
+{
+	char repo[192], out[OUT_MAX], want[OUT_MAX], path[256];
+	const char *init[] = { "/usr/bin/git", "-C", repo, "init", "-q", NULL };
+	const char *add[] = { "/usr/bin/git", "-C", repo, "add", ".", NULL };
+	const char *commit[] = { "/usr/bin/git", "-C", repo, "-c",
+		"user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x",
+		NULL };
+	const char *status[] = { "/usr/bin/git", "-C", repo, "status",
+				 "--porcelain=v1", "-uall", NULL };
+	const char *env[] = { "UBS_MEM_POOL=1", "UBS_MEM_MIN=256",
+			      "UBS_SERVICE=mhgit", NULL };
+	pid_t pid;
+	int st;
+
+	if (access(init[0], X_OK))
+		cr_skip_test("no git");
+	start("[daemon]\npool_size = 256M\n");
+	snprintf(repo, sizeof(repo), "%s/repo", run_dir);
+	REQUIRE(mkdir(repo, 0755) == 0);
+	REQUIRE(run_prog(init, NULL, false, out, sizeof(out), NULL) == 0);
+	for (int i = 0; i < 200; i++) {
+		snprintf(path, sizeof(path), "%s/f%03d.txt", repo, i);
+		random_file(path, 100 + (size_t)i * 50);
+	}
+	REQUIRE(run_prog(add, NULL, false, out, sizeof(out), NULL) == 0);
+	REQUIRE(run_prog(commit, NULL, false, out, sizeof(out), NULL) == 0);
+	for (int i = 0; i < 200; i += 7) {
+		snprintf(path, sizeof(path), "%s/f%03d.txt", repo, i);
+		random_file(path, 99);
+	}
+	snprintf(path, sizeof(path), "%s/new.txt", repo);
+	random_file(path, 10);
+
+	REQUIRE(run_prog(status, NULL, false, want, sizeof(want), NULL) == 0);
+	cr_assert(strstr(want, " M f000.txt") && strstr(want, "?? new.txt"),
+		  "%s", want);
+	st = run_prog(status, env, true, out, sizeof(out), &pid);
+	cr_assert_eq(st, 0, "git status under the pool: %#x", st);
+	cr_assert_str_eq(out, want);
+	cr_assert_gt(stat_of(pid, UBS_STAT_MEM_POOL_ALLOCS), 10,
+		     "git did not allocate from the pool");
 }
