@@ -26,7 +26,8 @@
  * allocation goes to ordinary memory.
  *
  * fork: the segments are MAP_SHARED, so a child would write into its
- * parent's heap.  At fork (pthread_atfork) the parent waits while the
+ * parent's heap.  At fork (pthread_atfork; jemalloc's own handlers hold
+ * its arenas still around the fork itself) the parent waits while the
  * child copies every page of the pool range into private anonymous
  * memory and moves it over the shared mapping (mremap): the child's heap
  * is a snapshot as of the fork, and nothing is shared after.  The child
@@ -547,9 +548,16 @@ void mh_fallback(void)
 
 /* ------------------------------------------------------------ fork */
 
+/*
+ * prepare runs before jemalloc's (handlers registered later run first),
+ * so it must not take region_lock: a thread inside the extent hook holds
+ * jemalloc's locks and waits for region_lock, and jemalloc's prepare
+ * waits for those.  A lease in flight in another thread at the fork is
+ * harmless: the child copies [base, map_end) as its copy of map_end says,
+ * drops the connection and re-initialises the lock.
+ */
 static void fork_prepare(void)
 {
-	pthread_mutex_lock(&rg.lock);
 	if (syscall(SYS_pipe2, rg.fork_pipe, O_CLOEXEC) < 0)
 		rg.fork_pipe[0] = rg.fork_pipe[1] = -1;
 }
@@ -568,7 +576,6 @@ static void fork_parent(void)
 		syscall(SYS_close, rg.fork_pipe[0]);
 	}
 	rg.fork_pipe[0] = rg.fork_pipe[1] = -1;
-	pthread_mutex_unlock(&rg.lock);
 }
 
 /*
@@ -611,7 +618,7 @@ static void fork_child(void)
 	rg.leased = 0;                  /* the inherited range is private */
 	ubs_stats_add(UBS_STAT_MEM_POOL_BYTES,
 		      __atomic_load_n(&live_bytes, __ATOMIC_RELAXED));
-	pthread_mutex_unlock(&rg.lock);
+	pthread_mutex_init(&rg.lock, NULL);
 }
 
 /* ------------------------------------------------------------ init */

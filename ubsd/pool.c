@@ -286,11 +286,46 @@ static bool exited(int pidfd)
 }
 
 /*
+ * Does pid still map segment s (by its memfd's inode; a claim, which has
+ * no memfd here, by any pool mapping)?  An exec, or an exit (the memory
+ * goes before the files), ends the mappings.
+ */
+static bool still_mapped(const struct seg *s)
+{
+	char path[64], line[512];
+	unsigned long ino = 0;
+	struct stat st;
+	bool found = false;
+	FILE *f;
+
+	if (s->fd >= 0) {
+		if (fstat(s->fd, &st) < 0)
+			return true;    /* cannot tell: keep it */
+		ino = (unsigned long)st.st_ino;
+	}
+	snprintf(path, sizeof(path), "/proc/%ld/maps", (long)s->pid);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned long i;
+
+		if (!strstr(line, "memfd:ubs-pool"))
+			continue;
+		if (sscanf(line, "%*s %*s %*s %*s %lu", &i) == 1 &&
+		    (!ino || i == ino))
+			found = true;
+	}
+	fclose(f);
+	return found;
+}
+
+/*
  * A session ended.  Its segments come back at once if its process is
- * gone.  A process that lives on (it lost its connection, or is still on
- * its way out) may still have them mapped: they stay counted, as
- * orphans watched through a pidfd, until it has exited (pool_sweep), so
- * no live heap is ever punched or lent twice.
+ * gone or maps them no more (exec).  A process that lives on with them
+ * mapped (it lost its connection) keeps them counted, as orphans watched
+ * through a pidfd and its maps, until it has exited or unmapped them
+ * (pool_sweep), so no live heap is ever punched or lent twice.
  */
 void pool_session_end(uint64_t owner)
 {
@@ -303,7 +338,7 @@ void pool_session_end(uint64_t owner)
 		if (s->owner == owner) {
 			int pfd = (int)syscall(SYS_pidfd_open, s->pid, 0);
 
-			if (pfd >= 0 && !exited(pfd)) {
+			if (pfd >= 0 && !exited(pfd) && still_mapped(s)) {
 				s->owner = ORPHAN | (uint32_t)s->pid;
 				s->pidfd = pfd;
 				i++;
@@ -327,7 +362,8 @@ void pool_sweep(void)
 		struct seg *s = &pool.seg[i];
 		uint32_t before = pool.nseg;
 
-		if ((s->owner & ORPHAN) && exited(s->pidfd)) {
+		if ((s->owner & ORPHAN) &&
+		    (exited(s->pidfd) || !still_mapped(s))) {
 			seg_release(s);
 			if (pool.nseg < before)
 				continue;

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -131,6 +132,7 @@ Test(pool, quota_and_pool_size_refuse_further_leases, .fini = teardown)
 	const char *up[] = { "service", "q", "set", "mem_quota=6M", NULL };
 	const char *down[] = { "service", "q", "set", "mem_quota=2M", NULL };
 	char out[OUT_MAX];
+	void *map;
 	int s, t, fd;
 
 	start("[daemon]\npool_size = 16M\n[service q]\nmem_quota = 4M\n");
@@ -147,24 +149,73 @@ Test(pool, quota_and_pool_size_refuse_further_leases, .fini = teardown)
 	/* Quotas changed at run time apply to the next lease. */
 	REQUIRE(dt_run_ubsctl(ubsctl_path, up, out, NULL, NULL) == 0);
 	REQUIRE((fd = lease(t, 2 * MiB, &seg)) >= 0);
+	map = mmap(NULL, seg.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	REQUIRE(map != MAP_FAILED);
 	close(fd);
 	cr_assert_eq(lease(t, 1, &seg), -EDQUOT, "raised mem_quota");
 	REQUIRE(dt_run_ubsctl(ubsctl_path, down, out, NULL, NULL) == 0);
 	cr_assert_eq(lease(s, 1, &seg), -EDQUOT, "lowered mem_quota");
 
-	/* A live process that closes its sessions may still map what it
-	 * was lent: it stays counted. */
+	/* A live process that closes its sessions: what it still maps
+	 * stays counted, what it does not comes back. */
 	close(s);
 	close(t);
 	mem_json(out);
-	cr_assert_eq(json_num(out, "used"), 6 * MiB, "%s", out);
+	cr_assert_eq(json_num(out, "used"), 2 * MiB, "%s", out);
 
 	/* Another service fills the rest of the pool, then no more. */
 	t = dt_hello("other");
-	REQUIRE((fd = lease(t, 10 * MiB, &seg)) >= 0);
+	REQUIRE((fd = lease(t, 14 * MiB, &seg)) >= 0);
 	close(fd);
 	cr_assert_eq(lease(t, 1, &seg), -ENOSPC, "pool exhausted");
+	/* Unmapped at last: back. */
+	munmap(map, 2 * MiB);
+	REQUIRE((fd = lease(t, 2 * MiB, &seg)) >= 0);
+	close(fd);
 	close(t);
+}
+
+/* Child: lease 2 MiB, map it, then exec sleep (the session's fd is
+ * close-on-exec, the mapping goes with the old image). */
+static void execer(void *arg)
+{
+	int *pipes = arg;
+	struct ctl_mem_seg seg;
+	int s = dt_hello("execer"), fd = lease(s, 2 * MiB, &seg);
+
+	REQUIRE(fd >= 0);
+	REQUIRE(mmap(NULL, seg.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		     0) != MAP_FAILED);
+	REQUIRE(fcntl(s, F_SETFD, FD_CLOEXEC) == 0);
+	REQUIRE(fcntl(fd, F_SETFD, FD_CLOEXEC) == 0);
+	dt_pipe_put(pipes[1], 1);
+	execl("/bin/sleep", "sleep", "10", (char *)NULL);
+	_exit(127);
+}
+
+Test(pool, exec_gives_the_lease_back_while_the_process_lives,
+     .fini = teardown)
+{
+	char out[OUT_MAX];
+	int up[2], go[2], i;
+	pid_t kid;
+
+	start("[daemon]\npool_size = 4M\n");
+	kid = dt_spawn_piped(execer, up, up, go);
+	REQUIRE(dt_pipe_get(up[0]) == 1);
+	for (i = 0; i < 500; i++) {
+		mem_json(out);
+		if (json_num(out, "used") == 0)
+			break;
+		sleep_ms(10);
+	}
+	cr_assert_eq(json_num(out, "used"), 0, "not back after exec: %s",
+		     out);
+	cr_assert_eq(kill(kid, 0), 0, "the process lives on");
+	kill(kid, SIGKILL);
+	dt_reap(kid);
+	close(up[0]);
+	close(go[1]);
 }
 
 /* Child: lease 2 MiB, fill it with 0xab, say so, wait to be killed. */
