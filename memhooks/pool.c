@@ -9,10 +9,10 @@
  * RTLD_NOW | RTLD_LOCAL): a program linked with it gets its own instance
  * back, any other program gets a private one whose malloc stays out of
  * the global scope.  mallocx/dallocx/sallocx/rallocx/mallctl are looked
- * up on that handle at init, never on the malloc path.  The arena is
- * made by arenas.create with our extent hooks and used with
- * MALLOCX_ARENA | MALLOCX_TCACHE_NONE (no tcache mixes its blocks with
- * ordinary arenas').
+ * up on that handle at init, never on the malloc path.  Pool arenas are
+ * made by arenas.create with our extent hooks (one per CPU, up to 4, each
+ * thread bound to one) and used with MALLOCX_ARENA | MALLOCX_TCACHE_NONE
+ * (no tcache mixes their blocks with ordinary arenas').
  *
  * Leases: memhooks has its own control connection to ubsd (a session of
  * the process's service), apart from the preload's ctl.c, so that a lease
@@ -121,6 +121,51 @@ static struct {
 static uint64_t live_bytes, live_allocs;
 
 static UBS_TLS bool in_pool;
+
+/*
+ * Pool arenas: one per CPU up to MH_ARENAS_MAX, so that threads do not
+ * all queue on one arena's locks (pool blocks bypass the thread caches).
+ * The first is made at init; the others when a thread is first given
+ * one (its first pool allocation), so a single-threaded process leases
+ * for one arena's metadata only.
+ */
+#define MH_ARENAS_MAX 4
+static struct {
+	pthread_mutex_t lock;
+	int flags[MH_ARENAS_MAX];       /* mallocx flags, 0 = not made */
+	unsigned max, next;
+} arenas = { .lock = PTHREAD_MUTEX_INITIALIZER };
+static UBS_TLS int thread_flags;        /* this thread's arena */
+
+static int arena_new(void);
+
+/* This thread's arena flags (caller in_pool). */
+static int my_arena(void)
+{
+	unsigned i;
+	int f;
+
+	if (__builtin_expect(thread_flags != 0, 1))
+		return thread_flags;
+	i = __atomic_fetch_add(&arenas.next, 1, __ATOMIC_RELAXED) %
+	    arenas.max;
+	f = __atomic_load_n(&arenas.flags[i], __ATOMIC_ACQUIRE);
+	if (!f) {
+		pthread_mutex_lock(&arenas.lock);
+		f = arenas.flags[i];
+		if (!f) {
+			f = arena_new();
+			if (f)
+				__atomic_store_n(&arenas.flags[i], f,
+						 __ATOMIC_RELEASE);
+			else
+				f = je.flags;   /* the first one */
+		}
+		pthread_mutex_unlock(&arenas.lock);
+	}
+	thread_flags = f;
+	return f;
+}
 
 static uint64_t now_ms(void)
 {
@@ -487,9 +532,9 @@ void *mh_pool_alloc(size_t n, size_t align, bool zero)
 
 	if (in_pool || !je.mallocx)
 		return NULL;
-	f = je.flags | (zero ? MALLOCX_ZERO : 0) |
-	    (align ? MALLOCX_LG_ALIGN(__builtin_ctzl(align)) : 0);
 	in_pool = true;
+	f = my_arena() | (zero ? MALLOCX_ZERO : 0) |
+	    (align ? MALLOCX_LG_ALIGN(__builtin_ctzl(align)) : 0);
 	p = je.mallocx(n, f);
 	if (p) {
 		size_t u = je.sallocx(p, 0);
@@ -526,7 +571,7 @@ void *mh_pool_realloc(void *p, size_t n)
 		return NULL;
 	in_pool = true;
 	old = je.sallocx(p, 0);
-	q = je.rallocx(p, n, je.flags);
+	q = je.rallocx(p, n, my_arena());
 	if (q) {
 		u = je.sallocx(q, 0);
 		__atomic_fetch_add(&live_bytes, u - old, __ATOMIC_RELAXED);
@@ -619,6 +664,7 @@ static void fork_child(void)
 	ubs_stats_add(UBS_STAT_MEM_POOL_BYTES,
 		      __atomic_load_n(&live_bytes, __ATOMIC_RELAXED));
 	pthread_mutex_init(&rg.lock, NULL);
+	pthread_mutex_init(&arenas.lock, NULL);
 }
 
 /* ------------------------------------------------------------ init */
@@ -666,13 +712,25 @@ static uint32_t policy_min(void)
 	return p.mem_pool_min;
 }
 
-/* Load jemalloc and make the arena.  0 or -1. */
-static int je_load(void)
+/* A new pool arena (caller in_pool): its mallocx flags, 0 on failure. */
+static int arena_new(void)
 {
 	extent_hooks_t *hp = &hooks;
 	unsigned ind;
 	size_t sz = sizeof(ind), lim = MH_CHUNK;
 	char name[64];
+
+	if (je.mallctl("arenas.create", &ind, &sz, &hp, sizeof(hp)) != 0)
+		return 0;
+	/* Grow by at most one lease at a time: a quota refuses big asks. */
+	snprintf(name, sizeof(name), "arena.%u.retain_grow_limit", ind);
+	je.mallctl(name, NULL, NULL, &lim, sizeof(lim));
+	return MALLOCX_ARENA(ind) | MALLOCX_TCACHE_NONE;
+}
+
+/* Load jemalloc and make the first arena.  0 or -1. */
+static int je_load(void)
+{
 	void *h = dlopen("libjemalloc.so.2", RTLD_NOW | RTLD_LOCAL);
 
 	if (!h) {
@@ -691,17 +749,19 @@ static int je_load(void)
 		return -1;
 	}
 	in_pool = true;
-	if (je.mallctl("arenas.create", &ind, &sz, &hp, sizeof(hp)) != 0) {
-		in_pool = false;
+	je.flags = arena_new();
+	in_pool = false;
+	if (!je.flags) {
 		ubs_info("memhooks: no pool: arenas.create failed");
 		je.mallocx = NULL;
 		return -1;
 	}
-	/* Grow by at most one lease at a time: a quota refuses big asks. */
-	snprintf(name, sizeof(name), "arena.%u.retain_grow_limit", ind);
-	je.mallctl(name, NULL, NULL, &lim, sizeof(lim));
-	in_pool = false;
-	je.flags = MALLOCX_ARENA(ind) | MALLOCX_TCACHE_NONE;
+	arenas.flags[0] = je.flags;
+	arenas.max = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	if (arenas.max < 1)
+		arenas.max = 1;
+	if (arenas.max > MH_ARENAS_MAX)
+		arenas.max = MH_ARENAS_MAX;
 	return 0;
 }
 
