@@ -51,6 +51,15 @@ void *mh_pool_alloc(size_t n, size_t align, bool zero);
 void mh_pool_free(void *p);
 void *mh_pool_realloc(void *p, size_t n);
 size_t mh_pool_usable(void *p);
+/*
+ * The segment holding [p, p+len) of pool memory, for sharing it by fd
+ * (with the verbs and socket shims): 0 with *fd (the library's own,
+ * do not close) and *off, -ENOENT when p is not pool memory (or was
+ * inherited over fork: private then), -ERANGE when the range spans two
+ * segments.
+ */
+int mh_pool_segment(const void *p, size_t len, int *fd, uint64_t *off);
+
 /* A pool allocation could not be served: counted. */
 void mh_fallback(void);
 

@@ -116,6 +116,19 @@ static struct {
 } rg = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1,
 	 .fork_pipe = { -1, -1 } };
 
+/*
+ * The leased segments, in address order (append-only under region_lock),
+ * with their memfds kept (high, close-on-exec, the library's), so that
+ * pool memory can be shared by fd and offset (mh_pool_segment).
+ */
+#define MH_SEGS_MAX 1024
+static struct {
+	uintptr_t addr;
+	uint64_t size;
+	int fd;
+} segs[MH_SEGS_MAX];
+static unsigned nsegs;                  /* atomic (release on append) */
+
 /* Process-wide live figures (the stats page of a fork child starts at
  * zero: it is given these back). */
 static uint64_t live_bytes, live_allocs;
@@ -397,7 +410,16 @@ static int lease(uint64_t bytes)
 	}
 	p = mmap((void *)rg.map_end, seg.size, PROT_READ | PROT_WRITE,
 		 MAP_SHARED | MAP_FIXED, fd, 0);
-	syscall(SYS_close, fd);
+	if (p != MAP_FAILED && nsegs < MH_SEGS_MAX) {
+		unsigned n = nsegs;
+
+		segs[n].addr = rg.map_end;
+		segs[n].size = seg.size;
+		segs[n].fd = ubs_fd_high(fd);
+		__atomic_store_n(&nsegs, n + 1, __ATOMIC_RELEASE);
+	} else {
+		syscall(SYS_close, fd);
+	}
 	if (p == MAP_FAILED) {
 		err = -errno;
 		/* MAP_FIXED may have unmapped the reservation there. */
@@ -586,6 +608,25 @@ size_t mh_pool_usable(void *p)
 	return je.sallocx(p, 0);
 }
 
+int mh_pool_segment(const void *p, size_t len, int *fd, uint64_t *off)
+{
+	uintptr_t a = (uintptr_t)p;
+	unsigned n = __atomic_load_n(&nsegs, __ATOMIC_ACQUIRE);
+
+	if (!mh_is_pool(p))
+		return -ENOENT;
+	for (unsigned i = 0; i < n; i++) {
+		if (a - segs[i].addr >= segs[i].size)
+			continue;
+		if (len > segs[i].size - (a - segs[i].addr))
+			return -ERANGE;
+		*fd = segs[i].fd;
+		*off = a - segs[i].addr;
+		return 0;
+	}
+	return -ENOENT;
+}
+
 void mh_fallback(void)
 {
 	ubs_stats_add(UBS_STAT_MEM_FALLBACKS, 1);
@@ -657,7 +698,11 @@ static void fork_child(void)
 		syscall(SYS_close, rg.fork_pipe[0]);
 	}
 	rg.fork_pipe[0] = rg.fork_pipe[1] = -1;
-	/* The parent's session is the parent's. */
+	/* The parent's session and segments are the parent's: the child's
+	 * copy is private memory. */
+	for (unsigned i = 0; i < nsegs; i++)
+		ubs_fd_release(segs[i].fd);
+	nsegs = 0;
 	conn_close();
 	rg.retry_ms = 0;
 	rg.leased = 0;                  /* the inherited range is private */

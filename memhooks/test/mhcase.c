@@ -70,6 +70,26 @@ static int in_pool(const void *p, size_t n)
 	return in_pool1((uintptr_t)p) && in_pool1((uintptr_t)p + n - 1);
 }
 
+/* How many of this process's fds are pool segments (kept by memhooks to
+ * share pool memory by fd)? */
+static int pool_fds(void)
+{
+	char path[64], link[256];
+	int n = 0;
+
+	for (int fd = 0; fd < 65536; fd++) {
+		ssize_t r;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		r = readlink(path, link, sizeof(link) - 1);
+		if (r <= 0)
+			continue;
+		link[r] = '\0';
+		n += strstr(link, "memfd:ubs-pool") != NULL;
+	}
+	return n;
+}
+
 /* Counter id of this process's stats page. */
 static uint64_t stat_of(enum ubs_stat_id id)
 {
@@ -206,6 +226,7 @@ static void case_family(void)
 		}
 	}
 	CHECK(stat_of(UBS_STAT_MEM_POOL_ALLOCS) >= 256);
+	CHECK(pool_fds() > 0);
 	CHECK(stat_of(UBS_STAT_MEM_POOL_LEASED) > 0);
 	CHECK(stat_of(UBS_STAT_MEM_FALLBACKS) == 0);
 }
@@ -310,8 +331,10 @@ static void case_fork(void)
 	CHECK(pipe(up) == 0 && pipe(down) == 0);
 	kid = fork();
 	if (kid == 0) {
-		/* The child's copy is private now, as of the fork. */
+		/* The child's copy is private now, as of the fork, and the
+		 * parent's segments are not the child's. */
 		CHECK(!in_pool(p, n));
+		CHECK(pool_fds() == 0);
 		CHECK(p[0] == 'A' && p[n - 1] == 'A');
 		memset(p, 'B', n);
 		CHECK(write(up[1], "1", 1) == 1);
