@@ -173,24 +173,24 @@ static void *boot_move(void *p, size_t n)
 	return q;
 }
 
-/* Pool allocation with the program's allocator as the fallback. */
-static void *pool_or(size_t n, size_t align, bool zero)
+/*
+ * Pool allocation for a call from ra (if the call-site policy allows it),
+ * with the program's allocator as the fallback.
+ */
+static void *pool_or(size_t n, size_t align, bool zero, const void *ra)
 {
-	void *p = mh_pool_alloc(n, align, zero);
+	void *p = NULL;
 
-	if (__builtin_expect(p != NULL, 1))
-		return p;
-	mh_fallback();
+	if (mh_site_ok(ra)) {
+		p = mh_pool_alloc(n, align, zero);
+		if (__builtin_expect(p != NULL, 1))
+			return p;
+		mh_fallback();
+	}
 	if (zero)
 		return mh_real.calloc(1, n);
-	if (align) {
-		void *q = NULL;
-		int err = mh_real.posix_memalign(&q, align, n);
-
-		if (err)
-			errno = err;
-		return q;
-	}
+	if (align)
+		return mh_real.memalign(align, n);
 	return mh_real.malloc(n);
 }
 
@@ -202,7 +202,7 @@ static inline bool pow2(size_t a)
 UBS_EXPORT void *malloc(size_t n)
 {
 	if (__builtin_expect(n >= mh_hot.min, 0))
-		return pool_or(n, 0, false);
+		return pool_or(n, 0, false, __builtin_return_address(0));
 	return mh_real.malloc(n);
 }
 
@@ -223,13 +223,13 @@ UBS_EXPORT void *calloc(size_t a, size_t b)
 
 	if (__builtin_expect(mh_hot.min != SIZE_MAX, 0) &&
 	    !__builtin_mul_overflow(a, b, &n) && n >= mh_hot.min)
-		return pool_or(n, 0, true);
+		return pool_or(n, 0, true, __builtin_return_address(0));
 	return mh_real.calloc(a, b);
 }
 
 /* realloc where something is special: the old block is in the pool or
  * the bootstrap arena, or the new size belongs in the pool. */
-static void *realloc_slow(void *p, size_t n)
+static void *realloc_slow(void *p, size_t n, const void *ra)
 {
 	size_t old;
 	void *q;
@@ -255,7 +255,9 @@ static void *realloc_slow(void *p, size_t n)
 		return q;
 	}
 	if (!p)
-		return malloc(n);
+		return pool_or(n, 0, false, ra);
+	if (!mh_site_ok(ra))
+		return mh_real.realloc(p, n);
 	q = mh_pool_alloc(n, 0, false);
 	if (!q) {
 		mh_fallback();
@@ -267,12 +269,17 @@ static void *realloc_slow(void *p, size_t n)
 	return q;
 }
 
-UBS_EXPORT void *realloc(void *p, size_t n)
+static inline void *realloc_ra(void *p, size_t n, const void *ra)
 {
 	if (__builtin_expect(mh_is_pool(p) || is_boot(p) ||
 			     n >= mh_hot.min, 0))
-		return realloc_slow(p, n);
+		return realloc_slow(p, n, ra);
 	return mh_real.realloc(p, n);
+}
+
+UBS_EXPORT void *realloc(void *p, size_t n)
+{
+	return realloc_ra(p, n, __builtin_return_address(0));
 }
 
 UBS_EXPORT void *reallocarray(void *p, size_t a, size_t b)
@@ -283,7 +290,7 @@ UBS_EXPORT void *reallocarray(void *p, size_t a, size_t b)
 		errno = ENOMEM;
 		return NULL;
 	}
-	return realloc(p, n);
+	return realloc_ra(p, n, __builtin_return_address(0));
 }
 
 UBS_EXPORT int posix_memalign(void **out, size_t align, size_t n)
@@ -293,7 +300,8 @@ UBS_EXPORT int posix_memalign(void **out, size_t align, size_t n)
 	if (__builtin_expect(n >= mh_hot.min, 0) && pow2(align) &&
 	    align % sizeof(void *) == 0) {
 		int saved = errno;
-		void *p = pool_or(n, align, false);
+		void *p = pool_or(n, align, false,
+				  __builtin_return_address(0));
 
 		if (!p) {
 			int err = errno;
@@ -312,7 +320,8 @@ UBS_EXPORT void *aligned_alloc(size_t align, size_t n)
 	if (!real_ready())
 		return NULL;
 	if (__builtin_expect(n >= mh_hot.min, 0) && pow2(align))
-		return pool_or(n, align, false);
+		return pool_or(n, align, false,
+			       __builtin_return_address(0));
 	return mh_real.aligned_alloc(align, n);
 }
 
@@ -321,7 +330,8 @@ UBS_EXPORT void *memalign(size_t align, size_t n)
 	if (!real_ready())
 		return boot_alloc(n, align);
 	if (__builtin_expect(n >= mh_hot.min, 0) && pow2(align))
-		return pool_or(n, align, false);
+		return pool_or(n, align, false,
+			       __builtin_return_address(0));
 	return mh_real.memalign(align, n);
 }
 
@@ -332,7 +342,7 @@ UBS_EXPORT void *valloc(size_t n)
 	if (!real_ready())
 		return NULL;
 	if (__builtin_expect(n >= mh_hot.min, 0))
-		return pool_or(n, pg, false);
+		return pool_or(n, pg, false, __builtin_return_address(0));
 	return mh_real.valloc(n);
 }
 
@@ -350,7 +360,7 @@ UBS_EXPORT void *pvalloc(size_t n)
 	if (r == 0)
 		r = pg;
 	if (__builtin_expect(r >= mh_hot.min, 0))
-		return pool_or(r, pg, false);
+		return pool_or(r, pg, false, __builtin_return_address(0));
 	return mh_real.pvalloc(n);
 }
 

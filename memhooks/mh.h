@@ -45,6 +45,36 @@ static inline bool mh_is_pool(const void *p)
 	return (uintptr_t)p - mh_hot.lo < mh_hot.len;
 }
 
+/*
+ * Call-site policy (sites.c): when on, a pool allocation must also come
+ * from one of these code ranges (the return address of the interposed
+ * call).  Filled at init, read-only after.
+ */
+#define MH_SITES_MAX 64
+struct mh_sites {
+	bool on;
+	unsigned n;
+	struct {
+		uintptr_t lo, len;
+	} r[MH_SITES_MAX];
+};
+
+extern struct mh_sites mh_sites;
+
+/* Resolve UBS_MEM_SITES (comma-separated functions and libraries). */
+void mh_sites_init(const char *spec);
+
+/* May an allocation called from ra go to the pool? */
+static inline bool mh_site_ok(const void *ra)
+{
+	if (!mh_sites.on)
+		return true;
+	for (unsigned i = 0; i < mh_sites.n; i++)
+		if ((uintptr_t)ra - mh_sites.r[i].lo < mh_sites.r[i].len)
+			return true;
+	return false;
+}
+
 /* Pool allocation of n bytes (align 0: natural; zero: calloc).  NULL when
  * the pool cannot serve it (the caller falls back and counts it). */
 void *mh_pool_alloc(size_t n, size_t align, bool zero);

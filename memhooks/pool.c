@@ -851,6 +851,9 @@ void mh_init(void)
 		conn_close();
 		return;                 /* range stays: nothing is in it */
 	}
+	v = secure_getenv("UBS_MEM_SITES");
+	if (v && *v)
+		mh_sites_init(v);
 	__atomic_store_n(&mh_hot.min, min ? (size_t)min : 1,
 			 __ATOMIC_RELEASE);
 	ubs_info("memhooks: pool on, allocations of %llu bytes and more",

@@ -220,6 +220,15 @@ Test(memhooks, fork_child_gets_a_snapshot)
 	expect_case("fork", pool_1k);
 }
 
+Test(memhooks, call_site_policy_selects_by_caller)
+{
+	const char *env[] = { "UBS_MEM_POOL=1", "UBS_MEM_MIN=1024",
+			      "UBS_MEM_SITES=mh_site_alloc,libc.so.6", NULL };
+
+	start("[daemon]\npool_size = 64M\n");
+	expect_case("sites", env);
+}
+
 Test(memhooks, pool_is_off_unless_asked)
 {
 	const char *env[] = { "UBS_SERVICE=mhoff", NULL };

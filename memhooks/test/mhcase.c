@@ -14,6 +14,7 @@
  *   fork     the child sees a snapshot as of fork; neither sees the
  *            other's writes after it
  *   off      pool off: nothing lands in the pool
+ *   sites    call-site policy: from a named function or library only
  *   hold     allocate 3 MiB in the pool, print READY; 3 MiB more for
  *            each line on stdin, reported (MORE ok); exit at EOF
  */
@@ -365,6 +366,40 @@ static void case_fork(void)
 	free(p);
 }
 
+/* Called by name in UBS_MEM_SITES (exported: mhcase is linked
+ * -rdynamic); the barrier keeps malloc from being a tail call, whose
+ * return address would be our caller's. */
+__attribute__((noinline)) void *mh_site_alloc(size_t n);
+__attribute__((noinline)) void *mh_site_alloc(size_t n)
+{
+	void *p = malloc(n);
+
+	__asm__ volatile("" ::: "memory");
+	return p;
+}
+
+/* UBS_MEM_SITES=mh_site_alloc,libc.so.6 and UBS_MEM_MIN=1024. */
+static void case_sites(void)
+{
+	char big[5000];
+	void *p = mh_site_alloc(4096), *q = malloc(4096), *r;
+	char *s;
+
+	CHECK(p && in_pool(p, 4096));
+	CHECK(q && !in_pool(q, 4096));
+	r = mh_site_alloc(100);
+	CHECK(r && !in_pool(r, 100));
+	memset(big, 'b', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	s = strdup(big);                /* libc's own malloc call */
+	CHECK(s && in_pool(s, sizeof(big)) && !strcmp(s, big));
+	free(p);
+	free(q);
+	free(r);
+	free(s);
+	CHECK(stat_of(UBS_STAT_MEM_FALLBACKS) == 0);
+}
+
 static void case_off(void)
 {
 	void *p = malloc(8 << 20), *q = calloc(1, 1 << 20);
@@ -408,6 +443,7 @@ int main(int argc, char **argv)
 		{ "family", case_family }, { "threads", case_threads },
 		{ "quota", case_quota }, { "fork", case_fork },
 		{ "off", case_off }, { "hold", case_hold },
+		{ "sites", case_sites },
 	};
 
 	if (argc != 2)
