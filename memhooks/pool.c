@@ -66,6 +66,7 @@
 #define MH_MIN_DEFAULT (16u << 10)      /* UBS_MEM_POOL=1 without MIN */
 #define LEASE_BACKOFF_MS 100
 #define LEASE_IO_MS 2500
+#define POLICY_IO_MS 250                /* at start: a slow ubsd, pool off */
 
 /* jemalloc 5 ABI (jemalloc_macros.h, jemalloc_typedefs.h). */
 #define MALLOCX_LG_ALIGN(la) ((int)(la))
@@ -222,12 +223,12 @@ static int conn_send(uint16_t type, const void *body, uint32_t len)
 
 /*
  * Receive one message into h and body (up to CTL_MAX_BODY), its fd (if
- * any) into *fd (else -1), bounded by LEASE_IO_MS.  0 or -errno.
+ * any) into *fd (else -1), bounded by ms.  0 or -errno.
  */
-static int conn_recv(struct ctl_hdr *h, void *body, int *fd)
+static int conn_recv_ms(struct ctl_hdr *h, void *body, int *fd, int ms)
 {
 	unsigned char buf[sizeof(struct ctl_hdr) + CTL_MAX_BODY];
-	uint64_t deadline = now_ms() + LEASE_IO_MS;
+	uint64_t deadline = now_ms() + (uint64_t)ms;
 	size_t have = 0, want = sizeof(*h);
 	const char *why;
 
@@ -292,6 +293,11 @@ bad:
 		syscall(SYS_close, *fd);
 	*fd = -1;
 	return -EPROTO;
+}
+
+static int conn_recv(struct ctl_hdr *h, void *body, int *fd)
+{
+	return conn_recv_ms(h, body, fd, LEASE_IO_MS);
 }
 
 /* A new connection to ubsd (no session yet).  0 or -errno. */
@@ -743,7 +749,7 @@ static uint32_t policy_min(void)
 	int fd;
 
 	if (conn_send(CTL_REQ_POLICY_FD, NULL, 0) < 0 ||
-	    conn_recv(&h, body, &fd) < 0)
+	    conn_recv_ms(&h, body, &fd, POLICY_IO_MS) < 0)
 		return 0;
 	if (h.type != CTL_R_POLICY || fd < 0 || pp_map(&page, fd) < 0) {
 		if (fd >= 0)
