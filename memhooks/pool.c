@@ -6,9 +6,13 @@
  * compare (mh_is_pool).
  *
  * jemalloc is loaded once, at init, with dlopen("libjemalloc.so.2",
- * RTLD_NOW | RTLD_LOCAL): a program linked with it gets its own instance
- * back, any other program gets a private one whose malloc stays out of
- * the global scope.  mallocx/dallocx/sallocx/rallocx/mallctl are looked
+ * RTLD_NOW | RTLD_LOCAL), only when the pool is on: a program linked with
+ * it gets its own instance back, any other program gets one whose symbols
+ * (malloc, and the C++ operators Debian's build exports) stay out of the
+ * global scope.  Its initial-exec TLS needs static TLS room that glibc
+ * reserves at start only when told (GLIBC_TUNABLES=
+ * glibc.rtld.optional_static_tls=4096: ubsrun sets it); without it the
+ * pool stays off and the program runs on its own allocator.  mallocx/dallocx/sallocx/rallocx/mallctl are looked
  * up on that handle at init, never on the malloc path.  Pool arenas are
  * made by arenas.create with our extent hooks (one per CPU, up to 4, each
  * thread bound to one) and used with MALLOCX_ARENA | MALLOCX_TCACHE_NONE
@@ -779,13 +783,16 @@ static int arena_new(void)
 	return MALLOCX_ARENA(ind) | MALLOCX_TCACHE_NONE;
 }
 
-/* Load jemalloc and make the first arena.  0 or -1. */
+/* Load jemalloc (the program's instance if it has one).  0 or -1. */
 static int je_load(void)
 {
 	void *h = dlopen("libjemalloc.so.2", RTLD_NOW | RTLD_LOCAL);
 
 	if (!h) {
-		ubs_info("memhooks: no pool: %s", dlerror());
+		/* Mostly: no static TLS left for jemalloc's 2.6 KiB. */
+		ubs_err("memhooks: no pool: %s (start the program with "
+			"GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096, "
+			"as ubsrun does)", dlerror());
 		return -1;
 	}
 	*(void **)&je.mallocx = dlsym(h, "mallocx");
@@ -799,12 +806,17 @@ static int je_load(void)
 		je.mallocx = NULL;
 		return -1;
 	}
+	return 0;
+}
+
+/* Make the first pool arena (leases its metadata).  0 or -1. */
+static int je_arena(void)
+{
 	in_pool = true;
 	je.flags = arena_new();
 	in_pool = false;
 	if (!je.flags) {
 		ubs_info("memhooks: no pool: arenas.create failed");
-		je.mallocx = NULL;
 		return -1;
 	}
 	arenas.flags[0] = je.flags;
@@ -835,7 +847,8 @@ void mh_init(void)
 		min = env_size("UBS_MEM_MIN", MH_MIN_DEFAULT);
 	else
 		min = policy_min();
-	if (min == 0 || conn_hello() < 0) {
+	if (min == 0 || je_load() < 0 || conn_hello() < 0) {
+		je.mallocx = NULL;
 		conn_close();
 		return;
 	}
@@ -853,7 +866,8 @@ void mh_init(void)
 	mh_hot.lo = rg.base;
 	__atomic_store_n(&mh_hot.len, MH_RESERVE, __ATOMIC_RELEASE);
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
-	if (je_load() < 0) {
+	if (je_arena() < 0) {
+		je.mallocx = NULL;
 		conn_close();
 		return;                 /* range stays: nothing is in it */
 	}

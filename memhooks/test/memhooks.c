@@ -90,10 +90,14 @@ static pid_t spawn(const char *const *argv, const char *const *env,
 		}
 		dup2(i[0], 0);
 		setenv("UBS_RUN_DIR", run_dir, 1);
-		if (preload)
+		if (preload) {
 			setenv("LD_PRELOAD", getenv("UBS_PRELOAD_LIB") ?
 			       getenv("UBS_PRELOAD_LIB") : UBS_PRELOAD_DEFAULT,
 			       1);
+			/* What ubsrun sets: static TLS room for jemalloc. */
+			setenv("GLIBC_TUNABLES",
+			       "glibc.rtld.optional_static_tls=4096", 1);
+		}
 		for (; env && *env; env++)
 			putenv((char *)*env);
 		execv(argv[0], (char *const *)argv);
@@ -238,6 +242,15 @@ Test(memhooks, pool_is_off_unless_asked)
 	expect_case("off", env);
 	/* The environment overrides the service policy. */
 	expect_case("off", env_off);
+}
+
+Test(memhooks, without_static_tls_room_the_pool_stays_off)
+{
+	const char *env[] = { "UBS_MEM_POOL=1", "UBS_MEM_MIN=1024",
+			      "GLIBC_TUNABLES=", NULL };
+
+	start("[daemon]\npool_size = 64M\n");
+	expect_case("off", env);
 }
 
 Test(memhooks, service_policy_turns_the_pool_on)
