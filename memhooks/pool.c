@@ -420,6 +420,7 @@ static int lease(uint64_t bytes)
 	}
 	p = mmap((void *)rg.map_end, seg.size, PROT_READ | PROT_WRITE,
 		 MAP_SHARED | MAP_FIXED, fd, 0);
+	err = p == MAP_FAILED ? -errno : 0;
 	if (p != MAP_FAILED && nsegs < MH_SEGS_MAX) {
 		unsigned n = nsegs;
 
@@ -431,10 +432,16 @@ static int lease(uint64_t bytes)
 		syscall(SYS_close, fd);
 	}
 	if (p == MAP_FAILED) {
-		err = -errno;
+		struct ctl_mem_ref r = { .seg_id = seg.seg_id };
+
 		/* MAP_FIXED may have unmapped the reservation there. */
 		mmap((void *)rg.map_end, seg.size, PROT_NONE, MAP_PRIVATE |
 		     MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+		/* Not ours after all: give it back (the reply is read and
+		 * dropped; a broken connection ends the lease anyway). */
+		if (conn_send(CTL_REQ_MEM_RETURN, &r, sizeof(r)) == 0 &&
+		    conn_recv(&h, body, &fd) == 0 && fd >= 0)
+			syscall(SYS_close, fd);
 		rg.retry_ms = now_ms() + LEASE_BACKOFF_MS;
 		return err;
 	}
