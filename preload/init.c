@@ -14,6 +14,7 @@
 
 #include "preload.h"
 #include "ctl.h"
+#include "mh.h"
 
 struct ubs_real ubs_real;
 struct ubs_config ubs_config;
@@ -232,4 +233,5 @@ __attribute__((constructor))
 static void ubs_ctor(void)
 {
 	ubs_init();
+	mh_init();              /* memhooks: the pool, if policy wants it */
 }

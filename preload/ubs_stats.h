@@ -52,7 +52,11 @@
 	X(UB_SLEEPS,	"ub_sleeps")	/* real sleeps on a ring */	\
 	X(UB_SPIN_HITS,	"ub_spin_hits")	/* waits ended while spinning */ \
 	X(UB_BYPASS,	"ub_bypass")	/* bytes on the kernel socket of a UB conn */ \
-	X(UB_TRIMS,	"ub_trims")	/* idle rings whose pages were released */
+	X(UB_TRIMS,	"ub_trims")	/* idle rings whose pages were released */ \
+	X(MEM_POOL_ALLOCS, "mem_pool_allocs") /* allocations served by the pool */ \
+	X(MEM_POOL_BYTES, "mem_pool_bytes") /* bytes of live pool blocks */ \
+	X(MEM_POOL_LEASED, "mem_pool_leased") /* bytes of segments leased */ \
+	X(MEM_FALLBACKS, "mem_fallbacks") /* pool allocations served ordinarily */
 
 #define UBS_STAT_ENUM_(name, str) UBS_STAT_##name,
 enum ubs_stat_id {

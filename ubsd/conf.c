@@ -20,13 +20,15 @@
 
 #include "conf.h"
 
-enum key_id { K_ACCEL, K_SPIN_US, K_RING_KIB, K_MEM_QUOTA, K_COUNT };
+enum key_id { K_ACCEL, K_SPIN_US, K_RING_KIB, K_MEM_QUOTA, K_MEM_POOL,
+	K_COUNT };
 
 static const char *const key_names[K_COUNT] = {
 	[K_ACCEL] = "accel",
 	[K_SPIN_US] = "spin_us",
 	[K_RING_KIB] = "ring_kib",
 	[K_MEM_QUOTA] = "mem_quota",
+	[K_MEM_POOL] = "mem_pool",
 };
 
 #define SPIN_US_MAX   1000000u
@@ -47,6 +49,7 @@ struct parse {
 	unsigned *cur_lines;            /* its key lines, 0 = unset */
 	unsigned daemon_line, default_line, group_line, exclude_line;
 	unsigned cross_line;
+	unsigned pool_size_line, pool_huge_line;
 	unsigned default_keys[K_COUNT];
 	unsigned svc_line[UBS_POLICY_MAX_SVC];
 	unsigned svc_keys[UBS_POLICY_MAX_SVC][K_COUNT];
@@ -76,6 +79,7 @@ void conf_init(struct ubs_conf *c)
 	pp_defaults(&c->deflt);
 	c->deflt.name[0] = '\0';
 	c->cross_netns = true;
+	c->pool_size = CONF_POOL_SIZE_DEFAULT;
 }
 
 bool conf_valid_name(const char *name)
@@ -179,9 +183,21 @@ int conf_set_key(struct ubs_svc_policy *p, const char *key,
 			goto bad;
 		p->mem_quota = v;
 		return 0;
+	case K_MEM_POOL:
+		/* off, on (every allocation), or the smallest allocation
+		 * that goes to the pool. */
+		if (strcmp(value, "off") == 0)
+			v = 0;
+		else if (strcmp(value, "on") == 0)
+			v = 1;
+		else if (parse_size(value, &v) < 0 || v == 0 ||
+			 v > UINT32_MAX)
+			goto bad;
+		p->mem_pool_min = (uint32_t)v;
+		return 0;
 	default:
 		snprintf(err, errlen, "unknown key '%s' (known: accel, "
-			 "spin_us, ring_kib, mem_quota)", key);
+			 "spin_us, ring_kib, mem_quota, mem_pool)", key);
 		return -ENOENT;
 	}
 bad:
@@ -191,6 +207,8 @@ bad:
 			[K_SPIN_US] = "0 to 1000000",
 			[K_RING_KIB] = "a power of two, 4 to 65536",
 			[K_MEM_QUOTA] = "bytes, optional suffix K, M or G",
+			[K_MEM_POOL] = "off, on, or a minimum size in bytes "
+				       "(suffix K, M or G) below 4G",
 		};
 		snprintf(err, errlen, "bad value '%s' for %s (%s)", value, key,
 			 want[key_index(key)]);
@@ -323,6 +341,34 @@ static int set_cross_netns(struct parse *p, const char *value)
 		return fail(p, "bad value '%s' for cross_netns (on or off)",
 			    value);
 	p->cross_line = p->line;
+	return 0;
+}
+
+/* [daemon] pool_size = N[K|M|G] and pool_hugepages = on|off: the memory
+ * pool (ubsd/pool.c). */
+static int set_pool_key(struct parse *p, const char *key, const char *value)
+{
+	bool size = strcmp(key, "pool_size") == 0;
+	unsigned *line = size ? &p->pool_size_line : &p->pool_huge_line;
+	uint64_t v;
+
+	if (*line)
+		return fail(p, "duplicate key '%s' (first at line %u)", key,
+			    *line);
+	if (size) {
+		if (parse_size(value, &v) < 0)
+			return fail(p, "bad value '%s' for pool_size (bytes, "
+				    "optional suffix K, M or G)", value);
+		p->c->pool_size = v;
+	} else if (strcmp(value, "on") == 0) {
+		p->c->pool_hugepages = true;
+	} else if (strcmp(value, "off") == 0) {
+		p->c->pool_hugepages = false;
+	} else {
+		return fail(p, "bad value '%s' for pool_hugepages (on or off)",
+			    value);
+	}
+	*line = p->line;
 	return 0;
 }
 
@@ -495,13 +541,18 @@ static int parse_assign(struct parse *p, char *s)
 			return set_admin_group(p, value);
 		if (strcmp(key, "cross_netns") == 0)
 			return set_cross_netns(p, value);
+		if (strcmp(key, "pool_size") == 0 ||
+		    strcmp(key, "pool_hugepages") == 0)
+			return set_pool_key(p, key, value);
 		if (k >= 0)
 			return fail(p, "key '%s' belongs in [default] or "
 				    "[service NAME], not [daemon]", key);
 		return fail(p, "unknown key '%s' in [daemon] (known: "
-			    "admin_group, cross_netns)", key);
+			    "admin_group, cross_netns, pool_size, "
+			    "pool_hugepages)", key);
 	}
-	if (strcmp(key, "admin_group") == 0 || strcmp(key, "cross_netns") == 0)
+	if (strcmp(key, "admin_group") == 0 || strcmp(key, "cross_netns") == 0 ||
+	    strcmp(key, "pool_size") == 0 || strcmp(key, "pool_hugepages") == 0)
 		return fail(p, "key '%s' belongs in [daemon]", key);
 	if (k >= 0 && p->cur_lines[k])
 		return fail(p, "duplicate key '%s' (first at line %u)", key,
@@ -545,6 +596,8 @@ static void inherit_defaults(struct parse *p)
 			s->ring_kib = d->ring_kib;
 		if (!set[K_MEM_QUOTA])
 			s->mem_quota = d->mem_quota;
+		if (!set[K_MEM_POOL])
+			s->mem_pool_min = d->mem_pool_min;
 	}
 }
 

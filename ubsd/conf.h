@@ -23,6 +23,7 @@
 #define CONF_LINE_MAX 1024              /* bytes, newline excluded */
 #define CONF_ERR_MAX  512               /* room for "FILE:LINE: message" */
 #define CONF_KEY_MAX  32                /* longest key, NUL included */
+#define CONF_POOL_SIZE_DEFAULT (256ull << 20) /* memory pool capacity */
 
 struct ubs_conf {
 	struct ubs_svc_policy deflt;    /* name "" */
@@ -32,6 +33,8 @@ struct ubs_conf {
 	gid_t admin_gid;
 	char admin_group[64];           /* as written in the file */
 	bool cross_netns;               /* [daemon] cross_netns; built-in on */
+	uint64_t pool_size;             /* [daemon] pool_size, bytes */
+	bool pool_hugepages;            /* [daemon] pool_hugepages; off */
 	uint32_t nexcl;                 /* [exclude] rules, in file order */
 	struct ubs_excl_rule excl[UBS_POLICY_MAX_EXCL];
 };
@@ -48,7 +51,8 @@ void conf_init(struct ubs_conf *c);
 int conf_load(const char *path, struct ubs_conf *c, char *err, size_t errlen);
 
 /*
- * Set one policy key (accel, spin_us, ring_kib, mem_quota) of p from its
+ * Set one policy key (accel, spin_us, ring_kib, mem_quota,
+ * mem_pool) of p from its
  * text value, as the file does.  Returns 0, -ENOENT for an unknown key or
  * -EINVAL for a bad value, with a message in err.  Shared with ubsd's
  * run-time SERVICE_SET so that both accept exactly the same input.

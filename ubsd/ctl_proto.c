@@ -37,6 +37,14 @@ int ctl_body_len(uint16_t type)
 	case CTL_R_LISTENER:    return sizeof(struct ctl_listener);
 	case CTL_R_EXCLUDE:     return sizeof(struct ctl_exclude);
 	/* memory pool */
+	case CTL_REQ_MEM_LEASE: return sizeof(struct ctl_mem_lease);
+	case CTL_REQ_MEM_RETURN: return sizeof(struct ctl_mem_ref);
+	case CTL_REQ_MEM:       return 0;
+	case CTL_REQ_MEM_CLAIM: return sizeof(struct ctl_mem_lease);
+	case CTL_R_MEM_SEG:     return sizeof(struct ctl_mem_seg);
+	case CTL_R_MEM_POOL:    return sizeof(struct ctl_mem_pool);
+	case CTL_R_MEM_SERVICE: return sizeof(struct ctl_mem_service);
+	case CTL_R_MEM_HOLDER:  return sizeof(struct ctl_mem_holder);
 
 	/* verbs registry */
 
@@ -73,6 +81,14 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_R_LISTENER:    return "R_LISTENER";
 	case CTL_R_EXCLUDE:     return "R_EXCLUDE";
 	/* memory pool */
+	case CTL_REQ_MEM_LEASE: return "MEM_LEASE";
+	case CTL_REQ_MEM_RETURN: return "MEM_RETURN";
+	case CTL_REQ_MEM:       return "MEM";
+	case CTL_REQ_MEM_CLAIM: return "MEM_CLAIM";
+	case CTL_R_MEM_SEG:     return "R_MEM_SEG";
+	case CTL_R_MEM_POOL:    return "R_MEM_POOL";
+	case CTL_R_MEM_SERVICE: return "R_MEM_SERVICE";
+	case CTL_R_MEM_HOLDER:  return "R_MEM_HOLDER";
 
 	/* verbs registry */
 
@@ -90,6 +106,7 @@ int ctl_fd_count(uint16_t type)
 	case CTL_R_POLICY:      return 1;
 	case CTL_R_CHANNEL:     return 3;
 	/* memory pool */
+	case CTL_R_MEM_SEG:     return 1;
 
 	/* verbs registry */
 
@@ -172,6 +189,16 @@ int ctl_check(const struct ctl_hdr *h, const void *body, const char **why)
 			goto unterminated;
 		break;
 	/* memory pool */
+	case CTL_R_MEM_SERVICE:
+		if (!has_nul(((const struct ctl_mem_service *)body)->name,
+			     CTL_NAME_MAX))
+			goto unterminated;
+		break;
+	case CTL_R_MEM_HOLDER:
+		if (!has_nul(((const struct ctl_mem_holder *)body)->service,
+			     CTL_NAME_MAX))
+			goto unterminated;
+		break;
 
 	/* verbs registry */
 

@@ -64,6 +64,20 @@ enum ctl_type {
 	CTL_REQ_EXCLUDES = 0x010b,      /* no body: CTL_R_EXCLUDE... + END,
 					 * in the order of the config */
 	/* Memory pool (memhooks issue): requests 0x0110..0x011f. */
+	CTL_REQ_MEM_LEASE = 0x0110,     /* struct ctl_mem_lease; needs a
+					 * session.  CTL_R_MEM_SEG + 1 fd
+					 * (the segment's memfd)|ERROR
+					 * (ENOSPC pool, EDQUOT quota) */
+	CTL_REQ_MEM_RETURN = 0x0111,    /* struct ctl_mem_ref: give one
+					 * leased segment back.  OK|ERROR */
+	CTL_REQ_MEM = 0x0112,           /* no body: CTL_R_MEM_POOL,
+					 * CTL_R_MEM_SERVICE...,
+					 * CTL_R_MEM_HOLDER... + END */
+	CTL_REQ_MEM_CLAIM = 0x0113,     /* struct ctl_mem_lease; needs a
+					 * session: the process still maps
+					 * that many bytes lent by a daemon
+					 * before this one (a restart): they
+					 * count as its lease.  OK|ERROR */
 
 	/* Verbs endpoint registry (verbs issue): requests 0x0120..0x012f. */
 
@@ -87,6 +101,10 @@ enum ctl_type {
 	CTL_R_LISTENER = 0x020b,        /* struct ctl_listener */
 	CTL_R_EXCLUDE = 0x020c,         /* struct ctl_exclude */
 	/* Memory pool replies: 0x0210..0x021f. */
+	CTL_R_MEM_SEG = 0x0210,         /* struct ctl_mem_seg + 1 fd */
+	CTL_R_MEM_POOL = 0x0211,        /* struct ctl_mem_pool */
+	CTL_R_MEM_SERVICE = 0x0212,     /* struct ctl_mem_service */
+	CTL_R_MEM_HOLDER = 0x0213,      /* struct ctl_mem_holder */
 
 	/* Verbs registry replies: 0x0220..0x022f. */
 
@@ -141,13 +159,14 @@ struct ctl_service {
 	uint32_t accel;                 /* 1 on, 0 off */
 	uint32_t spin_us;
 	uint32_t ring_kib;
-	uint32_t reserved;
+	uint32_t mem_pool_min;          /* 0 = pool off (mem_pool) */
 	uint64_t mem_quota;             /* bytes, 0 = none */
 };
 
 /* Set one key of a service (created from the default record if it has
  * none; name "" sets the default record).  Values are text, exactly as in
- * ubs.conf: accel on|off, spin_us N, ring_kib N, mem_quota N[K|M|G]. */
+ * ubs.conf: accel on|off, spin_us N, ring_kib N, mem_quota N[K|M|G],
+ * mem_pool off|on|N[K|M|G]. */
 struct ctl_service_set {
 	char name[CTL_NAME_MAX];
 	char key[CTL_KEY_MAX];
@@ -195,6 +214,58 @@ struct ctl_exclude {
 	uint16_t port_lo, port_hi;      /* host order; 0-0: any port */
 	uint8_t addr[16];               /* network order (address) */
 	char program[CTL_NAME_MAX];     /* service name (program) */
+};
+
+/* Memory pool (ubsd/pool.c).  A lease is one memfd segment of at least
+ * the bytes asked for (rounded up to the pool's granule), lent to the
+ * session until it returns it or its connection closes. */
+struct ctl_mem_lease {
+	uint64_t bytes;
+};
+
+struct ctl_mem_ref {
+	uint64_t seg_id;
+};
+
+#define CTL_MEM_HUGE 0x1u               /* segment of 2 MiB hugepages */
+#define CTL_MEM_REUSED 0x2u             /* lent before (and zeroed since) */
+
+struct ctl_mem_seg {
+	uint64_t seg_id;
+	uint64_t size;                  /* bytes of the memfd */
+	uint32_t flags;                 /* CTL_MEM_* */
+	uint32_t reserved;
+};
+
+/* Pool hugepage state. */
+enum { CTL_MEM_PAGES_NORMAL = 0,        /* hugepages not configured */
+	CTL_MEM_PAGES_HUGE = 1,         /* configured and in use */
+	CTL_MEM_PAGES_HUGE_UNAVAIL = 2, /* configured, none free: normal */
+};
+
+struct ctl_mem_pool {
+	uint64_t size;                  /* capacity, bytes */
+	uint64_t used;                  /* leased now */
+	uint64_t granule;               /* lease sizes are multiples */
+	uint64_t leases_total;          /* granted since start */
+	uint64_t refused;               /* ENOSPC or EDQUOT since start */
+	uint32_t pages;                 /* CTL_MEM_PAGES_* */
+	uint32_t segments;              /* leased now */
+};
+
+struct ctl_mem_service {
+	char name[CTL_NAME_MAX];
+	uint64_t quota;                 /* bytes, 0 = none */
+	uint64_t used;
+	uint32_t holders;               /* sessions holding leases */
+	uint32_t reserved;
+};
+
+struct ctl_mem_holder {
+	uint32_t pid;
+	uint32_t segments;
+	uint64_t bytes;
+	char service[CTL_NAME_MAX];
 };
 
 /* Max fds any message carries, and how many a type carries. */

@@ -46,7 +46,9 @@ struct ubs_svc_policy {
 	uint32_t accel;                 /* 1 accelerate, 0 stay on TCP */
 	uint32_t spin_us;               /* spin budget before sleeping */
 	uint32_t ring_kib;              /* per-direction ring size */
-	uint32_t reserved;
+	uint32_t mem_pool_min;          /* memhooks: allocations of at least
+					 * this many bytes go to the memory
+					 * pool; 0 = pool off (mem_pool) */
 	uint64_t mem_quota;             /* bytes of pool memory, 0 = none */
 };
 

@@ -40,7 +40,7 @@
 #define REPLY_TIMEOUT_S 10      /* a reply never takes this long */
 
 enum action { ACT_STATUS, ACT_SESSIONS, ACT_SERVICES, ACT_SERVICE,
-	ACT_LISTENERS, ACT_EXCLUDES, ACT_STATS, ACT_CONNS };
+	ACT_LISTENERS, ACT_EXCLUDES, ACT_STATS, ACT_CONNS, ACT_MEM };
 
 /*
  * The command keywords; any unique prefix is accepted, except for an
@@ -56,6 +56,7 @@ static const struct keyword {
 	{ "conns", ACT_CONNS, 0, false },       /* no request: reads files */
 	{ "excludes", ACT_EXCLUDES, CTL_REQ_EXCLUDES, false },
 	{ "listeners", ACT_LISTENERS, CTL_REQ_LISTENERS, false },
+	{ "mem", ACT_MEM, CTL_REQ_MEM, false },
 	{ "service", ACT_SERVICE, CTL_REQ_SERVICE_SET, false },
 	{ "services", ACT_SERVICES, CTL_REQ_SERVICES, false },
 	{ "sessions", ACT_SESSIONS, CTL_REQ_SESSIONS, false },
@@ -78,6 +79,8 @@ static void __attribute__((noreturn)) usage(void)
 		"  services   policy of every service, default first\n"
 		"  listeners  accelerated listening sockets and holders\n"
 		"  excludes   exclude rules (connections kept on TCP)\n"
+		"  mem        memory pool: size, free, page kind, leases per"
+		" service and process\n"
 		"  stats      counters of preloaded processes (stats pages;"
 		" no prefix)\n"
 		"  conns      their connections: UB ones with their peer and"
@@ -85,7 +88,8 @@ static void __attribute__((noreturn)) usage(void)
 		"             the latest decided TCP with the reason\n"
 		"  service NAME on|off          accelerate NAME or not\n"
 		"  service NAME set KEY=VALUE   KEY: accel, spin_us, ring_kib,"
-		" mem_quota\n"
+		" mem_quota,\n"
+		"                               mem_pool (off, on, min size)\n"
 		"  (NAME " DEFAULT_NAME " is the default record)\n");
 	exit(EX_USAGE);
 }
@@ -300,6 +304,114 @@ static void show_service(const struct ctl_service *s, bool json, int n)
 	fmt_size(q, sizeof(q), s->mem_quota);
 	printf("%-24s %-5s %-8" PRIu32 " %-8" PRIu32 " %s\n", name,
 	       s->accel ? "on" : "off", s->spin_us, s->ring_kib, q);
+}
+
+/* ubsctl mem: the pool, then services, then processes (in that order
+ * from ubsd).  *part tracks which list is open. */
+static void show_mem(uint16_t type, const void *body, bool json, int *part,
+		     int *n)
+{
+	static const char *const pages[] = { "normal", "hugepages",
+		"normal (hugepages configured, none free)" };
+	char a[32], b[32], c[32], name[CTL_NAME_MAX];
+
+	if (type == CTL_R_MEM_POOL) {
+		const struct ctl_mem_pool *p = body;
+		const char *pg = p->pages < 3 ? pages[p->pages] : "?";
+
+		if (json) {
+			printf("{\"pool\":{\"size\":%" PRIu64 ",\"used\":%"
+			       PRIu64 ",\"free\":%" PRIu64 ",\"granule\":%"
+			       PRIu64 ",\"hugepages\":%s,\"pages\":", p->size,
+			       p->used, p->size > p->used ? p->size - p->used
+			       : 0, p->granule,
+			       p->pages == CTL_MEM_PAGES_HUGE ? "true" :
+			       "false");
+			json_str(pg);
+			printf(",\"segments\":%" PRIu32 ",\"leases_total\":%"
+			       PRIu64 ",\"refused\":%" PRIu64 "}", p->segments,
+			       p->leases_total, p->refused);
+			return;
+		}
+		fmt_size(a, sizeof(a), p->size);
+		fmt_size(b, sizeof(b), p->used);
+		fmt_size(c, sizeof(c), p->size > p->used ?
+			 p->size - p->used : 0);
+		printf("pool      %s\nused      %s in %" PRIu32 " segments\n"
+		       "free      %s\npages     %s\nleases    %" PRIu64
+		       " granted, %" PRIu64 " refused\n", a, b, p->segments, c,
+		       pg, p->leases_total, p->refused);
+		return;
+	}
+	if (type == CTL_R_MEM_SERVICE) {
+		const struct ctl_mem_service *m = body;
+
+		if (*part != 1) {
+			*part = 1;
+			*n = 0;
+			if (json)
+				printf(",\"services\":[");
+			else
+				printf("\n%-24s %-10s %-10s %s\n", "SERVICE",
+				       "MEM_QUOTA", "USED", "HOLDERS");
+		}
+		if (json) {
+			printf("%s{\"name\":", (*n)++ ? "," : "");
+			json_str(m->name[0] ? m->name : DEFAULT_NAME);
+			printf(",\"mem_quota\":%" PRIu64 ",\"used\":%" PRIu64
+			       ",\"holders\":%" PRIu32 "}", m->quota, m->used,
+			       m->holders);
+			return;
+		}
+		if (m->name[0])
+			printable(name, m->name, sizeof(name));
+		else
+			strcpy(name, DEFAULT_NAME);
+		fmt_size(a, sizeof(a), m->quota);
+		fmt_size(b, sizeof(b), m->used);
+		printf("%-24s %-10s %-10s %" PRIu32 "\n", name,
+		       m->quota ? a : "-", b, m->holders);
+		return;
+	}
+	{
+		const struct ctl_mem_holder *m = body;
+
+		if (*part != 2) {
+			if (json)
+				printf("%s\"processes\":[", *part == 1 ?
+				       "]," : ",");
+			else
+				printf("\n%-8s %-24s %-8s %s\n", "PID",
+				       "SERVICE", "SEGMENTS", "BYTES");
+			*part = 2;
+			*n = 0;
+		}
+		if (json) {
+			printf("%s{\"pid\":%" PRIu32 ",\"service\":",
+			       (*n)++ ? "," : "", m->pid);
+			json_str(m->service);
+			printf(",\"segments\":%" PRIu32 ",\"bytes\":%" PRIu64
+			       "}", m->segments, m->bytes);
+			return;
+		}
+		printable(name, m->service, sizeof(name));
+		fmt_size(a, sizeof(a), m->bytes);
+		printf("%-8" PRIu32 " %-24s %-8" PRIu32 " %s\n", m->pid, name,
+		       m->segments, a);
+	}
+}
+
+/* Close what show_mem opened (JSON). */
+static void show_mem_end(bool json, int part)
+{
+	if (!json)
+		return;
+	if (part == 0)
+		printf(",\"services\":[],\"processes\":[]}\n");
+	else if (part == 1)
+		printf("],\"processes\":[]}\n");
+	else
+		printf("]}\n");
 }
 
 /*
@@ -837,7 +949,7 @@ int main(int argc, char **argv)
 	struct ctl_hdr h;
 	bool json = false, got_status = false, all = false;
 	uint32_t seq = (uint32_t)getpid();
-	int ch, fd, n = 0;
+	int ch, fd, n = 0, mem_part = 0;
 
 	while ((ch = getopt_long(argc, argv, "jah", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -947,12 +1059,19 @@ int main(int argc, char **argv)
 		} else if (kw->action == ACT_EXCLUDES &&
 			   h.type == CTL_R_EXCLUDE) {
 			show_exclude(&body.exclude, json, n++);
+		} else if (kw->action == ACT_MEM &&
+			   (h.type == CTL_R_MEM_POOL ||
+			    h.type == CTL_R_MEM_SERVICE ||
+			    h.type == CTL_R_MEM_HOLDER)) {
+			show_mem(h.type, &body, json, &mem_part, &n);
 		} else {
 			fprintf(stderr, "ubsctl: bad reply: unexpected %s\n",
 				ctl_type_name(h.type));
 			return EX_ERROR;
 		}
 	}
+	if (kw->action == ACT_MEM)
+		show_mem_end(json, mem_part);
 	if (kw->action == ACT_STATUS && !got_status) {
 		fprintf(stderr, "ubsctl: bad reply: END without status\n");
 		return EX_ERROR;

@@ -74,6 +74,7 @@
 #include "conf.h"
 #include "ctl_proto.h"
 #include "policy.h"
+#include "pool.h"
 #include "rendezvous.h"
 #include "ubt.h"
 
@@ -631,6 +632,7 @@ static void session_end(struct session *s)
 			chan_free(ch);
 	}
 	/* memory pool */
+	pool_session_end(s->id);
 
 	/* verbs registry */
 
@@ -972,6 +974,7 @@ static void to_ctl_service(struct ctl_service *m,
 	m->spin_us = p->spin_us;
 	m->ring_kib = p->ring_kib;
 	m->mem_quota = p->mem_quota;
+	m->mem_pool_min = p->mem_pool_min;
 }
 
 static int do_services(struct conn *c, const struct ctl_hdr *h)
@@ -1146,6 +1149,126 @@ static int do_policy_fd(struct conn *c, const struct ctl_hdr *h)
 
 	return conn_send_fds(c, CTL_R_POLICY, h->seq, &m, sizeof(m),
 			     &d.page.fd, 1);
+}
+
+/* ------------------------------------------------------------ memory pool */
+
+static int send_error(struct conn *c, uint32_t seq, int err,
+		      const char *msg);
+
+/* The policy record that governs service name (its own, else default). */
+static const struct ubs_svc_policy *svc_policy(const char *name)
+{
+	const struct ubs_svc_policy *p = conf_find(d.conf, name);
+
+	return p ? p : &d.conf->deflt;
+}
+
+/*
+ * MEM_LEASE, MEM_RETURN, MEM_CLAIM (all need a session: a lease lives as
+ * long as its session) and MEM (the pool, per-service and per-process figures,
+ * for ubsctl mem).
+ */
+static int do_mem(struct conn *c, const struct ctl_hdr *h, const void *body)
+{
+	char msg[sizeof(((struct ctl_error *)0)->msg)];
+	int err;
+
+	if (h->type == CTL_REQ_MEM) {
+		struct ctl_mem_pool t;
+		struct ctl_mem_holder hd;
+
+		pool_totals(&t);
+		err = conn_send(c, CTL_R_MEM_POOL, h->seq, &t, sizeof(t));
+		for (int32_t i = -1; !err && i < (int32_t)d.conf->nsvc; i++) {
+			const struct ubs_svc_policy *p =
+				i < 0 ? &d.conf->deflt : &d.conf->svc[i];
+			struct ctl_mem_service m = { .quota = p->mem_quota };
+
+			memcpy(m.name, p->name, sizeof(m.name));
+			m.name[i < 0 ? 0 : CTL_NAME_MAX - 1] = '\0';
+			m.used = i < 0 ? 0 : pool_service_used(p->name,
+							       &m.holders);
+			err = conn_send(c, CTL_R_MEM_SERVICE, h->seq, &m,
+					sizeof(m));
+		}
+		/* Services without a record of their own, under [default]. */
+		for (uint32_t i = 0; !err && pool_holder(i, &hd); i++) {
+			bool listed = conf_find(d.conf, hd.service) != NULL;
+
+			for (uint32_t k = 0; !listed && k < i; k++) {
+				struct ctl_mem_holder o;
+
+				listed = pool_holder(k, &o) &&
+					 strcmp(o.service, hd.service) == 0;
+			}
+			if (listed)
+				continue;
+			struct ctl_mem_service m = {
+				.quota = d.conf->deflt.mem_quota,
+			};
+			memcpy(m.name, hd.service, sizeof(m.name));
+			m.used = pool_service_used(hd.service, &m.holders);
+			err = conn_send(c, CTL_R_MEM_SERVICE, h->seq, &m,
+					sizeof(m));
+		}
+		for (uint32_t i = 0; !err && pool_holder(i, &hd); i++)
+			err = conn_send(c, CTL_R_MEM_HOLDER, h->seq, &hd,
+					sizeof(hd));
+		return err ? err : conn_send(c, CTL_R_END, h->seq, NULL, 0);
+	}
+	if (!c->sess)
+		return send_error(c, h->seq, EPERM, "no session: send HELLO "
+				  "first");
+	if (h->type == CTL_REQ_MEM_RETURN) {
+		struct ctl_mem_ref m;
+
+		memcpy(&m, body, sizeof(m));
+		if (pool_return(c->sess->id, m.seg_id) < 0)
+			return send_error(c, h->seq, ENOENT, "no such lease");
+		logmsg(LOG_DEBUG, "pool: pid %ld returned segment %llu",
+		       (long)c->pid, (unsigned long long)m.seg_id);
+		return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
+	}
+	if (h->type == CTL_REQ_MEM_CLAIM) {
+		struct ctl_mem_lease m;
+
+		memcpy(&m, body, sizeof(m));
+		err = pool_claim(c->sess->id, c->sess->pid, c->sess->service,
+				 m.bytes, msg, sizeof(msg));
+		if (err)
+			return send_error(c, h->seq, -err, msg);
+		logmsg(LOG_INFO, "pool: pid %ld service \"%s\" still maps "
+		       "%llu bytes from before a restart: counted",
+		       (long)c->pid, c->sess->service,
+		       (unsigned long long)m.bytes);
+		return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
+	}
+	{
+		struct ctl_mem_lease m;
+		struct ctl_mem_seg seg;
+		int fd;
+
+		memcpy(&m, body, sizeof(m));
+		err = pool_lease(c->sess->id, c->sess->pid, c->sess->service,
+				 svc_policy(c->sess->service)->mem_quota,
+				 m.bytes, &seg, &fd, msg, sizeof(msg));
+		if (err) {
+			logmsg(LOG_DEBUG, "pool: pid %ld: %s", (long)c->pid,
+			       msg);
+			return send_error(c, h->seq, -err, msg);
+		}
+		logmsg(LOG_DEBUG, "pool: pid %ld service \"%s\" leased "
+		       "segment %llu, %llu bytes%s", (long)c->pid,
+		       c->sess->service, (unsigned long long)seg.seg_id,
+		       (unsigned long long)seg.size,
+		       seg.flags & CTL_MEM_HUGE ? " (hugepages)" : "");
+		err = conn_send_fds(c, CTL_R_MEM_SEG, h->seq, &seg,
+				    sizeof(seg), &fd, 1);
+		if (err)        /* the client is dropped: its session too */
+			pool_return(c->sess->id, seg.seg_id);
+		return err;
+	}
 }
 
 /* ------------------------------------------------------------ rendezvous */
@@ -2225,6 +2348,12 @@ static int conn_dispatch(struct conn *c, const char **why)
 			err = do_excludes(c, &h);
 			break;
 		/* memory pool */
+		case CTL_REQ_MEM_LEASE:
+		case CTL_REQ_MEM_RETURN:
+		case CTL_REQ_MEM:
+		case CTL_REQ_MEM_CLAIM:
+			err = do_mem(c, &h, body);
+			break;
 
 		/* verbs registry */
 
@@ -2406,9 +2535,10 @@ static int config_read(struct ubs_conf *c, char *err, size_t n)
 	return r;
 }
 
-/* The [daemon] settings the rendezvous table follows. */
+/* The [daemon] settings the rendezvous table and the pool follow. */
 static void apply_daemon_conf(void)
 {
+	pool_configure(d.conf->pool_size, d.conf->pool_hugepages);
 	if (d.rv_ready)
 		rv_set_flags(&d.rv, d.conf->cross_netns ? 0 :
 			     RV_NO_CROSS_NETNS);
@@ -2547,6 +2677,7 @@ static int event_loop(void)
 
 static void cleanup(void)
 {
+	pool_fini();            /* first: no live process's heap punched */
 	while (!TAILQ_EMPTY(&conns))
 		conn_close(TAILQ_FIRST(&conns), NULL);
 	graveyard_free();

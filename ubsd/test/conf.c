@@ -256,7 +256,43 @@ Test(conf, cross_netns_key)
 	expect_error("cross_netns = off\n", 1,
 		     "key 'cross_netns' outside a section");
 	expect_error("[daemon]\nfoo = 1\n", 2,
-		     "(known: admin_group, cross_netns)");
+		     "(known: admin_group, cross_netns, pool_size, "
+		     "pool_hugepages)");
+}
+
+Test(conf, memory_pool_keys)
+{
+	static struct ubs_conf c;
+	char err[CONF_ERR_MAX];
+
+	conf_init(&c);
+	cr_assert_eq(c.pool_size, CONF_POOL_SIZE_DEFAULT);
+	cr_assert(!c.pool_hugepages);
+	cr_assert_eq(c.deflt.mem_pool_min, 0, "the pool is off by default");
+	write_file("[daemon]\npool_size = 1G\npool_hugepages = on\n"
+		   "[default]\nmem_pool = 64K\n[service a]\nmem_pool = on\n"
+		   "[service b]\nmem_quota = 8M\n[service c]\n"
+		   "mem_pool = off\n");
+	cr_assert_eq(conf_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.pool_size, 1ull << 30);
+	cr_assert(c.pool_hugepages);
+	cr_assert_eq(c.deflt.mem_pool_min, 65536);
+	cr_assert_eq(conf_find(&c, "a")->mem_pool_min, 1);
+	cr_assert_eq(conf_find(&c, "b")->mem_pool_min, 65536, "inherited");
+	cr_assert_eq(conf_find(&c, "b")->mem_quota, 8u << 20);
+	cr_assert_eq(conf_find(&c, "c")->mem_pool_min, 0);
+	expect_error("[daemon]\npool_size = lots\n", 2,
+		     "bad value 'lots' for pool_size");
+	expect_error("[daemon]\npool_hugepages = 1\n", 2,
+		     "bad value '1' for pool_hugepages (on or off)");
+	expect_error("[daemon]\npool_size = 1M\npool_size = 2M\n", 3,
+		     "duplicate key 'pool_size' (first at line 2)");
+	expect_error("[default]\npool_size = 1M\n", 2,
+		     "key 'pool_size' belongs in [daemon]");
+	expect_error("[default]\nmem_pool = 0\n", 2,
+		     "bad value '0' for mem_pool");
+	expect_error("[service x]\nmem_pool = 8G\n", 2,
+		     "bad value '8G' for mem_pool");
 }
 
 /* Rule i of c is an address rule of family fam for text/prefix/ports. */

@@ -73,6 +73,31 @@ Test(ctl_proto, service_messages)
 	cr_assert_eq(check(CTL_R_SERVICE, sizeof(sv), &sv), -EPROTO);
 }
 
+Test(ctl_proto, memory_pool_messages)
+{
+	struct ctl_mem_lease l = { .bytes = 1 };
+	struct ctl_mem_ref r = { .seg_id = 1 };
+	struct ctl_mem_seg seg = { .seg_id = 1, .size = 2 };
+	struct ctl_mem_pool pool = { .size = 1 };
+	struct ctl_mem_service sv = { .name = "svc" };
+	struct ctl_mem_holder hd = { .pid = 1, .service = "svc" };
+
+	cr_assert_eq(check(CTL_REQ_MEM_LEASE, sizeof(l), &l), 0);
+	cr_assert_eq(check(CTL_REQ_MEM_CLAIM, sizeof(l), &l), 0);
+	cr_assert_eq(check(CTL_REQ_MEM_RETURN, sizeof(r), &r), 0);
+	cr_assert_eq(check(CTL_REQ_MEM, 0, ""), 0);
+	cr_assert_eq(check(CTL_R_MEM_SEG, sizeof(seg), &seg), 0);
+	cr_assert_eq(check(CTL_R_MEM_POOL, sizeof(pool), &pool), 0);
+	cr_assert_eq(check(CTL_R_MEM_SERVICE, sizeof(sv), &sv), 0);
+	cr_assert_eq(check(CTL_R_MEM_HOLDER, sizeof(hd), &hd), 0);
+	cr_assert_eq(check(CTL_REQ_MEM_LEASE, sizeof(l) - 1, NULL), -EPROTO);
+	cr_assert_eq(ctl_fd_count(CTL_R_MEM_SEG), 1, "the segment's memfd");
+	memset(sv.name, 'n', sizeof(sv.name));
+	cr_assert_eq(check(CTL_R_MEM_SERVICE, sizeof(sv), &sv), -EPROTO);
+	memset(hd.service, 's', sizeof(hd.service));
+	cr_assert_eq(check(CTL_R_MEM_HOLDER, sizeof(hd), &hd), -EPROTO);
+}
+
 Test(ctl_proto, bad_headers_are_refused)
 {
 	struct ctl_hdr h;

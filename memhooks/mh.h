@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * mh.h - memhooks' private interface between the router (malloc.c: the
+ * interposed malloc family, the bootstrap arena) and the pool (pool.c:
+ * jemalloc arena on leased segments, leases, fork).  See README.md.
+ */
+#ifndef UBS_MH_H
+#define UBS_MH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The allocator the program would have used (dlsym(RTLD_NEXT)). */
+struct mh_real {
+	void *(*malloc)(size_t);
+	void (*free)(void *);
+	void *(*calloc)(size_t, size_t);
+	void *(*realloc)(void *, size_t);
+	void *(*reallocarray)(void *, size_t, size_t);
+	int (*posix_memalign)(void **, size_t, size_t);
+	void *(*aligned_alloc)(size_t, size_t);
+	void *(*memalign)(size_t, size_t);
+	void *(*valloc)(size_t);
+	void *(*pvalloc)(size_t);
+	size_t (*malloc_usable_size)(void *);
+};
+
+/*
+ * What the malloc path reads, in one cache line: the policy threshold
+ * (SIZE_MAX while the pool is off: the one branch of a small malloc) and
+ * the pool's virtual range [lo, lo + len) (len 0 while off).
+ */
+struct mh_hot {
+	size_t min;                     /* allocations >= min go to the pool */
+	uintptr_t lo;
+	uintptr_t len;
+};
+
+extern struct mh_real mh_real;
+extern struct mh_hot mh_hot;
+
+static inline bool mh_is_pool(const void *p)
+{
+	return (uintptr_t)p - mh_hot.lo < mh_hot.len;
+}
+
+/*
+ * Call-site policy (sites.c): when on, a pool allocation must also come
+ * from one of these code ranges (the return address of the interposed
+ * call).  Filled at init, read-only after.
+ */
+#define MH_SITES_MAX 64
+struct mh_sites {
+	bool on;
+	unsigned n;
+	struct {
+		uintptr_t lo, len;
+	} r[MH_SITES_MAX];
+};
+
+extern struct mh_sites mh_sites;
+
+/* Resolve UBS_MEM_SITES (comma-separated functions and libraries). */
+void mh_sites_init(const char *spec);
+
+/* May an allocation called from ra go to the pool? */
+static inline bool mh_site_ok(const void *ra)
+{
+	if (!mh_sites.on)
+		return true;
+	for (unsigned i = 0; i < mh_sites.n; i++)
+		if ((uintptr_t)ra - mh_sites.r[i].lo < mh_sites.r[i].len)
+			return true;
+	return false;
+}
+
+/* Pool allocation of n bytes (align 0: natural; zero: calloc).  NULL when
+ * the pool cannot serve it (the caller falls back and counts it). */
+void *mh_pool_alloc(size_t n, size_t align, bool zero);
+void mh_pool_free(void *p);
+void *mh_pool_realloc(void *p, size_t n);
+size_t mh_pool_usable(void *p);
+/*
+ * The segment holding [p, p+len) of pool memory, for sharing it by fd
+ * (with the verbs and socket shims): 0 with *fd (the library's own,
+ * do not close) and *off, -ENOENT when p is not pool memory (or was
+ * inherited over fork: private then), -ERANGE when the range spans two
+ * segments.
+ */
+int mh_pool_segment(const void *p, size_t len, int *fd, uint64_t *off);
+
+/* A pool allocation could not be served: counted. */
+void mh_fallback(void);
+
+/* Resolve mh_real (idempotent).  0, or -1 from a nested call made while
+ * resolving (the caller serves it from the bootstrap arena). */
+int mh_resolve(void);
+
+/* Preload constructor: read the policy, bring the pool up if it is on. */
+void mh_init(void);
+
+#endif /* UBS_MH_H */
