@@ -183,8 +183,10 @@ static void *pool_or(size_t n, size_t align, bool zero, const void *ra)
 
 	if (mh_site_ok(ra)) {
 		p = mh_pool_alloc(n, align, zero);
-		if (__builtin_expect(p != NULL, 1))
+		if (__builtin_expect(p != NULL, 1)) {
+			ubs_site_note(ra, n);
 			return p;
+		}
 		mh_fallback();
 	}
 	if (zero)
@@ -263,6 +265,7 @@ static void *realloc_slow(void *p, size_t n, const void *ra)
 		mh_fallback();
 		return mh_real.realloc(p, n);
 	}
+	ubs_site_note(ra, n);
 	old = mh_real.malloc_usable_size ? mh_real.malloc_usable_size(p) : 0;
 	memcpy(q, p, old < n ? old : n);
 	mh_real.free(p);

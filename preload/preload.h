@@ -106,6 +106,10 @@ struct ubs_conn_slot *ubs_conn_open(int fd, int side, uint64_t chan_id);
 void ubs_conn_close(struct ubs_conn_slot *c);
 void ubs_conn_tcp(int fd, int side, enum ubs_stat_id why);
 
+/* memhooks placed bytes in the pool for a call returning to ra: count it
+ * in the stats file's call-site table (allocation-free, lock-free). */
+void ubs_site_note(const void *ra, uint64_t bytes);
+
 static inline void ubs_conn_bytes(struct ubs_conn_slot *c, bool tx,
 				  uint64_t n)
 {

@@ -96,6 +96,8 @@ static void ubs_stats_header(struct ubs_stats_page *page, pid_t pid)
 	if (page != &ubs_private_page) {
 		page->conns_off = UBS_STATS_SIZE;
 		page->conns_max = UBS_CONNS_MAX;
+		page->sites_off = UBS_STATS_SIZE + UBS_STATS_CONNS_SIZE;
+		page->sites_max = UBS_SITES_MAX;
 	}
 	memcpy(page->service, ubs_config.service, sizeof(page->service));
 	__atomic_store_n(&page->magic, UBS_STATS_MAGIC, __ATOMIC_RELEASE);
@@ -291,4 +293,38 @@ void ubs_conn_tcp(int fd, int side, enum ubs_stat_id why)
 		conn_hist = (conn_hist + 1) % (UBS_CONNS_MAX - UBS_CONNS_LIVE);
 	}
 	pthread_mutex_unlock(&conn_lock);
+}
+
+/* ------------------------------------------------------ pool call sites */
+
+void ubs_site_note(const void *ra, uint64_t bytes)
+{
+	struct ubs_stats_page *page = __atomic_load_n(&ubs_stats,
+						      __ATOMIC_ACQUIRE);
+	struct ubs_site_slot *t, *hit = NULL;
+	uint64_t addr = (uint64_t)(uintptr_t)ra, h;
+
+	if (!page || page == &ubs_private_page || !page->sites_max || addr < 2)
+		return;
+	t = (struct ubs_site_slot *)((char *)page + page->sites_off);
+	h = (addr * 0x9e3779b97f4a7c15ull) >> 56;       /* 0..255 */
+	for (unsigned i = 0; i < 16 && !hit; i++) {
+		struct ubs_site_slot *s = &t[1 + (h + i) % (UBS_SITES_MAX - 1)];
+		uint64_t cur = __atomic_load_n(&s->addr, __ATOMIC_RELAXED);
+
+		if (cur == 0 &&
+		    !__atomic_compare_exchange_n(&s->addr, &cur, addr, false,
+						 __ATOMIC_RELAXED,
+						 __ATOMIC_RELAXED) &&
+		    cur != addr)
+			continue;       /* another site took it meanwhile */
+		if (cur == 0 || cur == addr)
+			hit = s;
+	}
+	if (!hit) {                     /* the table is full around h */
+		hit = &t[0];
+		__atomic_store_n(&hit->addr, 1, __ATOMIC_RELAXED);
+	}
+	__atomic_add_fetch(&hit->allocs, 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&hit->bytes, bytes, __ATOMIC_RELAXED);
 }

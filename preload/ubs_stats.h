@@ -81,7 +81,9 @@ struct ubs_stats_page {
 	char service[UBS_STATS_SERVICE_MAX];	/* NUL-terminated */
 	uint32_t conns_off;			/* connection table: file offset, */
 	uint32_t conns_max;			/* slots (0, 0: none) */
-	uint64_t reserved[4];			/* zero; future header fields */
+	uint32_t sites_off;			/* pool call-site table: offset, */
+	uint32_t sites_max;			/* slots (0, 0: none) */
+	uint64_t reserved[3];			/* zero; future header fields */
 	uint64_t counters[UBS_STAT_NR];		/* indexed by enum ubs_stat_id */
 };
 
@@ -127,8 +129,29 @@ struct ubs_conn_slot {
 
 _Static_assert(sizeof(struct ubs_conn_slot) == 64, "connection slot is 64 bytes");
 
-/* File size of a page with its connection table. */
+/*
+ * The pool's call sites, after the connection table (sites_off,
+ * sites_max): for `ubsctl mem --sites PID`.  memhooks counts each
+ * allocation it places in the pool under the address its caller returns
+ * to (an open-addressing table: a slot's addr is claimed once by a CAS
+ * from 0 and never changes; allocs and bytes grow by relaxed adds).
+ * Slot 0 counts the allocations whose site found no free slot (addr 1).
+ */
+#define UBS_SITES_MAX		256u
+
+struct ubs_site_slot {
+	uint64_t addr;				/* return address, 0: free */
+	uint64_t allocs;			/* pool allocations from it */
+	uint64_t bytes;				/* their bytes (as asked) */
+	uint64_t pad;
+};
+
+_Static_assert(sizeof(struct ubs_site_slot) == 32, "site slot is 32 bytes");
+
+/* File size of a page with its connection and call-site tables. */
+#define UBS_STATS_CONNS_SIZE (UBS_CONNS_MAX * sizeof(struct ubs_conn_slot))
 #define UBS_STATS_FILE_SIZE \
-	(UBS_STATS_SIZE + UBS_CONNS_MAX * sizeof(struct ubs_conn_slot))
+	(UBS_STATS_SIZE + UBS_STATS_CONNS_SIZE + \
+	 UBS_SITES_MAX * sizeof(struct ubs_site_slot))
 
 #endif /* UBS_STATS_H */

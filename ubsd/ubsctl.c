@@ -73,6 +73,7 @@ static void __attribute__((noreturn)) usage(void)
 	fprintf(stderr, "usage: ubsctl [--json] command\n"
 		"       ubsctl [--json] [--all] stats [PID|SERVICE]\n"
 		"       ubsctl [--json] [--all] conns [PID|SERVICE]\n"
+		"       ubsctl [--json] mem --sites PID\n"
 		"commands (any unique prefix):\n"
 		"  status     daemon pid, uptime, counters\n"
 		"  sessions   one line per preloaded process\n"
@@ -930,6 +931,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "json", no_argument, NULL, 'j' },
 		{ "all", no_argument, NULL, 'a' },
+		{ "sites", required_argument, NULL, 's' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -948,6 +950,7 @@ int main(int argc, char **argv)
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 64];
 	struct ctl_hdr h;
 	bool json = false, got_status = false, all = false;
+	const char *sites = NULL;
 	uint32_t seq = (uint32_t)getpid();
 	int ch, fd, n = 0, mem_part = 0;
 
@@ -955,6 +958,9 @@ int main(int argc, char **argv)
 		switch (ch) {
 		case 'j':
 			json = true;
+			break;
+		case 's':
+			sites = optarg;
 			break;
 		case 'a':
 			all = true;
@@ -969,6 +975,10 @@ int main(int argc, char **argv)
 	if (!kw) {
 		fprintf(stderr, "ubsctl: unknown or ambiguous command: %s\n",
 			argv[optind]);
+		usage();
+	}
+	if (sites && kw->action != ACT_MEM) {
+		fprintf(stderr, "ubsctl: --sites goes with mem only\n");
 		usage();
 	}
 	if (all && kw->action != ACT_STATS && kw->action != ACT_CONNS) {
@@ -996,6 +1006,8 @@ int main(int argc, char **argv)
 	if (kw->action == ACT_CONNS)
 		return ubsctl_conns(run_dir, argc - optind == 2 ?
 				    argv[optind + 1] : NULL, json, all);
+	if (sites)
+		return ubsctl_sites(run_dir, sites, json);
 	snprintf(path, sizeof(path), "%s/%s", run_dir, CTL_SOCK_NAME);
 	fd = ctl_connect(path);
 

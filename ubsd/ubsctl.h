@@ -26,4 +26,7 @@ pid_t ubsctl_pid_name(const char *name);
 int ubsctl_conns(const char *run_dir, const char *filter, bool json,
 		 bool all);
 
+/* `ubsctl [--json] mem --sites PID`; returns the exit code. */
+int ubsctl_sites(const char *run_dir, const char *pid, bool json);
+
 #endif

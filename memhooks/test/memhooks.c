@@ -294,6 +294,46 @@ Test(memhooks, kill9_gives_the_lease_back)
 	cr_assert(strstr(out, "\"processes\":[]"), "%s", out);
 }
 
+/*
+ * `ubsctl mem --sites PID` names where pool memory came from: the 3 MiB
+ * block from case_hold (found in mhcase's .symtab) and three 8 KiB ones
+ * from mh_site_alloc, each with its count and bytes.
+ */
+Test(memhooks, pool_call_sites_are_named)
+{
+	const char *argv[] = { MHCASE_PATH, "hold", NULL };
+	char out[OUT_MAX], line[64], pid_s[16];
+	const char *p;
+	int ofd, ifd;
+	ssize_t r;
+	pid_t pid;
+
+	start("[daemon]\npool_size = 64M\n");
+	pid = spawn(argv, pool_1k, &ofd, &ifd, true);
+	r = read(ofd, line, sizeof(line) - 1);   /* bounded: it prints */
+	cr_assert_gt(r, 0);
+	line[r] = '\0';
+	cr_assert(strncmp(line, "READY", 5) == 0, "%s", line);
+	snprintf(pid_s, sizeof(pid_s), "%d", (int)pid);
+	ubsctl_json(out, "mem", "--sites", pid_s);
+	p = strstr(out, "\"function\":\"mh_site_alloc\"");
+	cr_assert(p, "no mh_site_alloc site in %s", out);
+	while (p > out && *p != '{')
+		p--;
+	cr_expect_eq(json_num(p, "allocs"), 3, "%s", out);
+	cr_expect_eq(json_num(p, "bytes"), 3 * 8192, "%s", out);
+	cr_expect(strstr(p, "\"object\":\"" MHCASE_PATH "\""), "%s", out);
+	p = strstr(out, "\"function\":\"case_hold\"");
+	cr_assert(p, "no case_hold site in %s", out);
+	while (p > out && *p != '{')
+		p--;
+	cr_expect_eq(json_num(p, "allocs"), 1, "%s", out);
+	cr_expect_eq(json_num(p, "bytes"), 3 << 20, "%s", out);
+	close(ifd);
+	cr_assert_eq(dt_wait_exit(pid, RUN_MS), 0);
+	close(ofd);
+}
+
 /* Read one line of fd (bounded by the reads of a live child) into buf. */
 static void read_line(int fd, char *buf, size_t n)
 {

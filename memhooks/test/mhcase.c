@@ -414,11 +414,16 @@ static void case_off(void)
 
 static void case_hold(void)
 {
-	void *p = malloc(3 << 20);
+	void *p = malloc(3 << 20), *site[3];
 	char buf[16];
 
 	CHECK(p && in_pool(p, 3 << 20));
 	memset(p, 'H', 3 << 20);
+	/* Three more from a named function (`ubsctl mem --sites`). */
+	for (int i = 0; i < 3; i++) {
+		site[i] = mh_site_alloc(8192);
+		CHECK(site[i] && in_pool(site[i], 8192));
+	}
 	printf("READY %d\n", (int)getpid());
 	fflush(stdout);
 	/* Each line: 3 MiB more, reported. */
@@ -431,6 +436,8 @@ static void case_hold(void)
 		printf("MORE %s\n", failures ? "FAIL" : "ok");
 		fflush(stdout);
 	}
+	for (int i = 0; i < 3; i++)
+		free(site[i]);
 	free(p);
 }
 
