@@ -4,6 +4,7 @@
 #   make test       install missing packages, build, run every test
 #   make demo       install, build, run the main job (see README)
 #   make bench      transport benchmark (table + plot under docs/bench/)
+#   make compat     compatibility matrix (docs/compat.md, docs/compat.csv; root)
 #   make install    PREFIX=/usr/local DESTDIR= (staging); see ubsd/README.md
 #   V=1             show commands;  SANITIZE=address|undefined
 PARTS := ubtransport preload ubsd compat-tests scripts
@@ -27,6 +28,10 @@ demo: deps
 bench: all
 	@scripts/bench-transport
 
+compat: deps
+	@$(MAKE) --no-print-directory all
+	@compat-tests/matrix
+
 # Installs what `make` built (build it first as yourself, then install
 # as root if PREFIX needs it).
 INSTALL_PARTS := preload ubsd
@@ -38,4 +43,4 @@ install: all
 clean:
 	rm -rf build build-address build-undefined build-fuzz
 
-.PHONY: all deps test demo bench install clean
+.PHONY: all deps test demo bench compat install clean
