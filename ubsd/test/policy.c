@@ -56,6 +56,44 @@ static int wait_ok(pid_t pid)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+/*
+ * The race tests: the writer child republishes until the reader has seen
+ * enough (RACE_MIN_MS at least, RACE_MAX_MS at most), told by a word
+ * shared across the fork, so that a machine busy with other work only
+ * makes the test longer, never fail for want of a race.
+ */
+#define RACE_MIN_MS 1000
+#define RACE_MAX_MS 10000
+static uint32_t *race_stop;
+
+static void race_begin(void)
+{
+	if (!race_stop) {
+		race_stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+		cr_assert(race_stop != MAP_FAILED);
+	}
+	__atomic_store_n(race_stop, 0, __ATOMIC_RELAXED);
+}
+
+/* The writer: go on? */
+static bool race_on(uint64_t t0)
+{
+	return !__atomic_load_n(race_stop, __ATOMIC_RELAXED) &&
+	       dt_now_ms() < t0 + RACE_MAX_MS;
+}
+
+/* The reader: read on?  enough: it has seen what the test needs. */
+static bool race_reading(uint64_t t0, bool enough)
+{
+	uint64_t now = dt_now_ms();
+
+	if (now < t0 + RACE_MIN_MS || (!enough && now < t0 + RACE_MAX_MS))
+		return true;
+	__atomic_store_n(race_stop, 1, __ATOMIC_RELAXED);
+	return false;
+}
+
 /* A receiver of the fd: every way to write is refused, reading works. */
 static int receiver(int fd)
 {
@@ -110,13 +148,14 @@ Test(policy, receivers_cannot_write_the_page, .timeout = 30)
 static struct ubt_seg shared_seg;
 
 /* Republish as fast as possible: every record all-k, k changing. */
-static int writer(int secs)
+static int writer(int unused)
 {
 	struct ubs_svc_policy d, v[64];
-	uint64_t end = dt_now_ms() + (uint64_t)secs * 1000;
+	uint64_t t0 = dt_now_ms();
 	uint32_t k = 0, i;
 
-	while (dt_now_ms() < end) {
+	(void)unused;
+	while (race_on(t0)) {
 		k++;
 		d = rec("", k);
 		for (i = 0; i < 64; i++) {
@@ -142,9 +181,10 @@ Test(policy, concurrent_reader_never_sees_a_torn_record, .timeout = 30)
 	p = rec("", 0);
 	cr_assert_eq(pp_publish(&shared_seg, &p, NULL, 0), 0);
 	cr_assert_eq(pp_map(&r, dup(shared_seg.fd)), 0);
+	race_begin();
 	pid = child(writer, 1);
-	end = dt_now_ms() + 1000;
-	while (dt_now_ms() < end) {
+	end = dt_now_ms();
+	while (race_reading(end, reads > 10000 && changes > 100)) {
 		char n[16];
 		int got;
 
@@ -445,18 +485,19 @@ static void torn_set(struct ubs_excl_rule *v, int b, uint32_t *n)
 	}
 }
 
-static int excl_writer(int secs)
+static int excl_writer(int unused)
 {
 	struct ubs_excl_rule v[2][UBS_POLICY_MAX_EXCL];
 	struct ubs_svc_policy d;
-	uint64_t end = dt_now_ms() + (uint64_t)secs * 1000;
+	uint64_t t0 = dt_now_ms();
 	uint32_t n[2], k = 0;
 
+	(void)unused;
 	memset(v, 0, sizeof(v));
 	torn_set(v[0], 0, &n[0]);
 	torn_set(v[1], 1, &n[1]);
 	pp_defaults(&d);
-	while (dt_now_ms() < end) {
+	while (race_on(t0)) {
 		k++;
 		if (pp_publish_ex(&shared_seg, &d, NULL, 0, v[k & 1],
 				  n[k & 1]))
@@ -479,9 +520,11 @@ Test(policy, concurrent_exclude_reader_sees_one_whole_set, .timeout = 30)
 	publish_rules(&shared_seg, v, n);
 	cr_assert_eq(pp_map(&r, dup(shared_seg.fd)), 0);
 	g0 = pp_generation(&r);
+	race_begin();
 	pid = child(excl_writer, 1);
-	end = dt_now_ms() + 1000;
-	while (dt_now_ms() < end) {
+	end = dt_now_ms();
+	while (race_reading(end, reads > 10000 &&
+			    pp_generation(&r) - g0 > 100)) {
 		unsigned i;
 		uint8_t a[4];
 		int got;
@@ -761,15 +804,16 @@ static void torn_lst(struct ubs_lst_entry *v, int b, uint32_t *n)
 	}
 }
 
-static int lst_writer(int secs)
+static int lst_writer(int unused)
 {
 	static struct ubs_lst_entry v[2][TORN_LST];
-	uint64_t end = dt_now_ms() + (uint64_t)secs * 1000;
+	uint64_t t0 = dt_now_ms();
 	uint32_t n[2], k = 0;
 
 	torn_lst(v[0], 0, &n[0]);
 	torn_lst(v[1], 1, &n[1]);
-	while (dt_now_ms() < end) {
+	(void)unused;
+	while (race_on(t0)) {
 		k++;
 		if (pp_publish_listeners(&shared_seg, v[k & 1], n[k & 1]))
 			return 1;
@@ -792,9 +836,11 @@ Test(policy, concurrent_listener_reader_sees_one_whole_table, .timeout = 30)
 	cr_assert_eq(pp_publish_listeners(&shared_seg, v, n), 0);
 	cr_assert_eq(pp_map(&r, dup(shared_seg.fd)), 0);
 	g0 = pp_generation(&r);
+	race_begin();
 	pid = child(lst_writer, 1);
-	end = dt_now_ms() + 1000;
-	while (dt_now_ms() < end) {
+	end = dt_now_ms();
+	while (race_reading(end, reads > 10000 &&
+			    pp_generation(&r) - g0 > 100)) {
 		unsigned i;
 		uint8_t a[4];
 		int got;
