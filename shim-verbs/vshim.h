@@ -1,0 +1,229 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vshim.h - the verbs shim's shared-memory layout and private objects.
+ *
+ * Every opened device context owns one segment (memfd, VS_SEG_SIZE bytes,
+ * sparse) registered with ubsd.  It holds a header, the MR table, and the
+ * shared parts of the context's QPs, receive queues (QP or SRQ) and CQ
+ * rings.  A peer that connects a QP to one of ours gets the segment from
+ * ubsd and maps it: it reads our QP record and MR table, takes receive
+ * WRs from our queues and writes completions into our CQ rings, as an
+ * HCA would.  Everything a peer can write is checked before use.
+ */
+#ifndef UBS_VSHIM_H
+#define UBS_VSHIM_H
+
+#include <infiniband/verbs.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#define VS_MAGIC       0x55425653u      /* "UBVS" */
+#define VS_LAYOUT      1u
+#define VS_SEG_SIZE    (256ull << 20)   /* sparse: pages used only */
+#define VS_MAX_MR      4096u            /* MR table slots */
+#define VS_MAX_SGE     16u
+#define VS_MAX_INLINE  1024u
+#define VS_MAX_QP_WR   16384u
+#define VS_MAX_CQE     65536u
+#define VS_LID         1u
+#define VS_MTU_BYTES   4096u
+#define VS_GRH_BYTES   40u
+
+/* A lock word in shared memory: 0 free, else the holder's pid. */
+typedef int32_t vs_lock_t;
+
+struct vs_shm_mr {
+	uint64_t addr, len;
+	uint32_t rkey;
+	uint32_t access;                /* enum ibv_access_flags */
+	uint32_t valid;
+	uint32_t reserved;
+};
+
+struct vs_shm_hdr {
+	uint32_t magic, version;
+	uint64_t size;
+	uint32_t pid;
+	uint32_t nmr;                   /* MR table slots */
+	uint64_t mr_off;
+	vs_lock_t atomic_lock;          /* serialises remote atomics */
+	uint32_t reserved;
+};
+
+/* A receive queue (a QP's or an SRQ's): the owner posts at head, the
+ * initiators consume at tail, both under lock. */
+struct vs_rwqe {
+	uint64_t wr_id;
+	uint32_t num_sge;
+	uint32_t reserved;
+	struct {
+		uint64_t addr;
+		uint32_t length, lkey;
+	} sge[VS_MAX_SGE];
+};
+
+struct vs_shm_rq {
+	vs_lock_t lock;
+	uint32_t size;                  /* power of two */
+	uint64_t head, tail;
+	uint32_t limit;                 /* SRQ limit (no event yet) */
+	uint32_t reserved;
+	struct vs_rwqe e[];
+};
+
+/* One completion, as struct ibv_wc. */
+struct vs_cqe {
+	uint64_t wr_id;
+	uint32_t status, opcode, vendor_err, byte_len;
+	uint32_t imm, qp_num, src_qp, wc_flags;
+	uint16_t pkey_index, slid;
+	uint8_t sl, dlid_path_bits;
+	uint8_t reserved[2];
+};
+
+/* A CQ ring: many producers under lock, the owner consumes at tail. */
+struct vs_shm_cq {
+	vs_lock_t lock;
+	uint32_t size;                  /* power of two */
+	uint64_t head, tail;
+	uint32_t armed;                 /* 1 next, 2 solicited only */
+	uint32_t fired;                 /* an event is due on the channel */
+	int32_t chan_fd;                /* owner's channel eventfd, -1 */
+	uint32_t overrun;
+	uint64_t chan_gen;              /* changes with chan_fd */
+	struct vs_cqe e[];
+};
+
+enum { VS_QP_LIVE = 1, VS_QP_GONE = 2 };
+
+/* A QP's published state. */
+struct vs_shm_qp {
+	uint32_t qpn, type;             /* enum ibv_qp_type */
+	uint32_t state;                 /* enum ibv_qp_state */
+	uint32_t dest_qpn;              /* RC/UC: the connected peer */
+	uint32_t qkey;                  /* UD */
+	uint32_t access;                /* qp_access_flags */
+	uint32_t min_rnr_timer;
+	uint32_t live;                  /* VS_QP_LIVE, VS_QP_GONE */
+	uint64_t rq_off;                /* own receive queue, 0 if SRQ */
+	uint64_t srq_off;               /* SRQ's queue, 0 if none */
+	uint64_t recv_cq_off;
+	uint32_t recv_cq_size;
+	uint32_t reserved;
+};
+
+/* ---------------------------------------------------------- private */
+
+struct vs_peer;
+
+struct vs_ctx {
+	struct verbs_context vctx;      /* vctx.context is the program's */
+	int seg_fd;
+	uint8_t *base;
+	struct vs_shm_hdr *hdr;
+	struct vs_shm_mr *mrt;
+	uint64_t bump;
+	uint64_t ctx_id;                /* ubsd's, 0 without a daemon */
+	pthread_mutex_t lock;
+	struct vs_mr *mrs[VS_MAX_MR];
+	struct vs_qp *qps;              /* all QPs, for progress */
+	struct vs_cq *cqs;
+	struct vs_peer *peers;
+	int npending;                   /* QPs with pending sends */
+	uint32_t mr_gen;
+};
+
+struct vs_mr {
+	struct ibv_mr mr;
+	uint32_t slot;
+};
+
+struct vs_chan {
+	struct ibv_comp_channel ch;
+	uint64_t gen;
+};
+
+struct vs_cq {
+	struct ibv_cq cq;
+	struct vs_shm_cq *shm;
+	uint64_t off;
+	uint32_t size;                  /* trusted copy */
+	struct vs_cq *next;
+	pthread_mutex_t poll_lock;
+};
+
+struct vs_srq {
+	struct ibv_srq srq;
+	struct vs_shm_rq *rq;
+	uint64_t off;
+	uint32_t size, max_sge;
+};
+
+struct vs_ah {
+	struct ibv_ah ah;
+	struct ibv_ah_attr attr;
+};
+
+/* A send work request kept for later (RNR, peer not ready) or built
+ * through the ibv_wr_* API. */
+struct vs_swqe {
+	struct ibv_send_wr wr;
+	struct ibv_sge sge[VS_MAX_SGE];
+	struct vs_ah *ah;
+	uint32_t inl_len;
+	uint8_t inl[VS_MAX_INLINE];
+};
+
+/* A mapped peer context segment. */
+struct vs_peer {
+	struct vs_peer *next;
+	uint64_t ctx_id;
+	pid_t pid;
+	int pidfd;
+	uint8_t *base;
+	uint64_t size;
+	struct {
+		uint64_t cq_off, gen;
+		int fd;
+	} efd[16];
+	unsigned nefd;
+};
+
+/* A UD destination resolved through ubsd. */
+struct vs_udest {
+	uint32_t qpn;
+	struct vs_peer *peer;
+	uint64_t qp_off;
+};
+
+struct vs_qp {
+	struct ibv_qp_ex qpx;           /* qpx.qp_base is the program's */
+	struct vs_ctx *ctx;
+	struct vs_qp *next;
+	struct vs_shm_qp *shm;
+	uint64_t shm_off;
+	struct vs_shm_rq *rq;           /* own receive queue, or NULL */
+	uint32_t rq_size, rq_sge;
+	struct vs_srq *srq;
+	struct ibv_qp_cap cap;
+	int sq_sig_all;
+	struct ibv_qp_attr attr;        /* as set by modify, for query */
+	pthread_mutex_t lock;
+	/* RC/UC: the connected peer. */
+	struct vs_peer *peer;
+	uint64_t peer_qp_off;
+	/* UD: destinations. */
+	struct vs_udest *udest;
+	unsigned nudest, udest_cap;
+	/* Sends waiting for the responder (FIFO). */
+	struct vs_swqe *pend;
+	uint32_t pend_size, pend_head, pend_tail;
+	uint64_t pend_since_ns, pend_next_ns;
+	uint32_t pend_tries;
+	/* ibv_wr_* builder. */
+	struct vs_swqe *build;
+	uint32_t nbuild;
+	int build_err;
+};
+
+#endif

@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: MIT */
+/* vshim_int.h - functions shared by the verbs shim's files. */
+#ifndef UBS_VSHIM_INT_H
+#define UBS_VSHIM_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "vshim.h"
+
+void *vs_real(const char *name, const char *ver);
+bool vs_is_ours(struct ibv_context *ctx);
+uint64_t vs_guid(void);
+int vs_query_device_ex(struct ibv_context *ctx,
+		       const struct ibv_query_device_ex_input *in,
+		       struct ibv_device_attr_ex *attr, size_t size);
+int vs_query_port_op(struct ibv_context *ctx, uint8_t port,
+		     struct ibv_port_attr *attr, size_t len);
+/* Exports libibverbs declares in private headers only. */
+int ibv_query_gid_type(struct ibv_context *ctx, uint8_t port,
+		       unsigned int index, int *type);
+int ibv_read_sysfs_file(const char *dir, const char *file, char *buf,
+			size_t size);
+/* verbs.c */
+void vs_fill_ops(struct vs_ctx *c);
+void vs_peers_drop(struct vs_ctx *c);
+
+static inline struct vs_ctx *vs_ctx_of(struct ibv_context *ctx)
+{
+	return (struct vs_ctx *)((char *)ctx -
+				 offsetof(struct vs_ctx, vctx.context));
+}
+
+#endif
