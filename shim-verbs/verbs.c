@@ -1446,6 +1446,8 @@ static int xfer(pid_t pid, bool to_remote, struct iovec *l, int nl,
 		return 0;
 	if (got < 0 && errno == EFAULT)
 		return IBV_WC_REM_ACCESS_ERR;
+	ubs_dbg("verbs: copy to/from pid %d: %zd of %llu bytes: %s", (int)pid,
+		got, (unsigned long long)len, strerror(errno));
 	return IBV_WC_RETRY_EXC_ERR;
 }
 
@@ -1565,6 +1567,7 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 	    kill(p->pid, 0) < 0) {
 		if (ud)
 			return EX_DONE;
+		ubs_dbg("verbs: QP %u: peer QP gone", me);
 		*st = IBV_WC_RETRY_EXC_ERR;
 		return EX_DONE;
 	}
@@ -1854,6 +1857,8 @@ static bool run_pending(struct vs_qp *qp, bool *failed)
 				}
 			} else if (now - qp->pend_since_ns >
 				   retry_budget_ns(qp)) {
+				ubs_dbg("verbs: QP %u: peer not ready",
+					qp->qpx.qp_base.qp_num);
 				st = IBV_WC_RETRY_EXC_ERR;
 				r = EX_DONE;
 			} else {
