@@ -1,0 +1,443 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ops.c - verbs operations and their error paths between two processes
+ * under the preload.  This binary is its own helper: started with
+ * VT_ROLE=target or VT_ROLE=initiator (and the preload), a constructor
+ * runs the role and exits before Criterion starts.  The two roles meet
+ * through files in the run directory: the target publishes its QPN,
+ * buffer address and rkey, the initiator its QPN.
+ *
+ * VT_CASE: rdma (WRITE, READ, FETCH_ADD, CMP_SWAP; with VT_STOP=1 the
+ * target SIGSTOPs itself first and must not be needed), noaccess (a WRITE
+ * into an MR without REMOTE_WRITE), send (SEND with immediate, the target
+ * waiting in poll() on its completion channel), rnr (no receive posted,
+ * rnr_retry 1), dead (the target is gone), modify (illegal QP
+ * transitions, one process).
+ */
+#include "support/vtest.h"
+
+#include <arpa/inet.h>
+#include <infiniband/verbs.h>
+
+#define BUF 4096
+
+static char vt_dir[128];
+
+static void fput(const char *name, const char *text)
+{
+	char p[256], tmp[260];
+	FILE *f;
+
+	snprintf(p, sizeof(p), "%s/%s", vt_dir, name);
+	snprintf(tmp, sizeof(tmp), "%s.t", p);
+	f = fopen(tmp, "w");
+	if (!f)
+		_exit(20);
+	fputs(text, f);
+	fclose(f);
+	rename(tmp, p);
+}
+
+/* Wait (5 s at most) for a file and read it. */
+static void fget(const char *name, char *buf, size_t n)
+{
+	char p[256];
+
+	snprintf(p, sizeof(p), "%s/%s", vt_dir, name);
+	for (int i = 0; i < 500; i++) {
+		FILE *f = fopen(p, "r");
+
+		if (f) {
+			size_t r = fread(buf, 1, n - 1, f);
+
+			buf[r] = '\0';
+			fclose(f);
+			return;
+		}
+		usleep(10000);
+	}
+	fprintf(stderr, "no %s\n", name);
+	_exit(21);
+}
+
+#define CHECK(x) do { if (!(x)) { fprintf(stderr, "%s:%d: %s (%s)\n", \
+	__FILE__, __LINE__, #x, strerror(errno)); _exit(3); } } while (0)
+
+struct res {
+	struct ibv_context *ctx;
+	struct ibv_pd *pd;
+	struct ibv_comp_channel *ch;
+	struct ibv_cq *cq;
+	struct ibv_qp *qp;
+	struct ibv_mr *mr;
+	char *buf;
+};
+
+static void open_res(struct res *r, int access)
+{
+	struct ibv_device **l = ibv_get_device_list(NULL);
+	struct ibv_qp_init_attr qa = { .cap = { .max_send_wr = 16,
+		.max_recv_wr = 16, .max_send_sge = 1, .max_recv_sge = 1 },
+		.qp_type = IBV_QPT_RC };
+	struct ibv_qp_attr a = { .qp_state = IBV_QPS_INIT, .port_num = 1,
+		.qp_access_flags = IBV_ACCESS_REMOTE_WRITE |
+			IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC };
+
+	CHECK(l && l[0] && !strcmp(ibv_get_device_name(l[0]), "ubv0"));
+	CHECK((r->ctx = ibv_open_device(l[0])));
+	ibv_free_device_list(l);
+	CHECK((r->pd = ibv_alloc_pd(r->ctx)));
+	CHECK((r->ch = ibv_create_comp_channel(r->ctx)));
+	CHECK((r->cq = ibv_create_cq(r->ctx, 32, NULL, r->ch, 0)));
+	qa.send_cq = qa.recv_cq = r->cq;
+	CHECK((r->qp = ibv_create_qp(r->pd, &qa)));
+	CHECK(posix_memalign((void **)&r->buf, 4096, BUF) == 0);
+	memset(r->buf, 'T', BUF);
+	CHECK((r->mr = ibv_reg_mr(r->pd, r->buf, BUF, access)));
+	CHECK(ibv_modify_qp(r->qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX |
+			    IBV_QP_PORT | IBV_QP_ACCESS_FLAGS) == 0);
+}
+
+static void connect_res(struct res *r, uint32_t dest, int rnr_retry)
+{
+	struct ibv_qp_attr a = { .qp_state = IBV_QPS_RTR,
+		.path_mtu = IBV_MTU_1024, .dest_qp_num = dest,
+		.max_dest_rd_atomic = 1, .min_rnr_timer = 1,
+		.ah_attr = { .dlid = 1, .port_num = 1 } };
+
+	CHECK(ibv_modify_qp(r->qp, &a, IBV_QP_STATE | IBV_QP_AV |
+			    IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
+			    IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
+			    IBV_QP_MIN_RNR_TIMER) == 0);
+	a.qp_state = IBV_QPS_RTS;
+	a.timeout = 1;
+	a.retry_cnt = 1;
+	a.rnr_retry = (uint8_t)rnr_retry;
+	a.max_rd_atomic = 1;
+	CHECK(ibv_modify_qp(r->qp, &a, IBV_QP_STATE | IBV_QP_TIMEOUT |
+			    IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
+			    IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC) == 0);
+}
+
+/* Post one WR and wait (2 s) for its completion. */
+static struct ibv_wc one(struct res *r, struct ibv_send_wr *wr)
+{
+	struct ibv_send_wr *bad;
+	struct ibv_wc wc;
+
+	wr->send_flags |= IBV_SEND_SIGNALED;
+	CHECK(ibv_post_send(r->qp, wr, &bad) == 0);
+	for (int i = 0; i < 2000000; i++) {
+		int n = ibv_poll_cq(r->cq, 1, &wc);
+
+		CHECK(n >= 0);
+		if (n == 1)
+			return wc;
+		if (i > 1000)
+			usleep(1);
+	}
+	fprintf(stderr, "no completion\n");
+	_exit(4);
+}
+
+static void role_target(const char *cs)
+{
+	struct res r;
+	char line[128];
+	unsigned iq;
+	int acc = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
+		IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC;
+
+	if (!strcmp(cs, "noaccess"))
+		acc = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ;
+	open_res(&r, acc);
+	*(uint64_t *)(r.buf + 128) = 40;
+	*(uint64_t *)(r.buf + 136) = 7;
+	snprintf(line, sizeof(line), "%u %llu %u\n", r.qp->qp_num,
+		 (unsigned long long)(uintptr_t)r.buf, r.mr->rkey);
+	fput("target", line);
+	fget("initiator", line, sizeof(line));
+	CHECK(sscanf(line, "%u", &iq) == 1);
+	if (!strcmp(cs, "send")) {
+		struct ibv_sge s = { (uintptr_t)r.buf, BUF, r.mr->lkey };
+		struct ibv_recv_wr w = { .wr_id = 77, .sg_list = &s,
+					 .num_sge = 1 }, *bad;
+
+		CHECK(ibv_post_recv(r.qp, &w, &bad) == 0);
+		CHECK(ibv_req_notify_cq(r.cq, 0) == 0);
+	}
+	connect_res(&r, iq, 7);
+	fput("ready", "1\n");
+	if (getenv("VT_STOP"))
+		raise(SIGSTOP);
+	if (!strcmp(cs, "send")) {
+		struct pollfd p = { .fd = r.ch->fd, .events = POLLIN };
+		struct ibv_cq *cq;
+		struct ibv_wc wc;
+		void *cctx;
+
+		CHECK(poll(&p, 1, 5000) == 1);
+		CHECK(ibv_get_cq_event(r.ch, &cq, &cctx) == 0 && cq == r.cq);
+		ibv_ack_cq_events(cq, 1);
+		CHECK(ibv_poll_cq(r.cq, 1, &wc) == 1);
+		CHECK(wc.status == IBV_WC_SUCCESS && wc.wr_id == 77);
+		CHECK(wc.opcode == IBV_WC_RECV && wc.byte_len == 11);
+		CHECK((wc.wc_flags & IBV_WC_WITH_IMM) &&
+		      ntohl(wc.imm_data) == 0xabcd);
+		CHECK(wc.src_qp == iq && wc.qp_num == r.qp->qp_num);
+		CHECK(!memcmp(r.buf, "hello verbs", 11));
+	}
+	fget("done", line, sizeof(line));
+	if (!strcmp(cs, "rdma")) {
+		/* What the initiator did, seen in our memory. */
+		CHECK(!memcmp(r.buf, "WWWWWWWW", 8) && r.buf[64] == 'T');
+		CHECK(*(uint64_t *)(r.buf + 128) == 45);
+		CHECK(*(uint64_t *)(r.buf + 136) == 99);
+	}
+	if (!strcmp(cs, "noaccess"))
+		CHECK(r.buf[0] == 'T');
+	_exit(0);
+}
+
+static void role_initiator(const char *cs)
+{
+	struct res r;
+	char line[128];
+	unsigned tq, rkey;
+	unsigned long long addr;
+	struct ibv_sge s;
+	struct ibv_send_wr w;
+	struct ibv_wc wc;
+
+	open_res(&r, IBV_ACCESS_LOCAL_WRITE);
+	fget("target", line, sizeof(line));
+	CHECK(sscanf(line, "%u %llu %u", &tq, &addr, &rkey) == 3);
+	snprintf(line, sizeof(line), "%u\n", r.qp->qp_num);
+	fput("initiator", line);
+	fget("ready", line, sizeof(line));
+	if (!strcmp(cs, "dead")) {
+		/* The test killed the target after "ready". */
+		fget("killed", line, sizeof(line));
+	}
+	connect_res(&r, tq, !strcmp(cs, "rnr") ? 1 : 7);
+	if (getenv("VT_STOP")) {
+		/* Wait until the target really is stopped. */
+		fget("stopped", line, sizeof(line));
+	}
+	memset(&w, 0, sizeof(w));
+	w.sg_list = &s;
+	w.num_sge = 1;
+	s.lkey = r.mr->lkey;
+	s.addr = (uintptr_t)r.buf;
+	if (!strcmp(cs, "rdma") || !strcmp(cs, "noaccess") ||
+	    !strcmp(cs, "dead")) {
+		memset(r.buf, 'W', 8);
+		s.length = 8;
+		w.wr_id = 1;
+		w.opcode = IBV_WR_RDMA_WRITE;
+		w.wr.rdma.remote_addr = addr;
+		w.wr.rdma.rkey = rkey;
+		wc = one(&r, &w);
+		if (!strcmp(cs, "noaccess")) {
+			CHECK(wc.status == IBV_WC_REM_ACCESS_ERR);
+			/* The QP is in error now: the next WR is flushed. */
+			w.wr_id = 2;
+			wc = one(&r, &w);
+			CHECK(wc.status == IBV_WC_WR_FLUSH_ERR && wc.wr_id == 2);
+			goto done;
+		}
+		if (!strcmp(cs, "dead")) {
+			CHECK(wc.status == IBV_WC_RETRY_EXC_ERR);
+			goto done;
+		}
+		CHECK(wc.status == IBV_WC_SUCCESS && wc.wr_id == 1 &&
+		      wc.opcode == IBV_WC_RDMA_WRITE);
+		/* READ back what we wrote plus the untouched rest. */
+		memset(r.buf, 0, 128);
+		s.length = 72;
+		w.wr_id = 2;
+		w.opcode = IBV_WR_RDMA_READ;
+		wc = one(&r, &w);
+		CHECK(wc.status == IBV_WC_SUCCESS && wc.opcode ==
+		      IBV_WC_RDMA_READ && wc.byte_len == 72);
+		CHECK(!memcmp(r.buf, "WWWWWWWW", 8) && r.buf[8] == 'T' &&
+		      r.buf[71] == 'T');
+		/* Atomics: 40 + 5, then 7 -> 99 (compare matches). */
+		s.length = 8;
+		w.wr_id = 3;
+		w.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+		w.wr.atomic.remote_addr = addr + 128;
+		w.wr.atomic.rkey = rkey;
+		w.wr.atomic.compare_add = 5;
+		wc = one(&r, &w);
+		CHECK(wc.status == IBV_WC_SUCCESS &&
+		      wc.opcode == IBV_WC_FETCH_ADD);
+		CHECK(*(uint64_t *)r.buf == 40);
+		w.wr_id = 4;
+		w.opcode = IBV_WR_ATOMIC_CMP_AND_SWP;
+		w.wr.atomic.remote_addr = addr + 136;
+		w.wr.atomic.compare_add = 7;
+		w.wr.atomic.swap = 99;
+		wc = one(&r, &w);
+		CHECK(wc.status == IBV_WC_SUCCESS &&
+		      wc.opcode == IBV_WC_COMP_SWAP && *(uint64_t *)r.buf == 7);
+		/* A bad rkey is a remote access error too. */
+		goto done;
+	}
+	if (!strcmp(cs, "send") || !strcmp(cs, "rnr")) {
+		memcpy(r.buf, "hello verbs", 11);
+		s.length = 11;
+		w.wr_id = 9;
+		w.opcode = IBV_WR_SEND_WITH_IMM;
+		w.imm_data = htonl(0xabcd);
+		wc = one(&r, &w);
+		if (!strcmp(cs, "rnr"))
+			CHECK(wc.status == IBV_WC_RNR_RETRY_EXC_ERR &&
+			      wc.wr_id == 9);
+		else
+			CHECK(wc.status == IBV_WC_SUCCESS && wc.wr_id == 9 &&
+			      wc.opcode == IBV_WC_SEND);
+	}
+done:
+	fput("done", "1\n");
+	_exit(0);
+}
+
+/* Illegal transitions and attribute masks fail with EINVAL. */
+static void role_modify(void)
+{
+	struct res r;
+	struct ibv_qp_attr a = { .qp_state = IBV_QPS_RTS };
+
+	open_res(&r, IBV_ACCESS_LOCAL_WRITE);   /* in INIT */
+	CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE) == EINVAL);
+	a.qp_state = IBV_QPS_RTR;               /* RTR without its attrs */
+	CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE) == EINVAL);
+	a.qp_state = IBV_QPS_INIT;              /* INIT->INIT with SQ_PSN */
+	CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE | IBV_QP_SQ_PSN) ==
+	      EINVAL);
+	/* Not at RTS: posting a send is refused. */
+	{
+		struct ibv_send_wr w = { .opcode = IBV_WR_SEND }, *bad;
+
+		CHECK(ibv_post_send(r.qp, &w, &bad) == EINVAL && bad == &w);
+	}
+	a.qp_state = IBV_QPS_RESET;
+	CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE) == 0);
+	CHECK(r.qp->state == IBV_QPS_RESET);
+	/* Remote write without local write is refused at registration. */
+	errno = 0;
+	CHECK(!ibv_reg_mr(r.pd, r.buf, BUF, IBV_ACCESS_REMOTE_WRITE) &&
+	      errno == EINVAL);
+	_exit(0);
+}
+
+__attribute__((constructor)) static void vt_role(void)
+{
+	const char *role = getenv("VT_ROLE"), *cs = getenv("VT_CASE");
+
+	if (!role)
+		return;
+	snprintf(vt_dir, sizeof(vt_dir), "%s", getenv("UBS_RUN_DIR"));
+	if (!strcmp(role, "target"))
+		role_target(cs);
+	if (!strcmp(role, "initiator"))
+		role_initiator(cs);
+	if (!strcmp(role, "modify"))
+		role_modify();
+	_exit(10);
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void setup(void)
+{
+	dt_make_run_dir("/tmp/ubs-verbs-ops.XXXXXX");
+	dt_start_daemon(UBSD_PATH);
+}
+
+TestSuite(verbs_ops, .init = setup, .fini = dt_teardown, .timeout = 30);
+
+static char self[256];
+
+static void start(struct vt_proc *p, const char *role, const char *cs,
+		  bool stop)
+{
+	char r[64], c[64];
+	const char *argv[] = { self, NULL };
+	const char *env[] = { r, c, stop ? "VT_STOP=1" : NULL, NULL };
+
+	if (!self[0])
+		REQUIRE(readlink("/proc/self/exe", self, sizeof(self) - 1) > 0);
+	snprintf(r, sizeof(r), "VT_ROLE=%s", role);
+	snprintf(c, sizeof(c), "VT_CASE=%s", cs);
+	vt_start(p, argv, env);
+}
+
+static struct vt_proc tgt, ini;
+
+/* Both roles of case cs; both must succeed. */
+static void two(const char *cs, bool stop)
+{
+	start(&tgt, "target", cs, stop);
+	start(&ini, "initiator", cs, stop);
+	if (stop) {
+		char f[256], st[512];
+		bool stopped = false;
+
+		/* The target stops itself after "ready". */
+		for (int i = 0; i < 500 && !stopped; i++) {
+			snprintf(f, sizeof(f), "/proc/%d/stat", tgt.pid);
+			slurp(f, st, sizeof(st));
+			stopped = strstr(st, ") T ") != NULL;
+			if (!stopped)
+				sleep_ms(10);
+		}
+		cr_assert(stopped, "target did not stop");
+		write_file("stopped", "1\n");
+		/* The initiator finishes while the target stays stopped. */
+		vt_finish(&ini, 10000);
+		slurp(f, st, sizeof(st));
+		cr_expect(strstr(st, ") T ") != NULL,
+			  "target ran during the one-sided work");
+		kill(tgt.pid, SIGCONT);
+	} else {
+		vt_finish(&ini, 10000);
+	}
+	vt_finish(&tgt, 10000);
+	cr_assert(vt_ok(&ini), "initiator (%d):\n%s", ini.status, ini.buf);
+	cr_assert(vt_ok(&tgt), "target (%d):\n%s", tgt.status, tgt.buf);
+}
+
+Test(verbs_ops, rdma_write_read_atomics) { two("rdma", false); }
+Test(verbs_ops, one_sided_while_target_stopped) { two("rdma", true); }
+Test(verbs_ops, write_without_remote_write_is_rem_access_err) { two("noaccess", false); }
+Test(verbs_ops, send_imm_wakes_channel_fd_in_poll) { two("send", false); }
+Test(verbs_ops, no_receive_posted_is_rnr_retry_exc_err) { two("rnr", false); }
+
+Test(verbs_ops, dead_target_is_retry_exc_err)
+{
+	char f[128], text[16];
+
+	start(&tgt, "target", "dead", false);
+	start(&ini, "initiator", "dead", false);
+	path_in(f, sizeof(f), "ready");
+	for (int i = 0; i < 500; i++) {
+		slurp(f, text, sizeof(text));
+		if (text[0])
+			break;
+		sleep_ms(10);
+	}
+	kill(tgt.pid, SIGKILL);
+	vt_finish(&tgt, 5000);
+	write_file("killed", "1\n");
+	vt_finish(&ini, 10000);
+	cr_assert(vt_ok(&ini), "initiator (%d):\n%s", ini.status, ini.buf);
+}
+
+Test(verbs_ops, illegal_transitions_einval)
+{
+	start(&tgt, "modify", "modify", false);
+	vt_finish(&tgt, 10000);
+	cr_assert(vt_ok(&tgt), "(%d):\n%s", tgt.status, tgt.buf);
+}
