@@ -345,7 +345,8 @@ UBS_EXPORT struct ibv_cq *ibv_create_cq(struct ibv_context *ctx, int cqe,
 	}
 	size = pow2((uint32_t)cqe + 1);
 	cq->off = seg_alloc(c, sizeof(struct vs_shm_cq) +
-			    (uint64_t)size * sizeof(struct vs_cqe));
+			    (uint64_t)size * (sizeof(struct vs_cqe) +
+					      sizeof(struct vs_cq_inl)));
 	if (!cq->off) {
 		free(cq);
 		errno = ENOMEM;
@@ -473,8 +474,14 @@ static void notify_peer(struct vs_peer *p, uint64_t cq_off,
  * caller checked).  Returns 1 when the owner's channel must be woken,
  * 0 if not, -1 on overrun (the completion is lost, as on hardware).
  */
+static struct vs_cq_inl *cq_inl(struct vs_shm_cq *cq, uint32_t size,
+				uint64_t i)
+{
+	return (struct vs_cq_inl *)&cq->e[size] + (i & (size - 1));
+}
+
 static int cq_push(struct vs_shm_cq *cq, uint32_t size, const struct vs_cqe *e,
-		   bool solicited)
+		   const struct vs_cq_inl *inl, bool solicited)
 {
 	uint64_t head, tail;
 	uint32_t armed;
@@ -488,6 +495,18 @@ static int cq_push(struct vs_shm_cq *cq, uint32_t size, const struct vs_cqe *e,
 		return -1;
 	}
 	cq->e[head & (size - 1)] = *e;
+	{
+		struct vs_cq_inl *d = cq_inl(cq, size, head);
+
+		if (inl) {
+			d->ndst = inl->ndst;
+			memcpy(d->dst, inl->dst, sizeof(d->dst));
+			memcpy(d->data, inl->data, inl->len);
+			d->len = inl->len;
+		} else {
+			d->len = 0;
+		}
+	}
 	__atomic_store_n(&cq->head, head + 1, __ATOMIC_RELEASE);
 	shm_unlock(&cq->lock);
 	armed = __atomic_load_n(&cq->armed, __ATOMIC_ACQUIRE);
@@ -500,11 +519,42 @@ static int cq_push(struct vs_shm_cq *cq, uint32_t size, const struct vs_cqe *e,
 
 static void local_complete(struct vs_cq *cq, const struct vs_cqe *e)
 {
-	if (cq_push(cq->shm, cq->size, e, false) == 1)
+	if (cq_push(cq->shm, cq->size, e, NULL, false) == 1)
 		notify_local(cq->shm);
 }
 
 static void progress(struct vs_ctx *c);
+
+/* A SEND that came in the completion's payload slot: copy it into the
+ * receive buffers now, each checked against our MR table (a bad one turns
+ * the completion into LOC_PROT_ERR, as the HCA would). */
+static void deliver_inl(struct vs_ctx *c, struct ibv_wc *w,
+			const struct vs_cq_inl *d)
+{
+	uint32_t len = d->len, ndst = d->ndst, done = 0;
+
+	if (!len || w->status != IBV_WC_SUCCESS)
+		return;
+	if (len > VS_CQ_INL || ndst > VS_CQ_DST) {
+		w->status = IBV_WC_LOC_PROT_ERR;
+		return;
+	}
+	for (uint32_t i = 0; i < ndst && done < len; i++) {
+		uint64_t a = d->dst[i].addr;
+		uint32_t n = d->dst[i].length;
+
+		if (n > len - done)
+			n = len - done;
+		if (!local_mr(c, d->dst[i].lkey, a, n)) {
+			w->status = IBV_WC_LOC_PROT_ERR;
+			return;
+		}
+		memcpy((void *)(uintptr_t)a, d->data + done, n);
+		done += n;
+	}
+	if (done != len)
+		w->status = IBV_WC_LOC_LEN_ERR;
+}
 
 static int vs_poll_cq(struct ibv_cq *ibcq, int n, struct ibv_wc *wc)
 {
@@ -539,6 +589,7 @@ static int vs_poll_cq(struct ibv_cq *ibcq, int n, struct ibv_wc *wc)
 		w->slid = e->slid;
 		w->sl = e->sl;
 		w->dlid_path_bits = e->dlid_path_bits;
+		deliver_inl(c, w, cq_inl(s, cq->size, tail));
 		tail++;
 	}
 	__atomic_store_n(&s->tail, tail, __ATOMIC_RELEASE);
@@ -1494,7 +1545,8 @@ static struct vs_shm_rq *target_rq(struct vs_peer *p,
 
 /* Deliver a receive completion into the target's CQ. */
 static void target_complete(struct vs_peer *p, const struct vs_shm_qp *t,
-			    const struct vs_cqe *e, bool solicited)
+			    const struct vs_cqe *e, const struct vs_cq_inl *inl,
+			    bool solicited)
 {
 	uint64_t off = t->recv_cq_off;
 	struct vs_shm_cq *cq = peer_ptr(p, off, sizeof(*cq));
@@ -1505,9 +1557,9 @@ static void target_complete(struct vs_peer *p, const struct vs_shm_qp *t,
 	size = cq->size;
 	if (!size || (size & (size - 1)) || size > 2 * VS_MAX_CQE ||
 	    !peer_ptr(p, off, sizeof(*cq) + (uint64_t)size *
-		      sizeof(struct vs_cqe)))
+		      (sizeof(struct vs_cqe) + sizeof(struct vs_cq_inl))))
 		return;
-	if (cq_push(cq, size, e, solicited) == 1)
+	if (cq_push(cq, size, e, inl, solicited) == 1)
 		notify_peer(p, off, cq);
 }
 
@@ -1564,7 +1616,8 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 	if (!t)
 		return EX_NOT_READY;
 	if (__atomic_load_n(&t->live, __ATOMIC_ACQUIRE) != VS_QP_LIVE ||
-	    kill(p->pid, 0) < 0) {
+	    __atomic_load_n(&((struct vs_shm_hdr *)p->base)->dead,
+			    __ATOMIC_ACQUIRE)) {
 		if (ud)
 			return EX_DONE;
 		ubs_dbg("verbs: QP %u: peer QP gone", me);
@@ -1597,7 +1650,9 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 		uint32_t rqs, rcap = 0, skip = ud ? VS_GRH_BYTES : 0;
 		struct vs_cqe c = { .qp_num = t->qpn, .src_qp = me,
 				    .slid = VS_LID };
-		bool imm = wr->opcode != IBV_WR_SEND;
+		bool imm = wr->opcode != IBV_WR_SEND, use_inl = false;
+		struct vs_cq_inl inl;
+		uint32_t rk[VS_MAX_SGE];
 		int nr = 0;
 
 		if (wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) {
@@ -1637,13 +1692,14 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 				}
 				r[nr].iov_base = (void *)(uintptr_t)(a + skip);
 				r[nr].iov_len = sl - skip;
+				rk[nr] = rw.sge[i].lkey;
 				skip = 0;
 				nr++;
 			}
 			c.opcode = IBV_WC_RECV;
 			if (len + (ud ? VS_GRH_BYTES : 0) > rcap) {
 				c.status = IBV_WC_LOC_LEN_ERR;
-				target_complete(p, t, &c, true);
+				target_complete(p, t, &c, NULL, true);
 				*st = ud ? IBV_WC_SUCCESS :
 					IBV_WC_REM_INV_REQ_ERR;
 				return EX_DONE;
@@ -1661,10 +1717,30 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 				nr = k;
 			}
 		}
-		e = xfer(p->pid, true, l, nl, r, nr, len);
-		if (e) {
-			*st = e;
-			return EX_DONE;
+		if (wr->opcode != IBV_WR_RDMA_WRITE_WITH_IMM &&
+		    len <= VS_CQ_INL && nr <= (int)VS_CQ_DST) {
+			/* Small: in the completion, copied by the owner. */
+			uint64_t at = 0;
+
+			inl.len = (uint32_t)len;
+			inl.ndst = (uint32_t)nr;
+			for (int k = 0; k < nr; k++) {
+				inl.dst[k].addr = (uintptr_t)r[k].iov_base;
+				inl.dst[k].length = (uint32_t)r[k].iov_len;
+				inl.dst[k].lkey = rk[k];
+			}
+			for (int k = 0; k < nl; k++) {
+				memcpy(inl.data + at, l[k].iov_base,
+				       l[k].iov_len);
+				at += l[k].iov_len;
+			}
+			use_inl = len > 0;
+		} else {
+			e = xfer(p->pid, true, l, nl, r, nr, len);
+			if (e) {
+				*st = e;
+				return EX_DONE;
+			}
 		}
 		c.byte_len = (uint32_t)len + (ud ? VS_GRH_BYTES : 0);
 		if (imm) {
@@ -1673,7 +1749,7 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 		}
 		if (ud && w->ah && w->ah->attr.is_global)
 			c.wc_flags |= IBV_WC_GRH;
-		target_complete(p, t, &c,
+		target_complete(p, t, &c, use_inl ? &inl : NULL,
 				(wr->send_flags & IBV_SEND_SOLICITED) != 0);
 		*blen = (uint32_t)len;
 		return EX_DONE;

@@ -15,7 +15,10 @@
 
 #include <infiniband/verbs.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#include "ctl_proto.h"
 
 #define VS_MAGIC       0x55425653u      /* "UBVS" */
 #define VS_LAYOUT      1u
@@ -47,8 +50,12 @@ struct vs_shm_hdr {
 	uint32_t nmr;                   /* MR table slots */
 	uint64_t mr_off;
 	vs_lock_t atomic_lock;          /* serialises remote atomics */
-	uint32_t reserved;
+	uint32_t dead;                  /* set by ubsd when the owner's
+					 * session ends (CTL_VERBS_SEG_DEAD_OFF) */
 };
+
+_Static_assert(offsetof(struct vs_shm_hdr, dead) == CTL_VERBS_SEG_DEAD_OFF,
+	       "ubsd marks a dead owner at this offset");
 
 /* A receive queue (a QP's or an SRQ's): the owner posts at head, the
  * initiators consume at tail, both under lock. */
@@ -81,7 +88,25 @@ struct vs_cqe {
 	uint8_t reserved[2];
 };
 
-/* A CQ ring: many producers under lock, the owner consumes at tail. */
+/* A SEND of at most VS_CQ_INL bytes travels inside the receive
+ * completion's payload slot (parallel to the ring): the owner copies it
+ * into its receive buffer when it polls the completion, so a small SEND
+ * costs no system call.  dst are the receive WR's SGEs (checked by the
+ * owner against its own MR table). */
+#define VS_CQ_INL 256u
+#define VS_CQ_DST 4u
+struct vs_cq_inl {
+	uint32_t len;                   /* payload bytes, 0: none */
+	uint32_t ndst;
+	struct {
+		uint64_t addr;
+		uint32_t length, lkey;
+	} dst[VS_CQ_DST];
+	uint8_t data[VS_CQ_INL];
+};
+
+/* A CQ ring: many producers under lock, the owner consumes at tail;
+ * size entries e[], then size payload slots (struct vs_cq_inl). */
 struct vs_shm_cq {
 	vs_lock_t lock;
 	uint32_t size;                  /* power of two */

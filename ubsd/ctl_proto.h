@@ -206,6 +206,10 @@ struct ctl_exclude {
  * shared segment once; QPNs are allocated host-wide; a peer's segment is
  * handed over only to a session connecting one of its own QPs to that
  * peer's QPN. */
+/* Offset of a u32 in a verbs context segment that ubsd sets to 1 (with
+ * pwrite, never a mapping) when the segment's owner's session ends. */
+#define CTL_VERBS_SEG_DEAD_OFF 36
+
 struct ctl_verbs_open {
 	uint64_t seg_size;              /* bytes of the segment passed */
 	uint64_t reserved;

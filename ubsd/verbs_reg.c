@@ -18,6 +18,8 @@
  * rkeys, bounds and access), as a responder HCA would.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -135,6 +137,19 @@ int vreg_handle(uint64_t session, pid_t pid, uid_t uid, uint16_t type, const voi
 		struct vctx *c;
 
 		memcpy(&m, body, sizeof(m));
+		/* Only a memfd (it has seals) of the size announced. */
+		{
+			struct stat st;
+
+			if (fcntl(fds[0], F_GET_SEALS) < 0 ||
+			    fstat(fds[0], &st) < 0 ||
+			    (uint64_t)st.st_size != m.seg_size) {
+				close(fds[0]);
+				return err_reply(out, nout, &cap, EINVAL,
+						 "segment is not a memfd of "
+						 "its size");
+			}
+		}
 		c = calloc(1, sizeof(*c));
 		if (!c) {
 			close(fds[0]);
@@ -261,7 +276,14 @@ void vreg_session_gone(uint64_t session)
 		struct vctx *c = *pp;
 
 		if (c->session == session) {
+			uint32_t one = 1;
+
 			*pp = c->next;
+			/* Peers that mapped the segment see the owner gone;
+			 * pwrite, so a segment cut short cannot fault us. */
+			if (pwrite(c->fd, &one, sizeof(one),
+				   CTL_VERBS_SEG_DEAD_OFF) != sizeof(one))
+				(void)0;
 			close(c->fd);
 			free(c);
 		} else {
