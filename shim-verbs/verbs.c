@@ -1618,11 +1618,11 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 	if (__atomic_load_n(&t->live, __ATOMIC_ACQUIRE) != VS_QP_LIVE ||
 	    __atomic_load_n(&((struct vs_shm_hdr *)p->base)->dead,
 			    __ATOMIC_ACQUIRE)) {
-		if (ud)
-			return EX_DONE;
+		/* No responder: as on a fabric, no ACK comes back and the
+		 * request is retried until the transport retries run out
+		 * (UD: silently dropped). */
 		ubs_dbg("verbs: QP %u: peer QP gone", me);
-		*st = IBV_WC_RETRY_EXC_ERR;
-		return EX_DONE;
+		return ud ? EX_DONE : EX_NOT_READY;
 	}
 	{
 		uint32_t ts = __atomic_load_n(&t->state, __ATOMIC_ACQUIRE);

@@ -111,9 +111,7 @@ Test(verbs_progs, ibv_rc_pingpong_gid) {
 Test(verbs_progs, ibv_rc_pingpong_events) { pingpong("ibv_rc_pingpong", 18603, "-e"); }
 Test(verbs_progs, ibv_uc_pingpong) { pingpong("ibv_uc_pingpong", 18604, NULL); }
 Test(verbs_progs, ibv_ud_pingpong) { pingpong("ibv_ud_pingpong", 18605, NULL); }
-/* ibv_srq_pingpong: intermittent "transport retry counter exceeded" on
- * the client's last send (shim-verbs/README.md, known problems). */
-Test(verbs_progs, ibv_srq_pingpong, .disabled = true) { pingpong("ibv_srq_pingpong", 18606, NULL); }
+Test(verbs_progs, ibv_srq_pingpong) { pingpong("ibv_srq_pingpong", 18606, NULL); }
 
 /* perftest: the client prints the result table; its last data line
  * starts with the message size. */
