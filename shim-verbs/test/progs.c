@@ -115,17 +115,37 @@ Test(verbs_progs, ibv_srq_pingpong) { pingpong("ibv_srq_pingpong", 18606, NULL);
 
 /* perftest: the client prints the result table; its last data line
  * starts with the message size. */
-static void perf(const char *prog, int port, const char *head,
-		 const char *size)
+static void perf_opt(const char *prog, int port, const char *opt,
+		     const char *head, const char *size)
 {
 	char want[32];
 
-	pair(&srv, &cli, prog, port, NULL, 45000);
+	pair(&srv, &cli, prog, port, opt, 80000);
 	cr_expect(strstr(cli.buf, head), "%s:\n%s", prog, cli.buf);
 	snprintf(want, sizeof(want), "\n %s ", size);
 	cr_expect(strstr(cli.buf, want), "%s: no result line for %s:\n%s",
 		  prog, size, cli.buf);
 	cr_expect(strstr(cli.buf, "LID 0x01"), "%s:\n%s", prog, cli.buf);
+}
+
+static void perf(const char *prog, int port, const char *head,
+		 const char *size)
+{
+	perf_opt(prog, port, NULL, head, size);
+}
+
+/* -a: every size from 2 B to 8 MiB, 23 result lines. */
+static void perf_all(const char *prog, int port, const char *head)
+{
+	int lines = 0;
+
+	perf_opt(prog, port, "-a", head, "8388608");
+	cr_expect(strstr(cli.buf, "\n 2 "), "%s -a: no 2 B line", prog);
+	for (const char *p = cli.buf; (p = strchr(p, '\n')); p++)
+		if (p[1] == ' ' && p[2] >= '1' && p[2] <= '9')
+			lines++;
+	cr_expect_eq(lines, 23, "%s -a: %d result lines:\n%s", prog, lines,
+		     cli.buf);
 }
 
 #define LAT "t_avg[usec]"
@@ -137,3 +157,12 @@ Test(verbs_progs, ib_atomic_lat) { perf("ib_atomic_lat", 18614, LAT, "8"); }
 Test(verbs_progs, ib_send_bw) { perf("ib_send_bw", 18615, BW, "65536"); }
 Test(verbs_progs, ib_write_bw) { perf("ib_write_bw", 18616, BW, "65536"); }
 Test(verbs_progs, ib_read_bw) { perf("ib_read_bw", 18617, BW, "65536"); }
+
+/* -a (all sizes): 7 to 20 s each here.  ib_atomic_lat takes no -a
+ * ("Message size cannot be changed for Atomic tests"). */
+Test(verbs_progs, ib_send_lat_all, .timeout = 100) { perf_all("ib_send_lat", 18621, LAT); }
+Test(verbs_progs, ib_write_lat_all, .timeout = 100) { perf_all("ib_write_lat", 18622, LAT); }
+Test(verbs_progs, ib_read_lat_all, .timeout = 100) { perf_all("ib_read_lat", 18623, LAT); }
+Test(verbs_progs, ib_send_bw_all, .timeout = 100) { perf_all("ib_send_bw", 18624, BW); }
+Test(verbs_progs, ib_write_bw_all, .timeout = 100) { perf_all("ib_write_bw", 18625, BW); }
+Test(verbs_progs, ib_read_bw_all, .timeout = 100) { perf_all("ib_read_bw", 18626, BW); }
