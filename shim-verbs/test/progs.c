@@ -26,16 +26,19 @@ TestSuite(verbs_progs, .init = setup, .fini = teardown, .timeout = 60);
 static void pair(struct vt_proc *srv, struct vt_proc *cli, const char *prog,
 		 int port, const char *extra, int ms)
 {
-	char p[16];
-	const char *sa[8], *ca[9];
+	char p[16], opts[64], *save = NULL;
+	const char *sa[12], *ca[13];
 	int n = 0;
 
 	snprintf(p, sizeof(p), "%d", port);
 	sa[n++] = prog;
 	sa[n++] = "-p";
 	sa[n++] = p;
-	if (extra)
-		sa[n++] = extra;
+	/* extra: options separated by spaces. */
+	snprintf(opts, sizeof(opts), "%s", extra ? extra : "");
+	for (char *o = strtok_r(opts, " ", &save); o && n < 10;
+	     o = strtok_r(NULL, " ", &save))
+		sa[n++] = o;
 	sa[n] = NULL;
 	memcpy(ca, sa, sizeof(sa[0]) * (size_t)n);
 	ca[n] = "127.0.0.1";
@@ -64,7 +67,8 @@ static void pair(struct vt_proc *srv, struct vt_proc *cli, const char *prog,
 
 static struct vt_proc srv, cli;
 
-/* Both sides of a pingpong report bytes and iterations. */
+/* Both sides of a pingpong report bytes and iterations (with -c, each
+ * checks the contents of every buffer it received). */
 static void pingpong(const char *prog, int port, const char *extra)
 {
 	pair(&srv, &cli, prog, port, extra, 20000);
@@ -103,15 +107,20 @@ Test(verbs_progs, ibv_devinfo)
 		  "%s", cli.buf);
 }
 
-Test(verbs_progs, ibv_rc_pingpong) { pingpong("ibv_rc_pingpong", 18601, NULL); }
+Test(verbs_progs, ibv_rc_pingpong) { pingpong("ibv_rc_pingpong", 18601, "-c"); }
 Test(verbs_progs, ibv_rc_pingpong_gid) {
-	pingpong("ibv_rc_pingpong", 18602, "-g0");
+	pingpong("ibv_rc_pingpong", 18602, "-g 0 -c");
 	cr_expect(strstr(cli.buf, "GID fe80::"), "%s", cli.buf);
 }
-Test(verbs_progs, ibv_rc_pingpong_events) { pingpong("ibv_rc_pingpong", 18603, "-e"); }
-Test(verbs_progs, ibv_uc_pingpong) { pingpong("ibv_uc_pingpong", 18604, NULL); }
-Test(verbs_progs, ibv_ud_pingpong) { pingpong("ibv_ud_pingpong", 18605, NULL); }
-Test(verbs_progs, ibv_srq_pingpong) { pingpong("ibv_srq_pingpong", 18606, NULL); }
+Test(verbs_progs, ibv_rc_pingpong_events) { pingpong("ibv_rc_pingpong", 18603, "-e -c"); }
+/* -N: the ibv_wr_* API; -s 64: SENDs carried in the completion. */
+Test(verbs_progs, ibv_rc_pingpong_new_send) { pingpong("ibv_rc_pingpong", 18607, "-N -c"); }
+Test(verbs_progs, ibv_rc_pingpong_small) { pingpong("ibv_rc_pingpong", 18608, "-s 64 -c"); }
+Test(verbs_progs, ibv_uc_pingpong) { pingpong("ibv_uc_pingpong", 18604, "-c"); }
+Test(verbs_progs, ibv_ud_pingpong) { pingpong("ibv_ud_pingpong", 18605, "-c"); }
+Test(verbs_progs, ibv_ud_pingpong_gid) { pingpong("ibv_ud_pingpong", 18609, "-g 0 -c"); }
+Test(verbs_progs, ibv_srq_pingpong) { pingpong("ibv_srq_pingpong", 18606, "-c"); }
+Test(verbs_progs, ibv_srq_pingpong_events) { pingpong("ibv_srq_pingpong", 18610, "-e"); }
 
 /* perftest: the client prints the result table; its last data line
  * starts with the message size. */
