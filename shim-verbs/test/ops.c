@@ -140,11 +140,31 @@ static struct ibv_wc one(struct res *r, struct ibv_send_wr *wr)
 	_exit(4);
 }
 
+#define NFAA 2000                       /* per initiator (atomics2) */
+
+static struct ibv_qp *second_qp(struct res *r)
+{
+	struct ibv_qp_init_attr qa = { .send_cq = r->cq, .recv_cq = r->cq,
+		.cap = { .max_send_wr = 16, .max_recv_wr = 16,
+			 .max_send_sge = 1, .max_recv_sge = 1 },
+		.qp_type = IBV_QPT_RC };
+	struct ibv_qp_attr a = { .qp_state = IBV_QPS_INIT, .port_num = 1,
+		.qp_access_flags = IBV_ACCESS_REMOTE_WRITE |
+			IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC };
+	struct ibv_qp *qp = ibv_create_qp(r->pd, &qa);
+
+	CHECK(qp);
+	CHECK(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX |
+			    IBV_QP_PORT | IBV_QP_ACCESS_FLAGS) == 0);
+	return qp;
+}
+
 static void role_target(const char *cs)
 {
 	struct res r;
 	char line[128];
-	unsigned iq;
+	unsigned iq, iq2 = 0;
+	struct ibv_qp *qp2 = NULL;
 	int acc = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
 		IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC;
 
@@ -153,11 +173,25 @@ static void role_target(const char *cs)
 	open_res(&r, acc);
 	*(uint64_t *)(r.buf + 128) = 40;
 	*(uint64_t *)(r.buf + 136) = 7;
-	snprintf(line, sizeof(line), "%u %llu %u\n", r.qp->qp_num,
-		 (unsigned long long)(uintptr_t)r.buf, r.mr->rkey);
+	if (!strcmp(cs, "atomics2")) {
+		qp2 = second_qp(&r);
+		*(uint64_t *)(r.buf + 128) = 0;
+	}
+	snprintf(line, sizeof(line), "%u %llu %u %u\n", r.qp->qp_num,
+		 (unsigned long long)(uintptr_t)r.buf, r.mr->rkey,
+		 qp2 ? qp2->qp_num : 0);
 	fput("target", line);
-	fget("initiator", line, sizeof(line));
+	fget("initiator0", line, sizeof(line));
 	CHECK(sscanf(line, "%u", &iq) == 1);
+	if (qp2) {
+		struct ibv_qp *q1 = r.qp;
+
+		fget("initiator1", line, sizeof(line));
+		CHECK(sscanf(line, "%u", &iq2) == 1);
+		r.qp = qp2;
+		connect_res(&r, iq2, 7);
+		r.qp = q1;
+	}
 	if (!strcmp(cs, "send")) {
 		struct ibv_sge s = { (uintptr_t)r.buf, BUF, r.mr->lkey };
 		struct ibv_recv_wr w = { .wr_id = 77, .sg_list = &s,
@@ -187,7 +221,12 @@ static void role_target(const char *cs)
 		CHECK(wc.src_qp == iq && wc.qp_num == r.qp->qp_num);
 		CHECK(!memcmp(r.buf, "hello verbs", 11));
 	}
-	fget("done", line, sizeof(line));
+	fget("done0", line, sizeof(line));
+	if (qp2) {
+		fget("done1", line, sizeof(line));
+		/* Every add of both initiators, none lost. */
+		CHECK(*(volatile uint64_t *)(r.buf + 128) == 2 * NFAA);
+	}
 	if (!strcmp(cs, "rdma")) {
 		/* What the initiator did, seen in our memory. */
 		CHECK(!memcmp(r.buf, "WWWWWWWW", 8) && r.buf[64] == 'T');
@@ -208,12 +247,18 @@ static void role_initiator(const char *cs)
 	struct ibv_sge s;
 	struct ibv_send_wr w;
 	struct ibv_wc wc;
+	unsigned tq2;
+	int idx = getenv("VT_IDX") ? atoi(getenv("VT_IDX")) : 0;
+	char name[32];
 
 	open_res(&r, IBV_ACCESS_LOCAL_WRITE);
 	fget("target", line, sizeof(line));
-	CHECK(sscanf(line, "%u %llu %u", &tq, &addr, &rkey) == 3);
+	CHECK(sscanf(line, "%u %llu %u %u", &tq, &addr, &rkey, &tq2) == 4);
+	if (idx == 1)
+		tq = tq2;
 	snprintf(line, sizeof(line), "%u\n", r.qp->qp_num);
-	fput("initiator", line);
+	snprintf(name, sizeof(name), "initiator%d", idx);
+	fput(name, line);
 	fget("ready", line, sizeof(line));
 	if (!strcmp(cs, "dead")) {
 		/* The test killed the target after "ready". */
@@ -284,6 +329,20 @@ static void role_initiator(const char *cs)
 		/* A bad rkey is a remote access error too. */
 		goto done;
 	}
+	if (!strcmp(cs, "atomics2")) {
+		s.length = 8;
+		w.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+		w.wr.atomic.remote_addr = addr + 128;
+		w.wr.atomic.rkey = rkey;
+		w.wr.atomic.compare_add = 1;
+		for (int i = 0; i < NFAA; i++) {
+			w.wr_id = (uint64_t)i;
+			wc = one(&r, &w);
+			CHECK(wc.status == IBV_WC_SUCCESS);
+			CHECK(*(uint64_t *)r.buf < 2 * NFAA);
+		}
+		goto done;
+	}
 	if (!strcmp(cs, "send") || !strcmp(cs, "rnr")) {
 		memcpy(r.buf, "hello verbs", 11);
 		s.length = 11;
@@ -299,7 +358,8 @@ static void role_initiator(const char *cs)
 			      wc.opcode == IBV_WC_SEND);
 	}
 done:
-	fput("done", "1\n");
+	snprintf(name, sizeof(name), "done%d", idx);
+	fput(name, "1\n");
 	_exit(0);
 }
 
@@ -360,18 +420,25 @@ TestSuite(verbs_ops, .init = setup, .fini = dt_teardown, .timeout = 30);
 
 static char self[256];
 
-static void start(struct vt_proc *p, const char *role, const char *cs,
-		  bool stop)
+static void start_idx(struct vt_proc *p, const char *role, const char *cs,
+		      bool stop, int idx)
 {
-	char r[64], c[64];
+	char r[64], c[64], i[16];
 	const char *argv[] = { self, NULL };
-	const char *env[] = { r, c, stop ? "VT_STOP=1" : NULL, NULL };
+	const char *env[] = { r, c, i, stop ? "VT_STOP=1" : NULL, NULL };
 
 	if (!self[0])
 		REQUIRE(readlink("/proc/self/exe", self, sizeof(self) - 1) > 0);
 	snprintf(r, sizeof(r), "VT_ROLE=%s", role);
 	snprintf(c, sizeof(c), "VT_CASE=%s", cs);
+	snprintf(i, sizeof(i), "VT_IDX=%d", idx);
 	vt_start(p, argv, env);
+}
+
+static void start(struct vt_proc *p, const char *role, const char *cs,
+		  bool stop)
+{
+	start_idx(p, role, cs, stop, 0);
 }
 
 static struct vt_proc tgt, ini;
@@ -440,4 +507,22 @@ Test(verbs_ops, illegal_transitions_einval)
 	start(&tgt, "modify", "modify", false);
 	vt_finish(&tgt, 10000);
 	cr_assert(vt_ok(&tgt), "(%d):\n%s", tgt.status, tgt.buf);
+}
+
+/* Two initiators add to one word of the target at once: the device says
+ * IBV_ATOMIC_HCA, so no add may be lost between them. */
+Test(verbs_ops, atomics_are_atomic_across_initiators)
+{
+	static struct vt_proc ini2;
+
+	start(&tgt, "target", "atomics2", false);
+	start_idx(&ini, "initiator", "atomics2", false, 0);
+	start_idx(&ini2, "initiator", "atomics2", false, 1);
+	vt_finish(&ini, 20000);
+	vt_finish(&ini2, 20000);
+	vt_finish(&tgt, 10000);
+	cr_assert(vt_ok(&ini), "initiator 0 (%d):\n%s", ini.status, ini.buf);
+	cr_assert(vt_ok(&ini2), "initiator 1 (%d):\n%s", ini2.status,
+		  ini2.buf);
+	cr_assert(vt_ok(&tgt), "target (%d):\n%s", tgt.status, tgt.buf);
 }
