@@ -142,8 +142,9 @@ UBS_EXPORT __be64 ibv_get_device_guid(struct ibv_device *dev)
 	return real ? real(dev) : 0;
 }
 
-/* Register the context's segment with ubsd; ctx_id 0 when it cannot. */
-static void ctx_register(struct vs_ctx *c)
+/* Register the context's segment with ubsd (again, after a daemon
+ * restart); ctx_id stays 0 when it cannot. */
+int vs_ctx_register(struct vs_ctx *c)
 {
 	struct ctl_verbs_open m = { .seg_size = VS_SEG_SIZE };
 	union {
@@ -154,10 +155,14 @@ static void ctx_register(struct vs_ctx *c)
 
 	if (ubs_ctl_call(CTL_REQ_VERBS_OPEN, &m, sizeof(m), &c->seg_fd, 1, &rt,
 			 &r, sizeof(r), NULL, NULL) == 0 &&
-	    rt == CTL_R_VERBS_CTX)
+	    rt == CTL_R_VERBS_CTX) {
+		/* The dead word of a previous daemon's session goes. */
+		__atomic_store_n(&c->hdr->dead, 0, __ATOMIC_RELEASE);
 		c->ctx_id = r.ok.ctx_id;
-	else
-		ubs_info("verbs: no registry (ubsd), QPs cannot connect");
+		return 0;
+	}
+	ubs_info("verbs: no registry (ubsd), QPs cannot connect");
+	return -ENOTCONN;
 }
 
 UBS_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *dev)
@@ -200,7 +205,7 @@ UBS_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *dev)
 	c->mrt = (struct vs_shm_mr *)(c->base + c->hdr->mr_off);
 	c->bump = c->hdr->mr_off + VS_MAX_MR * sizeof(struct vs_shm_mr);
 	pthread_mutex_init(&c->lock, NULL);
-	ctx_register(c);
+	vs_ctx_register(c);
 
 	ctx = &c->vctx.context;
 	ctx->device = dev;

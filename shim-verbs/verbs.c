@@ -15,6 +15,8 @@
  * context, until the QP's rnr_retry (7: for ever) or retry budget ends.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -953,6 +955,38 @@ void vs_peers_drop(struct vs_ctx *c)
 	c->peers = NULL;
 }
 
+/* Has the peer process gone?  ubsd sets the segment's dead word when the
+ * owner's session ends, which is also what a daemon restart does to a
+ * live process: only then is the pid asked (and the answer kept). */
+static bool peer_gone(struct vs_peer *p)
+{
+	char path[64], st[256];
+	const char *e;
+	ssize_t n;
+	int fd;
+
+	if (p->gone)
+		return true;
+	if (!__atomic_load_n(&((struct vs_shm_hdr *)p->base)->dead,
+			     __ATOMIC_ACQUIRE))
+		return false;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)p->pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	n = fd >= 0 ? ubs_real.read(fd, st, sizeof(st) - 1) : -1;
+	if (fd >= 0)
+		ubs_real.close(fd);
+	if (n <= 0) {
+		p->gone = true;
+		return true;
+	}
+	st[n] = '\0';
+	e = strrchr(st, ')');
+	/* A zombie has closed everything: as good as gone. */
+	if (e && (e[2] == 'Z' || e[2] == 'X'))
+		p->gone = true;
+	return p->gone;
+}
+
 /* Ask ubsd for the peer of qpn dest (the authentication point).  0 with
  * *peer and *qp_off, or -errno. */
 static int connect_peer(struct vs_qp *qp, uint32_t dest, struct vs_peer **peer,
@@ -1018,7 +1052,7 @@ static struct ibv_qp *create_qp(struct ibv_context *ctx, struct ibv_pd *pd,
 		errno = EINVAL;
 		return NULL;
 	}
-	if (!c->ctx_id) {
+	if (!c->ctx_id && vs_ctx_register(c) < 0) {
 		errno = ENODEV;         /* no registry: no peer could reach us */
 		return NULL;
 	}
@@ -1070,6 +1104,13 @@ static struct ibv_qp *create_qp(struct ibv_context *ctx, struct ibv_pd *pd,
 	m.reserved = 0;
 	e = ubs_ctl_call(CTL_REQ_VERBS_QP, &m, sizeof(m), NULL, 0, &rt, &r,
 			 sizeof(r), NULL, NULL);
+	if (!e && rt == CTL_R_ERROR && r.err.err == ENOENT &&
+	    vs_ctx_register(c) == 0) {
+		/* A new daemon: it does not know our context yet. */
+		m.ctx_id = c->ctx_id;
+		e = ubs_ctl_call(CTL_REQ_VERBS_QP, &m, sizeof(m), NULL, 0,
+				 &rt, &r, sizeof(r), NULL, NULL);
+	}
 	if (e || rt != CTL_R_VERBS_QPN) {
 		free(qp->pend);
 		free(qp);
@@ -1616,8 +1657,7 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 	if (!t)
 		return EX_NOT_READY;
 	if (__atomic_load_n(&t->live, __ATOMIC_ACQUIRE) != VS_QP_LIVE ||
-	    __atomic_load_n(&((struct vs_shm_hdr *)p->base)->dead,
-			    __ATOMIC_ACQUIRE)) {
+	    peer_gone(p)) {
 		/* No responder: as on a fabric, no ACK comes back and the
 		 * request is retried until the transport retries run out
 		 * (UD: silently dropped). */

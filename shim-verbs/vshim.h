@@ -15,6 +15,7 @@
 
 #include <infiniband/verbs.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -212,6 +213,7 @@ struct vs_peer {
 		int fd;
 	} efd[16];
 	unsigned nefd;
+	bool gone;                      /* the owner process is gone */
 };
 
 /* A UD destination resolved through ubsd. */

@@ -21,6 +21,8 @@ int ibv_query_gid_type(struct ibv_context *ctx, uint8_t port,
 		       unsigned int index, int *type);
 int ibv_read_sysfs_file(const char *dir, const char *file, char *buf,
 			size_t size);
+/* Register the context's segment with ubsd: 0 or -errno. */
+int vs_ctx_register(struct vs_ctx *c);
 /* verbs.c */
 void vs_fill_ops(struct vs_ctx *c);
 void vs_peers_drop(struct vs_ctx *c);

@@ -19,6 +19,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +52,7 @@ struct vqp {
 static struct vctx *ctxs;
 static struct vqp *qps;
 static uint64_t next_ctx_id;
-static uint32_t next_qpn = VREG_QPN_FIRST;
+static uint32_t next_qpn;               /* 0: not seeded yet */
 
 static struct vctx *ctx_find(uint64_t id)
 {
@@ -105,6 +106,17 @@ static int err_reply(struct vreg_msg **out, size_t *n, size_t *cap, int err,
 /* A free QPN, or 0 when all 2^24 are taken. */
 static uint32_t qpn_alloc(void)
 {
+	if (!next_qpn) {
+		/* A restarted daemon must not hand out the QPNs live QPs of
+		 * the previous one still carry: start somewhere else. */
+		uint32_t seed = 0;
+
+		if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) !=
+		    sizeof(seed))
+			seed = (uint32_t)getpid() * 2654435761u;
+		next_qpn = VREG_QPN_FIRST +
+			seed % (VREG_QPN_MASK + 1 - VREG_QPN_FIRST);
+	}
 	for (uint32_t i = 0; i <= VREG_QPN_MASK; i++) {
 		uint32_t q = next_qpn;
 

@@ -265,6 +265,11 @@ static void role_initiator(const char *cs)
 		fget("killed", line, sizeof(line));
 	}
 	connect_res(&r, tq, !strcmp(cs, "rnr") ? 1 : 7);
+	if (getenv("VT_RESTART")) {
+		/* The test restarts ubsd now: connected QPs need it not. */
+		fput("connected", "1\n");
+		fget("go", line, sizeof(line));
+	}
 	if (getenv("VT_STOP")) {
 		/* Wait until the target really is stopped. */
 		fget("stopped", line, sizeof(line));
@@ -420,12 +425,15 @@ TestSuite(verbs_ops, .init = setup, .fini = dt_teardown, .timeout = 30);
 
 static char self[256];
 
+static bool restart;                    /* VT_RESTART for the next start */
+
 static void start_idx(struct vt_proc *p, const char *role, const char *cs,
 		      bool stop, int idx)
 {
 	char r[64], c[64], i[16];
 	const char *argv[] = { self, NULL };
-	const char *env[] = { r, c, i, stop ? "VT_STOP=1" : NULL, NULL };
+	const char *env[] = { r, c, i, restart ? "VT_RESTART=1" : "VT_X=1",
+			      stop ? "VT_STOP=1" : NULL, NULL };
 
 	if (!self[0])
 		REQUIRE(readlink("/proc/self/exe", self, sizeof(self) - 1) > 0);
@@ -524,5 +532,35 @@ Test(verbs_ops, atomics_are_atomic_across_initiators)
 	cr_assert(vt_ok(&ini), "initiator 0 (%d):\n%s", ini.status, ini.buf);
 	cr_assert(vt_ok(&ini2), "initiator 1 (%d):\n%s", ini2.status,
 		  ini2.buf);
+	cr_assert(vt_ok(&tgt), "target (%d):\n%s", tgt.status, tgt.buf);
+}
+
+/* ubsd stops (SIGTERM, so it ends every session) and a new one starts
+ * between connect and the work: the data path needs no daemon, and the
+ * dead word the old one left on the live target is seen through. */
+Test(verbs_ops, one_sided_across_a_daemon_restart)
+{
+	char f[128], text[16];
+
+	restart = true;
+	start(&tgt, "target", "rdma", false);
+	start(&ini, "initiator", "rdma", false);
+	restart = false;
+	path_in(f, sizeof(f), "connected");
+	for (int i = 0; i < 500; i++) {
+		slurp(f, text, sizeof(text));
+		if (text[0])
+			break;
+		sleep_ms(10);
+	}
+	cr_assert(text[0], "initiator did not connect");
+	kill(daemon_pid, SIGTERM);
+	cr_assert(dt_wait_exit(daemon_pid, 5000) >= 0, "ubsd did not exit");
+	daemon_pid = -1;
+	dt_start_daemon(UBSD_PATH);
+	write_file("go", "1\n");
+	vt_finish(&ini, 10000);
+	vt_finish(&tgt, 10000);
+	cr_assert(vt_ok(&ini), "initiator (%d):\n%s", ini.status, ini.buf);
 	cr_assert(vt_ok(&tgt), "target (%d):\n%s", tgt.status, tgt.buf);
 }
