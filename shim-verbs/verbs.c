@@ -295,7 +295,9 @@ UBS_EXPORT struct ibv_comp_channel *ibv_create_comp_channel(
 		return NULL;
 	}
 	ch->ch.context = ctx;
-	ch->ch.fd = eventfd(0, EFD_CLOEXEC);
+	/* One count per event: the fd is readable exactly while an event
+	 * waits, as the kernel's completion channel is. */
+	ch->ch.fd = eventfd(0, EFD_CLOEXEC | EFD_SEMAPHORE);
 	if (ch->ch.fd < 0) {
 		free(ch);
 		return NULL;
@@ -624,6 +626,23 @@ UBS_EXPORT int ibv_get_cq_event(struct ibv_comp_channel *ch,
 		uint64_t v;
 		ssize_t r;
 
+		if (__atomic_load_n(&c->npending, __ATOMIC_RELAXED)) {
+			/* Our own sends wait for a responder: keep them
+			 * going while we wait. */
+			struct pollfd p = { .fd = ch->fd, .events = POLLIN };
+
+			progress(c);
+			if (ubs_real.poll(&p, 1, 1) <= 0)
+				continue;
+		}
+		/* Takes one event's count (blocks, or EAGAIN when the
+		 * program made the fd non-blocking). */
+		r = ubs_real.read(ch->fd, &v, sizeof(v));
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
 		pthread_mutex_lock(&c->lock);
 		for (struct vs_cq *cq = c->cqs; cq; cq = cq->next)
 			if (cq->cq.channel == ch &&
@@ -635,18 +654,6 @@ UBS_EXPORT int ibv_get_cq_event(struct ibv_comp_channel *ch,
 				return 0;
 			}
 		pthread_mutex_unlock(&c->lock);
-		if (__atomic_load_n(&c->npending, __ATOMIC_RELAXED)) {
-			/* Our own sends wait for a responder: keep them
-			 * going while we wait. */
-			struct pollfd p = { .fd = ch->fd, .events = POLLIN };
-
-			progress(c);
-			if (ubs_real.poll(&p, 1, 1) <= 0)
-				continue;
-		}
-		r = ubs_real.read(ch->fd, &v, sizeof(v));
-		if (r < 0 && errno != EINTR)
-			return -1;
 	}
 }
 

@@ -213,6 +213,8 @@ static void role_target(const char *cs)
 		CHECK(poll(&p, 1, 5000) == 1);
 		CHECK(ibv_get_cq_event(r.ch, &cq, &cctx) == 0 && cq == r.cq);
 		ibv_ack_cq_events(cq, 1);
+		/* The event is taken: the fd is quiet again. */
+		CHECK(poll(&p, 1, 0) == 0);
 		CHECK(ibv_poll_cq(r.cq, 1, &wc) == 1);
 		CHECK(wc.status == IBV_WC_SUCCESS && wc.wr_id == 77);
 		CHECK(wc.opcode == IBV_WC_RECV && wc.byte_len == 11);
