@@ -210,7 +210,8 @@ UBS_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *dev)
 	ctx = &c->vctx.context;
 	ctx->device = dev;
 	ctx->cmd_fd = -1;
-	ctx->async_fd = eventfd(0, EFD_CLOEXEC);
+	ctx->async_fd = eventfd(0, EFD_CLOEXEC | EFD_SEMAPHORE);
+	c->hdr->async_fd = ctx->async_fd;
 	ctx->num_comp_vectors = 1;
 	pthread_mutex_init(&ctx->mutex, NULL);
 	ctx->abi_compat = __VERBS_ABI_IS_EXTENDED;
@@ -500,7 +501,9 @@ UBS_EXPORT int ibv_read_sysfs_file(const char *dir, const char *file,
 	}
 }
 
-/* Async events: none are generated yet; the fd blocks as on hardware. */
+/* Async events (SRQ limit, last WQE of an SRQ's QP): one count of the
+ * semaphore eventfd each, the event itself in the segment's ring.  The
+ * fd blocks, or gives EAGAIN when the program made it non-blocking. */
 UBS_EXPORT int ibv_get_async_event(struct ibv_context *ctx,
 				   struct ibv_async_event *ev)
 {
@@ -511,20 +514,48 @@ UBS_EXPORT int ibv_get_async_event(struct ibv_context *ctx,
 			vs_real("ibv_get_async_event", "IBVERBS_1.1");
 		return real ? real(ctx, ev) : -1;
 	}
-	if (ubs_real.read(ctx->async_fd, &v, sizeof(v)) != sizeof(v))
-		return -1;
-	memset(ev, 0, sizeof(*ev));
-	ev->element.port_num = 1;
-	ev->event_type = IBV_EVENT_PORT_ACTIVE;
-	return 0;
+	for (;;) {
+		ssize_t r = ubs_real.read(ctx->async_fd, &v, sizeof(v));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r != sizeof(v))
+			return -1;
+		if (vs_async_pop(vs_ctx_of(ctx), ev) == 0)
+			return 0;
+	}
+}
+
+/* Is ev about an object of the virtual device? */
+static bool ev_ours(const struct ibv_async_event *ev)
+{
+	switch (ev->event_type) {
+	case IBV_EVENT_CQ_ERR:
+		return vs_is_ours(ev->element.cq->context);
+	case IBV_EVENT_SRQ_ERR:
+	case IBV_EVENT_SRQ_LIMIT_REACHED:
+		return vs_is_ours(ev->element.srq->context);
+	case IBV_EVENT_QP_FATAL:
+	case IBV_EVENT_QP_REQ_ERR:
+	case IBV_EVENT_QP_ACCESS_ERR:
+	case IBV_EVENT_COMM_EST:
+	case IBV_EVENT_SQ_DRAINED:
+	case IBV_EVENT_PATH_MIG:
+	case IBV_EVENT_PATH_MIG_ERR:
+	case IBV_EVENT_QP_LAST_WQE_REACHED:
+		return vs_is_ours(ev->element.qp->context);
+	default:
+		return false;   /* port and device events: never ours */
+	}
 }
 
 UBS_EXPORT void ibv_ack_async_event(struct ibv_async_event *ev)
 {
-	void (*real)(struct ibv_async_event *) =
-		vs_real("ibv_ack_async_event", "IBVERBS_1.1");
+	void (*real)(struct ibv_async_event *);
 
-	/* The device makes no events of its own yet. */
+	if (ev_ours(ev))
+		return;         /* nothing waits on our acks */
+	real = vs_real("ibv_ack_async_event", "IBVERBS_1.1");
 	if (real)
 		real(ev);
 }

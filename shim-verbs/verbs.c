@@ -430,8 +430,27 @@ static void notify_local(struct vs_shm_cq *cq)
 		ubs_dbg("verbs: channel write: %s", strerror(errno));
 }
 
+/* A copy of the peer's fd number rfd (pidfd_getfd: the same permission
+ * as process_vm_writev), placed high; -1 when it cannot be had. */
+static int peer_fd(struct vs_peer *p, int32_t rfd)
+{
+	int fd = -1;
+
+	if (rfd < 0)
+		return -1;
+	if (p->pidfd < 0)
+		p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
+	if (p->pidfd >= 0)
+		fd = (int)syscall(SYS_pidfd_getfd, p->pidfd, rfd, 0);
+	if (fd < 0) {
+		ubs_dbg("verbs: peer fd: %s", strerror(errno));
+		return -1;
+	}
+	return ubs_fd_high(fd);
+}
+
 /* Wake the channel of a peer's CQ: its eventfd, fetched once from the
- * peer with pidfd_getfd (the same permission as process_vm_writev). */
+ * peer. */
 static void notify_peer(struct vs_peer *p, uint64_t cq_off,
 			struct vs_shm_cq *cq)
 {
@@ -449,15 +468,9 @@ static void notify_peer(struct vs_peer *p, uint64_t cq_off,
 			break;
 		}
 	if (fd < 0) {
-		if (p->pidfd < 0)
-			p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
-		if (p->pidfd >= 0)
-			fd = (int)syscall(SYS_pidfd_getfd, p->pidfd, rfd, 0);
-		if (fd < 0) {
-			ubs_dbg("verbs: peer channel fd: %s", strerror(errno));
+		fd = peer_fd(p, rfd);
+		if (fd < 0)
 			return;
-		}
-		fd = ubs_fd_high(fd);
 		if (p->nefd == sizeof(p->efd) / sizeof(p->efd[0])) {
 			ubs_fd_release(p->efd[0].fd);
 			memmove(&p->efd[0], &p->efd[1],
@@ -723,7 +736,8 @@ static int rq_post(struct vs_ctx *c, struct vs_shm_rq *rq, uint32_t size,
 
 /* Take the oldest posted receive of a (maybe peer's) queue into *out.
  * Returns false when there is none. */
-static bool rq_take(struct vs_shm_rq *rq, uint32_t size, struct vs_rwqe *out)
+static bool rq_take_left(struct vs_shm_rq *rq, uint32_t size,
+			 struct vs_rwqe *out, uint64_t *left)
 {
 	bool ok = false;
 
@@ -733,10 +747,104 @@ static bool rq_take(struct vs_shm_rq *rq, uint32_t size, struct vs_rwqe *out)
 		if (out->num_sge > VS_MAX_SGE)
 			out->num_sge = VS_MAX_SGE;
 		__atomic_store_n(&rq->tail, rq->tail + 1, __ATOMIC_RELEASE);
+		*left = rq->head - rq->tail;
 		ok = true;
 	}
 	shm_unlock(&rq->lock);
 	return ok;
+}
+
+static bool rq_take(struct vs_shm_rq *rq, uint32_t size, struct vs_rwqe *out)
+{
+	uint64_t left;
+
+	return rq_take_left(rq, size, out, &left);
+}
+
+/* ------------------------------------------------------- async events */
+
+/* Queue an async event in a context segment's ring (ours or a peer's).
+ * Returns true when the owner's async fd must be woken. */
+static bool async_push(struct vs_shm_hdr *h, uint32_t type, uint64_t obj_off)
+{
+	bool ok = false;
+
+	shm_lock(&h->async_lock);
+	if (h->async_head - h->async_tail < VS_ASYNC_RING) {
+		struct vs_async_ev *e = &h->async[h->async_head %
+						  VS_ASYNC_RING];
+
+		e->type = type;
+		e->obj_off = obj_off;
+		h->async_head++;
+		ok = true;
+	}
+	shm_unlock(&h->async_lock);
+	return ok;
+}
+
+static void async_local(struct vs_ctx *c, uint32_t type, uint64_t obj_off)
+{
+	uint64_t one = 1;
+
+	if (async_push(c->hdr, type, obj_off) &&
+	    ubs_real.write(c->vctx.context.async_fd, &one, sizeof(one)) < 0)
+		ubs_dbg("verbs: async fd: %s", strerror(errno));
+}
+
+static int peer_fd(struct vs_peer *p, int32_t rfd);
+
+static void async_peer(struct vs_peer *p, uint32_t type, uint64_t obj_off)
+{
+	struct vs_shm_hdr *h = (struct vs_shm_hdr *)p->base;
+	uint64_t one = 1;
+
+	if (!async_push(h, type, obj_off))
+		return;
+	if (p->async_fd < 0)
+		p->async_fd = peer_fd(p, h->async_fd);
+	if (p->async_fd >= 0 &&
+	    ubs_real.write(p->async_fd, &one, sizeof(one)) < 0)
+		ubs_dbg("verbs: peer async fd: %s", strerror(errno));
+}
+
+int vs_async_pop(struct vs_ctx *c, struct ibv_async_event *ev)
+{
+	struct vs_shm_hdr *h = c->hdr;
+	struct vs_async_ev e;
+	int r = -EAGAIN;
+
+	shm_lock(&h->async_lock);
+	if (h->async_tail < h->async_head &&
+	    h->async_head - h->async_tail <= VS_ASYNC_RING) {
+		e = h->async[h->async_tail % VS_ASYNC_RING];
+		h->async_tail++;
+		r = 0;
+	} else {
+		h->async_tail = h->async_head;
+	}
+	shm_unlock(&h->async_lock);
+	if (r)
+		return r;
+	memset(ev, 0, sizeof(*ev));
+	ev->event_type = (enum ibv_event_type)e.type;
+	pthread_mutex_lock(&c->lock);
+	r = -EAGAIN;
+	if (e.type == IBV_EVENT_SRQ_LIMIT_REACHED) {
+		for (struct vs_srq *s = c->srqs; s; s = s->next)
+			if (s->off == e.obj_off) {
+				ev->element.srq = &s->srq;
+				r = 0;
+			}
+	} else {
+		for (struct vs_qp *q = c->qps; q; q = q->next)
+			if (q->shm_off == e.obj_off) {
+				ev->element.qp = &q->qpx.qp_base;
+				r = 0;
+			}
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r;               /* an object destroyed since: skipped */
 }
 
 /* ---------------------------------------------------------------- SRQ */
@@ -779,6 +887,10 @@ UBS_EXPORT struct ibv_srq *ibv_create_srq(struct ibv_pd *pd,
 	s->srq.pd = pd;
 	pthread_mutex_init(&s->srq.mutex, NULL);
 	pthread_cond_init(&s->srq.cond, NULL);
+	pthread_mutex_lock(&c->lock);
+	s->next = c->srqs;
+	c->srqs = s;
+	pthread_mutex_unlock(&c->lock);
 	return &s->srq;
 }
 
@@ -794,8 +906,13 @@ UBS_EXPORT int ibv_modify_srq(struct ibv_srq *srq, struct ibv_srq_attr *attr,
 	}
 	if (mask & IBV_SRQ_MAX_WR)
 		return EINVAL;          /* no resize */
-	if (mask & IBV_SRQ_LIMIT)
-		s->rq->limit = attr->srq_limit;
+	if (mask & IBV_SRQ_LIMIT) {
+		if (attr->srq_limit > s->size)
+			return EINVAL;
+		/* Armed: the event comes once the queue drops below. */
+		__atomic_store_n(&s->rq->limit, attr->srq_limit,
+				 __ATOMIC_RELEASE);
+	}
 	return 0;
 }
 
@@ -820,6 +937,17 @@ UBS_EXPORT int ibv_destroy_srq(struct ibv_srq *srq)
 		int (*real)(struct ibv_srq *) =
 			vs_real("ibv_destroy_srq", "IBVERBS_1.1");
 		return real ? real(srq) : EINVAL;
+	}
+	{
+		struct vs_ctx *c = vs_ctx_of(srq->context);
+
+		pthread_mutex_lock(&c->lock);
+		for (struct vs_srq **pp = &c->srqs; *pp; pp = &(*pp)->next)
+			if (*pp == (struct vs_srq *)srq) {
+				*pp = (*pp)->next;
+				break;
+			}
+		pthread_mutex_unlock(&c->lock);
 	}
 	free(srq);
 	return 0;
@@ -937,6 +1065,7 @@ static struct vs_peer *peer_get(struct vs_ctx *c, const struct ctl_verbs_peer *r
 	p->ctx_id = r->ctx_id;
 	p->pid = (pid_t)r->pid;
 	p->pidfd = -1;
+	p->async_fd = -1;
 	p->base = base;
 	p->size = r->seg_size;
 	pthread_mutex_lock(&c->lock);
@@ -956,6 +1085,8 @@ void vs_peers_drop(struct vs_ctx *c)
 			ubs_fd_release(p->efd[i].fd);
 		if (p->pidfd >= 0)
 			ubs_real.close(p->pidfd);
+		if (p->async_fd >= 0)
+			ubs_fd_release(p->async_fd);
 		munmap(p->base, p->size);
 		free(p);
 	}
@@ -1718,8 +1849,20 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 		rq = target_rq(p, t, &rqs);
 		if (!rq)
 			return EX_NOT_READY;
-		if (!rq_take(rq, rqs, &rw))
-			return ud || uc ? EX_DONE : EX_RNR;
+		{
+			uint64_t left;
+			uint32_t lim;
+
+			if (!rq_take_left(rq, rqs, &rw, &left))
+				return ud || uc ? EX_DONE : EX_RNR;
+			lim = __atomic_load_n(&rq->limit, __ATOMIC_ACQUIRE);
+			if (t->srq_off && lim && left < lim &&
+			    __atomic_compare_exchange_n(&rq->limit, &lim, 0,
+							false, __ATOMIC_ACQ_REL,
+							__ATOMIC_RELAXED))
+				async_peer(p, IBV_EVENT_SRQ_LIMIT_REACHED,
+					   t->srq_off);
+		}
 		c.wr_id = rw.wr_id;
 		if (wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) {
 			r[0].iov_base = (void *)(uintptr_t)
@@ -1924,6 +2067,8 @@ static void qp_error(struct vs_qp *qp)
 	}
 	pthread_mutex_unlock(&qp->lock);
 	flush_recvs(qp);
+	if (qp->srq)
+		async_local(c, IBV_EVENT_QP_LAST_WQE_REACHED, qp->shm_off);
 }
 
 /* How long a send may wait for a responder that is not ready: the QP's

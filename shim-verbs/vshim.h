@@ -32,6 +32,7 @@
 #define VS_LID         1u
 #define VS_MTU_BYTES   4096u
 #define VS_GRH_BYTES   40u
+#define VS_ASYNC_RING  64u
 
 /* A lock word in shared memory: 0 free, else the holder's pid. */
 typedef int32_t vs_lock_t;
@@ -53,6 +54,16 @@ struct vs_shm_hdr {
 	vs_lock_t atomic_lock;          /* serialises remote atomics */
 	uint32_t dead;                  /* set by ubsd when the owner's
 					 * session ends (CTL_VERBS_SEG_DEAD_OFF) */
+	/* Async events for the owner (ibv_get_async_event), raised by it
+	 * or by an initiator, which wakes the owner's async_fd. */
+	int32_t async_fd;
+	vs_lock_t async_lock;
+	uint64_t async_head, async_tail;
+	struct vs_async_ev {
+		uint32_t type;          /* enum ibv_event_type */
+		uint32_t reserved;
+		uint64_t obj_off;       /* the QP's or SRQ's record */
+	} async[VS_ASYNC_RING];
 };
 
 _Static_assert(offsetof(struct vs_shm_hdr, dead) == CTL_VERBS_SEG_DEAD_OFF,
@@ -154,6 +165,7 @@ struct vs_ctx {
 	struct vs_mr *mrs[VS_MAX_MR];
 	struct vs_qp *qps;              /* all QPs, for progress */
 	struct vs_cq *cqs;
+	struct vs_srq *srqs;
 	struct vs_peer *peers;
 	int npending;                   /* QPs with pending sends */
 	uint32_t mr_gen;
@@ -180,6 +192,7 @@ struct vs_cq {
 
 struct vs_srq {
 	struct ibv_srq srq;
+	struct vs_srq *next;
 	struct vs_shm_rq *rq;
 	uint64_t off;
 	uint32_t size, max_sge;
@@ -214,6 +227,7 @@ struct vs_peer {
 	} efd[16];
 	unsigned nefd;
 	bool gone;                      /* the owner process is gone */
+	int async_fd;                   /* its async eventfd, -1 */
 };
 
 /* A UD destination resolved through ubsd. */

@@ -24,6 +24,8 @@ int ibv_read_sysfs_file(const char *dir, const char *file, char *buf,
 /* Register the context's segment with ubsd: 0 or -errno. */
 int vs_ctx_register(struct vs_ctx *c);
 /* verbs.c */
+/* Take the oldest async event of the context into ev: 0, or -EAGAIN. */
+int vs_async_pop(struct vs_ctx *c, struct ibv_async_event *ev);
 void vs_fill_ops(struct vs_ctx *c);
 void vs_peers_drop(struct vs_ctx *c);
 

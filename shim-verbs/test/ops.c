@@ -165,6 +165,7 @@ static void role_target(const char *cs)
 	char line[128];
 	unsigned iq, iq2 = 0;
 	struct ibv_qp *qp2 = NULL;
+	struct ibv_srq *srq = NULL;
 	int acc = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
 		IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC;
 
@@ -176,6 +177,36 @@ static void role_target(const char *cs)
 	if (!strcmp(cs, "atomics2")) {
 		qp2 = second_qp(&r);
 		*(uint64_t *)(r.buf + 128) = 0;
+	}
+	if (!strcmp(cs, "srqlimit")) {
+		/* The initiator's QP meets one fed by an SRQ of 4 receives,
+		 * armed at 2: its third SEND raises SRQ_LIMIT_REACHED. */
+		struct ibv_srq_init_attr sa = { .attr = { .max_wr = 8,
+							  .max_sge = 1 } };
+		struct ibv_qp_init_attr qa = { .send_cq = r.cq,
+			.recv_cq = r.cq, .cap = { .max_send_wr = 4,
+						  .max_send_sge = 1 },
+			.qp_type = IBV_QPT_RC };
+		struct ibv_qp_attr a = { .qp_state = IBV_QPS_INIT,
+					 .port_num = 1 };
+		struct ibv_srq_attr lim = { .srq_limit = 2 };
+
+		CHECK((srq = ibv_create_srq(r.pd, &sa)));
+		qa.srq = srq;
+		CHECK((r.qp = ibv_create_qp(r.pd, &qa)));
+		CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE |
+				    IBV_QP_PKEY_INDEX | IBV_QP_PORT |
+				    IBV_QP_ACCESS_FLAGS) == 0);
+		for (int i = 0; i < 4; i++) {
+			struct ibv_sge s = { (uintptr_t)r.buf + 64 * i, 64,
+					     r.mr->lkey };
+			struct ibv_recv_wr w = { .wr_id = 100 + i,
+						 .sg_list = &s,
+						 .num_sge = 1 }, *bad;
+
+			CHECK(ibv_post_srq_recv(srq, &w, &bad) == 0);
+		}
+		CHECK(ibv_modify_srq(srq, &lim, IBV_SRQ_LIMIT) == 0);
 	}
 	snprintf(line, sizeof(line), "%u %llu %u %u\n", r.qp->qp_num,
 		 (unsigned long long)(uintptr_t)r.buf, r.mr->rkey,
@@ -222,6 +253,19 @@ static void role_target(const char *cs)
 		      ntohl(wc.imm_data) == 0xabcd);
 		CHECK(wc.src_qp == iq && wc.qp_num == r.qp->qp_num);
 		CHECK(!memcmp(r.buf, "hello verbs", 11));
+	}
+	if (srq) {
+		struct ibv_async_event ev;
+		struct ibv_srq_attr q;
+		struct pollfd p = { .fd = r.ctx->async_fd, .events = POLLIN };
+
+		CHECK(poll(&p, 1, 5000) == 1);
+		CHECK(ibv_get_async_event(r.ctx, &ev) == 0);
+		CHECK(ev.event_type == IBV_EVENT_SRQ_LIMIT_REACHED &&
+		      ev.element.srq == srq);
+		ibv_ack_async_event(&ev);
+		CHECK(ibv_query_srq(srq, &q) == 0 && q.srq_limit == 0);
+		CHECK(poll(&p, 1, 0) == 0);     /* once only */
 	}
 	fget("done0", line, sizeof(line));
 	if (qp2) {
@@ -347,6 +391,16 @@ static void role_initiator(const char *cs)
 			wc = one(&r, &w);
 			CHECK(wc.status == IBV_WC_SUCCESS);
 			CHECK(*(uint64_t *)r.buf < 2 * NFAA);
+		}
+		goto done;
+	}
+	if (!strcmp(cs, "srqlimit")) {
+		s.length = 8;
+		w.opcode = IBV_WR_SEND;
+		for (int i = 0; i < 3; i++) {
+			w.wr_id = (uint64_t)i;
+			wc = one(&r, &w);
+			CHECK(wc.status == IBV_WC_SUCCESS);
 		}
 		goto done;
 	}
@@ -566,3 +620,7 @@ Test(verbs_ops, one_sided_across_a_daemon_restart)
 	cr_assert(vt_ok(&ini), "initiator (%d):\n%s", ini.status, ini.buf);
 	cr_assert(vt_ok(&tgt), "target (%d):\n%s", tgt.status, tgt.buf);
 }
+
+/* An SRQ armed with a limit raises SRQ_LIMIT_REACHED on the owner's async
+ * fd when the initiator's SENDs take it below, once. */
+Test(verbs_ops, srq_limit_async_event) { two("srqlimit", false); }
