@@ -205,6 +205,7 @@ UBS_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *dev)
 	c->mrt = (struct vs_shm_mr *)(c->base + c->hdr->mr_off);
 	c->bump = c->hdr->mr_off + VS_MAX_MR * sizeof(struct vs_shm_mr);
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_rwlock_init(&c->qps_rw, NULL);
 	vs_ctx_register(c);
 
 	ctx = &c->vctx.context;

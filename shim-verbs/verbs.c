@@ -53,7 +53,8 @@ static uint64_t now_ns(void)
 /* ------------------------------------------------------- shared locks */
 
 /* Take a lock word in shared memory.  A holder that died (its pid is
- * gone) loses it. */
+ * gone), or a word that names no process at all (a peer scribbled on
+ * it), loses it. */
 static void shm_lock(vs_lock_t *l)
 {
 	int32_t me = (int32_t)getpid();
@@ -67,7 +68,8 @@ static void shm_lock(vs_lock_t *l)
 						__ATOMIC_RELAXED))
 			return;
 		if (++spins % 1024 == 0) {
-			if (cur > 0 && kill(cur, 0) < 0 && errno == ESRCH)
+			if (cur <= 0 ||
+			    (kill(cur, 0) < 0 && errno == ESRCH))
 				__atomic_compare_exchange_n(l, &cur, 0, false,
 							    __ATOMIC_RELAXED,
 							    __ATOMIC_RELAXED);
@@ -419,13 +421,14 @@ UBS_EXPORT int ibv_resize_cq(struct ibv_cq *cq, int cqe)
 	return cqe >= 1 && cqe <= cq->cqe ? 0 : EOPNOTSUPP;
 }
 
-/* Wake the channel of a CQ in our own process. */
-static void notify_local(struct vs_shm_cq *cq)
+/* Wake the channel of a CQ in our own process (its fd from our own
+ * memory: the shared copy is for peers, who could rewrite it). */
+static void notify_local(struct vs_cq *c)
 {
 	uint64_t one = 1;
-	int fd = cq->chan_fd;
+	int fd = c->cq.channel ? c->cq.channel->fd : -1;
 
-	__atomic_store_n(&cq->fired, 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&c->shm->fired, 1, __ATOMIC_RELEASE);
 	if (fd >= 0 && ubs_real.write(fd, &one, sizeof(one)) < 0)
 		ubs_dbg("verbs: channel write: %s", strerror(errno));
 }
@@ -537,7 +540,7 @@ static int cq_push(struct vs_shm_cq *cq, uint32_t size, const struct vs_cqe *e,
 static void local_complete(struct vs_cq *cq, const struct vs_cqe *e)
 {
 	if (cq_push(cq->shm, cq->size, e, NULL, false) == 1)
-		notify_local(cq->shm);
+		notify_local(cq);
 }
 
 static void progress(struct vs_ctx *c);
@@ -594,7 +597,9 @@ static int vs_poll_cq(struct ibv_cq *ibcq, int n, struct ibv_wc *wc)
 
 		memset(w, 0, sizeof(*w));
 		w->wr_id = e->wr_id;
-		w->status = (enum ibv_wc_status)e->status;
+		/* Peers write these: no status the program cannot know. */
+		w->status = e->status <= IBV_WC_GENERAL_ERR ?
+			(enum ibv_wc_status)e->status : IBV_WC_GENERAL_ERR;
 		w->opcode = (enum ibv_wc_opcode)e->opcode;
 		w->vendor_err = e->vendor_err;
 		w->byte_len = e->byte_len;
@@ -1273,7 +1278,7 @@ static struct ibv_qp *create_qp(struct ibv_context *ctx, struct ibv_pd *pd,
 		qpx_init(qp);
 	pthread_mutex_lock(&c->lock);
 	qp->next = c->qps;
-	c->qps = qp;
+	__atomic_store_n(&c->qps, qp, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&c->lock);
 	return &qp->qpx.qp_base;
 nomem:
@@ -1551,6 +1556,7 @@ UBS_EXPORT int ibv_destroy_qp(struct ibv_qp *ibqp)
 	__atomic_store_n(&qp->shm->state, IBV_QPS_ERR, __ATOMIC_RELEASE);
 	ubs_ctl_call(CTL_REQ_VERBS_QP_DROP, &m, sizeof(m), NULL, 0, &rt, &e,
 		     sizeof(e), NULL, NULL);
+	pthread_rwlock_wrlock(&c->qps_rw);
 	pthread_mutex_lock(&c->lock);
 	for (struct vs_qp **pp = &c->qps; *pp; pp = &(*pp)->next)
 		if (*pp == qp) {
@@ -1558,8 +1564,9 @@ UBS_EXPORT int ibv_destroy_qp(struct ibv_qp *ibqp)
 			break;
 		}
 	if (qp->pend_head != qp->pend_tail)
-		c->npending--;
+		__atomic_sub_fetch(&c->npending, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&c->lock);
+	pthread_rwlock_unlock(&c->qps_rw);
 	free(qp->pend);
 	free(qp->build);
 	free(qp->udest);
@@ -2167,19 +2174,17 @@ static void progress_qp(struct vs_qp *qp)
 		qp_error(qp);
 }
 
+/* Run the waiting sends of every QP of the context.  qps_rw (read) keeps
+ * the QPs from being freed meanwhile; lock order: qps_rw, qp->lock,
+ * c->lock. */
 static void progress(struct vs_ctx *c)
 {
-	pthread_mutex_lock(&c->lock);
-	for (struct vs_qp *q = c->qps; q; q = q->next) {
-		if (q->pend_head == q->pend_tail)
-			continue;
-		pthread_mutex_unlock(&c->lock);
-		progress_qp(q);
-		pthread_mutex_lock(&c->lock);
-		/* The list may have changed: start again from the head
-		 * only if needed (cheap: few QPs wait). */
-	}
-	pthread_mutex_unlock(&c->lock);
+	pthread_rwlock_rdlock(&c->qps_rw);
+	for (struct vs_qp *q = __atomic_load_n(&c->qps, __ATOMIC_ACQUIRE); q;
+	     q = q->next)
+		if (q->pend_head != q->pend_tail)
+			progress_qp(q);
+	pthread_rwlock_unlock(&c->qps_rw);
 }
 
 /* Copy a program's WR into a queue entry (the inline data too). */

@@ -164,6 +164,7 @@ struct vs_ctx {
 	pthread_mutex_t lock;
 	struct vs_mr *mrs[VS_MAX_MR];
 	struct vs_qp *qps;              /* all QPs, for progress */
+	pthread_rwlock_t qps_rw;        /* held to walk qps unlocked */
 	struct vs_cq *cqs;
 	struct vs_srq *srqs;
 	struct vs_peer *peers;

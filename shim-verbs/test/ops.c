@@ -235,6 +235,33 @@ static void role_target(const char *cs)
 	fput("ready", "1\n");
 	if (getenv("VT_STOP"))
 		raise(SIGSTOP);
+	if (!strcmp(cs, "hostile")) {
+		/* Scribble over every verbs segment we have mapped, ours
+		 * and the initiator's, past their first 64 bytes: QP
+		 * records, queues, CQ rings, MR tables, lock words. */
+		FILE *m = fopen("/proc/self/maps", "r");
+		unsigned long lo, hi;
+		char l[512];
+		int n = 0;
+
+		CHECK(m);
+		fget("connected", line, sizeof(line));
+		while (fgets(l, sizeof(l), m))
+			if (strstr(l, "memfd:ubs-verbs") &&
+			    sscanf(l, "%lx-%lx", &lo, &hi) == 2) {
+				memset((char *)lo + 64, 0xff, (4u << 20) - 64);
+				n++;
+			}
+		fclose(m);
+		CHECK(n == 2);
+		fput("scribbled", "1\n");
+		/* Our own polls survive it too. */
+		for (int i = 0; i < 1000; i++) {
+			struct ibv_wc wc[4];
+
+			CHECK(ibv_poll_cq(r.cq, 4, wc) >= 0);
+		}
+	}
 	if (!strcmp(cs, "send")) {
 		struct pollfd p = { .fd = r.ch->fd, .events = POLLIN };
 		struct ibv_cq *cq;
@@ -310,11 +337,36 @@ static void role_initiator(const char *cs)
 		/* The test killed the target after "ready". */
 		fget("killed", line, sizeof(line));
 	}
-	connect_res(&r, tq, !strcmp(cs, "rnr") ? 1 : 7);
+	connect_res(&r, tq, !strcmp(cs, "rnr") || !strcmp(cs, "hostile") ?
+		    1 : 7);
 	if (getenv("VT_RESTART")) {
 		/* The test restarts ubsd now: connected QPs need it not. */
 		fput("connected", "1\n");
 		fget("go", line, sizeof(line));
+	}
+	if (!strcmp(cs, "hostile")) {
+		fput("connected", "1\n");
+		fget("scribbled", line, sizeof(line));
+		memset(&w, 0, sizeof(w));
+		w.sg_list = &s;
+		w.num_sge = 1;
+		s.lkey = r.mr->lkey;
+		s.addr = (uintptr_t)r.buf;
+		s.length = 8;
+		/* Each completes, with an error or not, and nothing more. */
+		w.opcode = IBV_WR_SEND;
+		wc = one(&r, &w);
+		w.opcode = IBV_WR_RDMA_WRITE;
+		w.wr.rdma.remote_addr = addr;
+		w.wr.rdma.rkey = rkey;
+		wc = one(&r, &w);
+		w.opcode = IBV_WR_RDMA_READ;
+		wc = one(&r, &w);
+		w.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+		w.wr.atomic.remote_addr = addr + 128;
+		w.wr.atomic.rkey = rkey;
+		wc = one(&r, &w);
+		goto done;
 	}
 	if (getenv("VT_STOP")) {
 		/* Wait until the target really is stopped. */
@@ -624,3 +676,8 @@ Test(verbs_ops, one_sided_across_a_daemon_restart)
 /* An SRQ armed with a limit raises SRQ_LIMIT_REACHED on the owner's async
  * fd when the initiator's SENDs take it below, once. */
 Test(verbs_ops, srq_limit_async_event) { two("srqlimit", false); }
+
+/* Invariant 8: a peer that scribbles over its own shared segment (queue
+ * indices, sizes, lock words, CQ ring, MR table) cannot crash or hang an
+ * initiator, nor itself. */
+Test(verbs_ops, hostile_segment_costs_errors_only) { two("hostile", false); }
