@@ -52,12 +52,39 @@ static uint64_t now_ns(void)
 
 /* ------------------------------------------------------- shared locks */
 
+/* Our pid without a system call per lock (glibc does not cache it);
+ * a forked child learns its own. */
+static int32_t self_pid;
+
+static void self_pid_reset(void)
+{
+	__atomic_store_n(&self_pid, (int32_t)getpid(), __ATOMIC_RELAXED);
+}
+
+static void self_pid_atfork(void)
+{
+	pthread_atfork(NULL, NULL, self_pid_reset);
+}
+
+static int32_t my_pid(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	int32_t p = __atomic_load_n(&self_pid, __ATOMIC_RELAXED);
+
+	if (__builtin_expect(p == 0, 0)) {
+		pthread_once(&once, self_pid_atfork);
+		self_pid_reset();
+		p = __atomic_load_n(&self_pid, __ATOMIC_RELAXED);
+	}
+	return p;
+}
+
 /* Take a lock word in shared memory.  A holder that died (its pid is
  * gone), or a word that names no process at all (a peer scribbled on
  * it), loses it. */
 static void shm_lock(vs_lock_t *l)
 {
-	int32_t me = (int32_t)getpid();
+	int32_t me = my_pid();
 	unsigned spins = 0;
 
 	for (;;) {
