@@ -206,6 +206,8 @@ UBS_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *dev)
 	c->bump = c->hdr->mr_off + VS_MAX_MR * sizeof(struct vs_shm_mr);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_rwlock_init(&c->qps_rw, NULL);
+	pthread_mutex_init(&c->pt_lock, NULL);
+	pthread_cond_init(&c->pt_cv, NULL);
 	vs_ctx_register(c);
 
 	ctx = &c->vctx.context;
@@ -237,6 +239,7 @@ UBS_EXPORT int ibv_close_device(struct ibv_context *ctx)
 		return real ? real(ctx) : EINVAL;
 	}
 	c = vs_ctx_of(ctx);
+	vs_progress_stop(c);
 	vs_peers_drop(c);
 	if (ctx->async_fd >= 0)
 		ubs_real.close(ctx->async_fd);

@@ -2214,6 +2214,68 @@ static void progress(struct vs_ctx *c)
 	pthread_rwlock_unlock(&c->qps_rw);
 }
 
+/*
+ * The context's progress thread, the part of an HCA that retries on its
+ * own: started with the first send that has to wait, it runs the waiting
+ * sends every VS_PROGRESS_US while there are any, so that a program
+ * asleep in poll()/epoll on its channel fd still sees them complete.  It
+ * sleeps on pt_cv when nothing waits and never runs program code.
+ */
+#define VS_PROGRESS_US 50
+
+static void *progress_main(void *arg)
+{
+	struct vs_ctx *c = arg;
+	struct timespec ts = { 0, VS_PROGRESS_US * 1000 };
+
+	pthread_mutex_lock(&c->pt_lock);
+	while (!c->pt_stop) {
+		if (!__atomic_load_n(&c->npending, __ATOMIC_ACQUIRE)) {
+			pthread_cond_wait(&c->pt_cv, &c->pt_lock);
+			continue;
+		}
+		pthread_mutex_unlock(&c->pt_lock);
+		progress(c);
+		nanosleep(&ts, NULL);
+		pthread_mutex_lock(&c->pt_lock);
+	}
+	pthread_mutex_unlock(&c->pt_lock);
+	return NULL;
+}
+
+void vs_progress_kick(struct vs_ctx *c)
+{
+	pthread_mutex_lock(&c->pt_lock);
+	if (c->pt_started && c->pt_pid != my_pid())
+		c->pt_started = false;  /* a forked child: not its thread */
+	if (!c->pt_started && !c->pt_stop) {
+		sigset_t all, old;
+
+		/* No signal of the program's lands on our thread. */
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		c->pt_started = pthread_create(&c->pt, NULL, progress_main,
+					       c) == 0;
+		c->pt_pid = my_pid();
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	pthread_cond_signal(&c->pt_cv);
+	pthread_mutex_unlock(&c->pt_lock);
+}
+
+void vs_progress_stop(struct vs_ctx *c)
+{
+	bool started;
+
+	pthread_mutex_lock(&c->pt_lock);
+	c->pt_stop = true;
+	started = c->pt_started && c->pt_pid == my_pid();
+	pthread_cond_signal(&c->pt_cv);
+	pthread_mutex_unlock(&c->pt_lock);
+	if (started)
+		pthread_join(c->pt, NULL);
+}
+
 /* Copy a program's WR into a queue entry (the inline data too). */
 static int swqe_fill(struct vs_qp *qp, struct vs_swqe *w,
 		     const struct ibv_send_wr *wr)
@@ -2305,9 +2367,10 @@ static int post_send_locked(struct vs_qp *qp, struct ibv_send_wr *wr,
 
 			if (failed)
 				break;
-			if (!empty)
-				__atomic_add_fetch(&qp->ctx->npending, 1,
-						   __ATOMIC_RELAXED);
+			if (!empty &&
+			    __atomic_add_fetch(&qp->ctx->npending, 1,
+					       __ATOMIC_RELAXED) == 1)
+				vs_progress_kick(qp->ctx);
 		}
 	}
 	if (failed) {

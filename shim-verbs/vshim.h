@@ -169,6 +169,11 @@ struct vs_ctx {
 	struct vs_srq *srqs;
 	struct vs_peer *peers;
 	int npending;                   /* QPs with pending sends */
+	pthread_mutex_t pt_lock;        /* the progress thread's */
+	pthread_cond_t pt_cv;
+	pthread_t pt;
+	bool pt_started, pt_stop;
+	int32_t pt_pid;                 /* the process that started it */
 	uint32_t mr_gen;
 };
 

@@ -28,6 +28,9 @@ int vs_ctx_register(struct vs_ctx *c);
 int vs_async_pop(struct vs_ctx *c, struct ibv_async_event *ev);
 void vs_fill_ops(struct vs_ctx *c);
 void vs_peers_drop(struct vs_ctx *c);
+/* Wake (or start) the context's progress thread; stop it for good. */
+void vs_progress_kick(struct vs_ctx *c);
+void vs_progress_stop(struct vs_ctx *c);
 
 static inline struct vs_ctx *vs_ctx_of(struct ibv_context *ctx)
 {

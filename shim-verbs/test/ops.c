@@ -294,6 +294,15 @@ static void role_target(const char *cs)
 		CHECK(ibv_query_srq(srq, &q) == 0 && q.srq_limit == 0);
 		CHECK(poll(&p, 1, 0) == 0);     /* once only */
 	}
+	if (!strcmp(cs, "late")) {
+		struct ibv_sge s = { (uintptr_t)r.buf, BUF, r.mr->lkey };
+		struct ibv_recv_wr w = { .wr_id = 7, .sg_list = &s,
+					 .num_sge = 1 }, *bad;
+
+		fget("posted", line, sizeof(line));
+		usleep(300000);
+		CHECK(ibv_post_recv(r.qp, &w, &bad) == 0);
+	}
 	fget("done0", line, sizeof(line));
 	if (qp2) {
 		fget("done1", line, sizeof(line));
@@ -454,6 +463,30 @@ static void role_initiator(const char *cs)
 			wc = one(&r, &w);
 			CHECK(wc.status == IBV_WC_SUCCESS);
 		}
+		goto done;
+	}
+	if (!strcmp(cs, "late")) {
+		/* The target posts its receive 300 ms from now; we sleep in
+		 * poll() on our channel meanwhile, making no verbs call: the
+		 * send must still complete (the device retries, not us). */
+		struct ibv_send_wr *bad;
+		struct pollfd p = { .fd = r.ch->fd, .events = POLLIN };
+		struct ibv_cq *cq;
+		void *cctx;
+
+		s.length = 8;
+		w.wr_id = 5;
+		w.opcode = IBV_WR_SEND;
+		w.send_flags = IBV_SEND_SIGNALED;
+		CHECK(ibv_req_notify_cq(r.cq, 0) == 0);
+		CHECK(ibv_post_send(r.qp, &w, &bad) == 0);
+		CHECK(ibv_poll_cq(r.cq, 1, &wc) == 0);  /* not yet */
+		fput("posted", "1\n");
+		CHECK(poll(&p, 1, 5000) == 1);
+		CHECK(ibv_get_cq_event(r.ch, &cq, &cctx) == 0);
+		ibv_ack_cq_events(cq, 1);
+		CHECK(ibv_poll_cq(r.cq, 1, &wc) == 1);
+		CHECK(wc.status == IBV_WC_SUCCESS && wc.wr_id == 5);
 		goto done;
 	}
 	if (!strcmp(cs, "send") || !strcmp(cs, "rnr")) {
@@ -681,3 +714,7 @@ Test(verbs_ops, srq_limit_async_event) { two("srqlimit", false); }
  * indices, sizes, lock words, CQ ring, MR table) cannot crash or hang an
  * initiator, nor itself. */
 Test(verbs_ops, hostile_segment_costs_errors_only) { two("hostile", false); }
+
+/* A SEND that meets no receive waits, and completes once the target
+ * posts one, while the initiator sleeps in poll() on its channel. */
+Test(verbs_ops, rnr_wait_completes_while_initiator_sleeps) { two("late", false); }
