@@ -175,3 +175,20 @@ Test(verbs_progs, ib_read_lat_all, .timeout = 100) { perf_all("ib_read_lat", 186
 Test(verbs_progs, ib_send_bw_all, .timeout = 100) { perf_all("ib_send_bw", 18624, BW); }
 Test(verbs_progs, ib_write_bw_all, .timeout = 100) { perf_all("ib_write_bw", 18625, BW); }
 Test(verbs_progs, ib_read_bw_all, .timeout = 100) { perf_all("ib_read_bw", 18626, BW); }
+
+/* Other transports and options of perftest. */
+static void perf_x(const char *prog, int port, const char *opt,
+		   const char *head, const char *size)
+{
+	perf_opt(prog, port, opt, head, size);
+}
+
+Test(verbs_progs, ib_send_lat_ud) { perf_x("ib_send_lat", 18631, "-c UD", LAT, "2"); }
+Test(verbs_progs, ib_send_bw_ud) { perf_x("ib_send_bw", 18632, "-c UD", BW, "4096"); }
+Test(verbs_progs, ib_send_lat_uc) { perf_x("ib_send_lat", 18633, "-c UC", LAT, "2"); }
+Test(verbs_progs, ib_write_bw_uc) { perf_x("ib_write_bw", 18634, "-c UC", BW, "65536"); }
+Test(verbs_progs, ib_send_lat_events) { perf_x("ib_send_lat", 18635, "-e", LAT, "2"); }
+Test(verbs_progs, ib_send_bw_events) { perf_x("ib_send_bw", 18636, "-e", BW, "65536"); }
+Test(verbs_progs, ib_write_bw_4qps) { perf_x("ib_write_bw", 18637, "-q 4", BW, "65536"); }
+Test(verbs_progs, ib_send_bw_old_post_send) { perf_x("ib_send_bw", 18638, "--use_old_post_send", BW, "65536"); }
+Test(verbs_progs, ib_atomic_bw_cas) { perf_x("ib_atomic_bw", 18639, "-A CMP_AND_SWAP", BW, "8"); }
