@@ -14,7 +14,10 @@
  * retried by later post_send, poll_cq and get_cq_event calls of the
  * context, until the QP's rnr_retry (7: for ever) or retry budget ends.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <poll.h>
@@ -178,6 +181,62 @@ UBS_EXPORT int ibv_dealloc_pd(struct ibv_pd *pd)
 	return 0;
 }
 
+/*
+ * The memfd behind [addr, addr+len), if that range lies in one shared
+ * mapping of a file sealed against shrinking (so that a peer mapping it
+ * can never fault) and the process holds an fd of it: returns our own
+ * high dup of that fd and sets *off to the file offset of addr and *ino;
+ * -1 when the MR is not zero-copy capable.
+ */
+static int zc_probe(uint64_t addr, uint64_t len, uint64_t *off,
+		    uint64_t *ino)
+{
+	unsigned long lo, hi, moff, inode = 0;
+	char line[512], perms[8];
+	bool found = false;
+	FILE *m;
+	DIR *d;
+	struct dirent *de;
+	int fd = -1;
+
+	m = fopen("/proc/self/maps", "re");
+	if (!m)
+		return -1;
+	while (fgets(line, sizeof(line), m))
+		if (sscanf(line, "%lx-%lx %7s %lx %*s %lu", &lo, &hi, perms,
+			   &moff, &inode) == 5 && lo <= addr &&
+		    addr + len <= hi) {
+			found = perms[3] == 's' && inode != 0;
+			break;
+		}
+	fclose(m);
+	if (!found)
+		return -1;
+	d = opendir("/proc/self/fd");
+	if (!d)
+		return -1;
+	while ((de = readdir(d))) {
+		struct stat st;
+		int n = atoi(de->d_name), seals;
+
+		if (de->d_name[0] < '0' || de->d_name[0] > '9' ||
+		    n == dirfd(d) || fstat(n, &st) < 0 ||
+		    !S_ISREG(st.st_mode) || st.st_ino != inode)
+			continue;
+		seals = ubs_real.fcntl(n, F_GET_SEALS);
+		if (seals < 0 || !(seals & F_SEAL_SHRINK))
+			continue;
+		fd = ubs_real.fcntl(n, F_DUPFD_CLOEXEC, 0);
+		break;
+	}
+	closedir(d);
+	if (fd < 0)
+		return -1;
+	*off = moff + (addr - lo);
+	*ino = inode;
+	return ubs_fd_high(fd);
+}
+
 static struct ibv_mr *reg_mr(struct ibv_pd *pd, void *addr, size_t len,
 			     uint64_t iova, unsigned access)
 {
@@ -223,6 +282,17 @@ static struct ibv_mr *reg_mr(struct ibv_pd *pd, void *addr, size_t len,
 	c->mrt[slot].len = len;
 	c->mrt[slot].rkey = m->mr.rkey;
 	c->mrt[slot].access = access;
+	m->zc_fd = -1;
+	c->mrt[slot].zc_fd1 = 0;
+	if (iova == (uintptr_t)addr && len &&
+	    (access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |
+		       IBV_ACCESS_REMOTE_ATOMIC))) {
+		m->zc_fd = zc_probe((uintptr_t)addr, len,
+				    &c->mrt[slot].zc_off,
+				    &c->mrt[slot].zc_ino);
+		if (m->zc_fd >= 0)
+			c->mrt[slot].zc_fd1 = (uint32_t)m->zc_fd + 1;
+	}
 	__atomic_store_n(&c->mrt[slot].valid, 1, __ATOMIC_RELEASE);
 	return &m->mr;
 }
@@ -279,6 +349,9 @@ UBS_EXPORT int ibv_dereg_mr(struct ibv_mr *mr)
 	c = vs_ctx_of(mr->context);
 	m = (struct vs_mr *)mr;
 	__atomic_store_n(&c->mrt[m->slot].valid, 0, __ATOMIC_RELEASE);
+	c->mrt[m->slot].zc_fd1 = 0;
+	if (m->zc_fd >= 0)
+		ubs_fd_release(m->zc_fd);
 	pthread_mutex_lock(&c->lock);
 	c->mrs[m->slot] = NULL;
 	pthread_mutex_unlock(&c->lock);
@@ -1119,6 +1192,8 @@ void vs_peers_drop(struct vs_ctx *c)
 			ubs_real.close(p->pidfd);
 		if (p->async_fd >= 0)
 			ubs_fd_release(p->async_fd);
+		for (unsigned i = 0; i < p->nzc; i++)
+			munmap(p->zc[i].map, p->zc[i].maplen);
 		munmap(p->base, p->size);
 		free(p);
 	}
@@ -1673,7 +1748,7 @@ static int src_iov(struct vs_qp *qp, const struct vs_swqe *w,
 /* The target's MR for rkey covering [addr, addr+len) with access bits
  * need, or an error status. */
 static int remote_mr(struct vs_peer *p, uint32_t rkey, uint64_t addr,
-		     uint64_t len, unsigned need)
+		     uint64_t len, unsigned need, struct vs_shm_mr *out)
 {
 	struct vs_shm_hdr *h = (struct vs_shm_hdr *)p->base;
 	uint32_t slot = rkey >> 8, nmr = h->nmr;
@@ -1690,6 +1765,94 @@ static int remote_mr(struct vs_peer *p, uint32_t rkey, uint64_t addr,
 	    addr < mr.addr || addr + len > mr.addr + mr.len ||
 	    addr + len < addr)
 		return IBV_WC_REM_ACCESS_ERR;
+	*out = mr;
+	return 0;
+}
+
+/*
+ * Where the target's zero-copy MR mr starts in our address space: its
+ * memfd mapped here once (and kept), after checking it is the file the
+ * entry names, sealed against shrinking and long enough.  NULL: use the
+ * copy path.
+ */
+static uint8_t *zc_at(struct vs_peer *p, const struct vs_shm_mr *mr)
+{
+	struct vs_zc *z;
+	struct stat st;
+	uint64_t base;
+	void *map;
+	int fd, seals;
+
+	if (!mr->zc_fd1 || mr->zc_fd1 > INT32_MAX)
+		return NULL;
+	for (unsigned i = 0; i < p->nzc; i++) {
+		z = &p->zc[i];
+		if (z->rkey == mr->rkey && z->ino == mr->zc_ino &&
+		    z->off == mr->zc_off && z->len >= mr->len)
+			return z->at;
+	}
+	fd = peer_fd(p, (int32_t)(mr->zc_fd1 - 1));
+	if (fd < 0)
+		return NULL;
+	seals = ubs_real.fcntl(fd, F_GET_SEALS);
+	base = mr->zc_off & ~4095ull;
+	map = MAP_FAILED;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (uint64_t)st.st_ino == mr->zc_ino && seals >= 0 &&
+	    (seals & F_SEAL_SHRINK) && mr->zc_off + mr->len >= mr->zc_off &&
+	    (uint64_t)st.st_size >= mr->zc_off + mr->len)
+		map = mmap(NULL, mr->zc_off - base + mr->len,
+			   PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+			   (off_t)base);
+	ubs_fd_release(fd);
+	if (map == MAP_FAILED)
+		return NULL;
+	if (p->nzc == sizeof(p->zc) / sizeof(p->zc[0])) {
+		munmap(p->zc[0].map, p->zc[0].maplen);
+		memmove(&p->zc[0], &p->zc[1], sizeof(p->zc[0]) * (p->nzc - 1));
+		p->nzc--;
+	}
+	z = &p->zc[p->nzc++];
+	z->rkey = mr->rkey;
+	z->ino = mr->zc_ino;
+	z->off = mr->zc_off;
+	z->len = mr->len;
+	z->map = map;
+	z->maplen = mr->zc_off - base + mr->len;
+	z->at = (uint8_t *)map + (mr->zc_off - base);
+	return z->at;
+}
+
+/*
+ * Move len bytes between our iovecs l and the target's [raddr, +len) of
+ * MR mr: memcpy through the MR's mapping when it is zero-copy capable,
+ * else process_vm_writev/readv.  0 or an error status.
+ */
+static int xfer(pid_t pid, bool to_remote, struct iovec *l, int nl,
+		struct iovec *r, int nr, uint64_t len);
+
+static int xfer_mr(struct vs_ctx *c, struct vs_peer *p,
+		   const struct vs_shm_mr *mr, bool to_remote,
+		   struct iovec *l, int nl, uint64_t raddr, uint64_t len)
+{
+	uint8_t *at = len ? zc_at(p, mr) : NULL;
+	struct iovec r = { (void *)(uintptr_t)raddr, len };
+
+	if (!at) {
+		if (len)
+			__atomic_add_fetch(&c->hdr->copy_ops, 1,
+					   __ATOMIC_RELAXED);
+		return xfer(p->pid, to_remote, l, nl, &r, 1, len);
+	}
+	at += raddr - mr->addr;
+	for (int i = 0; i < nl; i++) {
+		if (to_remote)
+			memcpy(at, l[i].iov_base, l[i].iov_len);
+		else
+			memcpy(l[i].iov_base, at, l[i].iov_len);
+		at += l[i].iov_len;
+	}
+	__atomic_add_fetch(&c->hdr->zc_ops, 1, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -1863,6 +2026,7 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 		struct vs_cqe c = { .qp_num = t->qpn, .src_qp = me,
 				    .slid = VS_LID };
 		bool imm = wr->opcode != IBV_WR_SEND, use_inl = false;
+		struct vs_shm_mr wmr;
 		struct vs_cq_inl inl;
 		uint32_t rk[VS_MAX_SGE];
 		int nr = 0;
@@ -1875,7 +2039,7 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 			if (!(t->access & IBV_ACCESS_REMOTE_WRITE) ||
 			    remote_mr(p, wr->wr.rdma.rkey,
 				      wr->wr.rdma.remote_addr, len,
-				      IBV_ACCESS_REMOTE_WRITE)) {
+				      IBV_ACCESS_REMOTE_WRITE, &wmr)) {
 				*st = IBV_WC_REM_ACCESS_ERR;
 				return EX_DONE;
 			}
@@ -1960,7 +2124,10 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 			}
 			use_inl = len > 0;
 		} else {
-			e = xfer(p->pid, true, l, nl, r, nr, len);
+			e = wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM ?
+				xfer_mr(qp->ctx, p, &wmr, true, l, nl,
+					wr->wr.rdma.remote_addr, len) :
+				xfer(p->pid, true, l, nl, r, nr, len);
 			if (e) {
 				*st = e;
 				return EX_DONE;
@@ -1983,6 +2150,7 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 		bool wr_op = wr->opcode == IBV_WR_RDMA_WRITE;
 		unsigned need = wr_op ? IBV_ACCESS_REMOTE_WRITE :
 			IBV_ACCESS_REMOTE_READ;
+		struct vs_shm_mr mr;
 
 		if (ud || (uc && !wr_op)) {
 			*st = IBV_WC_LOC_QP_OP_ERR;
@@ -1990,13 +2158,12 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 		}
 		if (!(t->access & need) ||
 		    remote_mr(p, wr->wr.rdma.rkey, wr->wr.rdma.remote_addr,
-			      len, need)) {
+			      len, need, &mr)) {
 			*st = IBV_WC_REM_ACCESS_ERR;
 			return EX_DONE;
 		}
-		r[0].iov_base = (void *)(uintptr_t)wr->wr.rdma.remote_addr;
-		r[0].iov_len = len;
-		*st = xfer(p->pid, wr_op, l, nl, r, 1, len);
+		*st = xfer_mr(qp->ctx, p, &mr, wr_op, l, nl,
+			      wr->wr.rdma.remote_addr, len);
 		*blen = (uint32_t)len;
 		return EX_DONE;
 	}
@@ -2004,8 +2171,8 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 	case IBV_WR_ATOMIC_FETCH_AND_ADD: {
 		struct vs_shm_hdr *h = (struct vs_shm_hdr *)p->base;
 		uint64_t old = 0, nv, ra = wr->wr.atomic.remote_addr;
-		struct iovec o = { &old, 8 }, rv = { (void *)(uintptr_t)ra, 8 };
-		struct iovec ni = { &nv, 8 };
+		struct iovec o = { &old, 8 }, ni = { &nv, 8 };
+		struct vs_shm_mr mr;
 
 		if (ud || uc) {
 			*st = IBV_WC_LOC_QP_OP_ERR;
@@ -2018,12 +2185,12 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 		}
 		if (!(t->access & IBV_ACCESS_REMOTE_ATOMIC) ||
 		    remote_mr(p, wr->wr.atomic.rkey, ra, 8,
-			      IBV_ACCESS_REMOTE_ATOMIC)) {
+			      IBV_ACCESS_REMOTE_ATOMIC, &mr)) {
 			*st = IBV_WC_REM_ACCESS_ERR;
 			return EX_DONE;
 		}
 		shm_lock(&h->atomic_lock);
-		e = xfer(p->pid, false, &o, 1, &rv, 1, 8);
+		e = xfer_mr(qp->ctx, p, &mr, false, &o, 1, ra, 8);
 		if (!e) {
 			bool write = true;
 
@@ -2034,7 +2201,8 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 				nv = wr->wr.atomic.swap;
 			}
 			if (write)
-				e = xfer(p->pid, true, &ni, 1, &rv, 1, 8);
+				e = xfer_mr(qp->ctx, p, &mr, true, &ni, 1,
+					    ra, 8);
 		}
 		shm_unlock(&h->atomic_lock);
 		if (e) {

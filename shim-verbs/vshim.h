@@ -42,7 +42,12 @@ struct vs_shm_mr {
 	uint32_t rkey;
 	uint32_t access;                /* enum ibv_access_flags */
 	uint32_t valid;
-	uint32_t reserved;
+	/* Zero-copy: the MR lies in a shared mapping of a memfd sealed
+	 * against shrinking; the owner's fd number of it + 1 (0: none), the
+	 * file's inode and the file offset of addr.  An initiator maps the
+	 * file (pidfd_getfd) and copies with memcpy. */
+	uint32_t zc_fd1;
+	uint64_t zc_ino, zc_off;
 };
 
 struct vs_shm_hdr {
@@ -64,10 +69,15 @@ struct vs_shm_hdr {
 		uint32_t reserved;
 		uint64_t obj_off;       /* the QP's or SRQ's record */
 	} async[VS_ASYNC_RING];
+	uint64_t zc_ops;                /* requests this context did
+					 * zero-copy, as initiator */
+	uint64_t copy_ops;              /* ... and through the copy path */
 };
 
 _Static_assert(offsetof(struct vs_shm_hdr, dead) == CTL_VERBS_SEG_DEAD_OFF,
 	       "ubsd marks a dead owner at this offset");
+_Static_assert(sizeof(struct vs_shm_hdr) <= 4096,
+	       "the MR table starts at 4096");
 
 /* A receive queue (a QP's or an SRQ's): the owner posts at head, the
  * initiators consume at tail, both under lock. */
@@ -180,6 +190,7 @@ struct vs_ctx {
 struct vs_mr {
 	struct ibv_mr mr;
 	uint32_t slot;
+	int zc_fd;                      /* our dup of the memfd, -1 */
 };
 
 struct vs_chan {
@@ -234,6 +245,14 @@ struct vs_peer {
 	unsigned nefd;
 	bool gone;                      /* the owner process is gone */
 	int async_fd;                   /* its async eventfd, -1 */
+	struct vs_zc {                  /* its zero-copy MRs we mapped */
+		uint32_t rkey;
+		uint64_t ino, off, len;
+		uint8_t *map;           /* mapping of [off & ~4095, ...) */
+		size_t maplen;
+		uint8_t *at;            /* where the MR's addr is */
+	} zc[16];
+	unsigned nzc;
 };
 
 /* A UD destination resolved through ubsd. */

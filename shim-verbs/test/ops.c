@@ -18,6 +18,9 @@
 
 #include <arpa/inet.h>
 #include <infiniband/verbs.h>
+#include <sys/mman.h>
+
+#include "vshim.h"              /* the counters in our segment header */
 
 #define BUF 4096
 
@@ -172,6 +175,19 @@ static void role_target(const char *cs)
 	if (!strcmp(cs, "noaccess"))
 		acc = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ;
 	open_res(&r, acc);
+	if (!strcmp(cs, "zc")) {
+		/* The MR lies in a sealed memfd mapping: initiators map it
+		 * and copy with memcpy. */
+		int fd = memfd_create("vt-zc", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+		CHECK(fd >= 0 && ftruncate(fd, BUF) == 0);
+		CHECK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0);
+		r.buf = mmap(NULL, BUF, PROT_READ | PROT_WRITE, MAP_SHARED,
+			     fd, 0);
+		CHECK(r.buf != MAP_FAILED);
+		memset(r.buf, 'T', BUF);
+		CHECK((r.mr = ibv_reg_mr(r.pd, r.buf, BUF, acc)));
+	}
 	*(uint64_t *)(r.buf + 128) = 40;
 	*(uint64_t *)(r.buf + 136) = 7;
 	if (!strcmp(cs, "atomics2")) {
@@ -309,7 +325,7 @@ static void role_target(const char *cs)
 		/* Every add of both initiators, none lost. */
 		CHECK(*(volatile uint64_t *)(r.buf + 128) == 2 * NFAA);
 	}
-	if (!strcmp(cs, "rdma")) {
+	if (!strcmp(cs, "rdma") || !strcmp(cs, "zc")) {
 		/* What the initiator did, seen in our memory. */
 		CHECK(!memcmp(r.buf, "WWWWWWWW", 8) && r.buf[64] == 'T');
 		CHECK(*(uint64_t *)(r.buf + 128) == 45);
@@ -318,6 +334,26 @@ static void role_target(const char *cs)
 	if (!strcmp(cs, "noaccess"))
 		CHECK(r.buf[0] == 'T');
 	_exit(0);
+}
+
+/* The header of this process's own verbs segment. */
+static const struct vs_shm_hdr *own_hdr(void)
+{
+	FILE *m = fopen("/proc/self/maps", "r");
+	unsigned long lo, hi;
+	char l[512];
+
+	CHECK(m);
+	while (fgets(l, sizeof(l), m))
+		if (strstr(l, "memfd:ubs-verbs") &&
+		    sscanf(l, "%lx-%lx", &lo, &hi) == 2 &&
+		    ((const struct vs_shm_hdr *)lo)->pid == (uint32_t)getpid()) {
+			fclose(m);
+			return (const struct vs_shm_hdr *)lo;
+		}
+	fclose(m);
+	CHECK(!"own segment found");
+	return NULL;
 }
 
 static void role_initiator(const char *cs)
@@ -387,7 +423,7 @@ static void role_initiator(const char *cs)
 	s.lkey = r.mr->lkey;
 	s.addr = (uintptr_t)r.buf;
 	if (!strcmp(cs, "rdma") || !strcmp(cs, "noaccess") ||
-	    !strcmp(cs, "dead")) {
+	    !strcmp(cs, "dead") || !strcmp(cs, "zc")) {
 		memset(r.buf, 'W', 8);
 		s.length = 8;
 		w.wr_id = 1;
@@ -438,7 +474,15 @@ static void role_initiator(const char *cs)
 		wc = one(&r, &w);
 		CHECK(wc.status == IBV_WC_SUCCESS &&
 		      wc.opcode == IBV_WC_COMP_SWAP && *(uint64_t *)r.buf == 7);
-		/* A bad rkey is a remote access error too. */
+		/* Which path the work took, from our segment's counters. */
+		{
+			const struct vs_shm_hdr *h = own_hdr();
+
+			if (!strcmp(cs, "zc"))
+				CHECK(h->zc_ops == 6 && h->copy_ops == 0);
+			else
+				CHECK(h->zc_ops == 0 && h->copy_ops == 6);
+		}
 		goto done;
 	}
 	if (!strcmp(cs, "atomics2")) {
@@ -718,3 +762,9 @@ Test(verbs_ops, hostile_segment_costs_errors_only) { two("hostile", false); }
 /* A SEND that meets no receive waits, and completes once the target
  * posts one, while the initiator sleeps in poll() on its channel. */
 Test(verbs_ops, rnr_wait_completes_while_initiator_sleeps) { two("late", false); }
+
+/* An MR in a sealed memfd mapping is reached by memcpy through a mapping
+ * of the same file, the rest by the copy path: the initiator's counters
+ * say which (6 transfers each: WRITE, READ, and a read and a write for
+ * each of FETCH_ADD and CMP_SWAP). */
+Test(verbs_ops, zero_copy_for_sealed_memfd_mr) { two("zc", false); }
