@@ -612,6 +612,7 @@ static int cq_push(struct vs_shm_cq *cq, uint32_t size, const struct vs_cqe *e,
 	if (head - tail >= size) {
 		cq->overrun = 1;
 		shm_unlock(&cq->lock);
+		ubs_dbg("verbs: CQ overrun (%u entries)", size);
 		return -1;
 	}
 	cq->e[head & (size - 1)] = *e;
