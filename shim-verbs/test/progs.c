@@ -192,3 +192,22 @@ Test(verbs_progs, ib_send_bw_events) { perf_x("ib_send_bw", 18636, "-e", BW, "65
 Test(verbs_progs, ib_write_bw_4qps) { perf_x("ib_write_bw", 18637, "-q 4", BW, "65536"); }
 Test(verbs_progs, ib_send_bw_old_post_send) { perf_x("ib_send_bw", 18638, "--use_old_post_send", BW, "65536"); }
 Test(verbs_progs, ib_atomic_bw_cas) { perf_x("ib_atomic_bw", 18639, "-A CMP_AND_SWAP", BW, "8"); }
+
+/* Without ubsd the device still lists and opens, but no QP can be made
+ * (no peer could ever reach it): the program says so and exits, at once. */
+Test(verbs_progs, without_daemon_no_qp)
+{
+	const char *d[] = { "ibv_devinfo", "-l", NULL };
+	const char *a[] = { "ibv_rc_pingpong", "-p", "18640", NULL };
+
+	kill_reap(&daemon_pid);
+	vt_start(&cli, d, NULL);
+	vt_finish(&cli, 5000);
+	cr_assert(vt_ok(&cli), "%s", cli.buf);
+	cr_expect(strstr(cli.buf, "ubv0"), "%s", cli.buf);
+	vt_start(&srv, a, NULL);
+	cr_assert_neq(vt_finish(&srv, 5000), -1, "hung:\n%s", srv.buf);
+	cr_expect(WIFEXITED(srv.status) && WEXITSTATUS(srv.status) == 1,
+		  "status %d:\n%s", srv.status, srv.buf);
+	cr_expect(strstr(srv.buf, "Couldn't create QP"), "%s", srv.buf);
+}
