@@ -80,7 +80,7 @@ static void open_res(struct res *r, int access)
 {
 	struct ibv_device **l = ibv_get_device_list(NULL);
 	struct ibv_qp_init_attr qa = { .cap = { .max_send_wr = 16,
-		.max_recv_wr = 16, .max_send_sge = 1, .max_recv_sge = 1 },
+		.max_recv_wr = 16, .max_send_sge = 4, .max_recv_sge = 4 },
 		.qp_type = IBV_QPT_RC };
 	struct ibv_qp_attr a = { .qp_state = IBV_QPS_INIT, .port_num = 1,
 		.qp_access_flags = IBV_ACCESS_REMOTE_WRITE |
@@ -239,6 +239,26 @@ static void role_target(const char *cs)
 		connect_res(&r, iq2, 7);
 		r.qp = q1;
 	}
+	if (!strcmp(cs, "sge") || !strcmp(cs, "toolong")) {
+		/* Receives of two SGEs each: [0,700) + [1000,1700) for a
+		 * large SEND (copy path), [2000,5) + [2100,10) for a small
+		 * one (carried in the completion); toolong: 16 bytes. */
+		struct ibv_sge a[2] = {
+			{ (uintptr_t)r.buf, 700, r.mr->lkey },
+			{ (uintptr_t)r.buf + 1000, 700, r.mr->lkey } };
+		struct ibv_sge b[2] = {
+			{ (uintptr_t)r.buf + 2000, 5, r.mr->lkey },
+			{ (uintptr_t)r.buf + 2100, 10, r.mr->lkey } };
+		struct ibv_recv_wr w1 = { .wr_id = 1, .sg_list = a,
+					  .num_sge = 2 };
+		struct ibv_recv_wr w2 = { .wr_id = 2, .sg_list = b,
+					  .num_sge = 2 }, *bad;
+
+		if (!strcmp(cs, "toolong"))
+			a[0].length = 16, w1.num_sge = 1;
+		w1.next = &w2;
+		CHECK(ibv_post_recv(r.qp, &w1, &bad) == 0);
+	}
 	if (!strcmp(cs, "send")) {
 		struct ibv_sge s = { (uintptr_t)r.buf, BUF, r.mr->lkey };
 		struct ibv_recv_wr w = { .wr_id = 77, .sg_list = &s,
@@ -320,6 +340,34 @@ static void role_target(const char *cs)
 		CHECK(ibv_post_recv(r.qp, &w, &bad) == 0);
 	}
 	fget("done0", line, sizeof(line));
+	if (!strcmp(cs, "sge")) {
+		struct ibv_wc wc[2];
+		int n = 0;
+
+		for (int i = 0; i < 1000 && n < 2; i++)
+			n += ibv_poll_cq(r.cq, 2 - n, wc + n);
+		CHECK(n == 2);
+		CHECK(wc[0].status == IBV_WC_SUCCESS && wc[0].wr_id == 1 &&
+		      wc[0].byte_len == 1200);
+		CHECK(wc[1].status == IBV_WC_SUCCESS && wc[1].wr_id == 2 &&
+		      wc[1].byte_len == 8);
+		/* 1200 bytes i%251 across [0,700) and [1000,1500). */
+		for (int i = 0; i < 1200; i++)
+			CHECK((uint8_t)r.buf[i < 700 ? i : 1000 + i - 700] ==
+			      (uint8_t)(i % 251));
+		CHECK(r.buf[1500] == 'T');
+		CHECK(!memcmp(r.buf + 2000, "small", 5) &&
+		      !memcmp(r.buf + 2100, "ish", 3) && r.buf[2103] == 'T');
+	}
+	if (!strcmp(cs, "toolong")) {
+		struct ibv_wc wc;
+		int n = 0;
+
+		for (int i = 0; i < 1000 && !n; i++)
+			n = ibv_poll_cq(r.cq, 1, &wc);
+		CHECK(n == 1 && wc.wr_id == 1 &&
+		      wc.status == IBV_WC_LOC_LEN_ERR);
+	}
 	if (qp2) {
 		fget("done1", line, sizeof(line));
 		/* Every add of both initiators, none lost. */
@@ -497,6 +545,36 @@ static void role_initiator(const char *cs)
 			CHECK(wc.status == IBV_WC_SUCCESS);
 			CHECK(*(uint64_t *)r.buf < 2 * NFAA);
 		}
+		goto done;
+	}
+	if (!strcmp(cs, "sge") || !strcmp(cs, "toolong")) {
+		/* Gathered from three SGEs of ours. */
+		struct ibv_sge g[3] = {
+			{ (uintptr_t)r.buf, 100, r.mr->lkey },
+			{ (uintptr_t)r.buf + 1000, 1000, r.mr->lkey },
+			{ (uintptr_t)r.buf + 3000, 100, r.mr->lkey } };
+
+		for (int i = 0; i < 1200; i++)
+			r.buf[i < 100 ? i : i < 1100 ? 1000 + i - 100 :
+			      3000 + i - 1100] = (char)(i % 251);
+		CHECK(r.qp->context);
+		w.sg_list = g;
+		w.num_sge = 3;
+		w.opcode = IBV_WR_SEND;
+		w.wr_id = 11;
+		wc = one(&r, &w);
+		if (!strcmp(cs, "toolong")) {
+			CHECK(wc.status == IBV_WC_REM_INV_REQ_ERR);
+			goto done;
+		}
+		CHECK(wc.status == IBV_WC_SUCCESS);
+		memcpy(r.buf + 3500, "smallish", 8);
+		g[0].addr = (uintptr_t)r.buf + 3500;
+		g[0].length = 8;
+		w.num_sge = 1;
+		w.wr_id = 12;
+		wc = one(&r, &w);
+		CHECK(wc.status == IBV_WC_SUCCESS);
 		goto done;
 	}
 	if (!strcmp(cs, "srqlimit")) {
@@ -768,3 +846,12 @@ Test(verbs_ops, rnr_wait_completes_while_initiator_sleeps) { two("late", false);
  * say which (6 transfers each: WRITE, READ, and a read and a write for
  * each of FETCH_ADD and CMP_SWAP). */
 Test(verbs_ops, zero_copy_for_sealed_memfd_mr) { two("zc", false); }
+
+/* SENDs gathered from three SGEs, scattered over two: a large one by the
+ * copy path and a small one carried in the completion, each byte where it
+ * belongs and nothing past the message. */
+Test(verbs_ops, send_gather_scatter) { two("sge", false); }
+
+/* A SEND longer than the receive: LOC_LEN_ERR at the target,
+ * REM_INV_REQ_ERR at the initiator. */
+Test(verbs_ops, send_longer_than_receive) { two("toolong", false); }
