@@ -660,6 +660,57 @@ static void role_modify(void)
 	_exit(0);
 }
 
+/* Two QPs of one process connected to each other (loopback): SEND and
+ * RDMA WRITE between them, through the same path as between processes. */
+static void role_loop(void)
+{
+	struct res r;
+	struct ibv_qp *b;
+	struct ibv_sge s, rs;
+	struct ibv_send_wr w = { .sg_list = &s, .num_sge = 1 };
+	struct ibv_recv_wr rw = { .wr_id = 3, .sg_list = &rs, .num_sge = 1 },
+			   *rbad;
+	struct ibv_wc wc, two_wc[2];
+	struct ibv_send_wr *bad;
+	struct ibv_qp *a0;
+	int n;
+
+	open_res(&r, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	b = second_qp(&r);
+	a0 = r.qp;
+	connect_res(&r, b->qp_num, 7);
+	r.qp = b;
+	connect_res(&r, a0->qp_num, 7);
+	r.qp = a0;
+	rs = (struct ibv_sge){ (uintptr_t)r.buf + 2048, 64, r.mr->lkey };
+	CHECK(ibv_post_recv(b, &rw, &rbad) == 0);
+	memcpy(r.buf, "loopback", 8);
+	s = (struct ibv_sge){ (uintptr_t)r.buf, 8, r.mr->lkey };
+	w.opcode = IBV_WR_SEND;
+	w.send_flags = IBV_SEND_SIGNALED;
+	CHECK(ibv_post_send(a0, &w, &bad) == 0);
+	/* One CQ for both QPs: the receive completes first (the HCA
+	 * places the data, then acknowledges), then the send. */
+	n = 0;
+	for (int i = 0; i < 1000 && n < 2; i++)
+		n += ibv_poll_cq(r.cq, 2 - n, two_wc + n);
+	CHECK(n == 2);
+	CHECK(two_wc[0].status == IBV_WC_SUCCESS && two_wc[0].wr_id == 3 &&
+	      two_wc[0].qp_num == b->qp_num &&
+	      two_wc[0].src_qp == a0->qp_num && two_wc[0].byte_len == 8);
+	CHECK(two_wc[1].status == IBV_WC_SUCCESS &&
+	      two_wc[1].qp_num == a0->qp_num &&
+	      two_wc[1].opcode == IBV_WC_SEND);
+	CHECK(!memcmp(r.buf + 2048, "loopback", 8));
+	w.opcode = IBV_WR_RDMA_WRITE;
+	w.wr.rdma.remote_addr = (uintptr_t)r.buf + 3000;
+	w.wr.rdma.rkey = r.mr->rkey;
+	wc = one(&r, &w);
+	CHECK(wc.status == IBV_WC_SUCCESS);
+	CHECK(!memcmp(r.buf + 3000, "loopback", 8));
+	_exit(0);
+}
+
 __attribute__((constructor)) static void vt_role(void)
 {
 	const char *role = getenv("VT_ROLE"), *cs = getenv("VT_CASE");
@@ -673,6 +724,8 @@ __attribute__((constructor)) static void vt_role(void)
 		role_initiator(cs);
 	if (!strcmp(role, "modify"))
 		role_modify();
+	if (!strcmp(role, "loop"))
+		role_loop();
 	_exit(10);
 }
 
@@ -855,3 +908,10 @@ Test(verbs_ops, send_gather_scatter) { two("sge", false); }
 /* A SEND longer than the receive: LOC_LEN_ERR at the target,
  * REM_INV_REQ_ERR at the initiator. */
 Test(verbs_ops, send_longer_than_receive) { two("toolong", false); }
+
+Test(verbs_ops, loopback_qps_in_one_process)
+{
+	start(&tgt, "loop", "loop", false);
+	vt_finish(&tgt, 10000);
+	cr_assert(vt_ok(&tgt), "(%d):\n%s", tgt.status, tgt.buf);
+}
