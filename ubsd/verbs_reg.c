@@ -29,6 +29,9 @@
 
 #define VREG_QPN_FIRST 0x100u
 #define VREG_QPN_MASK 0xffffffu
+#define VREG_MAX_CTX 64u        /* device contexts per session */
+#define VREG_MAX_QP 16384u      /* QPs per session */
+#define VREG_MAX_LIST 4096u     /* QPs one LIST shows (reply queue) */
 
 struct vctx {
 	uint64_t id;
@@ -103,6 +106,16 @@ static int err_reply(struct vreg_msg **out, size_t *n, size_t *cap, int err,
 	return add(out, n, cap, CTL_R_ERROR, &e, sizeof(e)) ? 0 : -ENOMEM;
 }
 
+/* How many contexts and QPs session holds. */
+static void session_counts(uint64_t session, unsigned *nctx, unsigned *nqp)
+{
+	*nctx = *nqp = 0;
+	for (struct vctx *c = ctxs; c; c = c->next)
+		*nctx += c->session == session;
+	for (struct vqp *q = qps; q; q = q->next)
+		*nqp += q->ctx->session == session;
+}
+
 /* A free QPN, or 0 when all 2^24 are taken. */
 static uint32_t qpn_alloc(void)
 {
@@ -149,9 +162,18 @@ int vreg_handle(uint64_t session, pid_t pid, uid_t uid, uint16_t type, const voi
 		struct vctx *c;
 
 		memcpy(&m, body, sizeof(m));
-		/* Only a memfd (it has seals) of the size announced. */
+		/* Only a memfd (it has seals) of the size announced, and
+		 * not more of them than a program needs. */
 		{
 			struct stat st;
+			unsigned nctx, nqp;
+
+			session_counts(session, &nctx, &nqp);
+			if (nctx >= VREG_MAX_CTX) {
+				close(fds[0]);
+				return err_reply(out, nout, &cap, EMFILE,
+						 "too many device contexts");
+			}
 
 			if (fcntl(fds[0], F_GET_SEALS) < 0 ||
 			    fstat(fds[0], &st) < 0 ||
@@ -193,6 +215,14 @@ int vreg_handle(uint64_t session, pid_t pid, uid_t uid, uint16_t type, const voi
 		if (m.qp_off >= c->size)
 			return err_reply(out, nout, &cap, EINVAL,
 					 "QP record outside the segment");
+		{
+			unsigned nctx, nqp;
+
+			session_counts(session, &nctx, &nqp);
+			if (nqp >= VREG_MAX_QP)
+				return err_reply(out, nout, &cap, ENOSPC,
+						 "too many QPs");
+		}
 		q = calloc(1, sizeof(*q));
 		if (!q || !(r.qpn = qpn_alloc())) {
 			free(q);
@@ -256,8 +286,11 @@ int vreg_handle(uint64_t session, pid_t pid, uid_t uid, uint16_t type, const voi
 		msg->fd = peer->ctx->fd;
 		return 0;
 	}
-	case CTL_REQ_VERBS_LIST:
-		for (struct vqp *q = qps; q; q = q->next) {
+	case CTL_REQ_VERBS_LIST: {
+		unsigned n = 0;
+
+		for (struct vqp *q = qps; q && n < VREG_MAX_LIST;
+		     q = q->next, n++) {
 			struct ctl_verbs_ep e = {
 				.qpn = q->qpn, .pid = (uint32_t)q->ctx->pid,
 				.qp_type = q->type, .dest_qpn = q->dest_qpn,
@@ -268,6 +301,7 @@ int vreg_handle(uint64_t session, pid_t pid, uid_t uid, uint16_t type, const voi
 				return -ENOMEM;
 		}
 		return add(out, nout, &cap, CTL_R_END, NULL, 0) ? 0 : -ENOMEM;
+	}
 	}
 	return err_reply(out, nout, &cap, EINVAL, "unknown verbs request");
 }

@@ -167,6 +167,23 @@ Test(verbs_reg, needs_a_session_and_a_memfd)
 		close(p[0]);
 		close(p[1]);
 	}
+	/* A session holds at most 64 device contexts. */
+	{
+		int b = dt_hello("verbs-many"), i;
+
+		for (i = 0; i < 64; i++) {
+			uint8_t *mm;
+			int s = segment(&mm);
+
+			open_ctx(b, s);
+			close(s);
+			munmap(mm, SEG);
+		}
+		dt_send(b, CTL_REQ_VERBS_OPEN, &m, sizeof(m), &seg, 1);
+		dt_expect(b, CTL_R_ERROR, &e, NULL);
+		cr_assert_eq(e.err, EMFILE);
+		close(b);
+	}
 	/* Nor is a memfd of another size than announced. */
 	nofd = memfd_create("vreg-small", MFD_CLOEXEC);
 	REQUIRE(nofd >= 0 && ftruncate(nofd, 4096) == 0);
