@@ -2534,8 +2534,12 @@ static int post_send_locked(struct vs_qp *qp, struct ibv_send_wr *wr,
 		if (!was) {
 			bool empty = run_pending(qp, &failed);
 
-			if (failed)
-				break;
+			if (failed) {
+				/* The QP is in error: the rest of the list
+				 * is flushed, as the HCA would. */
+				set_state(qp, IBV_QPS_ERR);
+				continue;
+			}
 			if (!empty &&
 			    __atomic_add_fetch(&qp->ctx->npending, 1,
 					       __ATOMIC_RELAXED) == 1)

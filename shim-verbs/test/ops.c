@@ -478,6 +478,33 @@ static void role_initiator(const char *cs)
 		w.opcode = IBV_WR_RDMA_WRITE;
 		w.wr.rdma.remote_addr = addr;
 		w.wr.rdma.rkey = rkey;
+		if (!strcmp(cs, "noaccess") && getenv("VT_LIST")) {
+			/* Three WRs in one post: the first fails, the other
+			 * two are flushed, none is lost. */
+			struct ibv_send_wr w2 = w, w3 = w, *bad;
+			struct ibv_wc wcs[3];
+			int n = 0;
+
+			w.wr_id = 21;
+			w2.wr_id = 22;
+			w3.wr_id = 23;
+			w.next = &w2;
+			w2.next = &w3;
+			w3.next = NULL;
+			w.send_flags = w2.send_flags = w3.send_flags =
+				IBV_SEND_SIGNALED;
+			CHECK(ibv_post_send(r.qp, &w, &bad) == 0);
+			for (int i = 0; i < 1000 && n < 3; i++)
+				n += ibv_poll_cq(r.cq, 3 - n, wcs + n);
+			CHECK(n == 3);
+			CHECK(wcs[0].wr_id == 21 &&
+			      wcs[0].status == IBV_WC_REM_ACCESS_ERR);
+			CHECK(wcs[1].wr_id == 22 &&
+			      wcs[1].status == IBV_WC_WR_FLUSH_ERR);
+			CHECK(wcs[2].wr_id == 23 &&
+			      wcs[2].status == IBV_WC_WR_FLUSH_ERR);
+			goto done;
+		}
 		wc = one(&r, &w);
 		if (!strcmp(cs, "noaccess")) {
 			CHECK(wc.status == IBV_WC_REM_ACCESS_ERR);
@@ -742,6 +769,7 @@ TestSuite(verbs_ops, .init = setup, .fini = dt_teardown, .timeout = 30);
 static char self[256];
 
 static bool restart;                    /* VT_RESTART for the next start */
+static bool list;                       /* VT_LIST for the next start */
 
 static void start_idx(struct vt_proc *p, const char *role, const char *cs,
 		      bool stop, int idx)
@@ -749,6 +777,7 @@ static void start_idx(struct vt_proc *p, const char *role, const char *cs,
 	char r[64], c[64], i[16];
 	const char *argv[] = { self, NULL };
 	const char *env[] = { r, c, i, restart ? "VT_RESTART=1" : "VT_X=1",
+			      list ? "VT_LIST=1" : "VT_Y=1",
 			      stop ? "VT_STOP=1" : NULL, NULL };
 
 	if (!self[0])
@@ -914,4 +943,12 @@ Test(verbs_ops, loopback_qps_in_one_process)
 	start(&tgt, "loop", "loop", false);
 	vt_finish(&tgt, 10000);
 	cr_assert(vt_ok(&tgt), "(%d):\n%s", tgt.status, tgt.buf);
+}
+
+/* A list of three WRs whose first fails: the other two are flushed. */
+Test(verbs_ops, failed_wr_flushes_the_rest_of_its_list)
+{
+	list = true;
+	two("noaccess", false);
+	list = false;
 }
