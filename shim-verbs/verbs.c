@@ -2105,6 +2105,22 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 				}
 				nr = k;
 			}
+			/* The receive buffers must be the target's own
+			 * registered, locally writable memory. */
+			for (int k = 0; k < nr; k++) {
+				struct vs_shm_mr rm;
+
+				if (remote_mr(p, rk[k],
+					      (uintptr_t)r[k].iov_base,
+					      r[k].iov_len,
+					      IBV_ACCESS_LOCAL_WRITE, &rm)) {
+					c.status = IBV_WC_LOC_PROT_ERR;
+					target_complete(p, t, &c, NULL, true);
+					*st = ud ? IBV_WC_SUCCESS :
+						IBV_WC_REM_OP_ERR;
+					return EX_DONE;
+				}
+			}
 		}
 		if (wr->opcode != IBV_WR_RDMA_WRITE_WITH_IMM &&
 		    len <= VS_CQ_INL && nr <= (int)VS_CQ_DST) {

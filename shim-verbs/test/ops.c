@@ -239,6 +239,15 @@ static void role_target(const char *cs)
 		connect_res(&r, iq2, 7);
 		r.qp = q1;
 	}
+	if (!strcmp(cs, "badlkey")) {
+		/* A receive buffer under a key that is not ours. */
+		struct ibv_sge a = { (uintptr_t)r.buf, 2000,
+				     r.mr->lkey + 0x100 };
+		struct ibv_recv_wr w1 = { .wr_id = 1, .sg_list = &a,
+					  .num_sge = 1 }, *bad;
+
+		CHECK(ibv_post_recv(r.qp, &w1, &bad) == 0);
+	}
 	if (!strcmp(cs, "sge") || !strcmp(cs, "toolong")) {
 		/* Receives of two SGEs each: [0,700) + [1000,1700) for a
 		 * large SEND (copy path), [2000,5) + [2100,10) for a small
@@ -359,14 +368,16 @@ static void role_target(const char *cs)
 		CHECK(!memcmp(r.buf + 2000, "small", 5) &&
 		      !memcmp(r.buf + 2100, "ish", 3) && r.buf[2103] == 'T');
 	}
-	if (!strcmp(cs, "toolong")) {
+	if (!strcmp(cs, "toolong") || !strcmp(cs, "badlkey")) {
 		struct ibv_wc wc;
 		int n = 0;
 
 		for (int i = 0; i < 1000 && !n; i++)
 			n = ibv_poll_cq(r.cq, 1, &wc);
 		CHECK(n == 1 && wc.wr_id == 1 &&
-		      wc.status == IBV_WC_LOC_LEN_ERR);
+		      wc.status == (!strcmp(cs, "toolong") ?
+				    IBV_WC_LOC_LEN_ERR : IBV_WC_LOC_PROT_ERR));
+		CHECK(r.buf[0] == 'T');         /* nothing written */
 	}
 	if (qp2) {
 		fget("done1", line, sizeof(line));
@@ -574,7 +585,8 @@ static void role_initiator(const char *cs)
 		}
 		goto done;
 	}
-	if (!strcmp(cs, "sge") || !strcmp(cs, "toolong")) {
+	if (!strcmp(cs, "sge") || !strcmp(cs, "toolong") ||
+	    !strcmp(cs, "badlkey")) {
 		/* Gathered from three SGEs of ours. */
 		struct ibv_sge g[3] = {
 			{ (uintptr_t)r.buf, 100, r.mr->lkey },
@@ -592,6 +604,10 @@ static void role_initiator(const char *cs)
 		wc = one(&r, &w);
 		if (!strcmp(cs, "toolong")) {
 			CHECK(wc.status == IBV_WC_REM_INV_REQ_ERR);
+			goto done;
+		}
+		if (!strcmp(cs, "badlkey")) {
+			CHECK(wc.status == IBV_WC_REM_OP_ERR);
 			goto done;
 		}
 		CHECK(wc.status == IBV_WC_SUCCESS);
@@ -952,3 +968,7 @@ Test(verbs_ops, failed_wr_flushes_the_rest_of_its_list)
 	two("noaccess", false);
 	list = false;
 }
+
+/* A receive posted with a key that is not the target's: LOC_PROT_ERR
+ * there, REM_OP_ERR at the initiator, and no byte written. */
+Test(verbs_ops, receive_with_foreign_lkey) { two("badlkey", false); }
