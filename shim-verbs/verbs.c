@@ -1602,8 +1602,18 @@ UBS_EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *a,
 			qp->peer = NULL;
 	}
 	if (nxt == IBV_QPS_RESET) {
-		flush_recvs(qp);        /* reset empties the queues */
+		/* Reset empties the queues without completions. */
+		if (qp->rq) {
+			shm_lock(&qp->rq->lock);
+			qp->rq->tail = qp->rq->head;
+			shm_unlock(&qp->rq->lock);
+		}
+		if (qp->pend_head != qp->pend_tail)
+			__atomic_sub_fetch(&qp->ctx->npending, 1,
+					   __ATOMIC_RELAXED);
 		qp->pend_head = qp->pend_tail = 0;
+		qp->pend_since_ns = qp->pend_next_ns = 0;
+		qp->pend_tries = 0;
 		qp->peer = NULL;
 		qp->shm->dest_qpn = 0;
 	}

@@ -693,9 +693,35 @@ static void role_modify(void)
 
 		CHECK(ibv_post_send(r.qp, &w, &bad) == EINVAL && bad == &w);
 	}
-	a.qp_state = IBV_QPS_RESET;
-	CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE) == 0);
-	CHECK(r.qp->state == IBV_QPS_RESET);
+	/* A receive posted in INIT is dropped by RESET, with no
+	 * completion (ERR would flush it with one). */
+	{
+		struct ibv_sge sg = { (uintptr_t)r.buf, 64, r.mr->lkey };
+		struct ibv_recv_wr rw = { .wr_id = 9, .sg_list = &sg,
+					  .num_sge = 1 }, *rbad;
+		struct ibv_wc wc;
+
+		CHECK(ibv_post_recv(r.qp, &rw, &rbad) == 0);
+		a.qp_state = IBV_QPS_RESET;
+		CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE) == 0);
+		CHECK(r.qp->state == IBV_QPS_RESET);
+		CHECK(ibv_poll_cq(r.cq, 1, &wc) == 0);
+		/* Not even a receive can be posted in RESET. */
+		CHECK(ibv_post_recv(r.qp, &rw, &rbad) == EINVAL);
+		a.qp_state = IBV_QPS_INIT;
+		a.port_num = 1;
+		a.qp_access_flags = 0;
+		CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE |
+				    IBV_QP_PKEY_INDEX | IBV_QP_PORT |
+				    IBV_QP_ACCESS_FLAGS) == 0);
+		CHECK(ibv_post_recv(r.qp, &rw, &rbad) == 0);
+		a.qp_state = IBV_QPS_ERR;
+		CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE) == 0);
+		CHECK(ibv_poll_cq(r.cq, 1, &wc) == 1 && wc.wr_id == 9 &&
+		      wc.status == IBV_WC_WR_FLUSH_ERR);
+		a.qp_state = IBV_QPS_RESET;
+		CHECK(ibv_modify_qp(r.qp, &a, IBV_QP_STATE) == 0);
+	}
 	/* Remote write without local write is refused at registration. */
 	errno = 0;
 	CHECK(!ibv_reg_mr(r.pd, r.buf, BUF, IBV_ACCESS_REMOTE_WRITE) &&
