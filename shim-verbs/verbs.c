@@ -565,6 +565,7 @@ static void notify_peer(struct vs_peer *p, uint64_t cq_off,
 	__atomic_store_n(&cq->fired, 1, __ATOMIC_RELEASE);
 	if (rfd < 0)
 		return;
+	pthread_mutex_lock(&p->lock);
 	for (i = 0; i < p->nefd; i++)
 		if (p->efd[i].cq_off == cq_off && p->efd[i].gen == gen) {
 			fd = p->efd[i].fd;
@@ -572,8 +573,10 @@ static void notify_peer(struct vs_peer *p, uint64_t cq_off,
 		}
 	if (fd < 0) {
 		fd = peer_fd(p, rfd);
-		if (fd < 0)
+		if (fd < 0) {
+			pthread_mutex_unlock(&p->lock);
 			return;
+		}
 		if (p->nefd == sizeof(p->efd) / sizeof(p->efd[0])) {
 			ubs_fd_release(p->efd[0].fd);
 			memmove(&p->efd[0], &p->efd[1],
@@ -587,6 +590,7 @@ static void notify_peer(struct vs_peer *p, uint64_t cq_off,
 	}
 	if (ubs_real.write(fd, &one, sizeof(one)) < 0)
 		ubs_dbg("verbs: peer channel write: %s", strerror(errno));
+	pthread_mutex_unlock(&p->lock);
 }
 
 /*
@@ -907,11 +911,13 @@ static void async_peer(struct vs_peer *p, uint32_t type, uint64_t obj_off)
 
 	if (!async_push(h, type, obj_off))
 		return;
+	pthread_mutex_lock(&p->lock);
 	if (p->async_fd < 0)
 		p->async_fd = peer_fd(p, h->async_fd);
 	if (p->async_fd >= 0 &&
 	    ubs_real.write(p->async_fd, &one, sizeof(one)) < 0)
 		ubs_dbg("verbs: peer async fd: %s", strerror(errno));
+	pthread_mutex_unlock(&p->lock);
 }
 
 int vs_async_pop(struct vs_ctx *c, struct ibv_async_event *ev)
@@ -1172,6 +1178,7 @@ static struct vs_peer *peer_get(struct vs_ctx *c, const struct ctl_verbs_peer *r
 	p->pid = (pid_t)r->pid;
 	p->pidfd = -1;
 	p->async_fd = -1;
+	pthread_mutex_init(&p->lock, NULL);
 	p->base = base;
 	p->size = r->seg_size;
 	pthread_mutex_lock(&c->lock);
@@ -1794,17 +1801,26 @@ static uint8_t *zc_at(struct vs_peer *p, const struct vs_shm_mr *mr)
 	void *map;
 	int fd, seals;
 
+	uint8_t *at = NULL;
+
 	if (!mr->zc_fd1 || mr->zc_fd1 > INT32_MAX)
 		return NULL;
+	pthread_mutex_lock(&p->lock);
 	for (unsigned i = 0; i < p->nzc; i++) {
 		z = &p->zc[i];
 		if (z->rkey == mr->rkey && z->ino == mr->zc_ino &&
-		    z->off == mr->zc_off && z->len >= mr->len)
-			return z->at;
+		    z->off == mr->zc_off && z->len >= mr->len) {
+			at = z->at;
+			goto out;
+		}
 	}
+	/* Mappings stay until the context closes (another thread may be
+	 * copying through one): past the cache's size, the copy path. */
+	if (p->nzc == sizeof(p->zc) / sizeof(p->zc[0]))
+		goto out;
 	fd = peer_fd(p, (int32_t)(mr->zc_fd1 - 1));
 	if (fd < 0)
-		return NULL;
+		goto out;
 	seals = ubs_real.fcntl(fd, F_GET_SEALS);
 	base = mr->zc_off & ~4095ull;
 	map = MAP_FAILED;
@@ -1817,12 +1833,7 @@ static uint8_t *zc_at(struct vs_peer *p, const struct vs_shm_mr *mr)
 			   (off_t)base);
 	ubs_fd_release(fd);
 	if (map == MAP_FAILED)
-		return NULL;
-	if (p->nzc == sizeof(p->zc) / sizeof(p->zc[0])) {
-		munmap(p->zc[0].map, p->zc[0].maplen);
-		memmove(&p->zc[0], &p->zc[1], sizeof(p->zc[0]) * (p->nzc - 1));
-		p->nzc--;
-	}
+		goto out;
 	z = &p->zc[p->nzc++];
 	z->rkey = mr->rkey;
 	z->ino = mr->zc_ino;
@@ -1831,7 +1842,10 @@ static uint8_t *zc_at(struct vs_peer *p, const struct vs_shm_mr *mr)
 	z->map = map;
 	z->maplen = mr->zc_off - base + mr->len;
 	z->at = (uint8_t *)map + (mr->zc_off - base);
-	return z->at;
+	at = z->at;
+out:
+	pthread_mutex_unlock(&p->lock);
+	return at;
 }
 
 /*

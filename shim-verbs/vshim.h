@@ -230,9 +230,12 @@ struct vs_swqe {
 	uint8_t inl[VS_MAX_INLINE];
 };
 
-/* A mapped peer context segment. */
+/* A mapped peer context segment.  lock guards the caches below (fds
+ * fetched from the peer, zero-copy mappings) against the context's
+ * threads. */
 struct vs_peer {
 	struct vs_peer *next;
+	pthread_mutex_t lock;
 	uint64_t ctx_id;
 	pid_t pid;
 	int pidfd;
