@@ -18,6 +18,7 @@
 
 #include <arpa/inet.h>
 #include <infiniband/verbs.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include "vshim.h"              /* the counters in our segment header */
@@ -190,7 +191,7 @@ static void role_target(const char *cs)
 	}
 	*(uint64_t *)(r.buf + 128) = 40;
 	*(uint64_t *)(r.buf + 136) = 7;
-	if (!strcmp(cs, "atomics2")) {
+	if (!strcmp(cs, "atomics2") || !strcmp(cs, "threads")) {
 		qp2 = second_qp(&r);
 		*(uint64_t *)(r.buf + 128) = 0;
 	}
@@ -392,6 +393,83 @@ static void role_target(const char *cs)
 	}
 	if (!strcmp(cs, "noaccess"))
 		CHECK(r.buf[0] == 'T');
+	_exit(0);
+}
+
+/* One thread of the "threads" initiator: NFAA adds through its own QP
+ * and CQ, while the other thread does the same through its own. */
+struct faa_job {
+	struct res r;                   /* its QP and CQ; pd, mr shared */
+	uint64_t addr;
+	uint32_t rkey;
+	int fails;
+};
+
+static void *faa_thread(void *arg)
+{
+	struct faa_job *j = arg;
+	struct ibv_sge s = { (uintptr_t)j->r.buf, 8, j->r.mr->lkey };
+	struct ibv_send_wr w = { .sg_list = &s, .num_sge = 1,
+				 .opcode = IBV_WR_ATOMIC_FETCH_AND_ADD };
+
+	w.wr.atomic.remote_addr = j->addr + 128;
+	w.wr.atomic.rkey = j->rkey;
+	w.wr.atomic.compare_add = 1;
+	for (int i = 0; i < NFAA; i++) {
+		struct ibv_wc wc = one(&j->r, &w);
+
+		j->fails += wc.status != IBV_WC_SUCCESS;
+	}
+	return NULL;
+}
+
+/* Two threads, two QPs, one peer: what the peer caches and locks guard. */
+static void role_threads(void)
+{
+	struct faa_job j[2];
+	pthread_t t[2];
+	char line[128];
+	unsigned tq, tq2, rkey;
+	unsigned long long addr;
+
+	open_res(&j[0].r, IBV_ACCESS_LOCAL_WRITE);
+	j[1].r = j[0].r;
+	CHECK((j[1].r.cq = ibv_create_cq(j[0].r.ctx, 32, NULL, NULL, 0)));
+	{
+		struct ibv_qp_init_attr qa = { .send_cq = j[1].r.cq,
+			.recv_cq = j[1].r.cq, .cap = { .max_send_wr = 16,
+			.max_recv_wr = 16, .max_send_sge = 1,
+			.max_recv_sge = 1 }, .qp_type = IBV_QPT_RC };
+		struct ibv_qp_attr a = { .qp_state = IBV_QPS_INIT,
+					 .port_num = 1 };
+
+		CHECK((j[1].r.qp = ibv_create_qp(j[0].r.pd, &qa)));
+		CHECK(ibv_modify_qp(j[1].r.qp, &a, IBV_QP_STATE |
+				    IBV_QP_PKEY_INDEX | IBV_QP_PORT |
+				    IBV_QP_ACCESS_FLAGS) == 0);
+	}
+	/* The second buffer: 8 bytes further into the same MR. */
+	j[1].r.buf = j[0].r.buf + 64;
+	fget("target", line, sizeof(line));
+	CHECK(sscanf(line, "%u %llu %u %u", &tq, &addr, &rkey, &tq2) == 4);
+	snprintf(line, sizeof(line), "%u\n", j[0].r.qp->qp_num);
+	fput("initiator0", line);
+	snprintf(line, sizeof(line), "%u\n", j[1].r.qp->qp_num);
+	fput("initiator1", line);
+	fget("ready", line, sizeof(line));
+	connect_res(&j[0].r, tq, 7);
+	connect_res(&j[1].r, tq2, 7);
+	for (int i = 0; i < 2; i++) {
+		j[i].addr = addr;
+		j[i].rkey = rkey;
+		j[i].fails = 0;
+		CHECK(pthread_create(&t[i], NULL, faa_thread, &j[i]) == 0);
+	}
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	CHECK(j[0].fails == 0 && j[1].fails == 0);
+	fput("done0", "1\n");
+	fput("done1", "1\n");
 	_exit(0);
 }
 
@@ -795,6 +873,8 @@ __attribute__((constructor)) static void vt_role(void)
 		role_modify();
 	if (!strcmp(role, "loop"))
 		role_loop();
+	if (!strcmp(role, "threads"))
+		role_threads();
 	_exit(10);
 }
 
@@ -998,3 +1078,15 @@ Test(verbs_ops, failed_wr_flushes_the_rest_of_its_list)
 /* A receive posted with a key that is not the target's: LOC_PROT_ERR
  * there, REM_OP_ERR at the initiator, and no byte written. */
 Test(verbs_ops, receive_with_foreign_lkey) { two("badlkey", false); }
+
+/* Two threads of one initiator, each with its own QP and CQ, add to one
+ * word of one target: every add arrives, none is lost. */
+Test(verbs_ops, two_threads_two_qps_one_peer)
+{
+	start(&tgt, "target", "threads", false);
+	start(&ini, "threads", "threads", false);
+	vt_finish(&ini, 25000);
+	vt_finish(&tgt, 10000);
+	cr_assert(vt_ok(&ini), "initiator (%d):\n%s", ini.status, ini.buf);
+	cr_assert(vt_ok(&tgt), "target (%d):\n%s", tgt.status, tgt.buf);
+}
