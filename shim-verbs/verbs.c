@@ -124,12 +124,29 @@ static uint32_t pow2(uint32_t n)
 	return p;
 }
 
-/* Bytes of the context segment (never given back: see README). */
+static uint64_t now_ns(void);
+
+#define VS_QUARANTINE_NS 1000000000ull /* before a freed block is reused */
+
+/* Bytes of the context segment: a freed block of at least that size
+ * whose quarantine is over (taken whole), else fresh ones; 0 when full. */
 static uint64_t seg_alloc(struct vs_ctx *c, uint64_t bytes)
 {
-	uint64_t off;
+	uint64_t off, now = now_ns();
 
 	pthread_mutex_lock(&c->lock);
+	for (unsigned i = 0; i < c->nholes; i++) {
+		struct vs_hole *h = &c->holes[i];
+
+		if (h->bytes >= bytes && now - h->freed_ns > VS_QUARANTINE_NS) {
+			off = h->off;
+			bytes = h->bytes;
+			*h = c->holes[--c->nholes];
+			pthread_mutex_unlock(&c->lock);
+			memset(c->base + off, 0, bytes);
+			return off;
+		}
+	}
 	off = (c->bump + 63) & ~63ull;
 	if (off + bytes > VS_SEG_SIZE) {
 		pthread_mutex_unlock(&c->lock);
@@ -139,6 +156,30 @@ static uint64_t seg_alloc(struct vs_ctx *c, uint64_t bytes)
 	pthread_mutex_unlock(&c->lock);
 	memset(c->base + off, 0, bytes);
 	return off;
+}
+
+/* Give bytes at off back (kept, not reused, when the list is full). */
+static void seg_free(struct vs_ctx *c, uint64_t off, uint64_t bytes)
+{
+	if (!off)
+		return;
+	pthread_mutex_lock(&c->lock);
+	if (c->nholes < sizeof(c->holes) / sizeof(c->holes[0]))
+		c->holes[c->nholes++] = (struct vs_hole){ off, bytes,
+							  now_ns() };
+	pthread_mutex_unlock(&c->lock);
+}
+
+static uint64_t cq_bytes(uint32_t size)
+{
+	return sizeof(struct vs_shm_cq) + (uint64_t)size *
+		(sizeof(struct vs_cqe) + sizeof(struct vs_cq_inl));
+}
+
+static uint64_t rq_bytes(uint32_t size)
+{
+	return sizeof(struct vs_shm_rq) + (uint64_t)size *
+		sizeof(struct vs_rwqe);
 }
 
 /* Pointer to [off, off+len) of a peer segment, or NULL. */
@@ -450,9 +491,7 @@ UBS_EXPORT struct ibv_cq *ibv_create_cq(struct ibv_context *ctx, int cqe,
 		return NULL;
 	}
 	size = pow2((uint32_t)cqe + 1);
-	cq->off = seg_alloc(c, sizeof(struct vs_shm_cq) +
-			    (uint64_t)size * (sizeof(struct vs_cqe) +
-					      sizeof(struct vs_cq_inl)));
+	cq->off = seg_alloc(c, cq_bytes(size));
 	if (!cq->off) {
 		free(cq);
 		errno = ENOMEM;
@@ -506,6 +545,7 @@ UBS_EXPORT int ibv_destroy_cq(struct ibv_cq *ibcq)
 	cq->shm->chan_fd = -1;
 	if (ibcq->channel)
 		__atomic_sub_fetch(&ibcq->channel->refcnt, 1, __ATOMIC_RELAXED);
+	seg_free(c, cq->off, cq_bytes(cq->size));
 	free(cq);
 	return 0;
 }
@@ -800,8 +840,7 @@ static struct vs_shm_rq *rq_new(struct vs_ctx *c, uint32_t wr, uint64_t *off,
 				uint32_t *size)
 {
 	*size = pow2(wr ? wr : 1);
-	*off = seg_alloc(c, sizeof(struct vs_shm_rq) +
-			 (uint64_t)*size * sizeof(struct vs_rwqe));
+	*off = seg_alloc(c, rq_bytes(*size));
 	if (!*off)
 		return NULL;
 	((struct vs_shm_rq *)(c->base + *off))->size = *size;
@@ -1054,12 +1093,19 @@ UBS_EXPORT int ibv_destroy_srq(struct ibv_srq *srq)
 		struct vs_ctx *c = vs_ctx_of(srq->context);
 
 		pthread_mutex_lock(&c->lock);
+		for (struct vs_qp *q = c->qps; q; q = q->next)
+			if (q->qpx.qp_base.srq == srq) {
+				pthread_mutex_unlock(&c->lock);
+				return EBUSY;   /* a QP still uses it */
+			}
 		for (struct vs_srq **pp = &c->srqs; *pp; pp = &(*pp)->next)
 			if (*pp == (struct vs_srq *)srq) {
 				*pp = (*pp)->next;
 				break;
 			}
 		pthread_mutex_unlock(&c->lock);
+		seg_free(c, ((struct vs_srq *)srq)->off,
+			 rq_bytes(((struct vs_srq *)srq)->size));
 	}
 	free(srq);
 	return 0;
@@ -1687,6 +1733,10 @@ UBS_EXPORT int ibv_destroy_qp(struct ibv_qp *ibqp)
 		__atomic_sub_fetch(&c->npending, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&c->lock);
 	pthread_rwlock_unlock(&c->qps_rw);
+	if (qp->rq)             /* our own offset, not the shared copy */
+		seg_free(c, (uint64_t)((uint8_t *)qp->rq - c->base),
+			 rq_bytes(qp->rq_size));
+	seg_free(c, qp->shm_off, sizeof(struct vs_shm_qp));
 	free(qp->pend);
 	free(qp->build);
 	free(qp->udest);
@@ -2016,7 +2066,10 @@ static enum exec_res exec_wr(struct vs_qp *qp, struct vs_swqe *w, int *st,
 	t = peer_ptr(p, t_off, sizeof(*t));
 	if (!t)
 		return EX_NOT_READY;
+	/* The record must still be that QP's: a destroyed QP's place in
+	 * the segment is reused after a while. */
 	if (__atomic_load_n(&t->live, __ATOMIC_ACQUIRE) != VS_QP_LIVE ||
+	    t->qpn != (ud ? wr->wr.ud.remote_qpn : qp->attr.dest_qp_num) ||
 	    peer_gone(p)) {
 		/* No responder: as on a fabric, no ACK comes back and the
 		 * request is retried until the transport retries run out

@@ -170,6 +170,12 @@ struct vs_ctx {
 	struct vs_shm_hdr *hdr;
 	struct vs_shm_mr *mrt;
 	uint64_t bump;
+	struct vs_hole {                /* freed blocks, reused after a
+					 * quarantine (peers may still
+					 * hold the offset) */
+		uint64_t off, bytes, freed_ns;
+	} holes[256];
+	unsigned nholes;
 	uint64_t ctx_id;                /* ubsd's, 0 without a daemon */
 	pthread_mutex_t lock;
 	struct vs_mr *mrs[VS_MAX_MR];

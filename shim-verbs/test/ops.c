@@ -858,6 +858,31 @@ static void role_loop(void)
 	_exit(0);
 }
 
+/* A program that makes and drops QPs and big CQs for 3 s: the segment's
+ * space comes back (after its quarantine), more than 256 MiB go
+ * through it. */
+static void role_churn(void)
+{
+	struct res r;
+
+	open_res(&r, IBV_ACCESS_LOCAL_WRITE);
+	for (int i = 0; i < 300; i++) {
+		struct ibv_cq *cq = ibv_create_cq(r.ctx, 4000, NULL, NULL, 0);
+		struct ibv_qp_init_attr qa = { .send_cq = cq, .recv_cq = cq,
+			.cap = { .max_send_wr = 64, .max_recv_wr = 1024,
+				 .max_send_sge = 1, .max_recv_sge = 1 },
+			.qp_type = IBV_QPT_RC };
+		struct ibv_qp *qp;
+
+		CHECK(cq);
+		CHECK((qp = ibv_create_qp(r.pd, &qa)));
+		CHECK(ibv_destroy_qp(qp) == 0);
+		CHECK(ibv_destroy_cq(cq) == 0);
+		usleep(10000);
+	}
+	_exit(0);
+}
+
 __attribute__((constructor)) static void vt_role(void)
 {
 	const char *role = getenv("VT_ROLE"), *cs = getenv("VT_CASE");
@@ -873,6 +898,8 @@ __attribute__((constructor)) static void vt_role(void)
 		role_modify();
 	if (!strcmp(role, "loop"))
 		role_loop();
+	if (!strcmp(role, "churn"))
+		role_churn();
 	if (!strcmp(role, "threads"))
 		role_threads();
 	_exit(10);
@@ -1089,4 +1116,11 @@ Test(verbs_ops, two_threads_two_qps_one_peer)
 	vt_finish(&tgt, 10000);
 	cr_assert(vt_ok(&ini), "initiator (%d):\n%s", ini.status, ini.buf);
 	cr_assert(vt_ok(&tgt), "target (%d):\n%s", tgt.status, tgt.buf);
+}
+
+Test(verbs_ops, segment_space_comes_back)
+{
+	start(&tgt, "churn", "churn", false);
+	vt_finish(&tgt, 25000);
+	cr_assert(vt_ok(&tgt), "(%d):\n%s", tgt.status, tgt.buf);
 }
