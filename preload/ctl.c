@@ -696,6 +696,24 @@ int ubs_ctl_request(int sock_fd, int wait_ms, int fds[3], char *why,
 	return ubs_ctl_request_finish(seq, wait_ms, fds, why, whylen);
 }
 
+int ubs_ctl_call(uint16_t type, const void *body, uint32_t len,
+		 const int *fds, int nfds, uint16_t *rtype, void *rbody,
+		 size_t cap, int *rfds, int *nrfds)
+{
+	uint32_t seq;
+	int none = 0, r;
+
+	pthread_mutex_lock(&ctl.lock);
+	r = ctl_up();
+	if (r == 0)
+		r = ctl_send(type, body, len, fds, nfds, &seq);
+	if (r == 0)
+		r = ctl_wait(seq, rtype, rbody, cap, rfds,
+			     rfds ? nrfds : &none, UBS_CTL_IO_MS);
+	pthread_mutex_unlock(&ctl.lock);
+	return r;
+}
+
 void ubs_ctl_atfork_child(void)
 {
 	/* The connection is the parent's session: the child makes its own

@@ -42,6 +42,13 @@ int ubs_ctl_request_finish(uint32_t token, int wait_ms, int fds[3],
 			   char *why, size_t whylen);
 void ubs_ctl_request_cancel(uint32_t token);
 
+/* One request and its single reply, for the verbs registry: type with
+ * body and fds; the reply's type, body (up to cap bytes) and fds (up to
+ * *nrfds, set to how many came).  0 or -errno (-ENOTCONN: no daemon). */
+int ubs_ctl_call(uint16_t type, const void *body, uint32_t len,
+		 const int *fds, int nfds, uint16_t *rtype, void *rbody,
+		 size_t cap, int *rfds, int *nrfds);
+
 /* Called (with the control lock held) after each new session. */
 void ubs_ctl_on_reconnect(void (*fn)(void));
 void ubs_ctl_atfork_child(void);

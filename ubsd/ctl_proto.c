@@ -47,7 +47,15 @@ int ctl_body_len(uint16_t type)
 	case CTL_R_MEM_HOLDER:  return sizeof(struct ctl_mem_holder);
 
 	/* verbs registry */
-
+	case CTL_REQ_VERBS_OPEN: return sizeof(struct ctl_verbs_open);
+	case CTL_REQ_VERBS_QP:  return sizeof(struct ctl_verbs_qp);
+	case CTL_REQ_VERBS_QP_DROP: return sizeof(struct ctl_verbs_qpn);
+	case CTL_REQ_VERBS_CONNECT: return sizeof(struct ctl_verbs_connect);
+	case CTL_REQ_VERBS_LIST: return 0;
+	case CTL_R_VERBS_CTX:   return sizeof(struct ctl_verbs_ctx);
+	case CTL_R_VERBS_QPN:   return sizeof(struct ctl_verbs_qpn);
+	case CTL_R_VERBS_PEER:  return sizeof(struct ctl_verbs_peer);
+	case CTL_R_VERBS_EP:    return sizeof(struct ctl_verbs_ep);
 	default:                return -1;
 	}
 }
@@ -91,7 +99,15 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_R_MEM_HOLDER:  return "R_MEM_HOLDER";
 
 	/* verbs registry */
-
+	case CTL_REQ_VERBS_OPEN: return "VERBS_OPEN";
+	case CTL_REQ_VERBS_QP:  return "VERBS_QP";
+	case CTL_REQ_VERBS_QP_DROP: return "VERBS_QP_DROP";
+	case CTL_REQ_VERBS_CONNECT: return "VERBS_CONNECT";
+	case CTL_REQ_VERBS_LIST: return "VERBS_LIST";
+	case CTL_R_VERBS_CTX:   return "R_VERBS_CTX";
+	case CTL_R_VERBS_QPN:   return "R_VERBS_QPN";
+	case CTL_R_VERBS_PEER:  return "R_VERBS_PEER";
+	case CTL_R_VERBS_EP:    return "R_VERBS_EP";
 	default:                return "?";
 	}
 }
@@ -109,7 +125,8 @@ int ctl_fd_count(uint16_t type)
 	case CTL_R_MEM_SEG:     return 1;
 
 	/* verbs registry */
-
+	case CTL_REQ_VERBS_OPEN: return 1;
+	case CTL_R_VERBS_PEER:  return 1;
 	default:                return 0;
 	}
 }

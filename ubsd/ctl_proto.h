@@ -80,6 +80,16 @@ enum ctl_type {
 					 * count as its lease.  OK|ERROR */
 
 	/* Verbs endpoint registry (verbs issue): requests 0x0120..0x012f. */
+	CTL_REQ_VERBS_OPEN = 0x0120,    /* struct ctl_verbs_open; fd: the
+					 * device context's segment.
+					 * CTL_R_VERBS_CTX|ERROR */
+	CTL_REQ_VERBS_QP = 0x0121,      /* struct ctl_verbs_qp: a host-wide
+					 * QPN.  CTL_R_VERBS_QPN|ERROR */
+	CTL_REQ_VERBS_QP_DROP = 0x0122, /* struct ctl_verbs_qpn.  OK|ERROR */
+	CTL_REQ_VERBS_CONNECT = 0x0123, /* struct ctl_verbs_connect: own QP
+					 * to a peer QPN.  CTL_R_VERBS_PEER
+					 * (+ the peer's segment)|ERROR */
+	CTL_REQ_VERBS_LIST = 0x0124,    /* no body: CTL_R_VERBS_EP... + END */
 
 	CTL_REQ_LAST = 0x012f,          /* end of the request range */
 
@@ -107,6 +117,10 @@ enum ctl_type {
 	CTL_R_MEM_HOLDER = 0x0213,      /* struct ctl_mem_holder */
 
 	/* Verbs registry replies: 0x0220..0x022f. */
+	CTL_R_VERBS_CTX = 0x0220,       /* struct ctl_verbs_ctx */
+	CTL_R_VERBS_QPN = 0x0221,       /* struct ctl_verbs_qpn */
+	CTL_R_VERBS_PEER = 0x0222,      /* struct ctl_verbs_peer + 1 fd */
+	CTL_R_VERBS_EP = 0x0223,        /* struct ctl_verbs_ep */
 
 	CTL_R_LAST = 0x022f,            /* end of the reply range */
 };
@@ -266,6 +280,56 @@ struct ctl_mem_holder {
 	uint32_t segments;
 	uint64_t bytes;
 	char service[CTL_NAME_MAX];
+};
+
+/* Verbs registry (shim-verbs/README.md).  A context registers its
+ * shared segment once; QPNs are allocated host-wide; a peer's segment is
+ * handed over only to a session connecting one of its own QPs to that
+ * peer's QPN. */
+/* Offset of a u32 in a verbs context segment that ubsd sets to 1 (with
+ * pwrite, never a mapping) when the segment's owner's session ends. */
+#define CTL_VERBS_SEG_DEAD_OFF 36
+
+struct ctl_verbs_open {
+	uint64_t seg_size;              /* bytes of the segment passed */
+	uint64_t reserved;
+};
+
+struct ctl_verbs_ctx {
+	uint64_t ctx_id;
+};
+
+struct ctl_verbs_qp {
+	uint64_t ctx_id;                /* from CTL_R_VERBS_CTX */
+	uint64_t qp_off;                /* QP record inside its segment */
+	uint32_t qp_type;               /* enum ibv_qp_type */
+	uint32_t reserved;
+};
+
+struct ctl_verbs_qpn {
+	uint32_t qpn;
+	uint32_t reserved;
+};
+
+struct ctl_verbs_connect {
+	uint32_t qpn;                   /* the caller's own QP */
+	uint32_t dest_qpn;              /* the peer's */
+};
+
+struct ctl_verbs_peer {
+	uint32_t pid;                   /* owner of the peer QP */
+	uint32_t qp_type;
+	uint64_t ctx_id;
+	uint64_t seg_size;
+	uint64_t qp_off;
+};
+
+struct ctl_verbs_ep {
+	uint32_t qpn;
+	uint32_t pid;
+	uint32_t qp_type;
+	uint32_t dest_qpn;              /* last connected to, 0 none */
+	uint64_t ctx_id;
 };
 
 /* Max fds any message carries, and how many a type carries. */

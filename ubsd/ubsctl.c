@@ -40,7 +40,8 @@
 #define REPLY_TIMEOUT_S 10      /* a reply never takes this long */
 
 enum action { ACT_STATUS, ACT_SESSIONS, ACT_SERVICES, ACT_SERVICE,
-	ACT_LISTENERS, ACT_EXCLUDES, ACT_STATS, ACT_CONNS, ACT_MEM };
+	ACT_LISTENERS, ACT_EXCLUDES, ACT_STATS, ACT_CONNS, ACT_MEM,
+	ACT_VERBS };
 
 /*
  * The command keywords; any unique prefix is accepted, except for an
@@ -62,6 +63,7 @@ static const struct keyword {
 	{ "sessions", ACT_SESSIONS, CTL_REQ_SESSIONS, false },
 	{ "stats", ACT_STATS, 0, true },        /* no request: reads files */
 	{ "status", ACT_STATUS, CTL_REQ_STATUS, false },
+	{ "verbs", ACT_VERBS, CTL_REQ_VERBS_LIST, false },
 };
 
 /* How the default record is named on the command line and in output. */
@@ -82,6 +84,7 @@ static void __attribute__((noreturn)) usage(void)
 		"  excludes   exclude rules (connections kept on TCP)\n"
 		"  mem        memory pool: size, free, page kind, leases per"
 		" service and process\n"
+		"  verbs      QPs of the virtual verbs device (ubv0)\n"
 		"  stats      counters of preloaded processes (stats pages;"
 		" no prefix)\n"
 		"  conns      their connections: UB ones with their peer and"
@@ -496,6 +499,22 @@ static void show_listener(const struct ctl_listener *l, bool json, int n)
 	}
 	printf("%-12" PRIu64 " %-20" PRIu64 " %-46s %" PRIu32 "\n",
 	       l->sock_id, l->netns, ep, l->holders);
+}
+
+static void show_verbs_ep(const struct ctl_verbs_ep *e, bool json, int n)
+{
+	static const char *const types[] = { "?", "?", "RC", "UC", "UD" };
+	const char *t = e->qp_type < 5 ? types[e->qp_type] : "?";
+
+	if (json) {
+		printf("%s{\"qpn\":%" PRIu32 ",\"pid\":%" PRIu32
+		       ",\"type\":\"%s\",\"dest_qpn\":%" PRIu32
+		       ",\"ctx\":%" PRIu64 "}", n ? "," : "", e->qpn, e->pid,
+		       t, e->dest_qpn, e->ctx_id);
+		return;
+	}
+	printf("0x%06" PRIx32 "  %-8" PRIu32 " %-4s 0x%06" PRIx32 "  %" PRIu64
+	       "\n", e->qpn, e->pid, t, e->dest_qpn, e->ctx_id);
 }
 
 static void show_exclude(const struct ctl_exclude *x, bool json, int n)
@@ -942,6 +961,7 @@ int main(int argc, char **argv)
 		struct ctl_service service;
 		struct ctl_error error;
 		struct ctl_listener listener;
+		struct ctl_verbs_ep verbs_ep;
 		struct ctl_exclude exclude;
 	} body;
 	struct ctl_service_set set = { .name = "" };
@@ -1026,9 +1046,13 @@ int main(int argc, char **argv)
 		}
 	}
 	if (kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES ||
-	    kw->action == ACT_LISTENERS || kw->action == ACT_EXCLUDES) {
+	    kw->action == ACT_LISTENERS || kw->action == ACT_EXCLUDES ||
+	    kw->action == ACT_VERBS) {
 		if (json)
 			putchar('[');
+		else if (kw->action == ACT_VERBS)
+			printf("%-9s %-8s %-4s %-9s %s\n", "QPN", "PID", "TYPE",
+			       "DEST_QPN", "CTX");
 		else if (kw->action == ACT_EXCLUDES)
 			printf("%-8s %s\n", "KIND", "RULE");
 		else if (kw->action == ACT_LISTENERS)
@@ -1076,6 +1100,9 @@ int main(int argc, char **argv)
 			    h.type == CTL_R_MEM_SERVICE ||
 			    h.type == CTL_R_MEM_HOLDER)) {
 			show_mem(h.type, &body, json, &mem_part, &n);
+		} else if (kw->action == ACT_VERBS &&
+			   h.type == CTL_R_VERBS_EP) {
+			show_verbs_ep(&body.verbs_ep, json, n++);
 		} else {
 			fprintf(stderr, "ubsctl: bad reply: unexpected %s\n",
 				ctl_type_name(h.type));
@@ -1089,8 +1116,8 @@ int main(int argc, char **argv)
 		return EX_ERROR;
 	}
 	if ((kw->action == ACT_SESSIONS || kw->action == ACT_SERVICES ||
-	     kw->action == ACT_LISTENERS || kw->action == ACT_EXCLUDES) &&
-	    json)
+	     kw->action == ACT_LISTENERS || kw->action == ACT_EXCLUDES ||
+	     kw->action == ACT_VERBS) && json)
 		printf("]\n");
 	close(fd);
 	if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -76,6 +76,7 @@
 #include "policy.h"
 #include "pool.h"
 #include "rendezvous.h"
+#include "verbs_reg.h"
 #include "ubt.h"
 
 #ifndef SO_NETNS_COOKIE
@@ -635,6 +636,7 @@ static void session_end(struct session *s)
 	pool_session_end(s->id);
 
 	/* verbs registry */
+	vreg_session_gone(s->id);
 
 	logmsg(LOG_INFO, "session end: pid %ld service \"%s\"%s",
 	       (long)s->pid, s->service, gone > 0 ? ", listeners gone" : "");
@@ -2356,6 +2358,30 @@ static int conn_dispatch(struct conn *c, const char **why)
 			break;
 
 		/* verbs registry */
+		case CTL_REQ_VERBS_OPEN:
+		case CTL_REQ_VERBS_QP:
+		case CTL_REQ_VERBS_QP_DROP:
+		case CTL_REQ_VERBS_CONNECT:
+		case CTL_REQ_VERBS_LIST:
+			{
+				struct vreg_msg *out;
+				size_t n;
+
+				err = vreg_handle(c->sess ? c->sess->id : 0,
+						  c->pid, c->uid, h.type, body,
+						  fds, &out, &n);
+				for (size_t i = 0; !err && i < n; i++)
+					err = out[i].fd >= 0 ?
+						conn_send_fds(c, out[i].type,
+							h.seq, out[i].body,
+							out[i].len, &out[i].fd,
+							1) :
+						conn_send(c, out[i].type, h.seq,
+							  out[i].body,
+							  out[i].len);
+				free(out);
+			}
+			break;
 
 		default:
 			*why = "reply type sent as a request";
