@@ -526,29 +526,39 @@ Test(stats, no_stats_directory_is_an_error)
 	cr_expect_str_empty(out);
 }
 
-Test(stats, a_page_published_by_the_preload)
+/*
+ * The preload library for the tests that run real programs under it:
+ * $UBS_PRELOAD_LIB, else this build tree's (build/tests/ubsd-stats ->
+ * build/libubs_preload.so).  Skips the test when there is none, or when
+ * this is a sanitized build (its library cannot be preloaded into a
+ * plain program; run-tests passes the plain build's).
+ */
+static const char *preload_lib(char *buf, size_t n)
 {
 	const char *lib = getenv("UBS_PRELOAD_LIB");
-	char out[OUT_MAX], err[OUT_MAX], libpath[PATH_MAX], path[256];
-	char want[128];
 	struct stat st;
 
 	if (!lib || !*lib) {
 #ifdef __SANITIZE_ADDRESS__
-		/* This tree's library is built with ASan too, and cannot be
-		 * preloaded into a plain program (run-tests passes the
-		 * plain build's). */
 		cr_skip_test("sanitized build: set UBS_PRELOAD_LIB to a plain "
 			     "build's library");
 #endif
-		/* The build tree's: build/tests/ubsd-stats ->
-		 * build/libubs_preload.so. */
-		snprintf(libpath, sizeof(libpath), "%s", ubsctl_path);
-		strcpy(strstr(libpath, "/bin/ubsctl"), "/libubs_preload.so");
-		lib = libpath;
+		snprintf(buf, n, "%s", ubsctl_path);
+		strcpy(strstr(buf, "/bin/ubsctl"), "/libubs_preload.so");
+		lib = buf;
 	}
 	if (stat(lib, &st) != 0)
 		cr_skip_test("no preload library at %s", lib);
+	return lib;
+}
+
+Test(stats, a_page_published_by_the_preload)
+{
+	char out[OUT_MAX], err[OUT_MAX], libpath[PATH_MAX], path[256];
+	const char *lib = preload_lib(libpath, sizeof(libpath));
+	char want[128];
+	struct stat st;
+
 	child_pid = fork();
 	cr_assert(child_pid >= 0);
 	if (child_pid == 0) {
@@ -811,24 +821,12 @@ Test(stats, conns_of_real_programs)
 		"s.sendall(b'hello'); n = 0\n"
 		"while n < 10: n += len(s.recv(100))\n"
 		"print(s.getsockname()[1], flush=True); time.sleep(20)\n";
-	const char *lib = getenv("UBS_PRELOAD_LIB");
 	char libpath[PATH_MAX], ubsd[PATH_MAX], port[16], cport[16];
 	char pport[16], cli[512], out[OUT_MAX], err[OUT_MAX], want[256];
+	const char *lib = preload_lib(libpath, sizeof(libpath));
 	pid_t spid, cpid, ppid;
 	int srd, crd, prd;
-	struct stat st;
 
-	if (!lib || !*lib) {
-#ifdef __SANITIZE_ADDRESS__
-		cr_skip_test("sanitized build: set UBS_PRELOAD_LIB to a plain "
-			     "build's library");
-#endif
-		snprintf(libpath, sizeof(libpath), "%s", ubsctl_path);
-		strcpy(strstr(libpath, "/bin/ubsctl"), "/libubs_preload.so");
-		lib = libpath;
-	}
-	if (stat(lib, &st) != 0)
-		cr_skip_test("no preload library at %s", lib);
 	dt_bin_path(ubsd, sizeof(ubsd), "ubsd");
 	dt_start_daemon(ubsd);
 
