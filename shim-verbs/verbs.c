@@ -674,6 +674,12 @@ static int cq_push(struct vs_shm_cq *cq, uint32_t size, const struct vs_cqe *e,
 	}
 	__atomic_store_n(&cq->head, head + 1, __ATOMIC_RELEASE);
 	shm_unlock(&cq->lock);
+	/* Against vs_req_notify_cq's store of armed and the owner's poll
+	 * that follows it: a full fence on both sides, so that either we see
+	 * the CQ armed or its owner's poll sees this entry (a store followed
+	 * by a load of another word may otherwise pass it, even on x86, and
+	 * both would miss: a lost event, a program asleep for ever). */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	armed = __atomic_load_n(&cq->armed, __ATOMIC_ACQUIRE);
 	if (armed == 1 || (armed == 2 && (solicited || e->status))) {
 		if (__atomic_exchange_n(&cq->armed, 0, __ATOMIC_ACQ_REL))
@@ -770,6 +776,9 @@ static int vs_req_notify_cq(struct ibv_cq *ibcq, int solicited_only)
 
 	__atomic_store_n(&cq->shm->armed, solicited_only ? 2u : 1u,
 			 __ATOMIC_RELEASE);
+	/* See cq_push: the program's next poll must not read the ring before
+	 * a pusher can see this. */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	return 0;
 }
 
