@@ -749,9 +749,10 @@ static uint64_t env_size(const char *name, uint64_t def)
 	return *end ? def : n;
 }
 
-/* The service's mem_pool_min from the policy page (0 = off), asked on
- * the open connection without a session. */
-static uint32_t policy_min(void)
+/* The service's mem_pool_min from the policy page (0 = off), and its
+ * mem_sites into sites[n] ("" for any caller), asked on the open
+ * connection without a session. */
+static uint32_t policy_min(char *sites, size_t n)
 {
 	unsigned char body[CTL_MAX_BODY];
 	struct ubs_svc_policy p;
@@ -771,6 +772,8 @@ static uint32_t policy_min(void)
 	if (pp_lookup(&page, ubs_config.service, &p) < 0)
 		p.mem_pool_min = 0;
 	ubt_seg_unmap(&page);
+	p.mem_sites[sizeof(p.mem_sites) - 1] = '\0';  /* the page is shared */
+	snprintf(sites, n, "%s", p.mem_sites);
 	return p.mem_pool_min;
 }
 
@@ -837,6 +840,7 @@ static int je_arena(void)
 
 void mh_init(void)
 {
+	char sites[UBS_MEM_SITES_MAX] = "";
 	const char *v = secure_getenv("UBS_MEM_POOL");
 	uint64_t min = 0;
 	void *res;
@@ -853,7 +857,7 @@ void mh_init(void)
 	if (v && (!strcmp(v, "1") || !strcmp(v, "on")))
 		min = env_size("UBS_MEM_MIN", MH_MIN_DEFAULT);
 	else
-		min = policy_min();
+		min = policy_min(sites, sizeof(sites));
 	if (min == 0 || je_load() < 0 || conn_hello() < 0) {
 		je.mallocx = NULL;
 		conn_close();
@@ -878,9 +882,12 @@ void mh_init(void)
 		conn_close();
 		return;                 /* range stays: nothing is in it */
 	}
+	/* Call sites: the environment's list over the service's. */
 	v = secure_getenv("UBS_MEM_SITES");
 	if (v && *v)
 		mh_sites_init(v);
+	else if (sites[0])
+		mh_sites_init(sites);
 	__atomic_store_n(&mh_hot.min, min ? (size_t)min : 1,
 			 __ATOMIC_RELEASE);
 	ubs_info("memhooks: pool on, allocations of %llu bytes and more",

@@ -21,7 +21,7 @@
 #include "conf.h"
 
 enum key_id { K_ACCEL, K_SPIN_US, K_RING_KIB, K_MEM_QUOTA, K_MEM_POOL,
-	K_COUNT };
+	K_MEM_SITES, K_COUNT };
 
 static const char *const key_names[K_COUNT] = {
 	[K_ACCEL] = "accel",
@@ -29,6 +29,7 @@ static const char *const key_names[K_COUNT] = {
 	[K_RING_KIB] = "ring_kib",
 	[K_MEM_QUOTA] = "mem_quota",
 	[K_MEM_POOL] = "mem_pool",
+	[K_MEM_SITES] = "mem_sites",
 };
 
 #define SPIN_US_MAX   1000000u
@@ -195,9 +196,27 @@ int conf_set_key(struct ubs_svc_policy *p, const char *key,
 			goto bad;
 		p->mem_pool_min = (uint32_t)v;
 		return 0;
+	case K_MEM_SITES:
+		/* any, or names (functions, libraries) separated by commas:
+		 * letters, digits, '_', '.', '+', '-'. */
+		if (strcmp(value, "any") == 0) {
+			memset(p->mem_sites, 0, sizeof(p->mem_sites));
+			return 0;
+		}
+		if (!*value || strlen(value) >= sizeof(p->mem_sites) ||
+		    value[0] == ',' || value[strlen(value) - 1] == ',' ||
+		    strstr(value, ",,"))
+			goto bad;
+		for (const char *c = value; *c; c++)
+			if (!isalnum((unsigned char)*c) && !strchr("_.+-,", *c))
+				goto bad;
+		memset(p->mem_sites, 0, sizeof(p->mem_sites));
+		memcpy(p->mem_sites, value, strlen(value));
+		return 0;
 	default:
 		snprintf(err, errlen, "unknown key '%s' (known: accel, "
-			 "spin_us, ring_kib, mem_quota, mem_pool)", key);
+			 "spin_us, ring_kib, mem_quota, mem_pool, mem_sites)",
+			 key);
 		return -ENOENT;
 	}
 bad:
@@ -209,6 +228,9 @@ bad:
 			[K_MEM_QUOTA] = "bytes, optional suffix K, M or G",
 			[K_MEM_POOL] = "off, on, or a minimum size in bytes "
 				       "(suffix K, M or G) below 4G",
+			[K_MEM_SITES] = "any, or names of functions and "
+					"libraries separated by commas, "
+					"95 characters at most",
 		};
 		snprintf(err, errlen, "bad value '%s' for %s (%s)", value, key,
 			 want[key_index(key)]);
@@ -598,6 +620,9 @@ static void inherit_defaults(struct parse *p)
 			s->mem_quota = d->mem_quota;
 		if (!set[K_MEM_POOL])
 			s->mem_pool_min = d->mem_pool_min;
+		if (!set[K_MEM_SITES])
+			memcpy(s->mem_sites, d->mem_sites,
+			       sizeof(s->mem_sites));
 	}
 }
 

@@ -192,7 +192,9 @@ int ctl_check(const struct ctl_hdr *h, const void *body, const char **why)
 		break;
 	case CTL_R_SERVICE:
 		if (!has_nul(((const struct ctl_service *)body)->name,
-			     CTL_NAME_MAX))
+			     CTL_NAME_MAX) ||
+		    !has_nul(((const struct ctl_service *)body)->mem_sites,
+			     sizeof(((struct ctl_service *)0)->mem_sites)))
 			goto unterminated;
 		break;
 	case CTL_R_EXCLUDE:

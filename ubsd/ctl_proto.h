@@ -175,12 +175,13 @@ struct ctl_service {
 	uint32_t ring_kib;
 	uint32_t mem_pool_min;          /* 0 = pool off (mem_pool) */
 	uint64_t mem_quota;             /* bytes, 0 = none */
+	char mem_sites[96];             /* NUL-terminated; "" = any caller */
 };
 
 /* Set one key of a service (created from the default record if it has
  * none; name "" sets the default record).  Values are text, exactly as in
  * ubs.conf: accel on|off, spin_us N, ring_kib N, mem_quota N[K|M|G],
- * mem_pool off|on|N[K|M|G]. */
+ * mem_pool off|on|N[K|M|G], mem_sites NAME[,NAME...]|any. */
 struct ctl_service_set {
 	char name[CTL_NAME_MAX];
 	char key[CTL_KEY_MAX];

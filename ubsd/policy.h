@@ -17,6 +17,7 @@
 #include "ctl_proto.h"
 
 #define UBS_POLICY_MAX_SVC 256
+#define UBS_MEM_SITES_MAX 96       /* mem_sites text, NUL included */
 #define UBS_POLICY_MAX_EXCL 64
 #define UBS_POLICY_MAX_LST 1024
 
@@ -50,6 +51,9 @@ struct ubs_svc_policy {
 					 * this many bytes go to the memory
 					 * pool; 0 = pool off (mem_pool) */
 	uint64_t mem_quota;             /* bytes of pool memory, 0 = none */
+	char mem_sites[UBS_MEM_SITES_MAX]; /* memhooks call-site policy:
+					 * function and library names, comma
+					 * separated; "" = every caller */
 };
 
 /* One listening socket registered with ubsd (LISTEN).  ubsd publishes

@@ -93,7 +93,8 @@ static void __attribute__((noreturn)) usage(void)
 		"  service NAME on|off          accelerate NAME or not\n"
 		"  service NAME set KEY=VALUE   KEY: accel, spin_us, ring_kib,"
 		" mem_quota,\n"
-		"                               mem_pool (off, on, min size)\n"
+		"                               mem_pool (off, on, min size),"
+		" mem_sites\n"
 		"  (NAME " DEFAULT_NAME " is the default record)\n");
 	exit(EX_USAGE);
 }
@@ -300,14 +301,27 @@ static void show_service(const struct ctl_service *s, bool json, int n)
 		printf("%s{\"name\":", n ? "," : "");
 		json_str(s->name[0] ? s->name : DEFAULT_NAME);
 		printf(",\"accel\":%s,\"spin_us\":%" PRIu32 ",\"ring_kib\":%"
-		       PRIu32 ",\"mem_quota\":%" PRIu64 "}",
+		       PRIu32 ",\"mem_quota\":%" PRIu64 ",\"mem_pool_min\":%"
+		       PRIu32 ",\"mem_sites\":",
 		       s->accel ? "true" : "false", s->spin_us, s->ring_kib,
-		       s->mem_quota);
+		       s->mem_quota, s->mem_pool_min);
+		json_str(s->mem_sites);
+		putchar('}');
 		return;
 	}
 	fmt_size(q, sizeof(q), s->mem_quota);
-	printf("%-24s %-5s %-8" PRIu32 " %-8" PRIu32 " %s\n", name,
+	printf("%-24s %-5s %-8" PRIu32 " %-8" PRIu32 " %-9s ", name,
 	       s->accel ? "on" : "off", s->spin_us, s->ring_kib, q);
+	if (s->mem_pool_min)
+		fmt_size(q, sizeof(q), s->mem_pool_min);
+	else
+		strcpy(q, "off");
+	{
+		char sites[sizeof(s->mem_sites)];
+
+		printable(sites, s->mem_sites, sizeof(sites));
+		printf("%-8s %s\n", q, sites[0] ? sites : "any");
+	}
 }
 
 /* ubsctl mem: the pool, then services, then processes (in that order
@@ -1062,8 +1076,9 @@ int main(int argc, char **argv)
 			printf("%-8s %-6s %-20s %-12s %s\n", "PID", "UID",
 			       "SERVICE", "NETNS", "AGE");
 		else
-			printf("%-24s %-5s %-8s %-8s %s\n", "NAME", "ACCEL",
-			       "SPIN_US", "RING_KIB", "MEM_QUOTA");
+			printf("%-24s %-5s %-8s %-8s %-9s %-8s %s\n", "NAME",
+			       "ACCEL", "SPIN_US", "RING_KIB", "MEM_QUOTA",
+			       "MEM_POOL", "MEM_SITES");
 	}
 	for (;;) {
 		if (ctl_recv(fd, seq, &h, &body, &why) < 0) {

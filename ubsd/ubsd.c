@@ -977,6 +977,7 @@ static void to_ctl_service(struct ctl_service *m,
 	m->ring_kib = p->ring_kib;
 	m->mem_quota = p->mem_quota;
 	m->mem_pool_min = p->mem_pool_min;
+	memcpy(m->mem_sites, p->mem_sites, sizeof(m->mem_sites));
 }
 
 static int do_services(struct conn *c, const struct ctl_hdr *h)

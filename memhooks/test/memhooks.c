@@ -233,6 +233,17 @@ Test(memhooks, call_site_policy_selects_by_caller)
 	expect_case("sites", env);
 }
 
+/* The same call-site policy from the service's policy in ubsd
+ * (mem_sites), no environment. */
+Test(memhooks, call_site_policy_from_the_service)
+{
+	const char *env[] = { "UBS_SERVICE=mhs", NULL };
+
+	start("[daemon]\npool_size = 64M\n[service mhs]\nmem_pool = 1K\n"
+	      "mem_sites = mh_site_alloc,libc.so.6\n");
+	expect_case("sites", env);
+}
+
 Test(memhooks, pool_is_off_unless_asked)
 {
 	const char *env[] = { "UBS_SERVICE=mhoff", NULL };

@@ -295,6 +295,32 @@ Test(conf, memory_pool_keys)
 		     "bad value '8G' for mem_pool");
 }
 
+/* mem_sites: names of functions and libraries, inherited from [default],
+ * "any" clears it; anything else is an error on its line. */
+Test(conf, memory_pool_call_sites)
+{
+	static struct ubs_conf c;
+	char err[CONF_ERR_MAX];
+
+	conf_init(&c);
+	cr_assert_str_empty(c.deflt.mem_sites, "any caller by default");
+	write_file("[default]\nmem_sites = build_index,libsqlite3.so.0\n"
+		   "[service a]\nmem_pool = 1K\n[service b]\n"
+		   "mem_sites = any\n[service c]\nmem_sites = big_alloc\n");
+	cr_assert_eq(conf_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_str_eq(c.deflt.mem_sites, "build_index,libsqlite3.so.0");
+	cr_assert_str_eq(conf_find(&c, "a")->mem_sites,
+			 "build_index,libsqlite3.so.0", "inherited");
+	cr_assert_str_empty(conf_find(&c, "b")->mem_sites);
+	cr_assert_str_eq(conf_find(&c, "c")->mem_sites, "big_alloc");
+	expect_error("[default]\nmem_sites = a b\n", 2,
+		     "bad value 'a b' for mem_sites");
+	expect_error("[service x]\n\nmem_sites = a,,b\n", 3,
+		     "bad value 'a,,b' for mem_sites");
+	expect_error("[default]\nmem_sites = ,a\n", 2,
+		     "bad value ',a' for mem_sites");
+}
+
 /* Rule i of c is an address rule of family fam for text/prefix/ports. */
 static void expect_addr(const struct ubs_conf *c, uint32_t i, int fam,
 			const char *text, unsigned prefix, unsigned lo,

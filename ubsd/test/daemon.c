@@ -516,11 +516,13 @@ Test(daemon, services_come_from_the_config)
 	cr_assert(strstr(out, "{\"name\":\"(default)\",\"accel\":true,"
 			 "\"spin_us\":20,"), "%s", out);
 	cr_assert(strstr(out, "{\"name\":\"svc-a\",\"accel\":true,"
-			 "\"spin_us\":20,\"ring_kib\":64,\"mem_quota\":0}"),
+			 "\"spin_us\":20,\"ring_kib\":64,\"mem_quota\":0,"
+			 "\"mem_pool_min\":0,\"mem_sites\":\"\"}"),
 		  "%s", out);
 	cr_assert(strstr(out, "{\"name\":\"svc-b\",\"accel\":false,"
 			 "\"spin_us\":20,\"ring_kib\":1024,"
-			 "\"mem_quota\":67108864}"), "%s", out);
+			 "\"mem_quota\":67108864,\"mem_pool_min\":0,"
+			 "\"mem_sites\":\"\"}"), "%s", out);
 	cr_assert_eq(run_ubsctl(out, err, "services", NULL), 0, "%s", err);
 	cr_assert(strstr(out, "NAME"), "%s", out);
 	cr_assert(strstr(out, "(default)"), "%s", out);
