@@ -112,6 +112,8 @@ struct session {
 	char service[CTL_NAME_MAX];
 };
 
+#define ORPHAN_MIN_MS 5 /* an offer nobody asked for lives this long at
+			 * least, and until the input is drained */
 #define STATS_KEEP_DEAD 64   /* stats pages of exited processes kept */
 #define STATS_REAP_MS 10000  /* after a session ends: reap dead pages */
 #define LISTEN_GRACE_MS 3000 /* after a restart: listeners coming back */
@@ -164,6 +166,7 @@ struct chan {
 	uint64_t session;
 	uint32_t seq;                   /* of the PUBLISH */
 	int fd[3];                      /* segment, creator's, attacher's efd */
+	uint64_t orphan_ms;             /* when it was marked an orphan */
 	bool orphan;                    /* unmatched from an early session:
 					 * withdrawn once input is drained */
 };
@@ -1929,6 +1932,7 @@ static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 		/* Its client, if preloaded, asked before connect(): if no
 		 * input still unread matches it, none ever will. */
 		ch->orphan = true;
+		ch->orphan_ms = now_ms();
 		norphans++;
 	}
 	return r;
@@ -2191,7 +2195,7 @@ static void orphans_withdraw(void)
 		struct conn *o;
 
 		next = TAILQ_NEXT(ch, entry);
-		if (!ch->orphan)
+		if (!ch->orphan || now_ms() < ch->orphan_ms + ORPHAN_MIN_MS)
 			continue;
 		rv_withdraw(&d.rv, ch->session, ch->id);
 		ubt_chan_decide_fd(ch->fd[0], UBT_CHAN_TCP);
@@ -2226,15 +2230,27 @@ static int rv_timeout(void)
 	return dl - now > INT_MAX ? INT_MAX : (int)(dl - now);
 }
 
-/* epoll_wait timeout: none while orphans wait for the input to be
- * drained, else the next rendezvous, early request or stats deadline. */
+/* epoll_wait timeout: the next orphan due for withdrawal, rendezvous
+ * deadline, early request or stats reap. */
 static int loop_timeout(void)
 {
 	int t = rv_timeout();
 	uint64_t now, dl;
+	struct chan *ch;
 
-	if (norphans)
-		return 0;
+	if (norphans) {
+		/* The oldest orphan's turn: an empty wait after it. */
+		uint64_t due = UINT64_MAX;
+
+		now = now_ms();
+		TAILQ_FOREACH(ch, &chans, entry)
+			if (ch->orphan && ch->orphan_ms + ORPHAN_MIN_MS < due)
+				due = ch->orphan_ms + ORPHAN_MIN_MS;
+		if (due <= now)
+			return 0;
+		if (t < 0 || (uint64_t)t > due - now)
+			t = (int)(due - now);
+	}
 	if (!TAILQ_EMPTY(&earlies)) {
 		dl = early_next_deadline();
 		now = now_ms();
