@@ -327,17 +327,14 @@ static int conn_open(void)
 	return 0;
 }
 
-/* Start the session on the open connection.  0 or -errno. */
-static int conn_hello(void)
+/* Send a request that is answered OK (or ERROR): 0 or -errno. */
+static int conn_call(uint16_t type, const void *body_out, uint32_t len)
 {
-	struct ctl_hello m = { .pid = (uint32_t)getpid() };
 	unsigned char body[CTL_MAX_BODY];
 	struct ctl_hdr h;
 	int fd, err;
 
-	memcpy(m.service, ubs_config.service, sizeof(m.service));
-	m.service[sizeof(m.service) - 1] = '\0';
-	err = conn_send(CTL_REQ_HELLO, &m, sizeof(m));
+	err = conn_send(type, body_out, len);
 	if (!err)
 		err = conn_recv(&h, body, &fd);
 	if (!err && fd >= 0)
@@ -345,6 +342,16 @@ static int conn_hello(void)
 	if (!err && h.type != CTL_R_OK)
 		err = -EPROTO;
 	return err;
+}
+
+/* Start the session on the open connection.  0 or -errno. */
+static int conn_hello(void)
+{
+	struct ctl_hello m = { .pid = (uint32_t)getpid() };
+
+	memcpy(m.service, ubs_config.service, sizeof(m.service));
+	m.service[sizeof(m.service) - 1] = '\0';
+	return conn_call(CTL_REQ_HELLO, &m, sizeof(m));
 }
 
 /*
@@ -355,18 +362,8 @@ static int conn_hello(void)
 static int claim(void)
 {
 	struct ctl_mem_lease m = { .bytes = rg.leased };
-	unsigned char body[CTL_MAX_BODY];
-	struct ctl_hdr h;
-	int fd, err;
 
-	err = conn_send(CTL_REQ_MEM_CLAIM, &m, sizeof(m));
-	if (!err)
-		err = conn_recv(&h, body, &fd);
-	if (!err && fd >= 0)
-		syscall(SYS_close, fd);
-	if (!err && h.type != CTL_R_OK)
-		err = -EPROTO;
-	return err;
+	return conn_call(CTL_REQ_MEM_CLAIM, &m, sizeof(m));
 }
 
 /*
