@@ -876,23 +876,12 @@ static int cmd_stats(const char *run_dir, const char *filter, bool json,
 	struct dirent *de;
 	DIR *d;
 
-	if (filter && !want_pid && strlen(filter) >= UBS_STATS_SERVICE_MAX) {
-		fprintf(stderr, "ubsctl: service name too long\n");
-		return EX_USAGE;
-	}
-	if (filter && !want_pid && isdigit((unsigned char)filter[0]) &&
-	    strspn(filter, "0123456789") == strlen(filter)) {
-		fprintf(stderr, "ubsctl: bad pid: %s\n", filter);
-		return EX_USAGE;
-	}
-	snprintf(dir, sizeof(dir), "%s/stats", run_dir);
-	d = opendir(dir);
-	if (!d) {
-		fprintf(stderr, "ubsctl: %s: %s (preloaded processes publish "
-			"their stats pages only where this directory exists)\n",
-			dir, strerror(errno));
-		return EX_ERROR;
-	}
+	int rc;
+
+	d = ubsctl_stats_dir(run_dir, filter, "stats pages", dir, sizeof(dir),
+			     &rc);
+	if (!d)
+		return rc;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGBUS, &sa, &old_sa);
 	while ((de = readdir(d))) {
@@ -1166,4 +1155,31 @@ bool ubsctl_pid_alive(pid_t pid)
 pid_t ubsctl_pid_name(const char *name)
 {
 	return stat_name_pid(name);
+}
+
+DIR *ubsctl_stats_dir(const char *run_dir, const char *filter,
+		      const char *what, char *dir, size_t n, int *rc)
+{
+	DIR *d;
+
+	*rc = EX_USAGE;
+	if (filter && !stat_name_pid(filter)) {
+		if (strlen(filter) >= UBS_STATS_SERVICE_MAX) {
+			fprintf(stderr, "ubsctl: service name too long\n");
+			return NULL;
+		}
+		if (isdigit((unsigned char)filter[0]) &&
+		    strspn(filter, "0123456789") == strlen(filter)) {
+			fprintf(stderr, "ubsctl: bad pid: %s\n", filter);
+			return NULL;
+		}
+	}
+	*rc = EX_ERROR;
+	snprintf(dir, n, "%s/stats", run_dir);
+	d = opendir(dir);
+	if (!d)
+		fprintf(stderr, "ubsctl: %s: %s (preloaded processes publish "
+			"their %s only where this directory exists)\n", dir,
+			strerror(errno), what);
+	return d;
 }

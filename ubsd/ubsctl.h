@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <dirent.h>
 
 /* Print s as a JSON string. */
 void ubsctl_json_str(const char *s);
@@ -21,6 +22,15 @@ void ubsctl_print_age(uint64_t ms);
 bool ubsctl_pid_alive(pid_t pid);
 /* The pid a stats file is named after, 0 if the name is not one. */
 pid_t ubsctl_pid_name(const char *name);
+
+/*
+ * RUN_DIR/stats opened for reading (its path into dir[n]), after checking
+ * filter (all digits: a pid; else a service name).  NULL with *rc the exit
+ * code after a message naming what (the stats pages, the connections) is
+ * published only there.
+ */
+DIR *ubsctl_stats_dir(const char *run_dir, const char *filter,
+		      const char *what, char *dir, size_t n, int *rc);
 
 /* `ubsctl [--json] [--all] conns [PID|SERVICE]`; returns the exit code. */
 int ubsctl_conns(const char *run_dir, const char *filter, bool json,

@@ -415,19 +415,12 @@ int ubsctl_conns(const char *run_dir, const char *filter, bool json,
 	struct dirent *de;
 	DIR *d;
 
-	if (filter && !want_pid && isdigit((unsigned char)filter[0]) &&
-	    strspn(filter, "0123456789") == strlen(filter)) {
-		fprintf(stderr, "ubsctl: bad pid: %s\n", filter);
-		return EX_USAGE;
-	}
-	snprintf(dir, sizeof(dir), "%s/stats", run_dir);
-	d = opendir(dir);
-	if (!d) {
-		fprintf(stderr, "ubsctl: %s: %s (preloaded processes publish "
-			"their connections only where this directory exists)\n",
-			dir, strerror(errno));
-		return EX_ERROR;
-	}
+	int rc;
+
+	d = ubsctl_stats_dir(run_dir, filter, "connections", dir, sizeof(dir),
+			     &rc);
+	if (!d)
+		return rc;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGBUS, &sa, &old_sa);
 	while ((de = readdir(d))) {
