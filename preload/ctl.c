@@ -25,6 +25,7 @@
 #include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -197,6 +198,19 @@ static bool ctl_connecting;             /* a thread sets the session up
 					 * (the lock is let go meanwhile) */
 static uint64_t ctl_gen;                /* connections made, for readers */
 static pthread_cond_t ctl_cv = PTHREAD_COND_INITIALIZER;
+
+/*
+ * The process doorbell: one eventfd that every channel of this process
+ * rings and sleeps on (created on first need), named by a random id,
+ * and given to each session before its first PUBLISH or REQUEST (no
+ * reply waited for: ubsd reads the stream in order).  A forked child
+ * makes its own; channels it inherited keep the parent's.
+ */
+static struct {
+	int fd;
+	uint64_t id;
+	uint64_t gen;           /* ctl_gen it was given to, 0: not yet */
+} db = { .fd = -1 };
 
 /* Read one whole message of fd by deadline (no lock held).  Returns 0 or
  * -errno with *why set; fds in got (-1 unused). */
@@ -604,16 +618,85 @@ int ubs_ctl_listen_locked(int fd)
 		-ENOTCONN;
 }
 
-int ubs_ctl_publish(int sock_fd, int seg_fd, int efd0, int efd1)
+/* The doorbell, made if need be (lock held): its fd, or -errno. */
+static int db_make(void)
 {
-	int fds[4] = { sock_fd, seg_fd, efd0, efd1 };
+	if (db.fd < 0) {
+		int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
+		struct timespec ts;
+
+		if (fd < 0)
+			return -errno;
+		db.fd = ubs_fd_high(fd);
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		db.id = ((uint64_t)getpid() << 40) ^ (uint64_t)ts.tv_nsec ^
+			((uint64_t)ts.tv_sec << 20) ^ (uint64_t)(uintptr_t)&db;
+		if (!db.id)
+			db.id = 1;
+		db.gen = 0;
+	}
+	return db.fd;
+}
+
+/* Give the doorbell to this session if it does not have it (lock held,
+ * connection up). */
+static int db_register(void)
+{
+	struct ctl_doorbell m;
+	uint32_t seq;
+	int r = db_make();
+
+	if (r < 0 || db.gen == ctl_gen)
+		return r < 0 ? r : 0;
+	m.id = db.id;
+	r = ctl_send(CTL_REQ_DOORBELL, &m, sizeof(m), &db.fd, 1, &seq);
+	if (r == 0)
+		db.gen = ctl_gen;
+	return r;
+}
+
+int ubs_ctl_doorbell(uint64_t *id)
+{
+	int r;
+
+	pthread_mutex_lock(&ctl.lock);
+	r = db_make();
+	*id = db.id;
+	pthread_mutex_unlock(&ctl.lock);
+	return r;
+}
+
+int ubs_ctl_peer_doorbell(uint64_t id)
+{
+	struct ctl_doorbell m = { .id = id };
+	struct ctl_error e;
+	int fd = -1, n = 1, r;
+	uint16_t rt = 0;
+
+	memset(&e, 0, sizeof(e));
+	r = ubs_ctl_call(CTL_REQ_PEER_DB, &m, sizeof(m), NULL, 0, &rt, &e,
+			 sizeof(e), &fd, &n);
+	if (r)
+		return r;
+	if (rt == CTL_R_DOORBELL && n == 1)
+		return fd;
+	if (n == 1)
+		ubs_fd_release(fd);
+	return rt == CTL_R_ERROR && e.err > 0 ? -e.err : -EPROTO;
+}
+
+int ubs_ctl_publish(int sock_fd, int seg_fd)
+{
+	int fds[2] = { sock_fd, seg_fd };
 	uint32_t seq;
 	int r;
 
 	pthread_mutex_lock(&ctl.lock);
 	r = ctl_up();
 	if (r == 0)
-		r = ctl_send(CTL_REQ_PUBLISH, NULL, 0, fds, 4, &seq);
+		r = db_register();
+	if (r == 0)
+		r = ctl_send(CTL_REQ_PUBLISH, NULL, 0, fds, 2, &seq);
 	pthread_mutex_unlock(&ctl.lock);
 	return r;
 }
@@ -624,7 +707,7 @@ uint32_t ubs_ctl_request_send(int sock_fd, int wait_ms)
 	uint32_t seq = 0;
 
 	pthread_mutex_lock(&ctl.lock);
-	if (ctl_up() == 0 &&
+	if (ctl_up() == 0 && db_register() == 0 &&
 	    ctl_send(CTL_REQ_REQUEST, &q, sizeof(q), &sock_fd, 1, &seq) == 0) {
 		if (!ctl_slot(seq))
 			seq = 0;        /* no slot: its reply will be dropped */
@@ -645,7 +728,7 @@ void ubs_ctl_request_cancel(uint32_t seq)
 	pthread_mutex_unlock(&ctl.lock);
 }
 
-int ubs_ctl_request_finish(uint32_t seq, int wait_ms, int fds[3], char *why,
+int ubs_ctl_request_finish(uint32_t seq, int wait_ms, int fds[1], char *why,
 			   size_t whylen)
 {
 	union {
@@ -655,7 +738,7 @@ int ubs_ctl_request_finish(uint32_t seq, int wait_ms, int fds[3], char *why,
 	} m;
 	struct ctl_mail *slot;
 	uint16_t rt = 0;
-	int n = 3, r;
+	int n = 1, r;
 
 	memset(&m, 0, sizeof(m));
 	pthread_mutex_lock(&ctl.lock);
@@ -667,7 +750,7 @@ int ubs_ctl_request_finish(uint32_t seq, int wait_ms, int fds[3], char *why,
 		snprintf(why, whylen, "daemon: %s", strerror(-r));
 		return r;
 	}
-	if (rt == CTL_R_CHANNEL && n == 3)
+	if (rt == CTL_R_CHANNEL && n == 1)
 		return 0;
 	close_fds(fds, rt == CTL_R_CHANNEL ? n : 0);
 	if (rt == CTL_R_TCP) {
@@ -684,7 +767,7 @@ int ubs_ctl_request_finish(uint32_t seq, int wait_ms, int fds[3], char *why,
 	return -EPROTO;
 }
 
-int ubs_ctl_request(int sock_fd, int wait_ms, int fds[3], char *why,
+int ubs_ctl_request(int sock_fd, int wait_ms, int fds[1], char *why,
 		    size_t whylen)
 {
 	uint32_t seq = ubs_ctl_request_send(sock_fd, wait_ms);
@@ -723,6 +806,10 @@ void ubs_ctl_atfork_child(void)
 	ctl_reading = false;
 	ctl_connecting = false;
 	ctl.had_session = false;
+	/* Its own doorbell, made on first need; the parent's stays open
+	 * for the channels inherited with it. */
+	db.fd = -1;
+	db.gen = 0;
 	for (int i = 0; i < CTL_WAITERS; i++)
 		ctl_slot_free(&mailbox[i]);
 	if (ctl.fd >= 0)

@@ -26,19 +26,25 @@ int ubs_ctl_listener_maybe(int family, const void *addr, uint16_t port);
 int ubs_ctl_listen(int fd, bool add);
 /* The same from inside the reconnect hook (lock already held). */
 int ubs_ctl_listen_locked(int fd);
-/* Offer the channel of an accepted socket; does not wait. */
-int ubs_ctl_publish(int sock_fd, int seg_fd, int efd0, int efd1);
+/* Offer the channel (its segment) of an accepted socket; does not wait. */
+int ubs_ctl_publish(int sock_fd, int seg_fd);
 /* Ask for the channel of a connected socket, waiting up to wait_ms for
- * the server's publication.  0 with fds[0..2] = segment, creator's and
- * attacher's eventfds; -ENOENT when the daemon said "use TCP"; else an
- * error.  why gets a short reason on failure. */
-int ubs_ctl_request(int sock_fd, int wait_ms, int fds[3], char *why,
+ * the server's publication.  0 with fds[0] = its segment; -ENOENT when
+ * the daemon said "use TCP"; else an error.  why gets a short reason on
+ * failure. */
+int ubs_ctl_request(int sock_fd, int wait_ms, int fds[1], char *why,
 		    size_t whylen);
+/* This process's doorbell (made on first call): its fd, or -errno; *id
+ * names it in channel headers.  A forked child gets its own. */
+int ubs_ctl_doorbell(uint64_t *id);
+/* A copy of the doorbell named id of a peer process, from ubsd (a
+ * library fd): the fd, or -errno. */
+int ubs_ctl_peer_doorbell(uint64_t id);
 /* The same in two steps, so that the daemon's answer is on its way while
  * the program goes on: send returns a token (0 if the request could not
  * be sent), finish waits for the answer; cancel forgets it. */
 uint32_t ubs_ctl_request_send(int sock_fd, int wait_ms);
-int ubs_ctl_request_finish(uint32_t token, int wait_ms, int fds[3],
+int ubs_ctl_request_finish(uint32_t token, int wait_ms, int fds[1],
 			   char *why, size_t whylen);
 void ubs_ctl_request_cancel(uint32_t token);
 

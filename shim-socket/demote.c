@@ -124,7 +124,7 @@ int sock_demote(struct sock *s, int fd)
 		return 0;
 	}
 	if (st == SK_UNDECIDED)
-		atomic_store(&s->state, SK_UB);
+		sock_promote(s);        /* the client's: its doorbell too */
 	if (s->have_chan) {
 		ubs_guard_enter();
 		ubt_chan_demote(&s->ch);

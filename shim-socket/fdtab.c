@@ -73,6 +73,8 @@ static void sock_free(struct sock *s)
 	}
 	if (s->have_chan)
 		ubt_chan_close(&s->ch);
+	if (s->peer_db)
+		sock_peer_db_put(s->peer_db);
 	if (g)
 		ubs_guard_exit();
 	pthread_mutex_destroy(&s->mu);

@@ -19,6 +19,7 @@
  */
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,12 +110,45 @@ static void arm(struct arm *a, struct sock *s, uint32_t want)
 	}
 }
 
-static void disarm(struct arm *a)
+/* Returns how many of a's doorbells were rung for it. */
+static int disarm(struct arm *a)
 {
+	int n = 0;
+
 	if (a->on[0])
-		ubt_ring_disarm(a->s->rx, 0, a->key[0]);
+		n += ubt_ring_disarm(a->s->rx, 0, a->key[0]);
 	if (a->on[1])
-		ubt_ring_disarm(a->s->tx, 1, a->key[1]);
+		n += ubt_ring_disarm(a->s->tx, 1, a->key[1]);
+	return n;
+}
+
+/*
+ * A doorbell is the process's: a sleeper may be woken by tokens that
+ * belong to other sleepers (other threads, a forked process sharing it).
+ * They take theirs soon: until then, yield instead of spinning on the
+ * readable eventfd; tokens nobody takes for FOREIGN_STRAY_MS are strays
+ * (their sleeper was killed) and one is discarded.
+ */
+#define FOREIGN_STRAY_MS 50
+
+struct foreign {
+	unsigned n;
+	uint64_t t0;
+};
+
+static void foreign_wake(struct foreign *f, int efd)
+{
+	if (f->n++ == 0)
+		f->t0 = now_ns();
+	if (now_ns() - f->t0 < FOREIGN_STRAY_MS * 1000000ull) {
+		sched_yield();
+	} else {
+		uint64_t v;
+
+		if (ubs_real.read(efd, &v, sizeof(v)) == sizeof(v))
+			ubs_dbg("stray doorbell token discarded");
+		f->n = 0;
+	}
 }
 
 /*
@@ -193,8 +227,9 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 	nfds_t nk = 0, nu = 0;
 	struct pollfd *kp, kp_small[POLL_SMALL * 2];
 	struct arm *arms, arms_small[POLL_SMALL];
+	struct foreign fw = { 0, 0 };
 	uint32_t mark = ubs_sig_mark();
-	int ready, r;
+	int ready, r, claimed, foreign_efd;
 
 	for (nfds_t i = 0; i < n; i++) {
 		if (socks[i]) {
@@ -219,7 +254,7 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 	for (bool first = true;; first = false) {
 		nfds_t k = 0, u = 0;
 		uint64_t spin_end;
-		bool trim = false;
+		bool trim = false, slept = false;
 
 		ready = 0;
 		/* One kernel poll, no wait: the kernel fds, and the kernel
@@ -322,22 +357,33 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 				ready = -errno;
 			else if (r > 0)
 				trim = false;
+			slept = r > 0;
 		}
+		claimed = 0;
 		for (nfds_t j = 0; j < u; j++)
-			disarm(&arms[j]);
+			claimed += disarm(&arms[j]);
 		if (ready < 0)
 			break;
 		/* Learn what the kernel sockets of UB connections said. */
 		k = 0;
+		foreign_efd = -1;
 		for (nfds_t i = 0; i < n; i++) {
 			if (!socks[i] || !emulated(socks[i])) {
+				if (kp[k].revents)
+					claimed++;      /* a kernel fd woke us */
 				k++;
 				continue;
 			}
-			if (kp[k + 1].fd >= 0 && kp[k + 1].revents)
+			if (kp[k].revents)
+				foreign_efd = kp[k].fd;
+			if (kp[k + 1].fd >= 0 && kp[k + 1].revents) {
 				sock_probe_kernel(socks[i], fds[i].fd);
+				claimed++;
+			}
 			k += 2;
 		}
+		if (slept && !claimed && foreign_efd >= 0)
+			foreign_wake(&fw, foreign_efd);
 		ready = 0;
 		if (trim) {
 			/* A quiet second: give idle rings' pages back. */
@@ -616,6 +662,8 @@ struct ep_member {
 	int fd;
 };
 
+#define EP_DBS 8
+
 struct ep_set {
 	struct ep_set *next;
 	int epfd;
@@ -626,6 +674,8 @@ struct ep_set {
 	struct ep_reg *regs;
 	int nregs;
 	unsigned rot;                   /* fairness: first reg to look at */
+	int dbs[EP_DBS];                /* doorbells in the inner epoll */
+	int ndbs;
 	unsigned trim_rot;              /* next regs to look at for trimming */
 };
 
@@ -684,9 +734,22 @@ static void inner_add(struct ep_set *e, struct sock *s, int fd)
 		ev.data.u64 = TAG_EPFD;
 		ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, e->epfd, &ev);
 	}
-	ev.events = EPOLLIN;
-	ev.data.u64 = (uint64_t)(uintptr_t)s | TAG_EFD;
-	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, s->ch.efd[s->ch.side], &ev);
+	/* The doorbell is the process's, shared by its socks: added once,
+	 * never taken out (a forked child has its own beside its parent's,
+	 * which the channels it inherited keep). */
+	{
+		int efd = s->ch.efd[s->ch.side], i;
+
+		for (i = 0; i < e->ndbs && e->dbs[i] != efd; i++)
+			;
+		if (i == e->ndbs) {
+			ev.events = EPOLLIN;
+			ev.data.u64 = (uint64_t)(uint32_t)efd << 32 | TAG_EFD;
+			ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, efd, &ev);
+			if (e->ndbs < EP_DBS)
+				e->dbs[e->ndbs++] = efd;
+		}
+	}
 	ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
 	ev.data.u64 = (uint64_t)(uintptr_t)s | TAG_SOCK;
 	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, fd, &ev);
@@ -701,8 +764,6 @@ static void inner_del(struct ep_set *e, struct sock *s)
 	for (int i = 0; i < e->nmem; i++) {
 		if (e->mem[i].s != s)
 			continue;
-		ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL,
-				   s->ch.efd[s->ch.side], &ev);
 		ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL, e->mem[i].fd, &ev);
 		e->mem[i] = e->mem[--e->nmem];
 		return;
@@ -952,6 +1013,7 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 	uint64_t deadline = timeout_ms > 0 ?
 		now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
 	uint32_t mark = ubs_sig_mark();
+	struct foreign fw = { 0, 0 };
 	int n, k;
 
 	for (;;) {
@@ -1039,8 +1101,19 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 			if (k < 0)
 				k = -errno;
 		}
-		for (int j = 0; j < na; j++)
-			disarm(&arms[j]);
+		{
+			int claimed = 0, efd = -1;
+
+			for (int j = 0; j < na; j++)
+				claimed += disarm(&arms[j]);
+			for (int j = 0; j < k; j++)
+				if ((tmp[j].data.u64 & 3) == TAG_EFD)
+					efd = (int)(tmp[j].data.u64 >> 32);
+				else
+					claimed++;
+			if (!claimed && efd >= 0 && !n)
+				foreign_wake(&fw, efd);
+		}
 		free(arms);
 		if (budget && k > 0)
 			spin_after_sleep(now_ns() - slept_at, budget);

@@ -50,6 +50,7 @@ struct sock {
 				 * (the kernel fd they watch changed) */
 	struct ubt_chan ch;
 	bool have_chan;
+	uint64_t peer_db;       /* the peer's doorbell, held (0: none yet) */
 	struct ubt_ring *rx, *tx;
 	bool nonblock;          /* O_NONBLOCK of the open file (cached) */
 	bool shut_rd, shut_wr;  /* local shutdown */
@@ -92,6 +93,14 @@ static inline int sock_kfd(const struct sock *s, int fd)
 {
 	return s->closing ? s->fd : fd;
 }
+
+/* Peer processes' doorbells (doorbell.c): get a held copy of the one
+ * named id (asking ubsd the first time), or -errno; put lets it go. */
+int sock_peer_db_get(uint64_t id);
+void sock_peer_db_put(uint64_t id);
+void sock_peer_db_atfork_child(void);
+/* Install the peer's doorbell in s's channel (once): 0 or -errno. */
+int sock_peer_db(struct sock *s);
 
 /* Transitions. */
 void sock_to_tcp(struct sock *s, int fd);       /* drop the channel, detach

@@ -89,19 +89,24 @@ static void set_spin(struct sock *s, const struct ubs_svc_policy *p)
 	s->spin_ns = (int64_t)p->spin_us * 1000;
 }
 
-/* Place the channel's eventfds high (the program's fd numbering must not
- * change: invariant 3). */
-static void chan_fds_high(struct ubt_chan *c)
+int sock_peer_db(struct sock *s)
 {
-	for (int side = 0; side < 2; side++) {
-		int old = c->efd[side], nfd;
+	uint64_t id;
+	int fd;
 
-		if (old < 0)
-			continue;
-		nfd = ubs_fd_high(old);         /* closes old if it moved */
-		if (nfd != old)
-			ubt_chan_move_efd(c, side, nfd);
+	if (s->peer_db)
+		return 0;
+	/* Read once: the header is the peer's to scribble on. */
+	id = ubt_chan_peer_db(&s->ch);
+	fd = sock_peer_db_get(id);
+	if (fd < 0) {
+		ubs_info("fd %d: no doorbell of the peer (%s)", s->fd,
+			 strerror(-fd));
+		return fd;
 	}
+	ubt_chan_set_peer_efd(&s->ch, fd);
+	s->peer_db = id;
+	return 0;
 }
 
 /* Bind the sock's ring pointers after create/attach. */
@@ -205,8 +210,8 @@ static void accepted(int fd, int flags)
 {
 	struct ubs_svc_policy pol;
 	struct sock *s;
-	uint64_t ring;
-	int r;
+	uint64_t ring, db_id;
+	int r, db;
 
 	if (!policy_on(&pol))
 		return;
@@ -216,9 +221,8 @@ static void accepted(int fd, int flags)
 	ring = (uint64_t)pol.ring_kib * 1024;
 	if (ring < 4096 || (ring & (ring - 1)))
 		ring = 1 << 20;
-	r = ubt_chan_create_stream(&s->ch, ring);
-	if (r == 0 && (r = ubt_chan_make_peer_efd(&s->ch)) >= 0)
-		r = 0;
+	db = ubs_ctl_doorbell(&db_id);
+	r = db < 0 ? db : ubt_chan_create_stream_db(&s->ch, ring, db, db_id);
 	if (r) {
 		ubs_info("fd %d: no channel (%s): TCP", fd, strerror(-r));
 		if (s->ch.seg.base)
@@ -227,8 +231,7 @@ static void accepted(int fd, int flags)
 		count_conn(NULL, false, -1, fd, 0);
 		return;
 	}
-	chan_fds_high(&s->ch);
-	r = ubs_ctl_publish(fd, s->ch.seg.fd, s->ch.efd[0], s->ch.efd[1]);
+	r = ubs_ctl_publish(fd, s->ch.seg.fd);
 	/* The mapping is all this side needs of the segment. */
 	ubs_fd_release(s->ch.seg.fd);
 	s->ch.seg.fd = -1;
@@ -395,7 +398,8 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 {
 	struct pollfd p = { .fd = fd, .events = POLLOUT };
 	char why[96] = "";
-	int fds[3], r, st, reason = -1;
+	int fds[1], r, st, db, reason = -1;
+	uint64_t db_id;
 
 	pthread_mutex_lock(&s->mu);
 	st = atomic_load(&s->state);
@@ -433,18 +437,25 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 			UBS_STAT_TCP_NO_DAEMON;
 		goto tcp;
 	}
-	r = ubt_chan_attach_efds(&s->ch, fds[0], fds[1], fds[2]);
+	db = ubs_ctl_doorbell(&db_id);
+	r = db < 0 ? db : ubt_chan_attach_db(&s->ch, fds[0], db, db_id);
 	if (r) {
 		snprintf(why, sizeof(why), "attach: %s", strerror(-r));
-		for (int i = 0; i < 3; i++)
-			ubs_fd_release(fds[i]);
+		ubs_fd_release(fds[0]);
 		goto tcp;
 	}
 	/* The mapping is all we need of the segment. */
 	ubs_fd_release(s->ch.seg.fd);
 	s->ch.seg.fd = -1;
-	chan_fds_high(&s->ch);
 	bind_chan(s);
+	r = sock_peer_db(s);
+	if (r) {
+		snprintf(why, sizeof(why), "no doorbell of the server: %s",
+			 strerror(-r));
+		reason = UBS_STAT_TCP_NO_DAEMON;
+		ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
+		goto tcp;
+	}
 	if (ubt_chan_decide(&s->ch, UBT_CHAN_UB) != UBT_CHAN_UB) {
 		snprintf(why, sizeof(why), "server chose TCP");
 		reason = UBS_STAT_TCP_PEER_TCP;
@@ -611,14 +622,23 @@ bool sock_trim_idle(struct sock *s)
 
 bool sock_promote(struct sock *s)
 {
-	int want = SK_UNDECIDED;
-
 	if (ubt_chan_state(&s->ch) != UBT_CHAN_UB)
 		return false;
-	if (atomic_compare_exchange_strong(&s->state, &want, SK_UB)) {
+	if (atomic_load(&s->state) != SK_UNDECIDED)
+		return true;
+	/* The client's doorbell first: whoever sees SK_UB may ring it.
+	 * Without it (ubsd gone since) this side demotes: the next call
+	 * on the socket goes back to TCP, losing nothing (the callers may
+	 * hold an epoll set's lock: no more than the flag here). */
+	pthread_mutex_lock(&s->mu);
+	if (atomic_load(&s->state) == SK_UNDECIDED) {
+		if (sock_peer_db(s) < 0)
+			ubt_chan_demote(&s->ch);
+		atomic_store(&s->state, SK_UB);
 		count_conn(s, true, -1, s->fd, 0);
 		ubs_dbg("fd %d: accepted connection over UB", s->fd);
 	}
+	pthread_mutex_unlock(&s->mu);
 	return true;
 }
 
@@ -1102,6 +1122,7 @@ void sock_atfork_child(void)
 	bool any = false;
 
 	sock_tab_atfork_child();
+	sock_peer_db_atfork_child();
 	ubs_ctl_atfork_child();
 	sock_for_each(fork_unmark, NULL);
 	sock_for_each(fork_reslot, NULL);

@@ -23,6 +23,9 @@ int ctl_body_len(uint16_t type)
 	case CTL_REQ_REQUEST:   return sizeof(struct ctl_request);
 	case CTL_REQ_LISTENERS: return 0;
 	case CTL_REQ_EXCLUDES:  return 0;
+	case CTL_REQ_DOORBELL:  return sizeof(struct ctl_doorbell);
+	case CTL_REQ_PEER_DB:   return sizeof(struct ctl_doorbell);
+	case CTL_R_DOORBELL:    return sizeof(struct ctl_doorbell);
 	case CTL_R_OK:          return 0;
 	case CTL_R_ERROR:       return sizeof(struct ctl_error);
 	case CTL_R_END:         return 0;
@@ -75,6 +78,9 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_REQ_REQUEST:   return "REQUEST";
 	case CTL_REQ_LISTENERS: return "LISTENERS";
 	case CTL_REQ_EXCLUDES:  return "EXCLUDES";
+	case CTL_REQ_DOORBELL:  return "DOORBELL";
+	case CTL_REQ_PEER_DB:   return "PEER_DB";
+	case CTL_R_DOORBELL:    return "R_DOORBELL";
 	case CTL_R_OK:          return "OK";
 	case CTL_R_ERROR:       return "ERROR";
 	case CTL_R_END:         return "END";
@@ -117,10 +123,12 @@ int ctl_fd_count(uint16_t type)
 	switch (type) {
 	case CTL_REQ_LISTEN:    return 1;
 	case CTL_REQ_UNLISTEN:  return 1;
-	case CTL_REQ_PUBLISH:   return 4;
+	case CTL_REQ_PUBLISH:   return 2;
+	case CTL_REQ_DOORBELL:  return 1;
+	case CTL_R_DOORBELL:    return 1;
 	case CTL_REQ_REQUEST:   return 1;
 	case CTL_R_POLICY:      return 1;
-	case CTL_R_CHANNEL:     return 3;
+	case CTL_R_CHANNEL:     return 1;
 	/* memory pool */
 	case CTL_R_MEM_SEG:     return 1;
 

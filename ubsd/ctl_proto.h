@@ -52,17 +52,23 @@ enum ctl_type {
 					 * socket.  OK|ERROR */
 	CTL_REQ_UNLISTEN = 0x0107,      /* no body; fd: the same.  OK|ERROR */
 	CTL_REQ_PUBLISH = 0x0108,       /* no body; fds: accepted socket,
-					 * channel segment, creator's
-					 * eventfd, attacher's eventfd.
+					 * channel segment.
 					 * CTL_R_PUBLISHED|WITHDRAWN|ERROR */
 	CTL_REQ_REQUEST = 0x0109,       /* struct ctl_request; fd: a TCP
 					 * socket, connected or connecting
 					 * (then answered once it is).
-					 * CTL_R_CHANNEL (+3 fds)|
+					 * CTL_R_CHANNEL (+1 fd)|
 					 * CTL_R_TCP|ERROR, maybe later */
 	CTL_REQ_LISTENERS = 0x010a,     /* no body: CTL_R_LISTENER... + END */
 	CTL_REQ_EXCLUDES = 0x010b,      /* no body: CTL_R_EXCLUDE... + END,
 					 * in the order of the config */
+	CTL_REQ_DOORBELL = 0x010c,      /* struct ctl_doorbell; fd: the
+					 * session's process doorbell (an
+					 * eventfd), named by its id.
+					 * OK|ERROR */
+	CTL_REQ_PEER_DB = 0x010d,       /* struct ctl_doorbell: the id of a
+					 * peer's doorbell.  CTL_R_DOORBELL
+					 * (+1 fd)|ERROR */
 	/* Memory pool (memhooks issue): requests 0x0110..0x011f. */
 	CTL_REQ_MEM_LEASE = 0x0110,     /* struct ctl_mem_lease; needs a
 					 * session.  CTL_R_MEM_SEG + 1 fd
@@ -102,14 +108,14 @@ enum ctl_type {
 	CTL_R_SERVICE = 0x0205,         /* struct ctl_service */
 	CTL_R_POLICY = 0x0206,          /* struct ctl_policy + one fd */
 	CTL_R_PUBLISHED = 0x0207,       /* struct ctl_chan: offered */
-	CTL_R_CHANNEL = 0x0208,         /* struct ctl_chan + 3 fds: segment,
-					 * creator's eventfd, attacher's */
+	CTL_R_CHANNEL = 0x0208,         /* struct ctl_chan + 1 fd: segment */
 	CTL_R_TCP = 0x0209,             /* struct ctl_tcp: use TCP */
 	CTL_R_WITHDRAWN = 0x020a,       /* struct ctl_chan: the publication
 					 * was dropped unmatched (also sent
 					 * unsolicited, seq of its PUBLISH) */
 	CTL_R_LISTENER = 0x020b,        /* struct ctl_listener */
 	CTL_R_EXCLUDE = 0x020c,         /* struct ctl_exclude */
+	CTL_R_DOORBELL = 0x020d,        /* struct ctl_doorbell + 1 fd */
 	/* Memory pool replies: 0x0210..0x021f. */
 	CTL_R_MEM_SEG = 0x0210,         /* struct ctl_mem_seg + 1 fd */
 	CTL_R_MEM_POOL = 0x0211,        /* struct ctl_mem_pool */
@@ -203,6 +209,18 @@ struct ctl_request {
 
 struct ctl_chan {
 	uint64_t chan_id;
+};
+
+/*
+ * Process doorbells: each process rings, and sleeps on, one eventfd for
+ * all its channels.  Its id (random, nonzero) is written in the header of
+ * every channel the process creates or attaches; the peer asks ubsd for
+ * that doorbell once per process pair (PEER_DB).  ubsd hands a doorbell
+ * to a session of the same uid as its owner, to root, and to a session
+ * it has given a channel with the owner's session.
+ */
+struct ctl_doorbell {
+	uint64_t id;
 };
 
 struct ctl_tcp {

@@ -100,6 +100,8 @@ struct ev_src {
 
 struct conn;
 
+#define DB_PEERS 64     /* recent channel peers remembered per session */
+
 struct session {
 	TAILQ_ENTRY(session) entry;
 	uint64_t id;                    /* rendezvous session id, never 0 */
@@ -110,6 +112,11 @@ struct session {
 	uint64_t started_ms;            /* monotonic */
 	bool early;                     /* CTL_HELLO_EARLY_REQUEST */
 	char service[CTL_NAME_MAX];
+	int db_fd;                      /* its process doorbell, or -1 */
+	uint64_t db_id;
+	uint64_t db_peers[DB_PEERS];    /* sessions given a channel with this
+					 * one: may have its doorbell */
+	unsigned db_next;               /* next db_peers slot to overwrite */
 };
 
 #define ORPHAN_MIN_MS 5 /* an offer nobody asked for lives this long at
@@ -165,7 +172,7 @@ struct chan {
 	uint64_t id;
 	uint64_t session;
 	uint32_t seq;                   /* of the PUBLISH */
-	int fd[3];                      /* segment, creator's, attacher's efd */
+	int fd[1];                      /* segment */
 	uint64_t orphan_ms;             /* when it was marked an orphan */
 	bool orphan;                    /* unmatched from an early session:
 					 * withdrawn once input is drained */
@@ -581,8 +588,7 @@ static void chan_free(struct chan *ch)
 	if (ch->orphan)
 		norphans--;
 	TAILQ_REMOVE(&chans, ch, entry);
-	for (int i = 0; i < 3; i++)
-		close(ch->fd[i]);
+	close(ch->fd[0]);
 	free(ch);
 }
 
@@ -640,6 +646,9 @@ static void session_end(struct session *s)
 
 	/* verbs registry */
 	vreg_session_gone(s->id);
+
+	if (s->db_fd >= 0)
+		close(s->db_fd);
 
 	logmsg(LOG_INFO, "session end: pid %ld service \"%s\"%s",
 	       (long)s->pid, s->service, gone > 0 ? ", listeners gone" : "");
@@ -864,6 +873,7 @@ static int do_hello(struct conn *c, const struct ctl_hdr *h,
 		return conn_send(c, CTL_R_ERROR, h->seq, &e, sizeof(e));
 	}
 	s->id = ++d.next_session_id;
+	s->db_fd = -1;
 	s->conn = c;
 	s->pid = c->pid;
 	s->uid = c->uid;
@@ -1296,14 +1306,21 @@ static int send_tcp(struct conn *c, uint32_t seq, const char *reason)
 	return conn_send(c, CTL_R_TCP, seq, &m, sizeof(m));
 }
 
-static struct conn *session_conn(uint64_t id)
+static struct session *session_find(uint64_t id)
 {
 	struct session *s;
 
 	TAILQ_FOREACH(s, &sessions, entry)
 		if (s->id == id)
-			return s->conn && !s->conn->dead ? s->conn : NULL;
+			return s;
 	return NULL;
+}
+
+static struct conn *session_conn(uint64_t id)
+{
+	struct session *s = session_find(id);
+
+	return s && s->conn && !s->conn->dead ? s->conn : NULL;
 }
 
 /* After an unsolicited message to o (not the connection being served):
@@ -1839,6 +1856,67 @@ static bool conn_req_full(const struct conn *c)
 	return true;
 }
 
+/* Sessions a and b were given a channel together: each may have the
+ * other's doorbell (PEER_DB). */
+static void db_pair(uint64_t a, uint64_t b)
+{
+	struct session *sa = session_find(a), *sb = session_find(b);
+
+	for (int k = 0; k < 2 && sa && sb; k++) {
+		struct session *x = k ? sb : sa, *y = k ? sa : sb;
+		unsigned i;
+
+		for (i = 0; i < DB_PEERS; i++)
+			if (x->db_peers[i] == y->id)
+				break;
+		if (i == DB_PEERS)
+			x->db_peers[x->db_next++ % DB_PEERS] = y->id;
+	}
+}
+
+/* DOORBELL: the session's process doorbell (an eventfd). */
+static int do_doorbell(struct conn *c, const struct ctl_hdr *h,
+		       const struct ctl_doorbell *m, int fd)
+{
+	if (!m->id || !is_eventfd(fd)) {
+		close(fd);
+		return send_error(c, h->seq, EINVAL, "a doorbell is an "
+				  "eventfd with a nonzero id");
+	}
+	if (c->sess->db_fd >= 0)
+		close(c->sess->db_fd);
+	c->sess->db_fd = fd;
+	c->sess->db_id = m->id;
+	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
+}
+
+/* PEER_DB: the doorbell named m->id, to a session allowed to ring it. */
+static int do_peer_db(struct conn *c, const struct ctl_hdr *h,
+		      const struct ctl_doorbell *m)
+{
+	struct session *s, *me = c->sess;
+	bool seen = false;
+
+	if (!me)
+		return send_error(c, h->seq, EPERM, "no session: send HELLO "
+				  "first");
+	TAILQ_FOREACH(s, &sessions, entry) {
+		bool ok = s->uid == me->uid || me->uid == 0;
+
+		if (s->db_fd < 0 || s->db_id != m->id || !m->id)
+			continue;
+		seen = true;
+		for (unsigned i = 0; !ok && i < DB_PEERS; i++)
+			ok = me->db_peers[i] == s->id;
+		if (ok)
+			return conn_send_fds(c, CTL_R_DOORBELL, h->seq, m,
+					     sizeof(*m), &s->db_fd, 1);
+	}
+	return send_error(c, h->seq, seen ? EPERM : ENOENT, seen ?
+			  "not a peer of that doorbell's process" :
+			  "no such doorbell");
+}
+
 /* Hand ch to the client waiting with req_id in session req_session, then
  * forget ch. */
 static void give_channel(struct chan *ch, uint64_t req_session,
@@ -1850,8 +1928,9 @@ static void give_channel(struct chan *ch, uint64_t req_session,
 	uint32_t seq;
 
 	if (o && conn_req_take(o, req_id, &seq)) {
+		db_pair(ch->session, req_session);
 		conn_after_push(o, conn_send_fds(o, CTL_R_CHANNEL, seq,
-						 &m, sizeof(m), ch->fd, 3));
+						 &m, sizeof(m), ch->fd, 1));
 	}
 	chan_free(ch);
 }
@@ -1872,7 +1951,7 @@ static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 	if (!TAILQ_EMPTY(&earlies))
 		early_try_all();
 	if (c->dead) {                  /* it was one of them, and failed */
-		close_fds(fds, 4);
+		close_fds(fds, 2);
 		return 0;
 	}
 	r = sock_facts(c, fds[0], false, &f, &why);
@@ -1885,17 +1964,13 @@ static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 		why = "channel segment is not a memfd";
 		r = -EBADF;
 	}
-	if (!r && (!is_eventfd(fds[2]) || !is_eventfd(fds[3]))) {
-		why = "channel doorbell is not an eventfd";
-		r = -EBADF;
-	}
 	if (r) {
-		close_fds(fds + 1, 3);
+		close_fds(fds + 1, 1);
 		return send_error(c, h->seq, -r, why);
 	}
 	ch = calloc(1, sizeof(*ch));
 	if (!ch) {
-		close_fds(fds + 1, 3);
+		close_fds(fds + 1, 1);
 		return send_error(c, h->seq, ENOMEM, "out of memory");
 	}
 	ch->id = ++d.next_chan_id;
@@ -1989,8 +2064,9 @@ static int request_connected(struct conn *c, uint32_t seq, int fd,
 
 			if (!ch)        /* cannot happen: table and rv agree */
 				return send_tcp(c, seq, "channel lost");
+			db_pair(ch->session, c->sess->id);
 			r = conn_send_fds(c, CTL_R_CHANNEL, seq, &m,
-					  sizeof(m), ch->fd, 3);
+					  sizeof(m), ch->fd, 1);
 			chan_free(ch);
 			return r;
 		}
@@ -2365,6 +2441,16 @@ static int conn_dispatch(struct conn *c, const char **why)
 			break;
 		case CTL_REQ_EXCLUDES:
 			err = do_excludes(c, &h);
+			break;
+		case CTL_REQ_DOORBELL:
+		case CTL_REQ_PEER_DB:
+			{
+				struct ctl_doorbell m;
+				memcpy(&m, body, sizeof(m));
+				err = h.type == CTL_REQ_DOORBELL ?
+					do_doorbell(c, &h, &m, fds[0]) :
+					do_peer_db(c, &h, &m);
+			}
 			break;
 		/* memory pool */
 		case CTL_REQ_MEM_LEASE:

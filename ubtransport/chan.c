@@ -83,8 +83,10 @@ static void bind_rings(struct ubt_chan *c, const struct ubt_ring_desc *d)
 	}
 }
 
-int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
-		    uint32_t nrings)
+/* Create with this side's eventfd own_efd (shared, not the channel's), or
+ * a new one of the channel's when own_efd is -1. */
+static int chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
+		       uint32_t nrings, int own_efd, uint64_t db_id)
 {
 	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
 	struct ubt_chan_hdr *h;
@@ -108,12 +110,13 @@ int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 	err = ubt_seg_create(&c->seg, off, UBT_SEG_CHAN, "ubs-chan");
 	if (err)
 		return err;
-	err = new_efd();
+	err = own_efd >= 0 ? own_efd : new_efd();
 	if (err < 0) {
 		ubt_seg_unmap(&c->seg);
 		return err;
 	}
 	c->efd[0] = err;
+	c->shared_efds = own_efd >= 0;
 	c->side = 0;
 	c->nrings = nrings;
 
@@ -123,6 +126,7 @@ int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 	h->nrings = nrings;
 	atomic_store(&h->pid[0], ubt_self_pid());
 	atomic_store(&h->holders[0], 1);
+	atomic_store(&h->db[0], db_id);
 	memcpy(h->ring, d, sizeof(d[0]) * nrings);
 	for (i = 0; i < nrings; i++)
 		ubt_ring_format(c->seg.base + d[i].off, d[i].size);
@@ -130,13 +134,44 @@ int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 	return 0;
 }
 
+int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
+		    uint32_t nrings)
+{
+	return chan_create(c, spec, nrings, -1, 0);
+}
+
+/* Attach with own_efd, the channel's (owned: taken on success) or, when
+ * shared, the process's doorbell named db_id. */
+static int chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd,
+		       int own_efd, int shared, uint64_t db_id);
+
 int ubt_chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd)
 {
-	return ubt_chan_attach_efds(c, seg_fd, peer_efd, -1);
+	return chan_attach(c, seg_fd, peer_efd, -1, 0, 0);
 }
 
 int ubt_chan_attach_efds(struct ubt_chan *c, int seg_fd, int peer_efd,
 			 int own_efd)
+{
+	return chan_attach(c, seg_fd, peer_efd, own_efd, 0, 0);
+}
+
+int ubt_chan_attach_db(struct ubt_chan *c, int seg_fd, int own_efd,
+		       uint64_t db_id)
+{
+	if (own_efd < 0)
+		return -EBADF;
+	return chan_attach(c, seg_fd, -1, own_efd, 1, db_id);
+}
+
+uint64_t ubt_chan_peer_db(const struct ubt_chan *c)
+{
+	return atomic_load_explicit(&chan_hdr(c)->db[!c->side],
+				    memory_order_acquire);
+}
+
+static int chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd,
+		       int own_efd, int shared, uint64_t db_id)
 {
 	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
 	struct ubt_chan_hdr *h;
@@ -169,10 +204,12 @@ int ubt_chan_attach_efds(struct ubt_chan *c, int seg_fd, int peer_efd,
 		goto fail;
 	c->efd[1] = err;
 	c->efd[0] = peer_efd;
+	c->shared_efds = shared;
 	c->side = 1;
 	c->nrings = n;
 	atomic_store(&h->pid[1], ubt_self_pid());
 	atomic_store(&h->holders[1], 1);
+	atomic_store(&h->db[1], db_id);
 	bind_rings(c, d);
 	return 0;
 fail:
@@ -186,7 +223,7 @@ void ubt_chan_set_peer_efd(struct ubt_chan *c, int efd)
 {
 	uint32_t i;
 
-	if (c->efd[!c->side] >= 0)
+	if (c->efd[!c->side] >= 0 && !c->shared_efds)
 		close(c->efd[!c->side]);
 	c->efd[!c->side] = efd;
 	for (i = 0; i < c->nrings; i++) {
@@ -253,9 +290,9 @@ void ubt_chan_shutdown(struct ubt_chan *c)
 void ubt_chan_close(struct ubt_chan *c)
 {
 	ubt_seg_unmap(&c->seg);
-	if (c->efd[0] >= 0)
+	if (c->efd[0] >= 0 && !c->shared_efds)
 		close(c->efd[0]);
-	if (c->efd[1] >= 0)
+	if (c->efd[1] >= 0 && !c->shared_efds)
 		close(c->efd[1]);
 	c->efd[0] = c->efd[1] = -1;
 	c->nrings = 0;
@@ -290,6 +327,19 @@ int ubt_chan_create_stream(struct ubt_chan *c, uint64_t ring_size)
 	};
 
 	return ubt_chan_create(c, spec, 2);
+}
+
+int ubt_chan_create_stream_db(struct ubt_chan *c, uint64_t ring_size,
+			      int own_efd, uint64_t db_id)
+{
+	struct ubt_ring_desc spec[2] = {
+		{ .kind = UBT_RING_STREAM, .producer = 0, .size = ring_size },
+		{ .kind = UBT_RING_STREAM, .producer = 1, .size = ring_size },
+	};
+
+	if (own_efd < 0)
+		return -EBADF;
+	return chan_create(c, spec, 2, own_efd, db_id);
 }
 
 int ubt_pidfd(int pid)

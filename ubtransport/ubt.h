@@ -17,7 +17,7 @@
 #include <sys/uio.h>
 
 #define UBT_MAGIC        0x55425453u /* "UBTS" */
-#define UBT_LAYOUT_VER   2u          /* bump on any shared layout change */
+#define UBT_LAYOUT_VER   3u          /* bump on any shared layout change */
 
 /* ---------------------------------------------------------------- segments */
 
@@ -201,7 +201,9 @@ int ubt_wait_writable(struct ubt_ring *r, uint64_t need,
  * arm returned (which consumes the token if the doorbell was rung).
  */
 uint32_t ubt_ring_arm(struct ubt_ring *r, int space);
-void ubt_ring_disarm(struct ubt_ring *r, int space, uint32_t key);
+/* Returns 1 when the doorbell was rung for this registration (its token
+ * taken), 0 when the registration was withdrawn unclaimed. */
+int ubt_ring_disarm(struct ubt_ring *r, int space, uint32_t key);
 /* Has the producer / consumer side of r been shut down? */
 int ubt_ring_pclosed(const struct ubt_ring *r);
 int ubt_ring_cclosed(const struct ubt_ring *r);
@@ -243,12 +245,16 @@ struct ubt_chan_hdr {
 					 * neither produces nor consumes its
 					 * rings any more (ubt_chan_demote) */
 	struct ubt_ring_desc ring[UBT_CHAN_MAX_RINGS];
+	_Atomic uint64_t db[2];         /* each side's process doorbell id
+					 * (0: the channel's own eventfds) */
 };
 
 struct ubt_chan {
 	struct ubt_seg seg;
 	int side;                       /* 0 creator, 1 attacher */
 	int efd[2];                     /* each side's doorbell eventfd */
+	int shared_efds;                /* efds are the processes' doorbells,
+					 * not the channel's: never closed */
 	uint32_t nrings;
 	struct ubt_ring ring[UBT_CHAN_MAX_RINGS];
 };
@@ -266,8 +272,24 @@ int ubt_chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd);
  * needed. */
 int ubt_chan_attach_efds(struct ubt_chan *c, int seg_fd, int peer_efd,
 			 int own_efd);
-/* Creator: install the attacher's eventfd (takes ownership). */
+/* Creator: install the attacher's eventfd (takes ownership, unless the
+ * channel's doorbells are shared). */
 void ubt_chan_set_peer_efd(struct ubt_chan *c, int efd);
+/*
+ * Process doorbells: every channel of a process rings, and sleeps on, one
+ * eventfd of that process (own_efd), named in the channel header by a
+ * 64-bit id (db_id) so that the peer, which gets its copy of that eventfd
+ * once per process pair, can find it.  The channel never closes these
+ * eventfds.  The attacher starts with no peer doorbell: install it with
+ * ubt_chan_set_peer_efd, once ubt_chan_peer_db told which it is, before
+ * the channel carries anything.
+ */
+int ubt_chan_create_stream_db(struct ubt_chan *c, uint64_t ring_size,
+			      int own_efd, uint64_t db_id);
+int ubt_chan_attach_db(struct ubt_chan *c, int seg_fd, int own_efd,
+		       uint64_t db_id);
+/* The peer side's doorbell id (0: none published). */
+uint64_t ubt_chan_peer_db(const struct ubt_chan *c);
 /* Creator: make the attacher's eventfd here and install it; returns it
  * (still owned by the channel: pass a copy), or -errno. */
 int ubt_chan_make_peer_efd(struct ubt_chan *c);

@@ -37,6 +37,8 @@ void ubt_db_notify(struct ubt_ring *r, _Atomic uint64_t *db, int efd)
 {
 	uint64_t s, k;
 
+	if (efd < 0)
+		return;         /* no doorbell to ring: leave waiters be */
 	atomic_thread_fence(memory_order_seq_cst);
 	s = atomic_load_explicit(db, memory_order_relaxed);
 	while (DB_COUNT(s)) {
@@ -46,7 +48,7 @@ void ubt_db_notify(struct ubt_ring *r, _Atomic uint64_t *db, int efd)
 			    db, &s, next, memory_order_seq_cst,
 			    memory_order_relaxed)) {
 			k = DB_COUNT(s);
-			if (efd >= 0 && write(efd, &k, sizeof(k)) == sizeof(k))
+			if (write(efd, &k, sizeof(k)) == sizeof(k))
 				r->st.doorbells++;
 			return;
 		}
@@ -71,22 +73,23 @@ static void take_token(int efd)
 	}
 }
 
-/* Withdraw a registration made at epoch key. */
-static void db_cancel(_Atomic uint64_t *db, uint32_t key, int efd)
+/* Withdraw a registration made at epoch key: 1 if it had been claimed
+ * (its token is taken), else 0. */
+static int db_cancel(_Atomic uint64_t *db, uint32_t key, int efd)
 {
 	uint64_t s = atomic_load_explicit(db, memory_order_relaxed);
 
 	for (;;) {
 		if (DB_EPOCH(s) != key) {
 			take_token(efd);        /* claimed: consume its token */
-			return;
+			return 1;
 		}
 		if (DB_COUNT(s) == 0)
-			return;                 /* hostile reset: nothing to undo */
+			return 0;               /* hostile reset: nothing to undo */
 		if (atomic_compare_exchange_weak_explicit(
 			    db, &s, s - 1, memory_order_seq_cst,
 			    memory_order_relaxed))
-			return;
+			return 0;
 	}
 }
 
@@ -276,12 +279,11 @@ uint32_t ubt_ring_arm(struct ubt_ring *r, int space)
 	return DB_EPOCH(atomic_fetch_add_explicit(db, 1, memory_order_seq_cst));
 }
 
-void ubt_ring_disarm(struct ubt_ring *r, int space, uint32_t key)
+int ubt_ring_disarm(struct ubt_ring *r, int space, uint32_t key)
 {
 	if (space)
-		db_cancel(&r->shm->space_db, key, r->space_efd);
-	else
-		db_cancel(&r->shm->data_db, key, r->data_efd);
+		return db_cancel(&r->shm->space_db, key, r->space_efd);
+	return db_cancel(&r->shm->data_db, key, r->data_efd);
 }
 
 int ubt_ring_pclosed(const struct ubt_ring *r)

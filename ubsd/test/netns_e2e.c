@@ -274,20 +274,15 @@ static void server(void *arg)
 		struct ubt_chan ch;
 		struct ctl_chan m;
 		char buf[64];
-		int afd, peer, fds[4];
+		int afd, fds[2];
 
 		afd = accept(lfd, NULL, NULL);
 		REQUIRE(afd >= 0);
 		REQUIRE(ubt_chan_create_stream(&ch, 4096) == 0);
-		peer = ubt_chan_make_peer_efd(&ch);
-		REQUIRE(peer >= 0);
 		fds[0] = afd;
 		fds[1] = ch.seg.fd;
-		fds[2] = ch.efd[0];
-		fds[3] = peer;
-		dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
+		dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 2);
 		dt_expect(ctl, CTL_R_PUBLISHED, &m, NULL);
-		close(peer);
 		dt_pipe_put(s->up[1], 1);
 		if (cmd == 1) {
 			dt_ring_write(&ch, ping, sizeof(ping));
@@ -432,8 +427,8 @@ static void client(void *arg)
 		struct ubt_chan ch;
 		char buf[64];
 
-		REQUIRE(nfds == 3);
-		REQUIRE(ubt_chan_attach_efds(&ch, fds[0], fds[1], fds[2]) == 0);
+		REQUIRE(nfds == 1);
+		REQUIRE(ubt_chan_attach(&ch, fds[0], -1) == 0);
 		dt_ring_read(&ch, buf, sizeof(ping));
 		REQUIRE(memcmp(buf, ping, sizeof(ping)) == 0);
 		dt_ring_write(&ch, pong, sizeof(pong));

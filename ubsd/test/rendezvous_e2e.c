@@ -19,6 +19,7 @@
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -129,16 +130,12 @@ static int tcp_connect(uint16_t port)
 static void publish(int ctl, int afd, struct ubt_chan *ch, uint64_t *id)
 {
 	struct ctl_chan m;
-	int peer, fds[4];
+	int fds[2];
 
 	REQUIRE(ubt_chan_create_stream(ch, 4096) == 0);
-	peer = ubt_chan_make_peer_efd(ch);
-	REQUIRE(peer >= 0);
 	fds[0] = afd;
 	fds[1] = ch->seg.fd;
-	fds[2] = ch->efd[0];
-	fds[3] = peer;
-	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
+	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, fds, 2);
 	dt_expect(ctl, CTL_R_PUBLISHED, &m, NULL);
 	if (id)
 		*id = m.chan_id;
@@ -163,8 +160,8 @@ static void get_channel(int ctl, struct ubt_chan *ch)
 	struct ctl_chan m;
 	int fds[4];
 
-	REQUIRE(dt_expect(ctl, CTL_R_CHANNEL, &m, fds) == 3);
-	REQUIRE(ubt_chan_attach_efds(ch, fds[0], fds[1], fds[2]) == 0);
+	REQUIRE(dt_expect(ctl, CTL_R_CHANNEL, &m, fds) == 1);
+	REQUIRE(ubt_chan_attach(ch, fds[0], -1) == 0);
 }
 
 /* Run `ubsctl --json listeners`; output in out.  Returns exit code. */
@@ -541,8 +538,8 @@ Test(rendezvous_e2e, killed_server_publication_is_withdrawn)
 	cfd = tcp_connect(port);
 	cr_assert_eq(dt_pipe_get(s.up[0]), 1);     /* published */
 	n = daemon_fds();
-	cr_assert_eq(n, base + 4, "expected the server's control socket and "
-		     "3 channel fds, have %d over %d", n, base);
+	cr_assert_eq(n, base + 2, "expected the server's control socket and "
+		     "its channel's segment, have %d over %d", n, base);
 	kill(pid, SIGKILL);
 	dt_reap(pid);
 	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
@@ -574,7 +571,7 @@ Test(rendezvous_e2e, wrong_fd_counts_drop_the_client)
 	struct ctl_error e;
 
 	cr_assert(pipe(p) == 0);
-	/* PUBLISH with one fd of four. */
+	/* PUBLISH with one fd of two. */
 	ctl = dt_hello("e2e-bad");
 	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, &p[0], 1);
 	expect_dropped(ctl);
@@ -588,9 +585,9 @@ Test(rendezvous_e2e, wrong_fd_counts_drop_the_client)
 		many[i] = p[i % 2];
 	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, many, 5);
 	expect_dropped(ctl);
-	/* Four fds of the wrong kinds: refused, connection kept. */
+	/* Two fds of the wrong kinds: refused, connection kept. */
 	ctl = dt_hello("e2e-bad");
-	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, many, 4);
+	dt_send(ctl, CTL_REQ_PUBLISH, NULL, 0, many, 2);
 	dt_expect(ctl, CTL_R_ERROR, &e, NULL);
 	/* LISTEN with a pipe, and with a listening socket but no session. */
 	dt_send(ctl, CTL_REQ_LISTEN, NULL, 0, &p[1], 1);
@@ -612,13 +609,13 @@ Test(rendezvous_e2e, wrong_fd_counts_drop_the_client)
 }
 
 /* Not asserted: the cost of one rendezvous (PUBLISH -> PUBLISHED, then
- * REQUEST -> CHANNEL + 3 fds) through the daemon. */
+ * REQUEST -> CHANNEL + its segment) through the daemon. */
 Test(rendezvous_e2e, round_trip_cost)
 {
 	enum { N = 1000 };
 	struct ubt_chan ch;
 	uint16_t port;
-	int base = baseline, srv, cli, lfd, cfd, afd, peer, fds[4];
+	int base = baseline, srv, cli, lfd, cfd, afd, fds[2];
 	uint64_t t0, t1;
 
 	srv = dt_hello("e2e-server");
@@ -628,22 +625,17 @@ Test(rendezvous_e2e, round_trip_cost)
 	afd = accept(lfd, NULL, NULL);
 	cr_assert(afd >= 0);
 	cr_assert_eq(ubt_chan_create_stream(&ch, 4096), 0);
-	peer = ubt_chan_make_peer_efd(&ch);
-	cr_assert(peer >= 0);
 	fds[0] = afd;
 	fds[1] = ch.seg.fd;
-	fds[2] = ch.efd[0];
-	fds[3] = peer;
 	t0 = dt_now_us();
 	for (int i = 0; i < N; i++) {
 		int got[4];
 
-		dt_send(srv, CTL_REQ_PUBLISH, NULL, 0, fds, 4);
+		dt_send(srv, CTL_REQ_PUBLISH, NULL, 0, fds, 2);
 		dt_expect(srv, CTL_R_PUBLISHED, NULL, NULL);
 		send_request(cli, cfd, 1000);
-		cr_assert_eq(dt_expect(cli, CTL_R_CHANNEL, NULL, got), 3);
-		for (int k = 0; k < 3; k++)
-			close(got[k]);
+		cr_assert_eq(dt_expect(cli, CTL_R_CHANNEL, NULL, got), 1);
+		close(got[0]);
 	}
 	t1 = dt_now_us();
 	cr_log_info("rendezvous round trip (PUBLISH + REQUEST->CHANNEL): "
@@ -927,5 +919,131 @@ Test(rendezvous_e2e, offer_nobody_asked_for_is_withdrawn_at_once)
 	close(lfd);
 	close(srv);
 	close(old);
+	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
+}
+
+/* ------------------------------------------------------- doorbells */
+
+/* Child (uid 65534): PEER_DB of the id read from go; reply type and errno
+ * up. */
+static void nobody_peer_db(void *arg)
+{
+	int *pp = arg, up = pp[0], go = pp[1];
+	union { struct ctl_error e; unsigned char raw[CTL_MAX_BODY]; } r;
+	struct ctl_doorbell m;
+	struct ctl_hdr h;
+	int fds[1], n = 1, ctl, out[2] = { 0, 0 };
+
+	REQUIRE(read(go, &m, sizeof(m)) == (ssize_t)sizeof(m));
+	REQUIRE(setgid(65534) == 0 && setuid(65534) == 0);
+	ctl = dt_hello("e2e-nobody");
+	dt_send(ctl, CTL_REQ_PEER_DB, &m, sizeof(m), NULL, 0);
+	REQUIRE(dt_recv(ctl, &h, &r, fds, &n) == 0);
+	out[0] = h.type;
+	out[1] = h.type == CTL_R_ERROR ? r.e.err : 0;
+	REQUIRE(write(up, out, sizeof(out)) == (ssize_t)sizeof(out));
+	close(ctl);
+}
+
+struct nobody { int up[2], go[2]; int ends[2]; };
+
+static void nobody_main(void *arg)
+{
+	struct nobody *b = arg;
+
+	b->ends[0] = b->up[1];
+	b->ends[1] = b->go[0];
+	nobody_peer_db(b->ends);
+}
+
+/* PEER_DB as uid 65534 (a child process): the reply type and errno. */
+static void peer_db_as_nobody(uint64_t id, uint16_t *type, int32_t *err)
+{
+	struct ctl_doorbell m = { .id = id };
+	struct nobody b;
+	int out[2] = { 0, 0 };
+	pid_t pid;
+
+	/* The daemon's socket is 0666; the test's directory lets others
+	 * reach it. */
+	cr_assert_eq(chmod(run_dir, 0711), 0);
+	pid = dt_spawn_piped(nobody_main, &b, b.up, b.go);
+
+	cr_assert_eq(write(b.go[1], &m, sizeof(m)), (ssize_t)sizeof(m));
+	cr_assert_eq(read(b.up[0], out, sizeof(out)), (ssize_t)sizeof(out),
+		     "the uid 65534 child failed (see its stderr)");
+	*type = (uint16_t)out[0];
+	*err = out[1];
+	close(b.go[1]);
+	close(b.up[0]);
+	cr_assert_eq(dt_reap(pid), 0);
+}
+
+Test(rendezvous_e2e, doorbells_go_to_sessions_that_may_ring_them)
+{
+	struct ctl_doorbell m = { .id = 0x5542534442ull };
+	struct ctl_error e;
+	int base = baseline, srv, cli, anon, p[2], got[1], efd;
+	uint64_t v = 0;
+	uint16_t type;
+	int32_t err;
+
+	srv = dt_hello("e2e-server");
+	cli = dt_hello("e2e-client");
+	/* Only an eventfd with a nonzero id is a doorbell. */
+	cr_assert_eq(pipe(p), 0);
+	dt_send(srv, CTL_REQ_DOORBELL, &m, sizeof(m), &p[0], 1);
+	dt_expect(srv, CTL_R_ERROR, &e, NULL);
+	cr_assert_eq(e.err, EINVAL);
+	efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
+	cr_assert(efd >= 0);
+	dt_send(srv, CTL_REQ_DOORBELL, &m, sizeof(m), &efd, 1);
+	dt_expect(srv, CTL_R_OK, NULL, NULL);
+	/* A session of the same user gets the very eventfd. */
+	dt_send(cli, CTL_REQ_PEER_DB, &m, sizeof(m), NULL, 0);
+	cr_assert_eq(dt_expect(cli, CTL_R_DOORBELL, NULL, got), 1);
+	v = 1;
+	cr_assert_eq(write(got[0], &v, sizeof(v)), (ssize_t)sizeof(v));
+	cr_assert_eq(read(efd, &v, sizeof(v)), (ssize_t)sizeof(v),
+		     "rang another eventfd");
+	close(got[0]);
+	/* Another user with no channel with it does not. */
+	peer_db_as_nobody(m.id, &type, &err);
+	cr_assert_eq(type, CTL_R_ERROR);
+	cr_assert_eq(err, EPERM);
+	/* No session, no doorbell; an unknown id is ENOENT. */
+	anon = dt_ctl_open();
+	dt_send(anon, CTL_REQ_PEER_DB, &m, sizeof(m), NULL, 0);
+	dt_expect(anon, CTL_R_ERROR, &e, NULL);
+	cr_assert_eq(e.err, EPERM);
+	m.id++;
+	dt_send(cli, CTL_REQ_PEER_DB, &m, sizeof(m), NULL, 0);
+	dt_expect(cli, CTL_R_ERROR, &e, NULL);
+	cr_assert_eq(e.err, ENOENT);
+	m.id--;
+	/* The owner gone, its doorbell is gone from the daemon. */
+	close(srv);
+	for (int t = 0; t < 200; t++) {
+		union { struct ctl_error e; unsigned char raw[CTL_MAX_BODY]; } r;
+		struct ctl_hdr h;
+		int n = 1;
+
+		dt_send(cli, CTL_REQ_PEER_DB, &m, sizeof(m), NULL, 0);
+		cr_assert_eq(dt_recv(cli, &h, &r, got, &n), 0);
+		type = h.type;
+		err = h.type == CTL_R_ERROR ? r.e.err : 0;
+		if (n == 1)
+			close(got[0]);
+		if (type == CTL_R_ERROR)
+			break;
+		usleep(10000);
+	}
+	cr_assert_eq(type, CTL_R_ERROR);
+	cr_assert_eq(err, ENOENT);
+	close(anon);
+	close(cli);
+	close(efd);
+	close(p[0]);
+	close(p[1]);
 	cr_assert_eq(daemon_fds_settle(base), base, "daemon leaked fds");
 }
