@@ -47,10 +47,12 @@ static inline bool mh_is_pool(const void *p)
 
 /*
  * Call-site policy (sites.c): when on, a pool allocation must also come
- * from one of these code ranges (the return address of the interposed
- * call).  Filled at init, read-only after.
+ * from one of these code ranges: the return address of the interposed
+ * call, or one of its callers' up to MH_SITES_DEPTH frames in all.
+ * Filled at init, read-only after.
  */
 #define MH_SITES_MAX 64
+#define MH_SITES_DEPTH 8
 struct mh_sites {
 	bool on;
 	unsigned n;
@@ -64,7 +66,11 @@ extern struct mh_sites mh_sites;
 /* Resolve UBS_MEM_SITES (comma-separated functions and libraries). */
 void mh_sites_init(const char *spec);
 
-/* May an allocation called from ra go to the pool? */
+/* Walk up from ra's callers (ra itself is in no range). */
+bool mh_site_deep(const void *ra);
+
+/* May an allocation called from ra go to the pool?  The direct caller is
+ * compared first; only when it is in no range are its callers walked. */
 static inline bool mh_site_ok(const void *ra)
 {
 	if (!mh_sites.on)
@@ -72,7 +78,7 @@ static inline bool mh_site_ok(const void *ra)
 	for (unsigned i = 0; i < mh_sites.n; i++)
 		if ((uintptr_t)ra - mh_sites.r[i].lo < mh_sites.r[i].len)
 			return true;
-	return false;
+	return mh_site_deep(ra);
 }
 
 /* Pool allocation of n bytes (align 0: natural; zero: calloc).  NULL when

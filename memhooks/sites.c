@@ -9,9 +9,13 @@
  * without ".so") by dlsym and the size of its dynamic symbol (dladdr1), a
  * library (a name with ".so", matched against the start of each loaded
  * object's file name) by the executable PT_LOAD segments dl_iterate_phdr
- * reports.  Inside malloc the check is a comparison of the return address
- * against these ranges: no unwinding, symbolization, loader lock or
- * allocation.  Only the direct caller counts; libraries loaded after start
+ * reports.  Inside malloc the check compares return addresses against
+ * these ranges: first the direct caller's; when it is in none, the next
+ * callers up the stack, MH_SITES_DEPTH frames in all, found by libgcc's
+ * unwinder (_Unwind_Backtrace, linked in whole and hidden: the .eh_frame
+ * tables say where each frame's return address is, and glibc's
+ * _dl_find_object finds a return address's object without a lock).  No
+ * symbolization, loader lock or allocation.  Libraries loaded after start
  * and functions that are not dynamic symbols are not seen.
  */
 #include <dlfcn.h>
@@ -19,6 +23,7 @@
 #include <link.h>
 #include <stdio.h>
 #include <string.h>
+#include <unwind.h>
 
 #include "preload.h"
 #include "mh.h"
@@ -96,6 +101,61 @@ static void add_name(const char *name)
 	}
 }
 
+/* Is return address a in one of the ranges? */
+static bool in_sites(uintptr_t a)
+{
+	for (unsigned i = 0; i < mh_sites.n; i++)
+		if (a - mh_sites.r[i].lo < mh_sites.r[i].len)
+			return true;
+	return false;
+}
+
+/* State of one walk up the stack (on the walker's stack). */
+struct walk {
+	uintptr_t ra;                   /* the direct caller's return address */
+	unsigned seen;                  /* frames from ra up, ra included */
+	unsigned skipped;               /* frames below ra (ours) */
+	bool hit;
+};
+
+/*
+ * One frame of _Unwind_Backtrace, innermost first: our own frames (the
+ * walk, the router) until ra, then ra and its callers, MH_SITES_DEPTH in
+ * all.  Stops at a frame in a named range.  Reads only the unwinder's
+ * context; allocates nothing.
+ */
+static _Unwind_Reason_Code walk_frame(struct _Unwind_Context *ctx, void *arg)
+{
+	struct walk *w = arg;
+	uintptr_t ip = (uintptr_t)_Unwind_GetIP(ctx);
+
+	if (!w->seen) {
+		if (ip != w->ra)
+			/* Not there yet; a router that never shows ra (it
+			 * should, within a few frames) ends the walk. */
+			return ++w->skipped > 8 ? _URC_END_OF_STACK :
+			       _URC_NO_REASON;
+	}
+	if (w->seen++ && in_sites(ip)) {
+		w->hit = true;
+		return _URC_END_OF_STACK;
+	}
+	return w->seen >= MH_SITES_DEPTH ? _URC_END_OF_STACK : _URC_NO_REASON;
+}
+
+/*
+ * The slow half of mh_site_ok: ra (the direct caller, already compared)
+ * is in no range; is one of its callers, up to MH_SITES_DEPTH frames from
+ * ra, in one?  noinline: its frame is one of those skipped.
+ */
+__attribute__((noinline)) bool mh_site_deep(const void *ra)
+{
+	struct walk w = { .ra = (uintptr_t)ra };
+
+	_Unwind_Backtrace(walk_frame, &w);
+	return w.hit;
+}
+
 void mh_sites_init(const char *spec)
 {
 	char name[256];
@@ -113,4 +173,7 @@ void mh_sites_init(const char *spec)
 		if (*spec == ',')
 			spec++;
 	}
+	/* The unwinder's one-time set-up (pthread_once) happens here, not
+	 * inside malloc. */
+	mh_site_deep(__builtin_return_address(0));
 }

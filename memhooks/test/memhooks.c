@@ -233,6 +233,17 @@ Test(memhooks, call_site_policy_selects_by_caller)
 	expect_case("sites", env);
 }
 
+/* The policy names a function some frames above malloc, with helpers
+ * between: up to 8 frames count, from threads and a signal handler. */
+Test(memhooks, call_site_policy_sees_callers_up_the_stack)
+{
+	const char *env[] = { "UBS_MEM_POOL=1", "UBS_MEM_MIN=1024",
+			      "UBS_MEM_SITES=mh_deep_caller", NULL };
+
+	start("[daemon]\npool_size = 64M\n");
+	expect_case("deep", env);
+}
+
 /* The same call-site policy from the service's policy in ubsd
  * (mem_sites), no environment. */
 Test(memhooks, call_site_policy_from_the_service)
