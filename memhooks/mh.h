@@ -27,9 +27,11 @@ struct mh_real {
 };
 
 /*
- * What the malloc path reads, in one cache line: the policy threshold
- * (SIZE_MAX while the pool is off: the one branch of a small malloc) and
- * the pool's virtual range [lo, lo + len) (len 0 while off).
+ * What the malloc path reads, in one cache line: the router's threshold
+ * (SIZE_MAX while the pool is off: the one branch of a small malloc; at
+ * most 128 KiB while a pool that follows the service's policy is up,
+ * mh_pool_wants having the last word) and the pool's virtual range
+ * [lo, lo + len) (len 0 while off).
  */
 struct mh_hot {
 	size_t min;                     /* allocations >= min go to the pool */
@@ -80,6 +82,11 @@ static inline bool mh_site_ok(const void *ra)
 			return true;
 	return mh_site_deep(ra);
 }
+
+/* Does the service's policy, as it is now, send n bytes to the pool?
+ * Called on the pool path only (n >= mh_hot.min): it looks at the policy
+ * page's generation and reads the record again when it changed. */
+bool mh_pool_wants(size_t n);
 
 /* Pool allocation of n bytes (align 0: natural; zero: calloc).  NULL when
  * the pool cannot serve it (the caller falls back and counts it). */

@@ -71,6 +71,8 @@
 #define LEASE_BACKOFF_MS 100
 #define LEASE_IO_MS 2500
 #define POLICY_IO_MS 250                /* at start: a slow ubsd, pool off */
+#define MH_PEEK (128u << 10)            /* allocations this big always look
+					 * at the policy page's generation */
 
 /* jemalloc 5 ABI (jemalloc_macros.h, jemalloc_typedefs.h). */
 #define MALLOCX_LG_ALIGN(la) ((int)(la))
@@ -139,6 +141,22 @@ static unsigned nsegs;                  /* atomic (release on append) */
 static uint64_t live_bytes, live_allocs;
 
 static UBS_TLS bool in_pool;
+
+/*
+ * The service's policy, followed at run time.  The policy page stays
+ * mapped (read-only, its fd closed) while the pool is up; its generation
+ * is compared on the pool path (mh_pool_wants), never on the small path.
+ * min is the threshold the policy asks for (SIZE_MAX: mem_pool = off);
+ * mh_hot.min, the router's, is min(min, MH_PEEK) so that a process whose
+ * pool was turned off still looks at the page on its big allocations.
+ * With UBS_MEM_POOL in the environment there is no page: min is fixed.
+ */
+static struct {
+	struct ubt_seg page;            /* base NULL: nothing to follow */
+	uint64_t seen;                  /* generation applied (atomic) */
+	uint32_t hint;
+	size_t min;                     /* atomic */
+} pol = { .min = SIZE_MAX };
 
 /*
  * Pool arenas: one per CPU up to MH_ARENAS_MAX, so that threads do not
@@ -366,6 +384,23 @@ static int claim(void)
 	return conn_call(CTL_REQ_MEM_CLAIM, &m, sizeof(m));
 }
 
+static int policy_page(struct ubt_seg *page, int ms);
+
+/*
+ * A new daemon, a new policy page: follow it from now on.  The old
+ * mapping stays (a thread may be reading it) and is never reused.
+ */
+static void policy_remap(void)
+{
+	struct ubt_seg page;
+
+	if (policy_page(&page, LEASE_IO_MS) < 0)
+		return;
+	__atomic_store_n(&pol.seen, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&pol.page.base, page.base, __ATOMIC_RELEASE);
+	pol.page.size = page.size;
+}
+
 /*
  * Lease at least bytes and map them at rg.map_end (caller holds
  * region_lock).  0, or -errno: -ENOSPC/-EDQUOT refused, other: no
@@ -389,6 +424,8 @@ static int lease(uint64_t bytes)
 			err = claim();
 		if (err)
 			goto fail;
+		if (pol.page.base)
+			policy_remap();
 	}
 	err = conn_send(CTL_REQ_MEM_LEASE, &m, sizeof(m));
 	if (!err)
@@ -746,32 +783,96 @@ static uint64_t env_size(const char *name, uint64_t def)
 	return *end ? def : n;
 }
 
-/* The service's mem_pool_min from the policy page (0 = off), and its
- * mem_sites into sites[n] ("" for any caller), asked on the open
- * connection without a session. */
-static uint32_t policy_min(char *sites, size_t n)
+/*
+ * Ask for the policy page on the open connection (a session or not) and
+ * map it into *page (its fd closed: the mapping is all memhooks reads).
+ * 0 or -errno.  No allocation: also used from the lease path.
+ */
+static int policy_page(struct ubt_seg *page, int ms)
 {
 	unsigned char body[CTL_MAX_BODY];
-	struct ubs_svc_policy p;
-	struct ubt_seg page = { .fd = -1 };
 	struct ctl_hdr h;
 	int fd;
 
+	*page = (struct ubt_seg){ .fd = -1 };
 	if (conn_send(CTL_REQ_POLICY_FD, NULL, 0) < 0 ||
-	    conn_recv_ms(&h, body, &fd, POLICY_IO_MS) < 0)
-		return 0;
-	if (h.type != CTL_R_POLICY || fd < 0 || pp_map(&page, fd) < 0) {
+	    conn_recv_ms(&h, body, &fd, ms) < 0)
+		return -EPIPE;
+	if (h.type != CTL_R_POLICY || fd < 0 || pp_map(page, fd) < 0) {
 		if (fd >= 0)
 			syscall(SYS_close, fd);
+		return -EPROTO;
+	}
+	syscall(SYS_close, page->fd);
+	page->fd = -1;
+	return 0;
+}
+
+/* The service's mem_pool_min from the policy page (0 = off), and its
+ * mem_sites into sites[n] ("" for any caller), asked on the open
+ * connection without a session.  The page stays mapped in pol.page
+ * while the threshold says on (the pool follows it); else unmapped. */
+static uint32_t policy_min(char *sites, size_t n)
+{
+	struct ubs_svc_policy p;
+	uint64_t gen;
+
+	if (policy_page(&pol.page, POLICY_IO_MS) < 0)
+		return 0;
+	gen = pp_generation(&pol.page);
+	if (pp_lookup_hint(&pol.page, ubs_config.service, &p,
+			   &pol.hint) < 0)
+		p.mem_pool_min = 0;
+	if (!p.mem_pool_min) {
+		ubt_seg_unmap(&pol.page);
+		pol.page.base = NULL;
 		return 0;
 	}
-	p.mem_pool_min = 0;
-	if (pp_lookup(&page, ubs_config.service, &p) < 0)
-		p.mem_pool_min = 0;
-	ubt_seg_unmap(&page);
+	pol.seen = gen;
 	p.mem_sites[sizeof(p.mem_sites) - 1] = '\0';  /* the page is shared */
 	snprintf(sites, n, "%s", p.mem_sites);
 	return p.mem_pool_min;
+}
+
+/* Apply threshold min (0: off) to the router. */
+static void policy_apply(uint32_t min)
+{
+	size_t m = min ? min : SIZE_MAX;
+
+	__atomic_store_n(&pol.min, m, __ATOMIC_RELAXED);
+	__atomic_store_n(&mh_hot.min,
+			 pol.page.base && m > MH_PEEK ? MH_PEEK : m,
+			 __ATOMIC_RELEASE);
+}
+
+/*
+ * The page changed since pol.seen: read the service's record again.  No
+ * syscall, lock or allocation (a seqlock read of shared memory); threads
+ * that race here apply the same record.
+ */
+__attribute__((noinline)) static void policy_refresh(uint64_t gen)
+{
+	struct ubs_svc_policy p;
+	uint32_t hint = __atomic_load_n(&pol.hint, __ATOMIC_RELAXED);
+
+	if (pp_lookup_hint(&pol.page, ubs_config.service, &p, &hint) < 0)
+		return;                 /* a writer inside: next time */
+	__atomic_store_n(&pol.hint, hint, __ATOMIC_RELAXED);
+	policy_apply(p.mem_pool_min);
+	__atomic_store_n(&pol.seen, gen, __ATOMIC_RELEASE);
+}
+
+bool mh_pool_wants(size_t n)
+{
+	if (pol.page.base) {
+		uint64_t gen = pp_generation(&pol.page);
+
+		if (__builtin_expect(gen !=
+				     __atomic_load_n(&pol.seen,
+						     __ATOMIC_RELAXED), 0))
+			policy_refresh(gen);
+	}
+	return n >= __atomic_load_n(&pol.min, __ATOMIC_RELAXED);
 }
 
 /* A new pool arena (caller in_pool): its mallocx flags, 0 on failure. */
@@ -858,6 +959,10 @@ void mh_init(void)
 	if (min == 0 || je_load() < 0 || conn_hello() < 0) {
 		je.mallocx = NULL;
 		conn_close();
+		if (pol.page.base) {
+			ubt_seg_unmap(&pol.page);
+			pol.page.base = NULL;
+		}
 		return;
 	}
 	res = mmap(NULL, MH_RESERVE + MH_ALIGN, PROT_NONE, MAP_PRIVATE |
@@ -885,8 +990,8 @@ void mh_init(void)
 		mh_sites_init(v);
 	else if (sites[0])
 		mh_sites_init(sites);
-	__atomic_store_n(&mh_hot.min, min ? (size_t)min : 1,
-			 __ATOMIC_RELEASE);
-	ubs_info("memhooks: pool on, allocations of %llu bytes and more",
-		 (unsigned long long)min);
+	policy_apply((uint32_t)(min < UINT32_MAX ? min : UINT32_MAX));
+	ubs_info("memhooks: pool on, allocations of %llu bytes and more%s",
+		 (unsigned long long)min, pol.page.base ?
+		 " (the service's policy, followed)" : "");
 }

@@ -316,6 +316,73 @@ Test(memhooks, kill9_gives_the_lease_back)
 	cr_assert(strstr(out, "\"processes\":[]"), "%s", out);
 }
 
+/* Read one line of fd (bounded by the reads of a live child) into buf. */
+static void read_line(int fd, char *buf, size_t n)
+{
+	size_t have = 0;
+
+	while (have + 1 < n && read(fd, buf + have, 1) == 1 &&
+	       buf[have] != '\n')
+		have++;
+	buf[have] = '\0';
+}
+
+/* `ubsctl service NAME set KV`, which must succeed. */
+static void service_set(const char *name, const char *kv)
+{
+	const char *args[] = { "service", name, "set", kv, NULL };
+	char out[OUT_MAX];
+
+	REQUIRE(dt_run_ubsctl(ubsctl_path, args, out, NULL, NULL) == 0);
+}
+
+/* One round of mhcase follow: where its 256 KiB and 4 KiB blocks went. */
+static void follow_round(int in, int out, char *line, size_t n)
+{
+	REQUIRE(write(in, "x\n", 2) == 2);
+	read_line(out, line, n);
+}
+
+/*
+ * A running process follows `ubsctl service set`: mem_pool off sends its
+ * allocations to its own allocator from its next one; on again, back to
+ * the pool from its next allocation of 128 KiB or more (the small ones
+ * follow it); a threshold of 64K keeps 4 KiB blocks out.
+ */
+Test(memhooks, policy_changes_reach_a_running_process)
+{
+	const char *argv[] = { MHCASE_PATH, "follow", NULL };
+	const char *env[] = { "UBS_SERVICE=mhf", NULL };
+	char line[64];
+	int ofd, ifd;
+	pid_t pid;
+
+	start("[daemon]\npool_size = 64M\n[service mhf]\nmem_pool = 1K\n");
+	pid = spawn(argv, env, &ofd, &ifd, true);
+	read_line(ofd, line, sizeof(line));
+	cr_assert(strncmp(line, "READY", 5) == 0, "%s", line);
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "POOL POOL");
+
+	service_set("mhf", "mem_pool=off");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "HEAP HEAP");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "HEAP HEAP");
+
+	service_set("mhf", "mem_pool=on");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "POOL POOL");
+
+	service_set("mhf", "mem_pool=64K");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "POOL HEAP");
+
+	close(ifd);
+	cr_assert_eq(dt_wait_exit(pid, RUN_MS), 0);
+	close(ofd);
+}
+
 /*
  * `ubsctl mem --sites PID` names where pool memory came from: the 3 MiB
  * block from case_hold (found in mhcase's .symtab) and three 8 KiB ones
@@ -356,16 +423,6 @@ Test(memhooks, pool_call_sites_are_named)
 	close(ofd);
 }
 
-/* Read one line of fd (bounded by the reads of a live child) into buf. */
-static void read_line(int fd, char *buf, size_t n)
-{
-	size_t have = 0;
-
-	while (have + 1 < n && read(fd, buf + have, 1) == 1 &&
-	       buf[have] != '\n')
-		have++;
-	buf[have] = '\0';
-}
 
 /* Bytes ubsd counts for pid (its holder record), or -1. */
 static long long held_by(const char *json, pid_t pid)

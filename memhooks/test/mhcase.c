@@ -19,6 +19,8 @@
  *            frames above malloc, from 2 threads and a signal handler
  *   hold     allocate 3 MiB in the pool, print READY; 3 MiB more for
  *            each line on stdin, reported (MORE ok); exit at EOF
+ *   follow   print READY; for each line on stdin allocate 256 KiB, then
+ *            4 KiB, and say where each went (POOL or HEAP); exit at EOF
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -569,6 +571,25 @@ static void case_hold(void)
 	free(p);
 }
 
+/* The test changes the service's policy between lines. */
+static void case_follow(void)
+{
+	char buf[16];
+
+	printf("READY %d\n", (int)getpid());
+	fflush(stdout);
+	while (read(0, buf, sizeof(buf)) > 0) {
+		void *big = malloc(256 << 10), *small = malloc(4096);
+
+		CHECK(big && small);
+		printf("%s %s\n", big && in_pool(big, 256 << 10) ? "POOL" :
+		       "HEAP", small && in_pool(small, 4096) ? "POOL" : "HEAP");
+		fflush(stdout);
+		free(big);
+		free(small);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -579,6 +600,7 @@ int main(int argc, char **argv)
 		{ "quota", case_quota }, { "fork", case_fork },
 		{ "off", case_off }, { "hold", case_hold },
 		{ "sites", case_sites }, { "deep", case_deep },
+		{ "follow", case_follow },
 	};
 
 	if (argc != 2)
