@@ -327,6 +327,17 @@ static void read_line(int fd, char *buf, size_t n)
 	buf[have] = '\0';
 }
 
+/* Bytes ubsd counts for pid (its holder record), or -1. */
+static long long held_by(const char *json, pid_t pid)
+{
+	char pat[64];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "{\"pid\":%d,", (int)pid);
+	p = strstr(json, pat);
+	return p ? json_num(p, "bytes") : -1;
+}
+
 /* `ubsctl service NAME set KV`, which must succeed. */
 static void service_set(const char *name, const char *kv)
 {
@@ -384,6 +395,46 @@ Test(memhooks, policy_changes_reach_a_running_process)
 }
 
 /*
+ * Pool memory freed goes back to ubsd while the process runs: 40 MiB
+ * held, then freed, and its lease in `ubsctl mem` shrinks to at most
+ * 12 MiB (the arena's own metadata and what the last 4 MiB of frees left
+ * dirty may stay); it then leases again as it needs.
+ */
+Test(memhooks, freed_pool_memory_goes_back_to_ubsd)
+{
+	const char *argv[] = { MHCASE_PATH, "release", NULL };
+	char out[OUT_MAX], line[64];
+	long long held, after;
+	int ofd, ifd;
+	pid_t pid;
+
+	start("[daemon]\npool_size = 128M\n");
+	pid = spawn(argv, pool_1k, &ofd, &ifd, true);
+	read_line(ofd, line, sizeof(line));
+	cr_assert(strncmp(line, "HELD", 4) == 0, "%s", line);
+	ubsctl_json(out, "mem", NULL, NULL);
+	held = held_by(out, pid);
+	cr_assert_geq(held, 40ll << 20, "%s", out);
+
+	REQUIRE(write(ifd, "x\n", 2) == 2);
+	read_line(ofd, line, sizeof(line));
+	cr_assert(strncmp(line, "FREED ", 6) == 0, "%s", line);
+	cr_expect_leq(strtoll(line + 6, NULL, 10), 12ll << 20, "%s", line);
+	ubsctl_json(out, "mem", NULL, NULL);
+	after = held_by(out, pid);
+	cr_assert(after > 0 && after <= 12ll << 20,
+		  "held %lld, then %lld: %s", held, after, out);
+	cr_assert_eq(json_num(out, "used"), after, "%s", out);
+
+	REQUIRE(write(ifd, "x\n", 2) == 2);
+	read_line(ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "AGAIN ok");
+	close(ifd);
+	cr_assert_eq(dt_wait_exit(pid, RUN_MS), 0);
+	close(ofd);
+}
+
+/*
  * `ubsctl mem --sites PID` names where pool memory came from: the 3 MiB
  * block from case_hold (found in mhcase's .symtab) and three 8 KiB ones
  * from mh_site_alloc, each with its count and bytes.
@@ -423,17 +474,6 @@ Test(memhooks, pool_call_sites_are_named)
 	close(ofd);
 }
 
-
-/* Bytes ubsd counts for pid (its holder record), or -1. */
-static long long held_by(const char *json, pid_t pid)
-{
-	char pat[64];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "{\"pid\":%d,", (int)pid);
-	p = strstr(json, pat);
-	return p ? json_num(p, "bytes") : -1;
-}
 
 Test(memhooks, restarted_ubsd_counts_what_live_processes_still_map)
 {

@@ -19,6 +19,9 @@
  *            frames above malloc, from 2 threads and a signal handler
  *   hold     allocate 3 MiB in the pool, print READY; 3 MiB more for
  *            each line on stdin, reported (MORE ok); exit at EOF
+ *   release  hold 40 MiB in 1 MiB pool blocks (HELD), free them, and at
+ *            the next line use the pool a little after a second (FREED
+ *            with the bytes leased), then allocate 16 MiB again (AGAIN)
  *   follow   print READY; for each line on stdin allocate 256 KiB, then
  *            4 KiB, and say where each went (POOL or HEAP); exit at EOF
  */
@@ -571,6 +574,61 @@ static void case_hold(void)
 	free(p);
 }
 
+/* Wait for a line on stdin: 0, or -1 at EOF. */
+static int wait_line(void)
+{
+	char buf[16];
+
+	return read(0, buf, sizeof(buf)) > 0 ? 0 : -1;
+}
+
+static void case_release(void)
+{
+	void *b[40];
+
+	for (int i = 0; i < 40; i++) {
+		b[i] = malloc(1 << 20);
+		CHECK(b[i] && in_pool(b[i], 1 << 20));
+		if (b[i])
+			memset(b[i], 'r', 1 << 20);
+	}
+	printf("HELD %d\n", (int)getpid());
+	fflush(stdout);
+	if (wait_line() < 0)
+		return;
+	for (int i = 0; i < 40; i++)
+		free(b[i]);
+	/* Purges are a second apart at the most: after one, the next
+	 * 4 MiB of pool frees find the lease idle and give it back. */
+	usleep(1100 * 1000);
+	for (int i = 0; i < 4; i++) {
+		void *p = malloc(1 << 20);
+
+		CHECK(p && in_pool(p, 1 << 20));
+		free(p);
+	}
+	printf("FREED %llu\n",
+	       (unsigned long long)stat_of(UBS_STAT_MEM_POOL_LEASED));
+	fflush(stdout);
+	if (wait_line() < 0)
+		return;
+	/* The pool goes on: new leases, in the returned ranges or not. */
+	for (int i = 0; i < 16; i++) {
+		b[i] = malloc(1 << 20);
+		CHECK(b[i] && in_pool(b[i], 1 << 20));
+		if (b[i])
+			memset(b[i], 'a' + i, 1 << 20);
+	}
+	for (int i = 0; i < 16; i++) {
+		CHECK(b[i] && ((char *)b[i])[i * 1000] == 'a' + i);
+		free(b[i]);
+	}
+	CHECK(stat_of(UBS_STAT_MEM_FALLBACKS) == 0);
+	printf("AGAIN %s\n", failures ? "FAIL" : "ok");
+	fflush(stdout);
+	wait_line();
+}
+
 /* The test changes the service's policy between lines. */
 static void case_follow(void)
 {
@@ -600,7 +658,7 @@ int main(int argc, char **argv)
 		{ "quota", case_quota }, { "fork", case_fork },
 		{ "off", case_off }, { "hold", case_hold },
 		{ "sites", case_sites }, { "deep", case_deep },
-		{ "follow", case_follow },
+		{ "follow", case_follow }, { "release", case_release },
 	};
 
 	if (argc != 2)
