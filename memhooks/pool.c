@@ -182,6 +182,7 @@ static struct {
 	uint64_t seen;                  /* generation applied (atomic) */
 	uint32_t hint;
 	size_t min;                     /* atomic */
+	bool sites_env;                 /* UBS_MEM_SITES: mem_sites ignored */
 } pol = { .min = SIZE_MAX };
 
 /*
@@ -1127,9 +1128,10 @@ static void policy_apply(uint32_t min)
 }
 
 /*
- * The page changed since pol.seen: read the service's record again.  No
- * syscall, lock or allocation (a seqlock read of shared memory); threads
- * that race here apply the same record.
+ * The page changed since pol.seen: read the service's record again and
+ * apply its mem_pool and mem_sites.  No syscall, lock or allocation (a
+ * seqlock read of shared memory, names resolved against the objects
+ * listed at init); threads that race here apply the same record.
  */
 __attribute__((noinline)) static void policy_refresh(uint64_t gen)
 {
@@ -1140,6 +1142,9 @@ __attribute__((noinline)) static void policy_refresh(uint64_t gen)
 		return;                 /* a writer inside: next time */
 	__atomic_store_n(&pol.hint, hint, __ATOMIC_RELAXED);
 	policy_apply(p.mem_pool_min);
+	p.mem_sites[sizeof(p.mem_sites) - 1] = '\0';
+	if (!pol.sites_env && !mh_sites_set(p.mem_sites))
+		return;                 /* another thread is at it: again */
 	__atomic_store_n(&pol.seen, gen, __ATOMIC_RELEASE);
 }
 
@@ -1274,12 +1279,11 @@ void mh_init(void)
 		conn_close();
 		return;                 /* range stays: nothing is in it */
 	}
-	/* Call sites: the environment's list over the service's. */
+	/* Call sites: the environment's list over the service's (which is
+	 * followed, as mem_pool is). */
 	v = secure_getenv("UBS_MEM_SITES");
-	if (v && *v)
-		mh_sites_init(v);
-	else if (sites[0])
-		mh_sites_init(sites);
+	pol.sites_env = v && *v;
+	mh_sites_init(pol.sites_env ? v : sites);
 	policy_apply((uint32_t)(min < UINT32_MAX ? min : UINT32_MAX));
 	ubs_info("memhooks: pool on, allocations of %llu bytes and more%s",
 		 (unsigned long long)min, pol.page.base ?

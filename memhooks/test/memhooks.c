@@ -358,7 +358,9 @@ static void follow_round(int in, int out, char *line, size_t n)
  * A running process follows `ubsctl service set`: mem_pool off sends its
  * allocations to its own allocator from its next one; on again, back to
  * the pool from its next allocation of 128 KiB or more (the small ones
- * follow it); a threshold of 64K keeps 4 KiB blocks out.
+ * follow it); a threshold of 64K keeps 4 KiB blocks out; mem_sites
+ * naming mh_site_alloc lets only its blocks in, `any` all again.
+ * Columns: 256 KiB, 4 KiB, 4 KiB from mh_site_alloc.
  */
 Test(memhooks, policy_changes_reach_a_running_process)
 {
@@ -373,21 +375,30 @@ Test(memhooks, policy_changes_reach_a_running_process)
 	read_line(ofd, line, sizeof(line));
 	cr_assert(strncmp(line, "READY", 5) == 0, "%s", line);
 	follow_round(ifd, ofd, line, sizeof(line));
-	cr_assert_str_eq(line, "POOL POOL");
+	cr_assert_str_eq(line, "POOL POOL POOL");
 
 	service_set("mhf", "mem_pool=off");
 	follow_round(ifd, ofd, line, sizeof(line));
-	cr_assert_str_eq(line, "HEAP HEAP");
+	cr_assert_str_eq(line, "HEAP HEAP HEAP");
 	follow_round(ifd, ofd, line, sizeof(line));
-	cr_assert_str_eq(line, "HEAP HEAP");
+	cr_assert_str_eq(line, "HEAP HEAP HEAP");
 
 	service_set("mhf", "mem_pool=on");
 	follow_round(ifd, ofd, line, sizeof(line));
-	cr_assert_str_eq(line, "POOL POOL");
+	cr_assert_str_eq(line, "POOL POOL POOL");
 
 	service_set("mhf", "mem_pool=64K");
 	follow_round(ifd, ofd, line, sizeof(line));
-	cr_assert_str_eq(line, "POOL HEAP");
+	cr_assert_str_eq(line, "POOL HEAP HEAP");
+
+	service_set("mhf", "mem_pool=1K");
+	service_set("mhf", "mem_sites=mh_site_alloc");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "HEAP HEAP POOL");
+
+	service_set("mhf", "mem_sites=any");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "POOL POOL POOL");
 
 	close(ifd);
 	cr_assert_eq(dt_wait_exit(pid, RUN_MS), 0);

@@ -23,7 +23,8 @@
  *            the next line use the pool a little after a second (FREED
  *            with the bytes leased), then allocate 16 MiB again (AGAIN)
  *   follow   print READY; for each line on stdin allocate 256 KiB, then
- *            4 KiB, and say where each went (POOL or HEAP); exit at EOF
+ *            4 KiB, then 4 KiB from mh_site_alloc, and say where each
+ *            went (POOL or HEAP); exit at EOF
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -638,13 +639,16 @@ static void case_follow(void)
 	fflush(stdout);
 	while (read(0, buf, sizeof(buf)) > 0) {
 		void *big = malloc(256 << 10), *small = malloc(4096);
+		void *site = mh_site_alloc(4096);
 
-		CHECK(big && small);
-		printf("%s %s\n", big && in_pool(big, 256 << 10) ? "POOL" :
-		       "HEAP", small && in_pool(small, 4096) ? "POOL" : "HEAP");
+		CHECK(big && small && site);
+		printf("%s %s %s\n", big && in_pool(big, 256 << 10) ? "POOL" :
+		       "HEAP", small && in_pool(small, 4096) ? "POOL" : "HEAP",
+		       site && in_pool(site, 4096) ? "POOL" : "HEAP");
 		fflush(stdout);
 		free(big);
 		free(small);
+		free(site);
 	}
 }
 
