@@ -29,10 +29,20 @@
  * already inside the pool (in_pool) never enters it again: a nested
  * allocation goes to ordinary memory.
  *
+ * Return: extents are carved from a table of the segments' free ranges,
+ * never across two segments; the dalloc hook punches an extent out and
+ * frees its range, and a segment with nothing left in use goes back to
+ * ubsd (MEM_RETURN) while the process runs.  Frees purge the pool arenas
+ * when most of the lease is idle (maybe_purge).
+ *
+ * Policy: while the pool is up, the service's mem_pool and mem_sites are
+ * followed from the policy page, checked on the pool path only
+ * (mh_pool_wants).
+ *
  * fork: the segments are MAP_SHARED, so a child would write into its
  * parent's heap.  At fork (pthread_atfork; jemalloc's own handlers hold
  * its arenas still around the fork itself) the parent waits while the
- * child copies every page of the pool range into private anonymous
+ * child copies every page of the live segments into private anonymous
  * memory and moves it over the shared mapping (mremap): the child's heap
  * is a snapshot as of the fork, and nothing is shared after.  The child
  * drops the inherited connection; its own leases, if it needs more,
