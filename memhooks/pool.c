@@ -154,6 +154,7 @@ static struct {
 	uint32_t sess;                  /* rg.sess it was leased in */
 	uint64_t id;                    /* ubsd's segment id */
 	uint64_t used;                  /* bytes handed to jemalloc */
+	bool huge;                      /* of 2 MiB hugepages */
 } segs[MH_SEGS_MAX];
 static unsigned nsegs;                  /* atomic (release on append) */
 
@@ -610,6 +611,7 @@ static int lease(uint64_t bytes)
 	segs[slot].sess = rg.sess;
 	segs[slot].id = seg.seg_id;
 	segs[slot].used = 0;
+	segs[slot].huge = seg.flags & CTL_MEM_HUGE;
 	__atomic_store_n(&segs[slot].fd, ubs_fd_high(fd), __ATOMIC_RELEASE);
 	if (slot == nsegs) {
 		__atomic_store_n(&nsegs, slot + 1, __ATOMIC_RELEASE);
@@ -754,7 +756,7 @@ static void seg_return(unsigned i)
  * for): its pages are punched out and its range is free again; a segment
  * left with nothing in use goes back to ubsd.  An extent that is not in
  * a live segment (a fork child's private copy) is kept by jemalloc
- * (true), as is one whose pages cannot be punched.
+ * (true), as is one whose pages cannot be punched whole.
  */
 static bool ext_dalloc(extent_hooks_t *hk, void *addr, size_t size,
 		       bool committed, unsigned arena)
@@ -764,7 +766,10 @@ static bool ext_dalloc(extent_hooks_t *hk, void *addr, size_t size,
 	(void)hk, (void)committed, (void)arena;
 	pthread_mutex_lock(&rg.lock);
 	i = seg_of((uintptr_t)addr, size);
+	/* A hugepage segment punches whole hugepages only (the rest of the
+	 * range would keep its bytes). */
 	if (i < 0 || segs[i].used < size ||
+	    (segs[i].huge && (((uintptr_t)addr | size) & (MH_ALIGN - 1))) ||
 	    madvise(addr, size, MADV_REMOVE) < 0) {
 		pthread_mutex_unlock(&rg.lock);
 		return true;
