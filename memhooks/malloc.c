@@ -174,14 +174,15 @@ static void *boot_move(void *p, size_t n)
 }
 
 /*
- * Pool allocation for a call from ra (if the call-site policy allows it),
- * with the program's allocator as the fallback.
+ * Pool allocation for a call from ra (if the policy, as it is now, and
+ * the call-site policy allow it), with the program's allocator as the
+ * fallback.
  */
 static void *pool_or(size_t n, size_t align, bool zero, const void *ra)
 {
 	void *p = NULL;
 
-	if (mh_site_ok(ra)) {
+	if (mh_pool_wants(n) && mh_site_ok(ra)) {
 		p = mh_pool_alloc(n, align, zero);
 		if (__builtin_expect(p != NULL, 1)) {
 			ubs_site_note(ra, n);
@@ -258,7 +259,7 @@ static void *realloc_slow(void *p, size_t n, const void *ra)
 	}
 	if (!p)
 		return pool_or(n, 0, false, ra);
-	if (!mh_site_ok(ra))
+	if (!mh_pool_wants(n) || !mh_site_ok(ra))
 		return mh_real.realloc(p, n);
 	q = mh_pool_alloc(n, 0, false);
 	if (!q) {

@@ -27,9 +27,11 @@ struct mh_real {
 };
 
 /*
- * What the malloc path reads, in one cache line: the policy threshold
- * (SIZE_MAX while the pool is off: the one branch of a small malloc) and
- * the pool's virtual range [lo, lo + len) (len 0 while off).
+ * What the malloc path reads, in one cache line: the router's threshold
+ * (SIZE_MAX while the pool is off: the one branch of a small malloc; at
+ * most 128 KiB while a pool that follows the service's policy is up,
+ * mh_pool_wants having the last word) and the pool's virtual range
+ * [lo, lo + len) (len 0 while off).
  */
 struct mh_hot {
 	size_t min;                     /* allocations >= min go to the pool */
@@ -47,10 +49,13 @@ static inline bool mh_is_pool(const void *p)
 
 /*
  * Call-site policy (sites.c): when on, a pool allocation must also come
- * from one of these code ranges (the return address of the interposed
- * call).  Filled at init, read-only after.
+ * from one of these code ranges: the return address of the interposed
+ * call, or one of its callers' up to MH_SITES_DEPTH frames in all.
+ * Replaced whole (mh_sites_set) when the policy changes: readers load
+ * mh_sites_cur once per check.
  */
 #define MH_SITES_MAX 64
+#define MH_SITES_DEPTH 8
 struct mh_sites {
 	bool on;
 	unsigned n;
@@ -59,21 +64,41 @@ struct mh_sites {
 	} r[MH_SITES_MAX];
 };
 
-extern struct mh_sites mh_sites;
+extern struct mh_sites *mh_sites_cur;
 
-/* Resolve UBS_MEM_SITES (comma-separated functions and libraries). */
+/* List the loaded objects and resolve spec (comma-separated functions and
+ * libraries; "" = every caller).  At init, outside malloc. */
 void mh_sites_init(const char *spec);
 
-/* May an allocation called from ra go to the pool? */
+/* Resolve a new spec against the objects listed at init and make it the
+ * policy: no lock, allocation or syscall (callable inside malloc).  false
+ * if another thread is doing it (try again later). */
+bool mh_sites_set(const char *spec);
+
+/* Walk up from ra's callers (ra itself is in no range of t). */
+bool mh_site_deep(const struct mh_sites *t, const void *ra);
+
+/* May an allocation called from ra go to the pool?  The direct caller is
+ * compared first; only when it is in no range are its callers walked. */
 static inline bool mh_site_ok(const void *ra)
 {
-	if (!mh_sites.on)
+	const struct mh_sites *t = __atomic_load_n(&mh_sites_cur,
+						   __ATOMIC_ACQUIRE);
+	unsigned n;
+
+	if (!t->on)
 		return true;
-	for (unsigned i = 0; i < mh_sites.n; i++)
-		if ((uintptr_t)ra - mh_sites.r[i].lo < mh_sites.r[i].len)
+	n = t->n < MH_SITES_MAX ? t->n : MH_SITES_MAX;
+	for (unsigned i = 0; i < n; i++)
+		if ((uintptr_t)ra - t->r[i].lo < t->r[i].len)
 			return true;
-	return false;
+	return mh_site_deep(t, ra);
 }
+
+/* Does the service's policy, as it is now, send n bytes to the pool?
+ * Called on the pool path only (n >= mh_hot.min): it looks at the policy
+ * page's generation and reads the record again when it changed. */
+bool mh_pool_wants(size_t n);
 
 /* Pool allocation of n bytes (align 0: natural; zero: calloc).  NULL when
  * the pool cannot serve it (the caller falls back and counts it). */

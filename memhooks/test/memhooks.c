@@ -233,6 +233,17 @@ Test(memhooks, call_site_policy_selects_by_caller)
 	expect_case("sites", env);
 }
 
+/* The policy names a function some frames above malloc, with helpers
+ * between: up to 8 frames count, from threads and a signal handler. */
+Test(memhooks, call_site_policy_sees_callers_up_the_stack)
+{
+	const char *env[] = { "UBS_MEM_POOL=1", "UBS_MEM_MIN=1024",
+			      "UBS_MEM_SITES=mh_deep_caller", NULL };
+
+	start("[daemon]\npool_size = 64M\n");
+	expect_case("deep", env);
+}
+
 /* The same call-site policy from the service's policy in ubsd
  * (mem_sites), no environment. */
 Test(memhooks, call_site_policy_from_the_service)
@@ -305,6 +316,135 @@ Test(memhooks, kill9_gives_the_lease_back)
 	cr_assert(strstr(out, "\"processes\":[]"), "%s", out);
 }
 
+/* Read one line of fd (bounded by the reads of a live child) into buf. */
+static void read_line(int fd, char *buf, size_t n)
+{
+	size_t have = 0;
+
+	while (have + 1 < n && read(fd, buf + have, 1) == 1 &&
+	       buf[have] != '\n')
+		have++;
+	buf[have] = '\0';
+}
+
+/* Bytes ubsd counts for pid (its holder record), or -1. */
+static long long held_by(const char *json, pid_t pid)
+{
+	char pat[64];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "{\"pid\":%d,", (int)pid);
+	p = strstr(json, pat);
+	return p ? json_num(p, "bytes") : -1;
+}
+
+/* `ubsctl service NAME set KV`, which must succeed. */
+static void service_set(const char *name, const char *kv)
+{
+	const char *args[] = { "service", name, "set", kv, NULL };
+	char out[OUT_MAX];
+
+	REQUIRE(dt_run_ubsctl(ubsctl_path, args, out, NULL, NULL) == 0);
+}
+
+/* One round of mhcase follow: where its 256 KiB and 4 KiB blocks went. */
+static void follow_round(int in, int out, char *line, size_t n)
+{
+	REQUIRE(write(in, "x\n", 2) == 2);
+	read_line(out, line, n);
+}
+
+/*
+ * A running process follows `ubsctl service set`: mem_pool off sends its
+ * allocations to its own allocator from its next one; on again, back to
+ * the pool from its next allocation of 128 KiB or more (the small ones
+ * follow it); a threshold of 64K keeps 4 KiB blocks out; mem_sites
+ * naming mh_site_alloc lets only its blocks in, `any` all again.
+ * Columns: 256 KiB, 4 KiB, 4 KiB from mh_site_alloc.
+ */
+Test(memhooks, policy_changes_reach_a_running_process)
+{
+	const char *argv[] = { MHCASE_PATH, "follow", NULL };
+	const char *env[] = { "UBS_SERVICE=mhf", NULL };
+	char line[64];
+	int ofd, ifd;
+	pid_t pid;
+
+	start("[daemon]\npool_size = 64M\n[service mhf]\nmem_pool = 1K\n");
+	pid = spawn(argv, env, &ofd, &ifd, true);
+	read_line(ofd, line, sizeof(line));
+	cr_assert(strncmp(line, "READY", 5) == 0, "%s", line);
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "POOL POOL POOL");
+
+	service_set("mhf", "mem_pool=off");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "HEAP HEAP HEAP");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "HEAP HEAP HEAP");
+
+	service_set("mhf", "mem_pool=on");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "POOL POOL POOL");
+
+	service_set("mhf", "mem_pool=64K");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "POOL HEAP HEAP");
+
+	service_set("mhf", "mem_pool=1K");
+	service_set("mhf", "mem_sites=mh_site_alloc");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "HEAP HEAP POOL");
+
+	service_set("mhf", "mem_sites=any");
+	follow_round(ifd, ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "POOL POOL POOL");
+
+	close(ifd);
+	cr_assert_eq(dt_wait_exit(pid, RUN_MS), 0);
+	close(ofd);
+}
+
+/*
+ * Pool memory freed goes back to ubsd while the process runs: 40 MiB
+ * held, then freed, and its lease in `ubsctl mem` shrinks to at most
+ * 12 MiB (the arena's own metadata and what the last 4 MiB of frees left
+ * dirty may stay); it then leases again as it needs.
+ */
+Test(memhooks, freed_pool_memory_goes_back_to_ubsd)
+{
+	const char *argv[] = { MHCASE_PATH, "release", NULL };
+	char out[OUT_MAX], line[64];
+	long long held, after;
+	int ofd, ifd;
+	pid_t pid;
+
+	start("[daemon]\npool_size = 128M\n");
+	pid = spawn(argv, pool_1k, &ofd, &ifd, true);
+	read_line(ofd, line, sizeof(line));
+	cr_assert(strncmp(line, "HELD", 4) == 0, "%s", line);
+	ubsctl_json(out, "mem", NULL, NULL);
+	held = held_by(out, pid);
+	cr_assert_geq(held, 40ll << 20, "%s", out);
+
+	REQUIRE(write(ifd, "x\n", 2) == 2);
+	read_line(ofd, line, sizeof(line));
+	cr_assert(strncmp(line, "FREED ", 6) == 0, "%s", line);
+	cr_expect_leq(strtoll(line + 6, NULL, 10), 12ll << 20, "%s", line);
+	ubsctl_json(out, "mem", NULL, NULL);
+	after = held_by(out, pid);
+	cr_assert(after > 0 && after <= 12ll << 20,
+		  "held %lld, then %lld: %s", held, after, out);
+	cr_assert_eq(json_num(out, "used"), after, "%s", out);
+
+	REQUIRE(write(ifd, "x\n", 2) == 2);
+	read_line(ofd, line, sizeof(line));
+	cr_assert_str_eq(line, "AGAIN ok");
+	close(ifd);
+	cr_assert_eq(dt_wait_exit(pid, RUN_MS), 0);
+	close(ofd);
+}
+
 /*
  * `ubsctl mem --sites PID` names where pool memory came from: the 3 MiB
  * block from case_hold (found in mhcase's .symtab) and three 8 KiB ones
@@ -345,27 +485,6 @@ Test(memhooks, pool_call_sites_are_named)
 	close(ofd);
 }
 
-/* Read one line of fd (bounded by the reads of a live child) into buf. */
-static void read_line(int fd, char *buf, size_t n)
-{
-	size_t have = 0;
-
-	while (have + 1 < n && read(fd, buf + have, 1) == 1 &&
-	       buf[have] != '\n')
-		have++;
-	buf[have] = '\0';
-}
-
-/* Bytes ubsd counts for pid (its holder record), or -1. */
-static long long held_by(const char *json, pid_t pid)
-{
-	char pat[64];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "{\"pid\":%d,", (int)pid);
-	p = strstr(json, pat);
-	return p ? json_num(p, "bytes") : -1;
-}
 
 Test(memhooks, restarted_ubsd_counts_what_live_processes_still_map)
 {

@@ -15,18 +15,28 @@
  *            other's writes after it
  *   off      pool off: nothing lands in the pool
  *   sites    call-site policy: from a named function or library only
+ *   deep     call-site policy through helpers: a named function up to 8
+ *            frames above malloc, from 2 threads and a signal handler
  *   hold     allocate 3 MiB in the pool, print READY; 3 MiB more for
  *            each line on stdin, reported (MORE ok); exit at EOF
+ *   release  hold 40 MiB in 1 MiB pool blocks (HELD), free them, and at
+ *            the next line use the pool a little after a second (FREED
+ *            with the bytes leased), then allocate 16 MiB again (AGAIN)
+ *   follow   print READY; for each line on stdin allocate 256 KiB, then
+ *            4 KiB, then 4 KiB from mh_site_alloc, and say where each
+ *            went (POOL or HEAP); exit at EOF
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -378,11 +388,16 @@ __attribute__((noinline)) void *mh_site_alloc(size_t n)
 	return p;
 }
 
-/* UBS_MEM_SITES=mh_site_alloc,libc.so.6 and UBS_MEM_MIN=1024. */
+static void *alloc_buf(int depth, size_t n);
+
+/* UBS_MEM_SITES=mh_site_alloc,libc.so.6 and UBS_MEM_MIN=1024.  The
+ * caller chain counts up to 8 frames, and libc's code that called main
+ * is 3 frames above this function's own malloc calls: q, not meant for
+ * the pool, is allocated 9 helper frames down. */
 static void case_sites(void)
 {
 	char big[5000];
-	void *p = mh_site_alloc(4096), *q = malloc(4096), *r;
+	void *p = mh_site_alloc(4096), *q = alloc_buf(9, 4096), *r;
 	char *s;
 
 	CHECK(p && in_pool(p, 4096));
@@ -398,6 +413,125 @@ static void case_sites(void)
 	free(r);
 	free(s);
 	CHECK(stat_of(UBS_STAT_MEM_FALLBACKS) == 0);
+}
+
+/*
+ * A helper between malloc and the named function: depth frames of it
+ * (1: alloc_buf calls malloc).  The barriers keep the calls from being
+ * tail calls (the frame would vanish) or a loop.
+ */
+__attribute__((noinline)) static void *alloc_buf(int depth, size_t n)
+{
+	void *p = depth > 1 ? alloc_buf(depth - 1, n) : malloc(n);
+
+	__asm__ volatile("" ::: "memory");
+	return p;
+}
+
+/* Named in UBS_MEM_SITES (exported, -rdynamic): what it allocates
+ * through depth frames of alloc_buf belongs in the pool when it is at
+ * most 8 frames above malloc. */
+__attribute__((noinline)) void *mh_deep_caller(int depth, size_t n);
+__attribute__((noinline)) void *mh_deep_caller(int depth, size_t n)
+{
+	void *p = alloc_buf(depth, n);
+
+	__asm__ volatile("" ::: "memory");
+	return p;
+}
+
+#define DEEP_ROUNDS 3000
+
+static void *deep_thread(void *arg)
+{
+	uintptr_t bad = 0;
+
+	(void)arg;
+	for (int i = 0; i < DEEP_ROUNDS; i++) {
+		void *p = mh_deep_caller(1 + i % 7, 4096 + (size_t)(i % 5) * 512);
+
+		if (!p)
+			bad++;
+		else
+			memset(p, 'd', 4096);
+		free(p);
+	}
+	return (void *)bad;
+}
+
+/* What the signal handler allocated (each slot written once). */
+#define SIG_MAX 32
+static void *volatile sig_blocks[SIG_MAX];
+static volatile sig_atomic_t sig_n;
+
+static void deep_handler(int sig)
+{
+	int saved = errno;
+
+	(void)sig;
+	if (sig_n < SIG_MAX) {
+		sig_blocks[sig_n] = mh_deep_caller(3, 8192);
+		sig_n = sig_n + 1;
+	}
+	errno = saved;
+}
+
+/* UBS_MEM_SITES=mh_deep_caller and UBS_MEM_MIN=1024. */
+static void case_deep(void)
+{
+	struct itimerval it = { { 0, 2000 }, { 0, 2000 } };
+	struct sigaction sa = { .sa_handler = deep_handler };
+	pthread_t t[2];
+	void *p, *ret;
+	int pooled = 0;
+
+	/* Seven helper frames: mh_deep_caller is the 8th frame above
+	 * malloc, counting alloc_buf as the first.  Eight: the 9th, out. */
+	for (int d = 1; d <= 7; d++) {
+		p = mh_deep_caller(d, 4096);
+		CHECK(p && in_pool(p, 4096));
+		free(p);
+	}
+	p = mh_deep_caller(8, 4096);
+	CHECK(p && !in_pool(p, 4096));
+	free(p);
+	/* Not under the named function: ordinary; small: ordinary. */
+	p = alloc_buf(3, 4096);
+	CHECK(p && !in_pool(p, 4096));
+	free(p);
+	p = mh_deep_caller(2, 100);
+	CHECK(p && !in_pool(p, 100));
+	free(p);
+
+	/* Two threads walking at once. */
+	for (int i = 0; i < 2; i++)
+		CHECK(pthread_create(&t[i], NULL, deep_thread, NULL) == 0);
+	for (int i = 0; i < 2; i++) {
+		CHECK(pthread_join(t[i], &ret) == 0);
+		CHECK(ret == NULL);
+	}
+
+	/* A signal handler that walks while this thread walks (or is inside
+	 * the pool): no deadlock, and its blocks are served. */
+	CHECK(sigaction(SIGALRM, &sa, NULL) == 0);
+	CHECK(setitimer(ITIMER_REAL, &it, NULL) == 0);
+	for (int i = 0; sig_n < SIG_MAX && i < 200000; i++) {
+		p = mh_deep_caller(1 + i % 7, 4096);
+		if (!p)
+			failures++;
+		free(p);
+	}
+	memset(&it, 0, sizeof(it));
+	CHECK(setitimer(ITIMER_REAL, &it, NULL) == 0);
+	CHECK(sig_n > 0);
+	for (int i = 0; i < sig_n; i++) {
+		CHECK(sig_blocks[i] != NULL);
+		pooled += sig_blocks[i] && in_pool(sig_blocks[i], 8192);
+		free(sig_blocks[i]);
+	}
+	CHECK(pooled > 0);
+	printf("deep: %d signal allocations, %d in the pool\n", (int)sig_n,
+	       pooled);
 }
 
 static void case_off(void)
@@ -441,6 +575,83 @@ static void case_hold(void)
 	free(p);
 }
 
+/* Wait for a line on stdin: 0, or -1 at EOF. */
+static int wait_line(void)
+{
+	char buf[16];
+
+	return read(0, buf, sizeof(buf)) > 0 ? 0 : -1;
+}
+
+static void case_release(void)
+{
+	void *b[40];
+
+	for (int i = 0; i < 40; i++) {
+		b[i] = malloc(1 << 20);
+		CHECK(b[i] && in_pool(b[i], 1 << 20));
+		if (b[i])
+			memset(b[i], 'r', 1 << 20);
+	}
+	printf("HELD %d\n", (int)getpid());
+	fflush(stdout);
+	if (wait_line() < 0)
+		return;
+	for (int i = 0; i < 40; i++)
+		free(b[i]);
+	/* Purges are a second apart at the most: after one, the next
+	 * 4 MiB of pool frees find the lease idle and give it back. */
+	usleep(1100 * 1000);
+	for (int i = 0; i < 4; i++) {
+		void *p = malloc(1 << 20);
+
+		CHECK(p && in_pool(p, 1 << 20));
+		free(p);
+	}
+	printf("FREED %llu\n",
+	       (unsigned long long)stat_of(UBS_STAT_MEM_POOL_LEASED));
+	fflush(stdout);
+	if (wait_line() < 0)
+		return;
+	/* The pool goes on: new leases, in the returned ranges or not. */
+	for (int i = 0; i < 16; i++) {
+		b[i] = malloc(1 << 20);
+		CHECK(b[i] && in_pool(b[i], 1 << 20));
+		if (b[i])
+			memset(b[i], 'a' + i, 1 << 20);
+	}
+	for (int i = 0; i < 16; i++) {
+		CHECK(b[i] && ((char *)b[i])[i * 1000] == 'a' + i);
+		free(b[i]);
+	}
+	CHECK(stat_of(UBS_STAT_MEM_FALLBACKS) == 0);
+	printf("AGAIN %s\n", failures ? "FAIL" : "ok");
+	fflush(stdout);
+	wait_line();
+}
+
+/* The test changes the service's policy between lines. */
+static void case_follow(void)
+{
+	char buf[16];
+
+	printf("READY %d\n", (int)getpid());
+	fflush(stdout);
+	while (read(0, buf, sizeof(buf)) > 0) {
+		void *big = malloc(256 << 10), *small = malloc(4096);
+		void *site = mh_site_alloc(4096);
+
+		CHECK(big && small && site);
+		printf("%s %s %s\n", big && in_pool(big, 256 << 10) ? "POOL" :
+		       "HEAP", small && in_pool(small, 4096) ? "POOL" : "HEAP",
+		       site && in_pool(site, 4096) ? "POOL" : "HEAP");
+		fflush(stdout);
+		free(big);
+		free(small);
+		free(site);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -450,7 +661,8 @@ int main(int argc, char **argv)
 		{ "family", case_family }, { "threads", case_threads },
 		{ "quota", case_quota }, { "fork", case_fork },
 		{ "off", case_off }, { "hold", case_hold },
-		{ "sites", case_sites },
+		{ "sites", case_sites }, { "deep", case_deep },
+		{ "follow", case_follow }, { "release", case_release },
 	};
 
 	if (argc != 2)

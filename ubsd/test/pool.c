@@ -284,6 +284,7 @@ Test(pool, lease_needs_a_session_and_can_be_returned, .fini = teardown)
 	struct ctl_mem_seg seg;
 	struct ctl_mem_ref ref;
 	char out[OUT_MAX];
+	unsigned char *p;
 	int s, fd;
 
 	start("[daemon]\npool_size = 4M\n");
@@ -293,6 +294,12 @@ Test(pool, lease_needs_a_session_and_can_be_returned, .fini = teardown)
 
 	s = dt_hello("ret");
 	REQUIRE((fd = lease(s, 4 * MiB, &seg)) >= 0);
+	/* Written by its borrower, which gives it back alive (memhooks
+	 * does when jemalloc frees a whole segment)... */
+	p = mmap(NULL, seg.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	REQUIRE(p != MAP_FAILED);
+	memset(p, 0x5a, seg.size);
+	munmap(p, seg.size);
 	close(fd);
 	ref.seg_id = seg.seg_id + 1000;
 	dt_send(s, CTL_REQ_MEM_RETURN, &ref, sizeof(ref), NULL, 0);
@@ -302,7 +309,16 @@ Test(pool, lease_needs_a_session_and_can_be_returned, .fini = teardown)
 	dt_expect(s, CTL_R_OK, NULL, NULL);
 	mem_json(out);
 	cr_assert_eq(json_num(out, "used"), 0, "%s", out);
+	/* ...and the next borrower gets it zeroed. */
 	REQUIRE((fd = lease(s, 4 * MiB, &seg)) >= 0);
+	cr_assert(seg.flags & CTL_MEM_REUSED);
+	p = mmap(NULL, seg.size, PROT_READ, MAP_SHARED, fd, 0);
+	REQUIRE(p != MAP_FAILED);
+	for (size_t k = 0; k < seg.size; k += 512)
+		if (p[k])
+			cr_assert_fail("byte %zu of a returned segment lent "
+				       "again is %#x, not 0", k, p[k]);
+	munmap(p, seg.size);
 	close(fd);
 	close(s);
 }
