@@ -116,55 +116,6 @@ static int ctl_send(uint16_t type, const void *body, uint32_t len,
 	return 0;
 }
 
-/*
- * Read exactly n bytes of fd: the first byte by deadline, the rest within
- * UBS_CTL_IO_MS of it (a message comes whole, or nearly).  The first read
- * may carry fds.  Reads before it polls: a reply that is already there
- * costs one syscall.
- */
-static int ctl_read_full(int fd, void *p, size_t n, int *fds, int *nfds,
-			 uint64_t deadline)
-{
-	int cap = nfds ? *nfds : 0;
-	size_t got = 0;
-
-	while (got < n) {
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		uint64_t now;
-		int r;
-
-		if (got == 0 && fds) {
-			*nfds = cap;
-			r = ubt_recv_fds_flags(fd, fds, nfds, p, n,
-					       MSG_DONTWAIT);
-			if (r > 0)
-				fds = NULL;
-		} else {
-			r = (int)ubs_real.recv(fd, (char *)p + got, n - got,
-					       MSG_DONTWAIT);
-			if (r == 0)
-				r = -EPIPE;
-			else if (r < 0)
-				r = -errno;
-		}
-		if (r > 0) {
-			if (got == 0)
-				deadline = now_ms() + UBS_CTL_IO_MS;
-			got += (size_t)r;
-			continue;
-		}
-		if (r != -EAGAIN && r != -EINTR)
-			return r;
-		now = now_ms();
-		if (now >= deadline)
-			return got ? -EPROTO : -ETIMEDOUT;  /* cut short */
-		r = ubs_real.poll(&pfd, 1, (int)(deadline - now));
-		if (r < 0 && errno != EINTR)
-			return -errno;
-	}
-	return 0;
-}
-
 static void close_fds(int *fds, int n)
 {
 	for (int i = 0; i < n; i++)
@@ -212,37 +163,187 @@ static struct {
 	uint64_t gen;           /* ctl_gen it was given to, 0: not yet */
 } db = { .fd = -1 };
 
-/* Read one whole message of fd by deadline (no lock held).  Returns 0 or
- * -errno with *why set; fds in got (-1 unused). */
-static int ctl_read_msg(int fd, struct ctl_hdr *h, unsigned char *in,
-			int *got, uint64_t deadline, const char **why)
-{
-	int ngot = CTL_MAX_FDS;
-	int r;
+/*
+ * The reader's buffer: what one recvmsg brought from the daemon and is
+ * not parsed yet (often several replies: a server that publishes
+ * without waiting collects the replies of its earlier PUBLISHes with one
+ * read), and the fds that came with it.  A message's fds ride with its
+ * first byte, and the kernel ends a read after the bytes that carried
+ * fds, so each batch of fds belongs to a message that starts within the
+ * bytes of the read that brought it (stream offsets [start, end)); a
+ * batch left unclaimed once those bytes are parsed is a protocol error,
+ * as a message without the fds its type needs.  Only the thread that
+ * reads (ctl_reading, or the lock during ctl_connect) touches it; gen
+ * says which connection the bytes belong to.
+ */
+#define CTL_RBUF   (2 * (sizeof(struct ctl_hdr) + CTL_MAX_BODY))
+#define CTL_RBATCH 4
 
-	for (int i = 0; i < CTL_MAX_FDS; i++)
-		got[i] = -1;
-	r = ctl_read_full(fd, h, sizeof(*h), got, &ngot, deadline);
-	if (r == 0 && (r = ctl_check(h, NULL, why)) == 0 &&
-	    (r = ctl_read_full(fd, in, h->len, NULL, NULL,
-			       now_ms() + UBS_CTL_IO_MS)) == -ETIMEDOUT)
-		r = -EPROTO;            /* a header without its body */
-	if (r == -EPROTO && !*why)
-		*why = "message cut short";
-	if (r == 0 && (r = ctl_check(h, in, why)) == 0 &&
-	    ngot != ctl_fd_count(h->type)) {
-		*why = "wrong number of fds";
-		r = -EPROTO;
+static struct {
+	uint64_t gen;
+	uint64_t pos;                   /* stream offset of buf[off] */
+	size_t off, len;
+	bool short_read;                /* the last read did not fill buf */
+	int nb;
+	struct {
+		uint64_t start, end;
+		int n, fds[CTL_MAX_FDS];
+	} b[CTL_RBATCH];
+	unsigned char buf[CTL_RBUF];
+} rb;
+
+/* Forget what is buffered (another connection, or a protocol error). */
+static void rb_reset(uint64_t gen)
+{
+	for (int i = 0; i < rb.nb; i++)
+		close_fds(rb.b[i].fds, rb.b[i].n);
+	rb.nb = 0;
+	rb.off = rb.len = 0;
+	rb.pos = 0;
+	rb.short_read = false;
+	rb.gen = gen;
+}
+
+/* One recvmsg into the free end of rb.buf.  Returns bytes (> 0), or
+ * -errno (-EAGAIN: nothing there, -EPIPE: the daemon closed). */
+static int rb_fill(int fd)
+{
+	int fds[CTL_MAX_FDS], nfds = CTL_MAX_FDS, r;
+	uint64_t start;
+
+	if (rb.off > 0) {
+		memmove(rb.buf, rb.buf + rb.off, rb.len - rb.off);
+		rb.len -= rb.off;
+		rb.off = 0;
 	}
+	if (rb.len == sizeof(rb.buf))
+		return -EPROTO;         /* cannot be: a message fits twice */
+	start = rb.pos + rb.len;
+	r = ubt_recv_fds_flags(fd, fds, &nfds, rb.buf + rb.len,
+			       sizeof(rb.buf) - rb.len, MSG_DONTWAIT);
+	if (r <= 0)
+		return r < 0 ? r : -EPIPE;
 	/* Received fds are the library's: out of the program's range at
 	 * once, whoever reads them and however long they wait in the
 	 * mailbox (the program's next socket must get the number it would
 	 * have without us). */
+	for (int i = 0; i < nfds; i++)
+		fds[i] = ubs_fd_high(fds[i]);
+	rb.short_read = (size_t)r < sizeof(rb.buf) - rb.len;
+	if (nfds > 0) {
+		if (rb.nb == CTL_RBATCH) {
+			close_fds(fds, nfds);
+			return -EPROTO;
+		}
+		rb.b[rb.nb].start = start;
+		rb.b[rb.nb].end = start + (uint64_t)r;
+		rb.b[rb.nb].n = nfds;
+		memcpy(rb.b[rb.nb].fds, fds, sizeof(int) * (size_t)nfds);
+		rb.nb++;
+	}
+	rb.len += (size_t)r;
+	return r;
+}
+
+/*
+ * Take the whole message at the head of rb, if there is one: 1 (h, in
+ * and got filled), 0 (incomplete), -EPROTO with *why set.
+ */
+static int rb_take(struct ctl_hdr *h, unsigned char *in, int *got,
+		   const char **why)
+{
+	size_t have = rb.len - rb.off, size;
+	uint64_t at = rb.pos;
+	int n, r;
+
+	if (have < sizeof(*h))
+		return 0;
+	memcpy(h, rb.buf + rb.off, sizeof(*h));
+	if ((r = ctl_check(h, NULL, why)))
+		return r;
+	size = sizeof(*h) + h->len;
+	if (have < size)
+		return 0;
+	memcpy(in, rb.buf + rb.off + sizeof(*h), h->len);
+	rb.off += size;
+	rb.pos += size;
+	if ((r = ctl_check(h, in, why)))
+		return r;
+	n = ctl_fd_count(h->type);
+	if (n > 0) {
+		/* Its fds: the oldest batch, brought with its first byte. */
+		if (rb.nb == 0 || rb.b[0].n != n || at < rb.b[0].start ||
+		    at >= rb.b[0].end) {
+			*why = "wrong number of fds";
+			return -EPROTO;
+		}
+		memcpy(got, rb.b[0].fds, sizeof(int) * (size_t)n);
+		rb.nb--;
+		memmove(&rb.b[0], &rb.b[1], sizeof(rb.b[0]) * (size_t)rb.nb);
+	}
+	/* A batch whose bytes are all parsed and that no message took. */
+	if (rb.nb > 0 && rb.pos >= rb.b[0].end) {
+		*why = "wrong number of fds";
+		return -EPROTO;
+	}
+	return 1;
+}
+
+/*
+ * Read one whole message of fd (connection gen) by deadline (no lock
+ * held): the first byte by deadline, the rest within UBS_CTL_IO_MS of it
+ * (a message comes whole, or nearly).  A message already buffered costs
+ * no syscall; otherwise reads before it polls, so a reply that is already
+ * there costs one.  Returns 0 or -errno with *why set; fds in got (-1
+ * unused).
+ */
+static int ctl_read_msg(int fd, uint64_t gen, struct ctl_hdr *h,
+			unsigned char *in, int *got, uint64_t deadline,
+			const char **why)
+{
+	bool partial = false;
+	int r;
+
 	for (int i = 0; i < CTL_MAX_FDS; i++)
-		if (got[i] >= 0)
-			got[i] = ubs_fd_high(got[i]);
-	if (r)
-		close_fds(got, CTL_MAX_FDS);
+		got[i] = -1;
+	if (rb.gen != gen)
+		rb_reset(gen);
+	for (;;) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		uint64_t now;
+
+		r = rb_take(h, in, got, why);
+		if (r)
+			break;
+		if (!partial && rb.len > rb.off) {
+			partial = true;         /* the rest comes soon */
+			deadline = now_ms() + UBS_CTL_IO_MS;
+		}
+		r = rb_fill(fd);
+		if (r > 0)
+			continue;
+		if (r != -EAGAIN && r != -EINTR)
+			break;
+		now = now_ms();
+		if (now >= deadline) {
+			r = partial ? -EPROTO : -ETIMEDOUT;
+			if (partial)
+				*why = "message cut short";
+			break;
+		}
+		r = ubs_real.poll(&pfd, 1, (int)(deadline - now));
+		if (r < 0 && errno != EINTR) {
+			r = -errno;
+			break;
+		}
+	}
+	if (r == 1)
+		return 0;
+	close_fds(got, CTL_MAX_FDS);
+	if (r == -EPROTO && !*why)
+		*why = "message cut short";
+	if (r != -ETIMEDOUT && r != -EINTR)
+		rb_reset(gen);          /* the connection is dropped */
 	return r;
 }
 
@@ -282,7 +383,7 @@ static int ctl_read_one(uint64_t deadline)
 
 	ctl_reading = true;
 	pthread_mutex_unlock(&ctl.lock);
-	r = ctl_read_msg(fd, &h, in, got, deadline, &why);
+	r = ctl_read_msg(fd, gen, &h, in, got, deadline, &why);
 	pthread_mutex_lock(&ctl.lock);
 	ctl_reading = false;
 	pthread_cond_broadcast(&ctl_cv);
@@ -304,8 +405,12 @@ static void ctl_drain(void)
 		uint64_t gen = ctl_gen;
 		int fd = ctl.fd;
 
-		/* Nothing there: one failed read, and out. */
+		/* Nothing there: one failed read, and out.  A read that
+		 * did not fill the buffer took all there was: once its
+		 * messages are delivered, no read is needed to know it. */
 		if (ctl_read_one(0) <= 0 || ctl.fd != fd || gen != ctl_gen)
+			return;
+		if (rb.gen == gen && rb.off == rb.len && rb.short_read)
 			return;
 	}
 }
@@ -812,6 +917,7 @@ void ubs_ctl_atfork_child(void)
 	db.gen = 0;
 	for (int i = 0; i < CTL_WAITERS; i++)
 		ctl_slot_free(&mailbox[i]);
+	rb_reset(0);            /* the parent's bytes and fds */
 	if (ctl.fd >= 0)
 		ubs_fd_release(ctl.fd);
 	ctl.fd = -1;

@@ -112,6 +112,9 @@ int sock_install(int fd, struct sock *s)
 	}
 	old = *p;
 	s->refs++;
+	s->nslots++;
+	if (old)
+		old->nslots--;
 	__atomic_store_n(p, s, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&tab_lock);
 	/* A stale entry (the kernel reused the number behind our back). */
@@ -129,9 +132,23 @@ struct sock *sock_detach(int fd)
 		return NULL;
 	pthread_rwlock_wrlock(&tab_lock);
 	s = *p;
+	if (s)
+		s->nslots--;
 	__atomic_store_n(p, NULL, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&tab_lock);
 	return s;
+}
+
+/* How many fds name s: 0 after the close of its only fd, which then
+ * needs no look through the whole table (sock_for_each) for others. */
+int sock_slots(struct sock *s)
+{
+	int n;
+
+	pthread_rwlock_rdlock(&tab_lock);
+	n = s->nslots;
+	pthread_rwlock_unlock(&tab_lock);
+	return n;
 }
 
 void sock_for_each(void (*fn)(int fd, struct sock *s, void *arg), void *arg)

@@ -39,6 +39,7 @@ enum sk_state {
 
 struct sock {
 	int refs;               /* fd slots + calls in flight (table lock) */
+	int nslots;             /* fd slots naming it (table lock) */
 	_Atomic int state;      /* enum sk_state */
 	pthread_mutex_t mu;     /* state changes */
 	int fd;                 /* an fd of this socket, for kernel calls
@@ -82,6 +83,7 @@ int sock_install(int fd, struct sock *s);       /* +1 ref for the slot */
 struct sock *sock_detach(int fd);       /* clear the slot; the slot's ref
 					 * is handed to the caller */
 bool sock_slot_used(int fd);            /* no lock, no ref: a hint */
+int sock_slots(struct sock *s);         /* fd slots naming s now */
 struct sock *sock_new(int fd);          /* refs 0, state 0 */
 /* Call fn(fd, s) for every slot (table read-locked: fn must not take it
  * for writing). */

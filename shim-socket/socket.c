@@ -722,7 +722,8 @@ UBS_EXPORT int close(int fd)
 		struct drop_arg d = { .s = s };
 		int saved;
 
-		sock_for_each(collect_fds, &d);
+		if (sock_slots(s) > 0)          /* dup'd: its other fds */
+			sock_for_each(collect_fds, &d);
 		saved = errno;
 		ubs_guard_enter();
 		if (d.n > 0) {
@@ -840,7 +841,8 @@ static int dup_track(int oldfd, int newfd)
 	if (old) {
 		struct drop_arg d = { .s = old };
 
-		sock_for_each(collect_fds, &d);
+		if (sock_slots(old) > 0)
+			sock_for_each(collect_fds, &d);
 		if (d.n == 0)
 			sock_last_close(old);
 		sock_put(old);

@@ -27,6 +27,7 @@ struct rv_entry {
 	uint64_t id;            /* publication: chan_id; request: req_id */
 	uint64_t t;             /* publication: published at; request: deadline */
 	uint32_t next;          /* hash chain while used, free list otherwise */
+	uint32_t lprev, lnext;  /* list of the used entries, oldest first */
 	uint8_t used;
 	uint8_t dead;           /* superseded or refused: due at the next
 				 * rv_expire */
@@ -149,6 +150,7 @@ static int rv_store_init(struct rv_store *s, uint32_t cap)
 		s->bucket[i] = RV_NIL;
 	for (i = 0; i < cap; i++)
 		s->e[i].next = i + 1 < cap ? i + 1 : RV_NIL;
+	s->head = s->tail = RV_NIL;
 	s->cap = cap;
 	s->nbucket = nb;
 	s->count = 0;
@@ -163,7 +165,12 @@ static void rv_store_fini(struct rv_store *s)
 	memset(s, 0, sizeof(*s));
 }
 
-/* Insert a copy of *src; the caller checked there is room. */
+/*
+ * Insert a copy of *src; the caller checked there is room.  The used
+ * entries are also linked in insertion order, so that the sweeps
+ * (rv_expire, rv_next_deadline, teardown) cost O(entries stored), not
+ * O(capacity): they run at every turn of the daemon's loop.
+ */
 static void rv_store_add(struct rv_store *s, const struct rv_entry *src)
 {
 	uint32_t i = s->free, h = rv_hash(s, &src->srv, &src->cli);
@@ -175,6 +182,13 @@ static void rv_store_add(struct rv_store *s, const struct rv_entry *src)
 	e->dead = 0;
 	e->next = s->bucket[h];
 	s->bucket[h] = i;
+	e->lprev = s->tail;
+	e->lnext = RV_NIL;
+	if (s->tail != RV_NIL)
+		s->e[s->tail].lnext = i;
+	else
+		s->head = i;
+	s->tail = i;
 	s->count++;
 }
 
@@ -186,6 +200,14 @@ static void rv_store_del(struct rv_store *s, uint32_t i)
 	while (*pp != i)
 		pp = &s->e[*pp].next;
 	*pp = e->next;
+	if (e->lprev != RV_NIL)
+		s->e[e->lprev].lnext = e->lnext;
+	else
+		s->head = e->lnext;
+	if (e->lnext != RV_NIL)
+		s->e[e->lnext].lprev = e->lprev;
+	else
+		s->tail = e->lprev;
 	e->used = 0;
 	e->next = s->free;
 	s->free = i;
@@ -711,16 +733,15 @@ int rv_publish(struct rv_table *t, const struct rv_tuple *accepted,
 	return 0;
 }
 
-/* Find a used entry by (session, id): a linear sweep, fine for the rare
- * explicit withdrawals and cancellations. */
+/* Find a used entry by (session, id): a linear sweep of the stored
+ * entries, fine for the rare explicit withdrawals and cancellations. */
 static uint32_t rv_store_find_id(const struct rv_store *s, uint64_t session,
 				 uint64_t id)
 {
 	uint32_t i;
 
-	for (i = 0; i < s->cap; i++)
-		if (s->e[i].used && s->e[i].session == session &&
-		    s->e[i].id == id)
+	for (i = s->head; i != RV_NIL; i = s->e[i].lnext)
+		if (s->e[i].session == session && s->e[i].id == id)
 			return i;
 	return RV_NIL;
 }
@@ -927,12 +948,13 @@ size_t rv_expire(struct rv_table *t, uint64_t now_ms,
 		 struct rv_answer *out, size_t cap)
 {
 	size_t n = 0;
-	uint32_t i;
+	uint32_t i, next;
 
-	for (i = 0; i < t->pubs.cap && n < cap; i++) {
+	for (i = t->pubs.head; i != RV_NIL && n < cap; i = next) {
 		const struct rv_entry *e = &t->pubs.e[i];
 
-		if (!e->used || !rv_due(t, e, 0, now_ms))
+		next = e->lnext;
+		if (!rv_due(t, e, 0, now_ms))
 			continue;
 		memset(&out[n], 0, sizeof(out[n]));
 		out[n].verdict = RV_WITHDRAWN;
@@ -942,10 +964,11 @@ size_t rv_expire(struct rv_table *t, uint64_t now_ms,
 		n++;
 		rv_store_del(&t->pubs, i);
 	}
-	for (i = 0; i < t->reqs.cap && n < cap; i++) {
+	for (i = t->reqs.head; i != RV_NIL && n < cap; i = next) {
 		const struct rv_entry *e = &t->reqs.e[i];
 
-		if (!e->used || !rv_due(t, e, 1, now_ms))
+		next = e->lnext;
+		if (!rv_due(t, e, 1, now_ms))
 			continue;
 		memset(&out[n], 0, sizeof(out[n]));
 		out[n].verdict = RV_TCP;
@@ -969,20 +992,16 @@ uint64_t rv_next_deadline(const struct rv_table *t)
 	uint64_t next = UINT64_MAX, d;
 	uint32_t i;
 
-	for (i = 0; i < t->pubs.cap; i++) {
+	for (i = t->pubs.head; i != RV_NIL; i = t->pubs.e[i].lnext) {
 		const struct rv_entry *e = &t->pubs.e[i];
 
-		if (!e->used)
-			continue;
 		d = e->dead ? 0 : e->t + t->lim.stale_ms;
 		if (d < next)
 			next = d;
 	}
-	for (i = 0; i < t->reqs.cap; i++) {
+	for (i = t->reqs.head; i != RV_NIL; i = t->reqs.e[i].lnext) {
 		const struct rv_entry *e = &t->reqs.e[i];
 
-		if (!e->used)
-			continue;
 		d = e->dead ? 0 : e->t;
 		if (d < next)
 			next = d;
@@ -1019,12 +1038,16 @@ int rv_session_gone(struct rv_table *t, uint64_t session)
 		}
 		i++;
 	}
-	for (i = 0; i < t->pubs.cap; i++)
-		if (t->pubs.e[i].used && t->pubs.e[i].session == session)
+	for (i = t->pubs.head; i != RV_NIL; i = j) {
+		j = t->pubs.e[i].lnext;
+		if (t->pubs.e[i].session == session)
 			rv_store_del(&t->pubs, i);
-	for (i = 0; i < t->reqs.cap; i++)
-		if (t->reqs.e[i].used && t->reqs.e[i].session == session)
+	}
+	for (i = t->reqs.head; i != RV_NIL; i = j) {
+		j = t->reqs.e[i].lnext;
+		if (t->reqs.e[i].session == session)
 			rv_store_del(&t->reqs, i);
+	}
 	i = 0;
 	while (i < t->nintents) {
 		if (t->intents[i].session == session)

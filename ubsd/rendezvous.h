@@ -54,8 +54,9 @@
  * Lookups of publications and requests are a chained hash on the
  * server-oriented 4-tuple (O(1) per connect/accept at thousands of live
  * entries); listeners and intents are linear scans (a few hundred, and
- * only touched on listen/close, cross-netns checks and intents); expiry
- * and session teardown are linear sweeps.
+ * only touched on listen/close, cross-netns checks and intents); expiry,
+ * the next deadline and session teardown are linear sweeps of the stored
+ * entries (not of the capacity).
  */
 #ifndef UBS_RENDEZVOUS_H
 #define UBS_RENDEZVOUS_H
@@ -176,6 +177,7 @@ struct rv_store {
 	struct rv_entry *e;
 	uint32_t *bucket;
 	uint32_t cap, nbucket, count, free;
+	uint32_t head, tail;    /* used entries, in insertion order */
 };
 
 struct rv_table {

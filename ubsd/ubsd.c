@@ -1358,7 +1358,8 @@ static int to_rv_addr(const struct sockaddr_storage *ss, struct rv_addr *a)
 struct sock_facts {
 	struct rv_tuple tu;             /* remote only when connected */
 	uint64_t netns;
-	uint64_t sock_id;               /* inode */
+	uint64_t sock_id;               /* inode (listening sockets; 0 for
+					 * connected ones, see sock_ns_ino) */
 	int v6only;
 	int family;                     /* the socket's own: AF_INET(6) */
 	bool cookie;                    /* netns is its SO_NETNS_COOKIE */
@@ -1423,6 +1424,11 @@ static int sock_facts(const struct conn *c, int fd, bool listening,
 			       &len) == 0 && len == sizeof(f->netns);
 	if (!f->cookie)
 		f->netns = c->sess ? c->sess->netns : netns_of(c->pid);
+	/* Only a listener is known by its inode; a connected socket's is
+	 * read when the namespace proof needs it (sock_ns_ino), which is
+	 * rare: one syscall less for each PUBLISH and REQUEST. */
+	if (!listening)
+		return 0;
 	if (fstat(fd, &st) < 0) {
 		*why = "fstat failed";
 		return -errno;
@@ -1431,14 +1437,23 @@ static int sock_facts(const struct conn *c, int fd, bool listening,
 	return 0;
 }
 
-/* Is fd an eventfd of ours (received)? */
+/* /proc/self/fd, opened at start (-1: is_eventfd uses the full path). */
+static int proc_fd_dir = -1;
+
+/* Is fd an eventfd of ours (received)?  The link is read relative to
+ * proc_fd_dir: no walk of /proc/self for each PUBLISH. */
 static bool is_eventfd(int fd)
 {
 	char path[64], link[64];
 	ssize_t n;
 
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	n = readlink(path, link, sizeof(link) - 1);
+	if (proc_fd_dir >= 0) {
+		snprintf(path, sizeof(path), "%d", fd);
+		n = readlinkat(proc_fd_dir, path, link, sizeof(link) - 1);
+	} else {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		n = readlink(path, link, sizeof(link) - 1);
+	}
 	if (n < 0)
 		return false;
 	link[n] = '\0';
@@ -1532,7 +1547,8 @@ static bool proc_tcp_has(pid_t pid, int family, uint64_t ino)
  * sock_ino), held by process pid.  With CAP_NET_ADMIN over that namespace
  * (root) SIOCGSKNS says it; otherwise pid's own namespace is the socket's
  * when pid's /proc/PID/net/tcp{,6} lists the socket and pid stayed in
- * that namespace meanwhile.  0 when it cannot be told.
+ * that namespace meanwhile.  0 when it cannot be told.  sock_ino 0: read
+ * it here (sock_facts leaves it 0 for a connected socket).
  */
 static uint64_t sock_ns_ino(int fd, int family, uint64_t sock_ino, pid_t pid)
 {
@@ -1545,6 +1561,11 @@ static uint64_t sock_ns_ino(int fd, int family, uint64_t sock_ino, pid_t pid)
 
 		close(nfd);
 		return ino;
+	}
+	if (!sock_ino) {
+		if (fstat(fd, &st) < 0)
+			return 0;
+		sock_ino = (uint64_t)st.st_ino;
 	}
 	before = netns_of(pid);
 	if (!before || !proc_tcp_has(pid, family, sock_ino))
@@ -2827,6 +2848,9 @@ static void cleanup(void)
 		close(d.sig.fd);
 	if (d.epfd >= 0)
 		close(d.epfd);
+	if (proc_fd_dir >= 0)
+		close(proc_fd_dir);
+	proc_fd_dir = -1;
 	if (d.page.base)
 		ubt_seg_unmap(&d.page);
 	free(d.conf);
@@ -2969,6 +2993,8 @@ int main(int argc, char **argv)
 		logmsg(LOG_ERR, "event loop setup: %s", strerror(errno));
 		goto out;
 	}
+	proc_fd_dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY |
+			   O_CLOEXEC);
 	d.start_ms = now_ms();
 	logmsg(LOG_INFO, "listening on %s (pid %ld), %u services, "
 	       "cross_netns %s, policy generation %llu", d.sock_path,

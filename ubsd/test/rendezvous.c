@@ -679,6 +679,81 @@ Test(rendezvous, session_gone_removes_publications_and_requests)
 	rv_table_fini(&t);
 }
 
+/*
+ * The sweeps (rv_expire, rv_next_deadline, rv_session_gone, withdraw and
+ * cancel) walk the list of stored entries: after every way out of a full
+ * table they must see exactly the entries left, and the table must fill
+ * again to capacity.
+ */
+Test(rendezvous, sweeps_see_exactly_the_stored_entries)
+{
+	enum { CAP = 16 };
+	struct rv_table t;
+	struct rv_answer a, out[2 * CAP];
+	uint64_t req_id[CAP];
+	size_t n;
+
+	init(&t, CAP, 0);
+	for (int round = 0; round < 3; round++) {
+		uint64_t now = 10000 * (uint64_t)round;
+		struct rv_answer ans;
+		struct rv_tuple extra = tup(v4("10.0.0.1", 80),
+					    v4("10.0.0.2", 999));
+
+		/* Publications of sessions 1 and 2 interleaved (stale at
+		 * now + i + 2000); requests of sessions 3 and 4 (due at
+		 * now + 100 + i); no two of them match. */
+		for (int i = 0; i < CAP; i++) {
+			struct rv_tuple pu = tup(v4("10.0.0.1", 80),
+						 v4("10.0.0.2", 1000 + i));
+			struct rv_tuple rq = tup(v4("10.0.1.2", 2000 + i),
+						 v4("10.0.1.1", 81));
+
+			cr_assert_eq(publish(&t, pu, 1, 1 + i % 2, 100 + i,
+					     now + i), RV_PENDING);
+			a = request(&t, rq, 1, 3 + i % 2, now + i,
+				    now + 100 + i);
+			cr_assert_eq(a.verdict, RV_PENDING);
+			req_id[i] = a.req_id;
+		}
+		cr_assert_eq(rv_publish(&t, &extra, 1, RV_PROVEN, 1, 99, now,
+					&ans), -ENOSPC, "publications full");
+		cr_assert_eq(rv_next_deadline(&t), now + 100);
+
+		/* Out in every way: session 2's publications with it,
+		 * session 3's requests by cancel (every other one from the
+		 * end), session 1's first publication by withdraw. */
+		cr_assert_eq(rv_session_gone(&t, 2), 0);
+		for (int i = CAP - 2; i >= 0; i -= 2)
+			cr_assert_eq(rv_request_cancel(&t, 3, req_id[i]), 0);
+		cr_assert_eq(rv_withdraw(&t, 1, 100), 0);
+		cr_assert_eq(rv_withdraw(&t, 1, 100), -ENOENT);
+		/* Left: session 1's publications 2, 4, ... (7) and session
+		 * 4's requests 1, 3, ... (8). */
+		cr_assert_eq(rv_next_deadline(&t), now + 101);
+		cr_assert_eq(rv_expire(&t, now + 100, out, 2 * CAP), 0);
+		n = rv_expire(&t, now + 100 + CAP, out, 2 * CAP);
+		cr_assert_eq(n, CAP / 2, "the requests of session 4");
+		for (size_t k = 0; k < n; k++) {
+			cr_assert_eq(out[k].verdict, RV_TCP);
+			cr_assert_eq(out[k].req_session, 4);
+			cr_assert_eq(out[k].cause, RV_CAUSE_TIMEOUT);
+		}
+		cr_assert_eq(rv_next_deadline(&t), now + 2 + 2000);
+		n = rv_expire(&t, now + 5000, out, 3);
+		cr_assert_eq(n, 3, "capped");
+		n += rv_expire(&t, now + 5000, out + 3, 2 * CAP);
+		cr_assert_eq(n, CAP / 2 - 1, "session 1's publications");
+		for (size_t k = 0; k < n; k++) {
+			cr_assert_eq(out[k].verdict, RV_WITHDRAWN);
+			cr_assert_eq(out[k].pub_session, 1);
+		}
+		cr_assert_eq(rv_next_deadline(&t), UINT64_MAX, "empty");
+		cr_assert_eq(rv_expire(&t, UINT64_MAX - 1, out, 2 * CAP), 0);
+	}
+	rv_table_fini(&t);
+}
+
 Test(rendezvous, wildcard_listeners_in_maybe)
 {
 	struct rv_table t;
