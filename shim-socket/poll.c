@@ -57,9 +57,13 @@ uint32_t sock_ready(struct sock *s, uint32_t want)
 
 	if (atomic_load(&s->state) == SK_UNDECIDED && !sock_promote(s)) {
 		/* Bytes or FIN on the kernel socket settle it on the
-		 * next read: a syscall, but only until it is decided. */
-		if (ubt_ring_readable(s->rx) > 0 ||
-		    sock_probe_kernel(s, s->fd) != 0)
+		 * next read.  An epoll set watching the kernel socket
+		 * probes it on its edges; otherwise a syscall, but only
+		 * until it is decided. */
+		if (ubt_ring_readable(s->rx) > 0 || atomic_load(&s->kin) ||
+		    atomic_load(&s->peer_fin) ||
+		    (!atomic_load(&s->watched) &&
+		     sock_probe_kernel(s, s->fd) != 0))
 			ev |= EPOLLIN | EPOLLRDNORM;
 		ev |= EPOLLOUT | EPOLLWRNORM;
 		return ev & (want | EPOLLHUP | EPOLLERR);
@@ -752,7 +756,11 @@ static void inner_add(struct ep_set *e, struct sock *s, int fd)
 	}
 	ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
 	ev.data.u64 = (uint64_t)(uintptr_t)s | TAG_SOCK;
-	ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, fd, &ev);
+	if (ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, fd, &ev) == 0) {
+		/* Edges from now on; what came before, once. */
+		atomic_fetch_add(&s->watched, 1);
+		sock_probe_kernel(s, fd);
+	}
 	e->mem[e->nmem].s = s;
 	e->mem[e->nmem++].fd = fd;
 }
@@ -764,7 +772,9 @@ static void inner_del(struct ep_set *e, struct sock *s)
 	for (int i = 0; i < e->nmem; i++) {
 		if (e->mem[i].s != s)
 			continue;
-		ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL, e->mem[i].fd, &ev);
+		if (ubs_real.epoll_ctl(e->inner, EPOLL_CTL_DEL, e->mem[i].fd,
+				       &ev) == 0)
+			atomic_fetch_sub(&s->watched, 1);
 		e->mem[i] = e->mem[--e->nmem];
 		return;
 	}

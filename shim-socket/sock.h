@@ -56,6 +56,10 @@ struct sock {
 	bool nonblock;          /* O_NONBLOCK of the open file (cached) */
 	bool shut_rd, shut_wr;  /* local shutdown */
 	_Atomic bool peer_fin;  /* the kernel socket saw FIN or RST */
+	_Atomic bool kin;       /* bytes seen on the kernel socket (what
+				 * settles an UNDECIDED one as TCP) */
+	_Atomic int watched;    /* inner epoll sets that watch its kernel
+				 * socket: they probe it on its edges */
 	int so_error;           /* pending socket error (the kernel's
 				 * sk_err): ECONNRESET, EPIPE; taken by the
 				 * next read, write or SO_ERROR */

@@ -493,8 +493,10 @@ int sock_probe_kernel(struct sock *s, int fd)
 			"(written past the library): demoting to TCP", fd);
 		ubt_chan_demote_side(&s->ch, !s->ch.side);
 	}
-	if (n > 0)
+	if (n > 0) {
+		atomic_store(&s->kin, true);
 		return 1;
+	}
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return 0;
 	if (n < 0 && !s->closed) {
