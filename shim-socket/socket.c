@@ -629,12 +629,17 @@ bool sock_promote(struct sock *s)
 	if (atomic_load(&s->state) != SK_UNDECIDED)
 		return true;
 	/* The client's doorbell first: whoever sees SK_UB may ring it.
-	 * Without it (ubsd gone since) this side demotes: the next call
-	 * on the socket goes back to TCP, losing nothing (the callers may
-	 * hold an epoll set's lock: no more than the flag here). */
+	 * Without it: a client that has closed its rings, or died (FIN),
+	 * has nobody left to wake (its session, and so its doorbell, may
+	 * be gone already); otherwise (ubsd gone since) this side demotes:
+	 * the next call on the socket goes back to TCP, losing nothing (the
+	 * callers may hold an epoll set's lock: no more than the flag). */
 	pthread_mutex_lock(&s->mu);
 	if (atomic_load(&s->state) == SK_UNDECIDED) {
-		if (sock_peer_db(s) < 0)
+		if (sock_peer_db(s) < 0 &&
+		    !(ubt_ring_pclosed(s->rx) && ubt_ring_cclosed(s->tx)) &&
+		    !atomic_load(&s->peer_fin) &&
+		    sock_probe_kernel(s, s->fd) >= 0)
 			ubt_chan_demote(&s->ch);
 		atomic_store(&s->state, SK_UB);
 		count_conn(s, true, -1, s->fd, 0);
