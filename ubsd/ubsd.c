@@ -1397,13 +1397,10 @@ static int sock_facts(const struct conn *c, int fd, bool listening,
 		*why = "socket is not listening";
 		return -EINVAL;
 	}
-	len = sizeof(ss);
-	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
-	    to_rv_addr(&ss, &f->tu.local) < 0) {
-		*why = "cannot read the socket's address";
-		return -EAFNOSUPPORT;
-	}
-	f->family = ss.ss_family;
+	/* The peer first: once it is there the connection is made and the
+	 * local address is final.  (Read the other way round, a socket whose
+	 * owner calls connect() meanwhile, as an early request's does,
+	 * gives the unbound address, port 0, and a real peer.) */
 	if (!listening) {
 		len = sizeof(ss);
 		if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0) {
@@ -1414,7 +1411,15 @@ static int sock_facts(const struct conn *c, int fd, bool listening,
 			*why = "cannot read the peer's address";
 			return -EAFNOSUPPORT;
 		}
-	} else if (ss.ss_family == AF_INET6) {
+	}
+	len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
+	    to_rv_addr(&ss, &f->tu.local) < 0) {
+		*why = "cannot read the socket's address";
+		return -EAFNOSUPPORT;
+	}
+	f->family = ss.ss_family;
+	if (listening && ss.ss_family == AF_INET6) {
 		len = sizeof(v);
 		if (getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v, &len) == 0)
 			f->v6only = v != 0;
