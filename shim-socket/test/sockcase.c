@@ -2213,6 +2213,50 @@ static void exec_inherit(int c, int unused)
 	kclose(c);
 }
 
+/*
+ * demote_poll: the server demotes a live connection (fdopen) while the
+ * client waits in poll on its non-blocking socket; the server writes only
+ * later.  poll must report POLLIN when the bytes are there, not at the
+ * demotion: a read right after it must not say EAGAIN.
+ */
+static void srv_demote_poll(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+	FILE *f;
+
+	read_exact(s, NULL, 4);
+	xwrite(s, "pong");
+	read_exact(s, NULL, 2);
+	f = fdopen(s, "w");
+	tr("fdopen(%d) %s", s, f ? "ok" : ename(errno));
+	if (!f)
+		fatal("fdopen");
+	usleep(100 * 1000);
+	fputs("late", f);
+	fflush(f);
+	read_exact(s, NULL, 3);
+	kinfo(s);
+	tr("fclose = %d", fclose(f));
+	kclose(l);
+}
+
+static void cli_demote_poll(void)
+{
+	int c = cli_connect();
+	struct pollfd p = { .fd = c, .events = POLLIN };
+
+	xwrite(c, "ping");
+	read_exact(c, NULL, 4);
+	setnonblock(c, true);
+	xwrite(c, "ok");
+	xpoll(&p, 1, 5000, "c");
+	xread(c, 16);
+	setnonblock(c, false);
+	xwrite(c, "bye");
+	xread(c, 16);
+	kclose(c);
+}
+
 /* plain_peer: a client without the preload; server speaks first; plain TCP. */
 static void srv_plain_peer(void)
 {
@@ -3033,6 +3077,7 @@ static const struct sockcase cases[] = {
 	CASE(sendfile, 1),
 	CASE(splice, 1),
 	CASE(exec_inherit, 1),
+	CASE(demote_poll, 1),
 	CASE(plain_peer, 0),
 	CASE(eintr_restart, 1),
 	CASE(eintr_norestart, 1),
