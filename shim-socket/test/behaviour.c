@@ -544,9 +544,9 @@ static const char *const case_names[] = {
 	"epoll_lt", "epoll_et", "epoll_oneshot", "epoll_rdhup", "fionread",
 	"names", "fork_shared", "dup_fds", "nonblock_fcntl", "rcvtimeo",
 	"refused", "server_first", "sequential", "duplex", "sigpipe",
-	"sendfile", "splice", "exec_inherit", "demote_poll", "plain_peer",
-	"eintr_restart", "eintr_norestart", "eintr_timeout", "eintr_poll",
-	"eintr_partial",
+	"sendfile", "splice", "exec_inherit", "exec_keep", "exec_drop",
+	"demote_poll", "plain_peer", "eintr_restart", "eintr_norestart",
+	"eintr_timeout", "eintr_poll", "eintr_partial",
 	"handler_write",
 	"threads_close", "policy_flip", "daemon_restart", "mmsg",
 	"mmsg_timeout", "fork_handoff", "close_others", "dup2_others", "uring", "connect_ahead",
@@ -614,6 +614,8 @@ CASE(sigpipe)
 CASE(sendfile)
 CASE(splice)
 CASE(exec_inherit)
+CASE(exec_keep)
+CASE(exec_drop)
 CASE(demote_poll)
 CASE(plain_peer)
 CASE(eintr_restart)

@@ -2214,6 +2214,102 @@ static void exec_inherit(int c, int unused)
 }
 
 /*
+ * exec_keep: the server hands its accepted connection to an exec'd image
+ * with the preload (fork, exec, the parent closes its copy, as sshd does),
+ * with bytes still in flight; the new image reads them and moves 4 MiB
+ * each way.  Preloaded, the connection stays UB across the exec: three UB
+ * ends (client, server, the new image) and no payload on the kernel
+ * socket.  exec_drop: the same into an image without the preload (a
+ * smaller load): the connection is demoted at exec, nothing lost.
+ */
+#define KEEP_KIB 4096
+
+static void srv_exec_handoff(bool plain, int kib)
+{
+	int l = srv_listen(), s = srv_accept(l), rfd;
+	pid_t pid;
+
+	read_exact(s, NULL, 7);
+	pid = exec_role("keep", s, kib, plain, &rfd);
+	kclose(s);
+	collect_child(rfd, pid);
+	kclose(l);
+}
+
+static void cli_exec_handoff(int kib)
+{
+	size_t n = (size_t)kib * 1024;
+	unsigned char *buf = malloc(n), *want = malloc(n);
+	uint64_t h, back = 0;
+	int c;
+
+	if (!buf || !want)
+		fatal("malloc");
+	fill_pat(want, 0, n);
+	h = fnv(FNV_INIT, want, n);
+	c = cli_connect();
+	xwrite(c, "before!");
+	xwrite(c, "in-ring");
+	read_exact(c, NULL, 9);
+	write_all(c, want, n, 65536 + 4321);
+	if (read_exact(c, &back, 8) == 8)
+		tr("exec'd image's fnv %s mine", back == h ? "==" : "!=");
+	if (read_exact(c, buf, n) == n)
+		tr("pattern back %s", memcmp(buf, want, n) ? "BAD" : "ok");
+	kclose(c);
+	free(buf);
+	free(want);
+}
+
+static void srv_exec_keep(void)
+{
+	srv_exec_handoff(false, KEEP_KIB);
+}
+
+static void cli_exec_keep(void)
+{
+	cli_exec_handoff(KEEP_KIB);
+}
+
+static void srv_exec_drop(void)
+{
+	srv_exec_handoff(true, 256);
+}
+
+static void cli_exec_drop(void)
+{
+	cli_exec_handoff(256);
+}
+
+/* Exec'd: the server's end of exec_keep/exec_drop (kib KiB each way). */
+static void exec_keep(int s, int kib)
+{
+	size_t n = (size_t)kib * 1024;
+	unsigned char *buf = malloc(n);
+	uint64_t h;
+
+	if (!buf)
+		fatal("malloc");
+	getfl(s);
+	read_exact(s, NULL, 7);		/* sent before the exec */
+	xwrite(s, "from-exec");
+	if (read_exact(s, buf, n) == n) {
+		uint64_t bad = 0;
+
+		for (size_t i = 0; i < n; i++)
+			bad += buf[i] != pat(i);
+		tr("pattern %s", bad ? "BAD" : "ok");
+	}
+	h = fnv(FNV_INIT, buf, n);
+	write_all(s, &h, 8, 8);
+	fill_pat(buf, 0, n);
+	write_all(s, buf, n, 100000);
+	xread(s, 16);
+	kclose(s);
+	free(buf);
+}
+
+/*
  * demote_poll: the server demotes a live connection (fdopen) while the
  * client waits in poll on its non-blocking socket; the server writes only
  * later.  poll must report POLLIN when the bytes are there, not at the
@@ -3077,6 +3173,8 @@ static const struct sockcase cases[] = {
 	CASE(sendfile, 1),
 	CASE(splice, 1),
 	CASE(exec_inherit, 1),
+	CASE_EXACT(exec_keep, 3),
+	CASE_EXACT(exec_drop, 2),
 	CASE(demote_poll, 1),
 	CASE(plain_peer, 0),
 	CASE(eintr_restart, 1),
@@ -3237,7 +3335,8 @@ static int exec_main(char **argv)
 	static const struct {
 		const char *name;
 		void (*fn)(int, int);
-	} roles[] = { { "inherit", exec_inherit }, { "plain", exec_plain } };
+	} roles[] = { { "inherit", exec_inherit }, { "plain", exec_plain },
+		      { "keep", exec_keep } };
 
 	blocks = calloc(R_NR, sizeof(*blocks));
 	if (!blocks)
