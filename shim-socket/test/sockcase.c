@@ -60,6 +60,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -67,6 +68,8 @@
 #include <sys/sendfile.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -2216,13 +2219,13 @@ static void exec_inherit(int c, int unused)
 /*
  * exec_keep: the server hands its accepted connection to an exec'd image
  * with the preload (fork, exec, the parent closes its copy, as sshd does),
- * with bytes still in flight; the new image reads them and moves 4 MiB
+ * with bytes still in flight; the new image reads them and moves 2 MiB
  * each way.  Preloaded, the connection stays UB across the exec: three UB
  * ends (client, server, the new image) and no payload on the kernel
  * socket.  exec_drop: the same into an image without the preload (a
  * smaller load): the connection is demoted at exec, nothing lost.
  */
-#define KEEP_KIB 4096
+#define KEEP_KIB 2048
 
 static void srv_exec_handoff(bool plain, int kib)
 {
@@ -2307,6 +2310,94 @@ static void exec_keep(int s, int kib)
 	xread(s, 16);
 	kclose(s);
 	free(buf);
+}
+
+/*
+ * exec_forged: an exec'd preloaded image finds UBS_EXEC_CONNS forged (the
+ * exec made with a raw syscall, past the library): entries naming a plain
+ * TCP socket of its own with a fake channel segment (a sealed memfd named
+ * like ours, holding no channel), fds that are not what they claim, and
+ * junk.  Nothing is taken as a UB connection (the stats count the client
+ * and the server only), nothing crashes, and the fds the entries name are
+ * left as they were.
+ */
+static void srv_exec_forged(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	read_exact(s, NULL, 4);
+	xwrite(s, "pong");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_exec_forged(void)
+{
+	int c = cli_connect(), op[2];
+	pid_t pid;
+
+	xwrite(c, "ping");
+	read_exact(c, NULL, 4);
+	if (pipe(op) != 0)
+		fatal("pipe: %s", ename(errno));
+	pid = fork();
+	if (pid < 0)
+		fatal("fork: %s", ename(errno));
+	if (pid == 0) {
+		static char forged[1024];
+		char sa[16], sb[16], so[16], **env;
+		char *argv[] = { "sockcase", "--exec", "forged", sa, sb, so, NULL };
+		int t = socket(AF_INET, SOCK_STREAM, 0);
+		int m = memfd_create("ubs-chan", MFD_ALLOW_SEALING);
+		int e = eventfd(0, 0);
+		struct stat st;
+		size_t n = 0, k = 0;
+
+		if (t < 0 || m < 0 || e < 0 || ftruncate(m, 1 << 16) != 0 ||
+		    fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
+			  F_SEAL_SEAL) != 0 || fstat(t, &st) != 0)
+			_exit(126);
+		fcntl(c, F_SETFD, FD_CLOEXEC);
+		close(op[0]);
+		snprintf(forged, sizeof(forged), "UBS_EXEC_CONNS=1;"
+			 "%llu,%d,%d,1,0,4,0,%d,1,%d,2,0;"      /* fake segment */
+			 "%llu,%d,%d,1,0,4,0,%d,1,%d,2,0;"      /* seg: an eventfd */
+			 "%llu,%d,%d,1,1,4,0,%d,1,%d,2,0;"      /* wrong inode */
+			 "junk;9,9999,-1;;"
+			 "%llu,%d,%d,ffffffffffffffff,7,99,0,%d,0,%d,0,-5",
+			 (unsigned long long)st.st_ino, t, m, e, e,
+			 (unsigned long long)st.st_ino, t, e, e, e,
+			 (unsigned long long)st.st_ino + 1, t, m, e, e,
+			 (unsigned long long)st.st_ino, t, 1000000, -1, 2);
+		for (char **p = environ; *p; p++)
+			n++;
+		env = calloc(n + 2, sizeof(*env));
+		if (!env)
+			_exit(126);
+		for (char **p = environ; *p; p++)
+			if (strncmp(*p, "UBS_EXEC_CONNS=", 15))
+				env[k++] = *p;
+		env[k] = forged;
+		snprintf(sa, sizeof(sa), "%d", t);
+		snprintf(sb, sizeof(sb), "%d", m);
+		snprintf(so, sizeof(so), "%d", op[1]);
+		syscall(SYS_execve, "/proc/self/exe", argv, env);
+		_exit(127);
+	}
+	close(op[1]);
+	collect_child(op[0], pid);
+	kclose(c);
+}
+
+/* Exec'd with a forged description: its fds are as they were. */
+static void exec_forged(int t, int m)
+{
+	getfl(t);
+	CALL(fcntl(m, F_GETFD), "fcntl(memfd,F_GETFD)");
+	CALL(ftruncate(m, 1 << 12), "ftruncate(memfd) (sealed)");
+	kclose(t);
+	CALL(close(m), "close(memfd)");
 }
 
 /*
@@ -3176,6 +3267,7 @@ static const struct sockcase cases[] = {
 	CASE_EXACT(exec_keep, 3),
 	CASE_EXACT(exec_drop, 2),
 	CASE(demote_poll, 1),
+	CASE_EXACT(exec_forged, 2),
 	CASE(plain_peer, 0),
 	CASE(eintr_restart, 1),
 	CASE(eintr_norestart, 1),
@@ -3336,7 +3428,7 @@ static int exec_main(char **argv)
 		const char *name;
 		void (*fn)(int, int);
 	} roles[] = { { "inherit", exec_inherit }, { "plain", exec_plain },
-		      { "keep", exec_keep } };
+		      { "keep", exec_keep }, { "forged", exec_forged } };
 
 	blocks = calloc(R_NR, sizeof(*blocks));
 	if (!blocks)
