@@ -283,13 +283,15 @@ static void set_cloexec(int fd, bool on)
 
 /*
  * Make one inherited connection ready to cross (s has a reference; fd is
- * one of its fds).  Returns true with s->mu held and k->seg set, or false
- * (the connection was settled TCP, or demoted).
+ * one of its fds), with no sock mutex held: settle an UNDECIDED one, act
+ * on a demotion under way, get the peer's doorbell and an fd of the
+ * segment.  Returns true with k->seg set, or false (the connection is on
+ * TCP now: settled so, or demoted because it cannot be described).
  */
-static bool keep_one(struct kept *k, int fd)
+static bool keep_prepare(struct kept *k, int fd)
 {
 	struct sock *s = k->s;
-	int st = atomic_load(&s->state), seg;
+	int st = atomic_load(&s->state), seg, r;
 
 	if (st == SK_UNDECIDED &&
 	    sock_settle_undecided(s, fd, true) != SK_UB) {
@@ -299,17 +301,15 @@ static bool keep_one(struct kept *k, int fd)
 	}
 	if (sock_demote_pending(s) && sock_demote_handle(s, fd) == 0)
 		return false;
-	pthread_mutex_lock(&s->mu);
 	st = atomic_load(&s->state);
-	if ((st != SK_UB && st != SK_DRAIN) || !s->have_chan || s->closing) {
-		pthread_mutex_unlock(&s->mu);
-		if (st == SK_UB || st == SK_DRAIN)
-			sock_demote(s, fd);
+	if (st != SK_UB && st != SK_DRAIN)
 		return false;
-	}
-	if (atomic_load(ubt_chan_demote_word(&s->ch, s->ch.side)))
-		goto demote;            /* this side went TCP meanwhile */
-	if (!s->peer_db && sock_peer_db(s) < 0)
+	if (!s->have_chan || s->closing)
+		goto demote;
+	pthread_mutex_lock(&s->mu);     /* as sock_promote does */
+	r = s->peer_db ? 0 : sock_peer_db(s);
+	pthread_mutex_unlock(&s->mu);
+	if (r < 0)
 		goto demote;
 	seg = seg_fd_of(s);
 	if (seg < 0) {
@@ -318,11 +318,35 @@ static bool keep_one(struct kept *k, int fd)
 		goto demote;
 	}
 	k->seg = seg;
-	k->locked = true;
 	return true;
 demote:
-	pthread_mutex_unlock(&s->mu);
 	sock_demote(s, fd);
+	return false;
+}
+
+/*
+ * Hold k's sock mutex until the exec (no demotion handling, promotion or
+ * close of its state meanwhile).  False, with its segment fd let go, when
+ * another thread's call changed it since keep_prepare: it is on TCP then
+ * (or its own demotion is under way, which the new image does not need
+ * to know: this side is plain TCP, the peer drains and re-sends).
+ */
+static bool keep_lock(struct kept *k)
+{
+	struct sock *s = k->s;
+	int st;
+
+	pthread_mutex_lock(&s->mu);
+	st = atomic_load(&s->state);
+	if ((st == SK_UB || st == SK_DRAIN) && s->have_chan && !s->closing &&
+	    s->peer_db &&
+	    !atomic_load(ubt_chan_demote_word(&s->ch, s->ch.side))) {
+		k->locked = true;
+		return true;
+	}
+	pthread_mutex_unlock(&s->mu);
+	ubs_fd_release(k->seg);
+	k->seg = -1;
 	return false;
 }
 
@@ -476,16 +500,34 @@ char **sock_exec_prepare(const char *image, char *const envp[])
 			sock_put(t.s[i]);
 			continue;
 		}
+		if (ex.n == KEEP_MAX) { /* no room to describe it */
+			sock_demote(t.s[i], t.fd[i]);
+			sock_put(t.s[i]);
+			continue;
+		}
 		k = &ex.k[ex.n];
 		memset(k, 0, sizeof(*k));
 		k->s = t.s[i];
 		k->seg = -1;
 		k->fds[k->nfd++] = t.fd[i];
-		if (ex.n == KEEP_MAX || !keep_one(k, t.fd[i])) {
+		if (!keep_prepare(k, t.fd[i])) {
 			sock_put(t.s[i]);
 			continue;
 		}
 		ex.n++;
+	}
+	/* Then hold them, in a second pass: keep_prepare may demote, which
+	 * takes epoll sets' locks, never with a sock mutex held here. */
+	{
+		int kept = 0;
+
+		for (int j = 0; j < ex.n; j++) {
+			if (keep_lock(&ex.k[j]))
+				ex.k[kept++] = ex.k[j];
+			else
+				sock_put(ex.k[j].s);
+		}
+		ex.n = kept;
 	}
 	/* A sock with more fds than fit: the rest would go unknown. */
 	for (int j = 0; j < ex.n; j++) {
