@@ -545,7 +545,8 @@ static const char *const case_names[] = {
 	"names", "fork_shared", "dup_fds", "nonblock_fcntl", "rcvtimeo",
 	"refused", "server_first", "sequential", "duplex", "sigpipe",
 	"sendfile", "splice", "exec_inherit", "exec_keep", "exec_drop",
-	"demote_poll", "exec_forged", "plain_peer", "eintr_restart",
+	"demote_poll", "exec_forged", "exec_fails", "plain_peer",
+	"eintr_restart",
 	"eintr_norestart", "eintr_timeout", "eintr_poll", "eintr_partial",
 	"handler_write",
 	"threads_close", "policy_flip", "daemon_restart", "mmsg",
@@ -618,6 +619,7 @@ CASE(exec_keep)
 CASE(exec_drop)
 CASE(demote_poll)
 CASE(exec_forged)
+CASE(exec_fails)
 CASE(plain_peer)
 CASE(eintr_restart)
 CASE(eintr_norestart)

@@ -2401,6 +2401,89 @@ static void exec_forged(int t, int m)
 }
 
 /*
+ * exec_fails: the server execs a preloaded image while it holds a UB
+ * connection, and the exec fails (an argument over the kernel's limit:
+ * E2BIG).  Everything is as before: the same fds with the same
+ * close-on-exec flags (the library's too), and the connection goes on
+ * over UB (1 MiB, no payload on the kernel socket).
+ */
+
+/* Digest of this process's fds and their fdinfo flags. */
+static uint64_t fd_digest(void)
+{
+	char path[64], buf[256];
+	uint64_t h = FNV_INIT;
+
+	for (int fd = 0; fd < 65536; fd++) {
+		int f, n;
+
+		if (fcntl(fd, F_GETFD) < 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+		f = open(path, O_RDONLY | O_CLOEXEC);
+		n = f < 0 ? 0 : (int)read(f, buf, sizeof(buf) - 1);
+		if (f >= 0)
+			close(f);
+		buf[n > 0 ? n : 0] = '\0';
+		{
+			char *fl = strstr(buf, "flags:");
+			unsigned long v = fl ? strtoul(fl + 6, NULL, 8) : 0;
+
+			h = fnv(h, &fd, sizeof(fd));
+			h = fnv(h, &v, sizeof(v));
+		}
+	}
+	return h;
+}
+
+static void srv_exec_fails(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+	size_t big = 256 * 1024;
+	char *arg = malloc(big + 1);
+	unsigned char *buf = malloc(MIB);
+	char *argv[] = { "sockcase", arg, NULL };
+	uint64_t before;
+
+	if (!arg || !buf)
+		fatal("malloc");
+	memset(arg, 'x', big);
+	arg[big] = '\0';
+	read_exact(s, NULL, 4);
+	before = fd_digest();
+	CALL(execve("/proc/self/exe", argv, environ), "execve(self, 256 KiB arg)");
+	tr("fds and flags %s", fd_digest() == before ? "unchanged" : "CHANGED");
+	xwrite(s, "still-here");
+	if (read_exact(s, buf, MIB) == MIB) {
+		uint64_t bad = 0;
+
+		for (size_t i = 0; i < MIB; i++)
+			bad += buf[i] != pat(i);
+		tr("pattern %s", bad ? "BAD" : "ok");
+	}
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+	free(arg);
+	free(buf);
+}
+
+static void cli_exec_fails(void)
+{
+	unsigned char *buf = malloc(MIB);
+	int c = cli_connect();
+
+	if (!buf)
+		fatal("malloc");
+	fill_pat(buf, 0, MIB);
+	xwrite(c, "ping");
+	read_exact(c, NULL, 10);
+	write_all(c, buf, MIB, 65536);
+	kclose(c);
+	free(buf);
+}
+
+/*
  * demote_poll: the server demotes a live connection (fdopen) while the
  * client waits in poll on its non-blocking socket; the server writes only
  * later.  poll must report POLLIN when the bytes are there, not at the
@@ -3268,6 +3351,7 @@ static const struct sockcase cases[] = {
 	CASE_EXACT(exec_drop, 2),
 	CASE(demote_poll, 1),
 	CASE_EXACT(exec_forged, 2),
+	CASE_EXACT(exec_fails, 2),
 	CASE(plain_peer, 0),
 	CASE(eintr_restart, 1),
 	CASE(eintr_norestart, 1),
