@@ -42,6 +42,7 @@
 #include <sys/auxv.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <netinet/in.h>
 
@@ -86,27 +87,47 @@ static struct {
 
 /* ------------------------------------------------ will it have the library */
 
-/* The dev/inode of this library's file. */
-static bool lib_ident(dev_t *dev, ino_t *ino)
+/* Identities (dev, inode) of this library's file: the path the loader
+ * gave it, and the mapping that holds this function in /proc/self/maps
+ * (the path may be relative or renamed since; on overlayfs the two may
+ * differ).  Returns how many were found. */
+static int lib_ident(dev_t dev[2], ino_t ino[2])
 {
-	static dev_t d;
-	static ino_t i;
-	static int done;                /* 1 ok, -1 failed */
+	static dev_t d[2];
+	static ino_t i[2];
+	static int n = -1;
+	uintptr_t me = (uintptr_t)lib_ident;
 	Dl_info info;
 	struct stat st;
+	char line[512];
+	FILE *f;
 
-	if (!done) {
-		done = -1;
+	if (n < 0) {
+		n = 0;
 		if (dladdr((void *)lib_ident, &info) && info.dli_fname &&
 		    info.dli_fname[0] == '/' && stat(info.dli_fname, &st) == 0) {
-			d = st.st_dev;
-			i = st.st_ino;
-			done = 1;
+			d[n] = st.st_dev;
+			i[n++] = st.st_ino;
 		}
+		f = fopen("/proc/self/maps", "re");
+		while (f && fgets(line, sizeof(line), f)) {
+			unsigned long lo, hi, maj, mnr;
+			unsigned long long inode;
+
+			if (sscanf(line, "%lx-%lx %*s %*s %lx:%lx %llu", &lo,
+				   &hi, &maj, &mnr, &inode) == 5 &&
+			    me >= lo && me < hi && inode) {
+				d[n] = makedev(maj, mnr);
+				i[n++] = (ino_t)inode;
+				break;
+			}
+		}
+		if (f)
+			fclose(f);
 	}
-	*dev = d;
-	*ino = i;
-	return done == 1;
+	memcpy(dev, d, sizeof(d));
+	memcpy(ino, i, sizeof(i));
+	return n;
 }
 
 /* Does the environment preload this library (by a path to its file), and
@@ -115,10 +136,11 @@ static bool env_has_library(char *const envp[])
 {
 	const char *pre = NULL;
 	char buf[4096], *tok, *save;
-	dev_t dev;
-	ino_t ino;
+	dev_t dev[2];
+	ino_t ino[2];
+	int nid = lib_ident(dev, ino);
 
-	if (!envp || !lib_ident(&dev, &ino))
+	if (!envp || !nid)
 		return false;
 	for (char *const *e = envp; *e; e++) {
 		if (!strncmp(*e, "UBS_DISABLE=", 12) && !strcmp(*e + 12, "1"))
@@ -133,9 +155,11 @@ static bool env_has_library(char *const envp[])
 	     tok = strtok_r(NULL, " :", &save)) {
 		struct stat st;
 
-		if (strchr(tok, '/') && !strchr(tok, '$') &&
-		    stat(tok, &st) == 0 && st.st_dev == dev && st.st_ino == ino)
-			return true;
+		if (!strchr(tok, '/') || strchr(tok, '$') || stat(tok, &st))
+			continue;
+		for (int j = 0; j < nid; j++)
+			if (st.st_dev == dev[j] && st.st_ino == ino[j])
+				return true;
 	}
 	return false;
 }
