@@ -771,6 +771,30 @@ int ubs_ctl_doorbell(uint64_t *id)
 	return r;
 }
 
+/* ---- exec keeping UB connections (shim-socket/exec.c) ---- */
+
+int ubs_ctl_doorbell_peek(uint64_t *id)
+{
+	int fd;
+
+	pthread_mutex_lock(&ctl.lock);
+	fd = db.fd;
+	*id = db.id;
+	pthread_mutex_unlock(&ctl.lock);
+	return fd;
+}
+
+void ubs_ctl_doorbell_adopt(int fd, uint64_t id)
+{
+	pthread_mutex_lock(&ctl.lock);
+	if (db.fd < 0 && fd >= 0 && id) {
+		db.fd = fd;
+		db.id = id;
+		db.gen = 0;             /* no session has it yet */
+	}
+	pthread_mutex_unlock(&ctl.lock);
+}
+
 int ubs_ctl_peer_doorbell(uint64_t id)
 {
 	struct ctl_doorbell m = { .id = id };

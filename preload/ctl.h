@@ -37,6 +37,11 @@ int ubs_ctl_request(int sock_fd, int wait_ms, int fds[1], char *why,
 /* This process's doorbell (made on first call): its fd, or -errno; *id
  * names it in channel headers.  A forked child gets its own. */
 int ubs_ctl_doorbell(uint64_t *id);
+/* Exec keeping UB connections: the process doorbell if made (its fd, or
+ * -1; never makes one), and, in the new image, the inherited one taken
+ * back as the process doorbell (given to ubsd again at its next need). */
+int ubs_ctl_doorbell_peek(uint64_t *id);
+void ubs_ctl_doorbell_adopt(int fd, uint64_t id);
 /* A copy of the doorbell named id of a peer process, from ubsd (a
  * library fd): the fd, or -errno. */
 int ubs_ctl_peer_doorbell(uint64_t id);
@@ -71,5 +76,8 @@ bool ubs_fd_owned(int fd);
 void ubs_fd_forget(int fd);
 int ubs_fd_release(int fd);
 int ubs_fd_next_owned(int from, int to);
+/* An fd the library owned before an exec (already high): marked ours
+ * again and close-on-exec. */
+void ubs_fd_adopt(int fd);
 
 #endif

@@ -141,3 +141,12 @@ int ubs_fd_high(int fd)
 	return nfd;
 }
 
+
+void ubs_fd_adopt(int fd)
+{
+	int fl = ubs_real.fcntl(fd, F_GETFD);
+
+	if (fl >= 0)
+		ubs_real.fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+	own_set(fd, true);
+}

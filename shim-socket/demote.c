@@ -136,8 +136,10 @@ int sock_demote(struct sock *s, int fd)
 
 /* ---------------------------------------------------------------- exec */
 
-/* Every UB connection that survives exec (no FD_CLOEXEC) is demoted: the
- * new image may not carry the library, and cannot know the channel. */
+/* Every UB connection that survives an exec (no FD_CLOEXEC) into an image
+ * that will not have the library is demoted (exec.c keeps them when it
+ * will); so is every one inherited by posix_spawn's child and fexecve's
+ * image, which are not looked at. */
 struct todo {
 	struct sock *s[64];
 	int fd[64];
@@ -185,11 +187,29 @@ static void demote_connections(bool all)
 	errno = saved;
 }
 
-static void exec_prepare(void)
+void sock_demote_inherited(void)
 {
 	if (ubs_ready() && !ubs_guard)
 		demote_connections(false);
 }
+
+static void exec_prepare(void)
+{
+	sock_demote_inherited();
+}
+
+/* Run an exec with the environment sock_exec_prepare chose; put things
+ * back if it fails. */
+#define EXEC_WITH(ne, keep_call, plain_call)				\
+	do {								\
+		int r_;							\
+									\
+		if (!(ne))						\
+			return plain_call;				\
+		r_ = keep_call;						\
+		sock_exec_undo();					\
+		return r_;						\
+	} while (0)
 
 /*
  * From now on this process keeps its connections on TCP (new ones stay
@@ -208,27 +228,35 @@ void sock_go_tcp(const char *why)
 
 UBS_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
-	exec_prepare();
-	return ubs_real.execve(path, argv, envp);
+	char **ne = sock_exec_prepare(path, envp);
+
+	EXEC_WITH(ne, ubs_real.execve(path, argv, ne),
+		  ubs_real.execve(path, argv, envp));
 }
 
 UBS_EXPORT int execv(const char *path, char *const argv[])
 {
-	exec_prepare();
-	return ubs_real.execv(path, argv);
+	char **ne = sock_exec_prepare(path, environ);
+
+	EXEC_WITH(ne, ubs_real.execve(path, argv, ne),
+		  ubs_real.execv(path, argv));
 }
 
 UBS_EXPORT int execvp(const char *file, char *const argv[])
 {
-	exec_prepare();
-	return ubs_real.execvp(file, argv);
+	char **ne = sock_exec_prepare_file(file, environ);
+
+	EXEC_WITH(ne, ubs_real.execvpe(file, argv, ne),
+		  ubs_real.execvp(file, argv));
 }
 
 UBS_EXPORT int execvpe(const char *file, char *const argv[],
 		       char *const envp[])
 {
-	exec_prepare();
-	return ubs_real.execvpe(file, argv, envp);
+	char **ne = sock_exec_prepare_file(file, envp);
+
+	EXEC_WITH(ne, ubs_real.execvpe(file, argv, ne),
+		  ubs_real.execvpe(file, argv, envp));
 }
 
 UBS_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
@@ -258,11 +286,14 @@ UBS_EXPORT int execl(const char *path, const char *arg, ...)
 	char **argv;
 	size_t n;
 
+	char **ne;
+
 	va_start(ap, arg);
 	EXECL_ARGV(arg, ap, argv, n);
 	va_end(ap);
-	exec_prepare();
-	return ubs_real.execv(path, argv);
+	ne = sock_exec_prepare(path, environ);
+	EXEC_WITH(ne, ubs_real.execve(path, argv, ne),
+		  ubs_real.execv(path, argv));
 }
 
 UBS_EXPORT int execlp(const char *file, const char *arg, ...)
@@ -271,11 +302,14 @@ UBS_EXPORT int execlp(const char *file, const char *arg, ...)
 	char **argv;
 	size_t n;
 
+	char **ne;
+
 	va_start(ap, arg);
 	EXECL_ARGV(arg, ap, argv, n);
 	va_end(ap);
-	exec_prepare();
-	return ubs_real.execvp(file, argv);
+	ne = sock_exec_prepare_file(file, environ);
+	EXEC_WITH(ne, ubs_real.execvpe(file, argv, ne),
+		  ubs_real.execvp(file, argv));
 }
 
 UBS_EXPORT int execle(const char *path, const char *arg, ...)
@@ -286,10 +320,13 @@ UBS_EXPORT int execle(const char *path, const char *arg, ...)
 
 	va_start(ap, arg);
 	EXECL_ARGV(arg, ap, argv, n);
+	char **ne;
+
 	envp = va_arg(ap, char **);
 	va_end(ap);
-	exec_prepare();
-	return ubs_real.execve(path, argv, envp);
+	ne = sock_exec_prepare(path, envp);
+	EXEC_WITH(ne, ubs_real.execve(path, argv, ne),
+		  ubs_real.execve(path, argv, envp));
 }
 
 UBS_EXPORT int posix_spawn(pid_t *pid, const char *path,

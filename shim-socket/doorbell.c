@@ -116,3 +116,30 @@ void sock_peer_db_atfork_child(void)
 {
 	pthread_mutex_init(&peer_mu, NULL);
 }
+
+/* Exec keeping UB connections: the new image takes back a peer's doorbell
+ * it held before (fd, inherited), one more connection using it.  Returns
+ * the fd to use (an entry for id may exist already: then fd is not
+ * taken), or -errno. */
+int sock_peer_db_adopt(uint64_t id, int fd)
+{
+	struct peer_db *p;
+	int r = fd;
+
+	if (!id)
+		return -EPROTO;
+	pthread_mutex_lock(&peer_mu);
+	p = peer_find(id);
+	if (p) {
+		p->refs++;
+		r = p->fd;
+	} else if (peer_room()) {
+		peers[npeers].id = id;
+		peers[npeers].fd = fd;
+		peers[npeers++].refs = 1;
+	} else {
+		r = -ENOMEM;
+	}
+	pthread_mutex_unlock(&peer_mu);
+	return r;
+}

@@ -50,6 +50,17 @@ static bool emulated(struct sock *s)
 	return st == SK_UB || st == SK_UNDECIDED || st == SK_DRAIN;
 }
 
+/* Is s going back to TCP, with nothing of the peer's left in its ring to
+ * read first?  The next sock_demote_handle settles it; until then its
+ * readiness is not the kernel's. */
+static bool settling(struct sock *s)
+{
+	int st = atomic_load(&s->state);
+
+	return (st == SK_UB && sock_demote_pending(s)) ||
+		(st == SK_DRAIN && ubt_ring_readable(s->rx) <= 0);
+}
+
 uint32_t sock_ready(struct sock *s, uint32_t want)
 {
 	uint32_t ev = 0;
@@ -258,9 +269,19 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 	for (bool first = true;; first = false) {
 		nfds_t k = 0, u = 0;
 		uint64_t spin_end;
-		bool trim = false, slept = false;
+		bool trim = false, slept = false, again = false;
 
 		ready = 0;
+		/* A connection going back to TCP is settled here, not
+		 * reported ready: once it is plain TCP the kernel says
+		 * when it is readable (a read right after a spurious
+		 * POLLIN would say EAGAIN, which programs that trust poll
+		 * take for an error).  One whose ring still holds the
+		 * peer's bytes stays emulated (SK_DRAIN) until they are
+		 * read. */
+		for (nfds_t i = 0; i < n; i++)
+			if (socks[i] && settling(socks[i]))
+				sock_demote_handle(socks[i], fds[i].fd);
 		/* One kernel poll, no wait: the kernel fds, and the kernel
 		 * sockets of UB connections (a FIN there is a dead peer). */
 		for (nfds_t i = 0; i < n; i++) {
@@ -295,9 +316,12 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 					sock_probe_kernel(s, fds[i].fd);
 				fds[i].revents = (short)sock_ready(s,
 					(uint32_t)(uint16_t)fds[i].events);
+				again |= settling(s);
 			}
 			ready += fds[i].revents != 0;
 		}
+		if (again)
+			continue;       /* demoted meanwhile: settle, look again */
 		if (ready || timeout_ms == 0 || (!first && left_ms(deadline) == 0))
 			break;
 		/* Spin on the rings only: kernel fds wait for the sleep. */

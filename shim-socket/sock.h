@@ -105,8 +105,19 @@ static inline int sock_kfd(const struct sock *s, int fd)
 int sock_peer_db_get(uint64_t id);
 void sock_peer_db_put(uint64_t id);
 void sock_peer_db_atfork_child(void);
+int sock_peer_db_adopt(uint64_t id, int fd);
 /* Install the peer's doorbell in s's channel (once): 0 or -errno. */
 int sock_peer_db(struct sock *s);
+
+/* Exec (exec.c): keep the inherited UB connections across an exec into an
+ * image with the library; the new image takes them back at init. */
+void sock_bind_chan(struct sock *s);
+void sock_count_ub(struct sock *s, int fd, int side);
+char **sock_exec_prepare(const char *image, char *const envp[]);
+char **sock_exec_prepare_file(const char *file, char *const envp[]);
+void sock_exec_undo(void);
+void sock_demote_inherited(void);
+void sock_exec_adopt(void);
 
 /* Transitions. */
 void sock_to_tcp(struct sock *s, int fd);       /* drop the channel, detach

@@ -136,6 +136,16 @@ static void count_conn(struct sock *s, bool ub, int why, int fd, int side)
 			     UBS_STAT_TCP_CONNS);
 }
 
+void sock_bind_chan(struct sock *s)
+{
+	bind_chan(s);
+}
+
+void sock_count_ub(struct sock *s, int fd, int side)
+{
+	count_conn(s, true, -1, fd, side);
+}
+
 /* ---------------------------------------------------- socket, bind */
 
 UBS_EXPORT int socket(int domain, int type, int protocol)
@@ -1145,4 +1155,5 @@ void sock_init(void)
 	ubs_ctl_on_reconnect(relisten_all);
 	pthread_atfork(sock_atfork_prepare, sock_atfork_parent,
 		       sock_atfork_child);
+	sock_exec_adopt();      /* connections an exec kept on UB */
 }

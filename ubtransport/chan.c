@@ -164,6 +164,12 @@ int ubt_chan_attach_db(struct ubt_chan *c, int seg_fd, int own_efd,
 	return chan_attach(c, seg_fd, -1, own_efd, 1, db_id);
 }
 
+uint64_t ubt_chan_own_db(const struct ubt_chan *c)
+{
+	return atomic_load_explicit(&chan_hdr(c)->db[c->side & 1],
+				    memory_order_acquire);
+}
+
 uint64_t ubt_chan_peer_db(const struct ubt_chan *c)
 {
 	return atomic_load_explicit(&chan_hdr(c)->db[!c->side],
@@ -217,6 +223,54 @@ fail:
 	c->seg.fd = -1;
 	ubt_seg_unmap(&c->seg);
 	return err;
+}
+
+int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
+		   int peer_efd)
+{
+	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
+	struct ubt_chan_hdr *h;
+	uint32_t i, n;
+	int err;
+
+	memset(c, 0, sizeof(*c));
+	c->seg.fd = c->efd[0] = c->efd[1] = -1;
+	if (side != 0 && side != 1)
+		return -EINVAL;
+	err = ubt_seg_map(&c->seg, seg_fd, UBT_SEG_CHAN);
+	if (err)
+		return err;
+	h = chan_hdr(c);
+	n = h->nrings;
+	err = -EPROTONOSUPPORT;
+	if (h->version != UBT_LAYOUT_VER)
+		goto fail;
+	err = -EPROTO;
+	if (n == 0 || n > UBT_CHAN_MAX_RINGS)
+		goto fail;
+	memcpy(d, h->ring, sizeof(d[0]) * n);
+	for (i = 0; i < n; i++)
+		if (!desc_ok(&d[i], c->seg.size))
+			goto fail;
+	if (!descs_disjoint(d, n))
+		goto fail;
+	c->side = side;
+	c->efd[side] = own_efd;
+	c->efd[!side] = peer_efd;
+	c->shared_efds = 1;
+	c->nrings = n;
+	bind_rings(c, d);
+	return 0;
+fail:
+	c->seg.fd = -1;                 /* the caller's */
+	ubt_seg_unmap(&c->seg);
+	return err;
+}
+
+void ubt_chan_reclaim_locks(struct ubt_chan *c)
+{
+	for (uint32_t i = 0; i < c->nrings; i++)
+		ubt_ring_reclaim_locks(&c->ring[i]);
 }
 
 void ubt_chan_set_peer_efd(struct ubt_chan *c, int efd)

@@ -159,6 +159,21 @@ static void ring_unlock(_Atomic uint32_t *w)
 		futex(w, FUTEX_WAKE, 1, NULL);
 }
 
+void ubt_ring_reclaim_locks(struct ubt_ring *r)
+{
+	_Atomic uint32_t *w[2] = { &r->shm->plock, &r->shm->clock };
+
+	for (int i = 0; i < 2; i++) {
+		uint32_t v = atomic_load_explicit(w[i], memory_order_relaxed);
+
+		if (v && (v & ~LOCK_WAITERS) == ubt_self_pid() &&
+		    atomic_compare_exchange_strong_explicit(
+			    w[i], &v, 0, memory_order_release,
+			    memory_order_relaxed) && (v & LOCK_WAITERS))
+			futex(w[i], FUTEX_WAKE, INT_MAX, NULL);
+	}
+}
+
 int ubt_ring_format(void *mem, uint64_t size)
 {
 	if (size < 64 || (size & (size - 1)) || size > (1ull << 40))

@@ -288,6 +288,8 @@ int ubt_chan_create_stream_db(struct ubt_chan *c, uint64_t ring_size,
 			      int own_efd, uint64_t db_id);
 int ubt_chan_attach_db(struct ubt_chan *c, int seg_fd, int own_efd,
 		       uint64_t db_id);
+/* This side's doorbell id, as the header names it. */
+uint64_t ubt_chan_own_db(const struct ubt_chan *c);
 /* The peer side's doorbell id (0: none published). */
 uint64_t ubt_chan_peer_db(const struct ubt_chan *c);
 /* Creator: make the attacher's eventfd here and install it; returns it
@@ -297,6 +299,20 @@ int ubt_chan_make_peer_efd(struct ubt_chan *c);
  * channel and its rings use newfd from now on; the old fd is the
  * caller's to close. */
 void ubt_chan_move_efd(struct ubt_chan *c, int side, int newfd);
+/*
+ * After an exec that kept the channel: the new image of the same process
+ * maps seg_fd again (taken on success) as side, with own_efd and peer_efd
+ * (process doorbells, never closed by the channel).  The segment must be
+ * a sealed channel of this layout with a sane ring table; the header
+ * (state, holders, pids, doorbell ids) is left as it is: the process kept
+ * its hold.  -errno on failure (the caller keeps seg_fd).
+ */
+int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
+		   int peer_efd);
+/* Ring-end locks left held by this pid (a thread of the old image that
+ * exec ended mid-operation, before it published anything) are let go. */
+void ubt_chan_reclaim_locks(struct ubt_chan *c);
+void ubt_ring_reclaim_locks(struct ubt_ring *r);
 /* CAS the channel state from UNDECIDED; returns the state that holds. */
 uint32_t ubt_chan_decide(struct ubt_chan *c, uint32_t want);
 /* The same on a channel segment fd not attached to (ubsd withdrawing an

@@ -544,7 +544,9 @@ static const char *const case_names[] = {
 	"epoll_lt", "epoll_et", "epoll_oneshot", "epoll_rdhup", "fionread",
 	"names", "fork_shared", "dup_fds", "nonblock_fcntl", "rcvtimeo",
 	"refused", "server_first", "sequential", "duplex", "sigpipe",
-	"sendfile", "splice", "exec_inherit", "plain_peer", "eintr_restart",
+	"sendfile", "splice", "exec_inherit", "exec_keep", "exec_drop",
+	"demote_poll", "exec_forged", "exec_fails", "plain_peer",
+	"eintr_restart",
 	"eintr_norestart", "eintr_timeout", "eintr_poll", "eintr_partial",
 	"handler_write",
 	"threads_close", "policy_flip", "daemon_restart", "mmsg",
@@ -613,6 +615,11 @@ CASE(sigpipe)
 CASE(sendfile)
 CASE(splice)
 CASE(exec_inherit)
+CASE(exec_keep)
+CASE(exec_drop)
+CASE(demote_poll)
+CASE(exec_forged)
+CASE(exec_fails)
 CASE(plain_peer)
 CASE(eintr_restart)
 CASE(eintr_norestart)

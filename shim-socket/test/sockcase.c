@@ -60,6 +60,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -67,6 +68,8 @@
 #include <sys/sendfile.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -2213,6 +2216,317 @@ static void exec_inherit(int c, int unused)
 	kclose(c);
 }
 
+/*
+ * exec_keep: the server hands its accepted connection to an exec'd image
+ * with the preload (fork, exec, the parent closes its copy, as sshd does),
+ * with bytes still in flight; the new image reads them and moves 2 MiB
+ * each way.  Preloaded, the connection stays UB across the exec: three UB
+ * ends (client, server, the new image) and no payload on the kernel
+ * socket.  exec_drop: the same into an image without the preload (a
+ * smaller load): the connection is demoted at exec, nothing lost.
+ */
+#define KEEP_KIB 2048
+
+static void srv_exec_handoff(bool plain, int kib)
+{
+	int l = srv_listen(), s = srv_accept(l), rfd;
+	pid_t pid;
+
+	read_exact(s, NULL, 7);
+	pid = exec_role("keep", s, kib, plain, &rfd);
+	kclose(s);
+	collect_child(rfd, pid);
+	kclose(l);
+}
+
+static void cli_exec_handoff(int kib)
+{
+	size_t n = (size_t)kib * 1024;
+	unsigned char *buf = malloc(n), *want = malloc(n);
+	uint64_t h, back = 0;
+	int c;
+
+	if (!buf || !want)
+		fatal("malloc");
+	fill_pat(want, 0, n);
+	h = fnv(FNV_INIT, want, n);
+	c = cli_connect();
+	xwrite(c, "before!");
+	xwrite(c, "in-ring");
+	read_exact(c, NULL, 9);
+	write_all(c, want, n, 65536 + 4321);
+	if (read_exact(c, &back, 8) == 8)
+		tr("exec'd image's fnv %s mine", back == h ? "==" : "!=");
+	if (read_exact(c, buf, n) == n)
+		tr("pattern back %s", memcmp(buf, want, n) ? "BAD" : "ok");
+	kclose(c);
+	free(buf);
+	free(want);
+}
+
+static void srv_exec_keep(void)
+{
+	srv_exec_handoff(false, KEEP_KIB);
+}
+
+static void cli_exec_keep(void)
+{
+	cli_exec_handoff(KEEP_KIB);
+}
+
+static void srv_exec_drop(void)
+{
+	srv_exec_handoff(true, 256);
+}
+
+static void cli_exec_drop(void)
+{
+	cli_exec_handoff(256);
+}
+
+/* Exec'd: the server's end of exec_keep/exec_drop (kib KiB each way). */
+static void exec_keep(int s, int kib)
+{
+	size_t n = (size_t)kib * 1024;
+	unsigned char *buf = malloc(n);
+	uint64_t h;
+
+	if (!buf)
+		fatal("malloc");
+	getfl(s);
+	read_exact(s, NULL, 7);		/* sent before the exec */
+	xwrite(s, "from-exec");
+	if (read_exact(s, buf, n) == n) {
+		uint64_t bad = 0;
+
+		for (size_t i = 0; i < n; i++)
+			bad += buf[i] != pat(i);
+		tr("pattern %s", bad ? "BAD" : "ok");
+	}
+	h = fnv(FNV_INIT, buf, n);
+	write_all(s, &h, 8, 8);
+	fill_pat(buf, 0, n);
+	write_all(s, buf, n, 100000);
+	xread(s, 16);
+	kclose(s);
+	free(buf);
+}
+
+/*
+ * exec_forged: an exec'd preloaded image finds UBS_EXEC_CONNS forged (the
+ * exec made with a raw syscall, past the library): entries naming a plain
+ * TCP socket of its own with a fake channel segment (a sealed memfd named
+ * like ours, holding no channel), fds that are not what they claim, and
+ * junk.  Nothing is taken as a UB connection (the stats count the client
+ * and the server only), nothing crashes, and the fds the entries name are
+ * left as they were.
+ */
+static void srv_exec_forged(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+
+	read_exact(s, NULL, 4);
+	xwrite(s, "pong");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_exec_forged(void)
+{
+	int c = cli_connect(), op[2];
+	pid_t pid;
+
+	xwrite(c, "ping");
+	read_exact(c, NULL, 4);
+	if (pipe(op) != 0)
+		fatal("pipe: %s", ename(errno));
+	pid = fork();
+	if (pid < 0)
+		fatal("fork: %s", ename(errno));
+	if (pid == 0) {
+		static char forged[1024];
+		char sa[16], sb[16], so[16], **env;
+		char *argv[] = { "sockcase", "--exec", "forged", sa, sb, so, NULL };
+		int t = socket(AF_INET, SOCK_STREAM, 0);
+		int m = memfd_create("ubs-chan", MFD_ALLOW_SEALING);
+		int e = eventfd(0, 0);
+		struct stat st;
+		size_t n = 0, k = 0;
+
+		if (t < 0 || m < 0 || e < 0 || ftruncate(m, 1 << 16) != 0 ||
+		    fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
+			  F_SEAL_SEAL) != 0 || fstat(t, &st) != 0)
+			_exit(126);
+		fcntl(c, F_SETFD, FD_CLOEXEC);
+		close(op[0]);
+		snprintf(forged, sizeof(forged), "UBS_EXEC_CONNS=1;"
+			 "%llu,%d,%d,1,0,4,0,%d,1,%d,2,0;"      /* fake segment */
+			 "%llu,%d,%d,1,0,4,0,%d,1,%d,2,0;"      /* seg: an eventfd */
+			 "%llu,%d,%d,1,1,4,0,%d,1,%d,2,0;"      /* wrong inode */
+			 "junk;9,9999,-1;;"
+			 "%llu,%d,%d,ffffffffffffffff,7,99,0,%d,0,%d,0,-5",
+			 (unsigned long long)st.st_ino, t, m, e, e,
+			 (unsigned long long)st.st_ino, t, e, e, e,
+			 (unsigned long long)st.st_ino + 1, t, m, e, e,
+			 (unsigned long long)st.st_ino, t, 1000000, -1, 2);
+		for (char **p = environ; *p; p++)
+			n++;
+		env = calloc(n + 2, sizeof(*env));
+		if (!env)
+			_exit(126);
+		for (char **p = environ; *p; p++)
+			if (strncmp(*p, "UBS_EXEC_CONNS=", 15))
+				env[k++] = *p;
+		env[k] = forged;
+		snprintf(sa, sizeof(sa), "%d", t);
+		snprintf(sb, sizeof(sb), "%d", m);
+		snprintf(so, sizeof(so), "%d", op[1]);
+		syscall(SYS_execve, "/proc/self/exe", argv, env);
+		_exit(127);
+	}
+	close(op[1]);
+	collect_child(op[0], pid);
+	kclose(c);
+}
+
+/* Exec'd with a forged description: its fds are as they were. */
+static void exec_forged(int t, int m)
+{
+	getfl(t);
+	CALL(fcntl(m, F_GETFD), "fcntl(memfd,F_GETFD)");
+	CALL(ftruncate(m, 1 << 12), "ftruncate(memfd) (sealed)");
+	kclose(t);
+	CALL(close(m), "close(memfd)");
+}
+
+/*
+ * exec_fails: the server execs a preloaded image while it holds a UB
+ * connection, and the exec fails (an argument over the kernel's limit:
+ * E2BIG).  Everything is as before: the same fds with the same
+ * close-on-exec flags (the library's too), and the connection goes on
+ * over UB (1 MiB, no payload on the kernel socket).
+ */
+
+/* Digest of this process's fds and their fdinfo flags. */
+static uint64_t fd_digest(void)
+{
+	char path[64], buf[256];
+	uint64_t h = FNV_INIT;
+
+	for (int fd = 0; fd < 65536; fd++) {
+		int f, n;
+
+		if (fcntl(fd, F_GETFD) < 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+		f = open(path, O_RDONLY | O_CLOEXEC);
+		n = f < 0 ? 0 : (int)read(f, buf, sizeof(buf) - 1);
+		if (f >= 0)
+			close(f);
+		buf[n > 0 ? n : 0] = '\0';
+		{
+			char *fl = strstr(buf, "flags:");
+			unsigned long v = fl ? strtoul(fl + 6, NULL, 8) : 0;
+
+			h = fnv(h, &fd, sizeof(fd));
+			h = fnv(h, &v, sizeof(v));
+		}
+	}
+	return h;
+}
+
+static void srv_exec_fails(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+	size_t big = 256 * 1024;
+	char *arg = malloc(big + 1);
+	unsigned char *buf = malloc(MIB);
+	char *argv[] = { "sockcase", arg, NULL };
+	uint64_t before;
+
+	if (!arg || !buf)
+		fatal("malloc");
+	memset(arg, 'x', big);
+	arg[big] = '\0';
+	read_exact(s, NULL, 4);
+	before = fd_digest();
+	CALL(execve("/proc/self/exe", argv, environ), "execve(self, 256 KiB arg)");
+	tr("fds and flags %s", fd_digest() == before ? "unchanged" : "CHANGED");
+	xwrite(s, "still-here");
+	if (read_exact(s, buf, MIB) == MIB) {
+		uint64_t bad = 0;
+
+		for (size_t i = 0; i < MIB; i++)
+			bad += buf[i] != pat(i);
+		tr("pattern %s", bad ? "BAD" : "ok");
+	}
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+	free(arg);
+	free(buf);
+}
+
+static void cli_exec_fails(void)
+{
+	unsigned char *buf = malloc(MIB);
+	int c = cli_connect();
+
+	if (!buf)
+		fatal("malloc");
+	fill_pat(buf, 0, MIB);
+	xwrite(c, "ping");
+	read_exact(c, NULL, 10);
+	write_all(c, buf, MIB, 65536);
+	kclose(c);
+	free(buf);
+}
+
+/*
+ * demote_poll: the server demotes a live connection (fdopen) while the
+ * client waits in poll on its non-blocking socket; the server writes only
+ * later.  poll must report POLLIN when the bytes are there, not at the
+ * demotion: a read right after it must not say EAGAIN.
+ */
+static void srv_demote_poll(void)
+{
+	int l = srv_listen(), s = srv_accept(l);
+	FILE *f;
+
+	read_exact(s, NULL, 4);
+	xwrite(s, "pong");
+	read_exact(s, NULL, 2);
+	f = fdopen(s, "w");
+	tr("fdopen(%d) %s", s, f ? "ok" : ename(errno));
+	if (!f)
+		fatal("fdopen");
+	usleep(100 * 1000);
+	fputs("late", f);
+	fflush(f);
+	read_exact(s, NULL, 3);
+	kinfo(s);
+	tr("fclose = %d", fclose(f));
+	kclose(l);
+}
+
+static void cli_demote_poll(void)
+{
+	int c = cli_connect();
+	struct pollfd p = { .fd = c, .events = POLLIN };
+
+	xwrite(c, "ping");
+	read_exact(c, NULL, 4);
+	setnonblock(c, true);
+	xwrite(c, "ok");
+	xpoll(&p, 1, 5000, "c");
+	xread(c, 16);
+	setnonblock(c, false);
+	xwrite(c, "bye");
+	xread(c, 16);
+	kclose(c);
+}
+
 /* plain_peer: a client without the preload; server speaks first; plain TCP. */
 static void srv_plain_peer(void)
 {
@@ -3033,6 +3347,11 @@ static const struct sockcase cases[] = {
 	CASE(sendfile, 1),
 	CASE(splice, 1),
 	CASE(exec_inherit, 1),
+	CASE_EXACT(exec_keep, 3),
+	CASE_EXACT(exec_drop, 2),
+	CASE(demote_poll, 1),
+	CASE_EXACT(exec_forged, 2),
+	CASE_EXACT(exec_fails, 2),
 	CASE(plain_peer, 0),
 	CASE(eintr_restart, 1),
 	CASE(eintr_norestart, 1),
@@ -3192,7 +3511,8 @@ static int exec_main(char **argv)
 	static const struct {
 		const char *name;
 		void (*fn)(int, int);
-	} roles[] = { { "inherit", exec_inherit }, { "plain", exec_plain } };
+	} roles[] = { { "inherit", exec_inherit }, { "plain", exec_plain },
+		      { "keep", exec_keep }, { "forged", exec_forged } };
 
 	blocks = calloc(R_NR, sizeof(*blocks));
 	if (!blocks)
