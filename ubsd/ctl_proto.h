@@ -217,7 +217,8 @@ struct ctl_chan {
  * every channel the process creates or attaches; the peer asks ubsd for
  * that doorbell once per process pair (PEER_DB).  ubsd hands a doorbell
  * to a session of the same uid as its owner, to root, and to a session
- * it has given a channel with the owner's session.
+ * it has given a channel with the owner's session (or whose process
+ * descends from such a session's).
  */
 struct ctl_doorbell {
 	uint64_t id;

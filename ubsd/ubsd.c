@@ -1916,6 +1916,53 @@ static int do_doorbell(struct conn *c, const struct ctl_hdr *h,
 	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
 }
 
+/* The parent of pid (from /proc), or 0. */
+static pid_t parent_of(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	ssize_t n;
+	int fd;
+	long pp = 0;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	/* pid (comm) state ppid ...: comm may hold anything but the last ')'. */
+	p = strrchr(buf, ')');
+	if (!p || sscanf(p + 1, " %*c %ld", &pp) != 1 || pp <= 0)
+		return 0;
+	return (pid_t)pp;
+}
+
+/* Was session owner given a channel with me, or with a session of one of
+ * me's ancestors (up to 4 up: a server that accepts, forks, and lets the
+ * child serve, as postgres does, gets its channels paired with the
+ * parent's session)? */
+static bool db_paired(const struct session *me, const struct session *owner)
+{
+	pid_t pid = me->pid;
+
+	for (int up = 0; up <= 4 && pid > 1; up++) {
+		const struct session *x;
+
+		TAILQ_FOREACH(x, &sessions, entry) {
+			if (x != me && (up == 0 || x->pid != pid))
+				continue;
+			for (unsigned i = 0; i < DB_PEERS; i++)
+				if (x->db_peers[i] == owner->id)
+					return true;
+		}
+		pid = parent_of(pid);
+	}
+	return false;
+}
+
 /* PEER_DB: the doorbell named m->id, to a session allowed to ring it. */
 static int do_peer_db(struct conn *c, const struct ctl_hdr *h,
 		      const struct ctl_doorbell *m)
@@ -1932,9 +1979,7 @@ static int do_peer_db(struct conn *c, const struct ctl_hdr *h,
 		if (s->db_fd < 0 || s->db_id != m->id || !m->id)
 			continue;
 		seen = true;
-		for (unsigned i = 0; !ok && i < DB_PEERS; i++)
-			ok = me->db_peers[i] == s->id;
-		if (ok)
+		if (ok || db_paired(me, s))
 			return conn_send_fds(c, CTL_R_DOORBELL, h->seq, m,
 					     sizeof(*m), &s->db_fd, 1);
 	}
