@@ -2,8 +2,10 @@
 /*
  * matrix_quick.c - CI's subset of the compatibility matrix: runs
  * `compat-tests/matrix --quick` (redis-cli, nginx + curl, python asyncio
- * echo and socat, each both preloaded, server only, client only, neither
- * and across two namespaces; about 5 s) into a temporary folder, and
+ * echo, socat and postgres with pgbench (a server that forks its
+ * backends, as another user), each both preloaded, server only, client
+ * only, neither and across two namespaces; about 13 s) into a temporary
+ * folder, and
  * passes when the runner does: every cell's data right, UB 100% where
  * both ends are preloaded, 0% elsewhere, confirmed by the kernel's
  * counters.  The runner finds the build tree from this binary's path
