@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -180,8 +181,21 @@ void ubs_log(int level, const char *fmt, ...)
 	if (n > (int)sizeof(buf) - 2)
 		n = (int)sizeof(buf) - 2;
 	buf[n++] = '\n';
-	if (ubs_real.write)
-		ubs_real.write(ubs_config.log_fd, buf, (size_t)n);
+	if (ubs_real.write) {
+		/* A program may forbid file growth (RLIMIT_FSIZE 0, as
+		 * sshd's privilege-separated child does): a log line must
+		 * not bring it SIGXFSZ.  Logging is off unless asked for. */
+		static const struct timespec zero = { 0, 0 };
+		sigset_t xfsz, old;
+
+		sigemptyset(&xfsz);
+		sigaddset(&xfsz, SIGXFSZ);
+		pthread_sigmask(SIG_BLOCK, &xfsz, &old);
+		if (ubs_real.write(ubs_config.log_fd, buf, (size_t)n) < 0 &&
+		    errno == EFBIG && !sigismember(&old, SIGXFSZ))
+			sigtimedwait(&xfsz, NULL, &zero);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
 	errno = saved;
 }
 

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "preload.h"
+#include "ubt.h"
 
 static struct ubs_stats_page ubs_private_page;
 
@@ -115,8 +116,9 @@ static struct ubs_stats_page *ubs_stats_file(pid_t pid)
 	void *map;
 	int fd;
 
-	if (ubs_stats_paths(path, tmp, sizeof(path), pid) < 0)
-		return NULL;
+	if (ubs_stats_paths(path, tmp, sizeof(path), pid) < 0 ||
+	    !ubt_fsize_ok(UBS_STATS_FILE_SIZE))
+		return NULL;    /* a file size limit (ulimit -f): no page */
 	unlink(tmp);	/* a stale one from a dead process with our pid */
 	fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (fd < 0)

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -53,6 +54,14 @@ static uint64_t new_seg_id(void)
 	return id;
 }
 
+int ubt_fsize_ok(uint64_t size)
+{
+	struct rlimit rl;
+
+	return getrlimit(RLIMIT_FSIZE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
+		rl.rlim_cur >= size;
+}
+
 int ubt_seg_create(struct ubt_seg *s, size_t size, uint16_t kind,
 		   const char *name)
 {
@@ -66,6 +75,8 @@ int ubt_seg_create(struct ubt_seg *s, size_t size, uint16_t kind,
 	if (size < UBT_SEG_HDR_SIZE || size > ((size_t)1 << 40))
 		return -EINVAL;
 	size = (size + (size_t)pg - 1) & ~((size_t)pg - 1);
+	if (!ubt_fsize_ok(size))
+		return -EFBIG;  /* ftruncate would bring SIGXFSZ */
 
 	fd = memfd_create(name ? name : "ubs-seg",
 			  MFD_CLOEXEC | MFD_ALLOW_SEALING);

@@ -50,7 +50,11 @@ struct ubt_seg {
 	uint16_t kind;
 };
 
-/* Create a sealed (fixed-size) 0600 memfd segment of size bytes, mapped. */
+/* May this process make a file of size bytes (RLIMIT_FSIZE)?  Growing
+ * one past the limit, a memfd too, brings SIGXFSZ, which kills.  1 or 0. */
+int ubt_fsize_ok(uint64_t size);
+/* Create a sealed (fixed-size) 0600 memfd segment of size bytes, mapped;
+ * -EFBIG past the process's file size limit. */
 int ubt_seg_create(struct ubt_seg *s, size_t size, uint16_t kind,
 		   const char *name);
 /* Map a segment received as fd; takes ownership of fd on success only.

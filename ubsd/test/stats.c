@@ -870,3 +870,50 @@ Test(stats, conns_of_real_programs)
 	close(crd);
 	close(prd);
 }
+
+/*
+ * A program that forbids file growth (RLIMIT_FSIZE 0, as sshd's
+ * privilege-separated child does) while the library logs into a file
+ * (UBS_LOG_FILE) is not killed by SIGXFSZ: its lines are lost, it lives.
+ * socat (which, unlike python3, keeps SIGXFSZ's default action) talks to a
+ * preloaded echo server over UB under `ulimit -f 0`.
+ */
+Test(stats, log_file_past_the_size_limit)
+{
+	static const char srv[] =
+		"import socket\n"
+		"l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(8)\n"
+		"print(l.getsockname()[1], flush=True)\n"
+		"c, _ = l.accept(); c.sendall(c.recv(100) * 2); c.recv(1)\n";
+	char libpath[PATH_MAX], ubsd[PATH_MAX], log[PATH_MAX], port[16];
+	char cmd[PATH_MAX * 3], out[64] = "";
+	const char *lib = preload_lib(libpath, sizeof(libpath));
+	int rd, status;
+	struct stat st;
+	pid_t spid;
+	FILE *f;
+
+	dt_bin_path(ubsd, sizeof(ubsd), "ubsd");
+	dt_start_daemon(ubsd);
+	path_in(log, sizeof(log), "ubs.log");
+	spid = spawn_py(lib, srv, &rd);
+	read_line(rd, port, sizeof(port));
+	cr_assert(atoi(port) > 0, "server port: '%s'", port);
+	snprintf(cmd, sizeof(cmd),
+		 "echo hello | UBS_RUN_DIR='%s' LD_PRELOAD='%s' UBS_LOG=3 "
+		 "UBS_LOG_FILE='%s' timeout 20 sh -c 'ulimit -f 0; exec socat "
+		 "-t 1 - TCP:127.0.0.1:%s'", run_dir, lib, log, port);
+	f = popen(cmd, "r");
+	cr_assert_not_null(f);
+	out[fread(out, 1, sizeof(out) - 1, f)] = '\0';
+	status = pclose(f);
+	kill(spid, SIGKILL);
+	waitpid(spid, NULL, 0);
+	close(rd);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "socat ended with status %#x (SIGXFSZ is %d)", status,
+		  SIGXFSZ);
+	cr_assert_str_eq(out, "hello\nhello\n");
+	cr_assert_eq(stat(log, &st), 0, "the library opened no log file");
+	cr_assert_eq(st.st_size, 0, "a line went past the limit");
+}
