@@ -37,9 +37,13 @@ int ubs_ctl_request(int sock_fd, int wait_ms, int fds[1], char *why,
 /* This process's doorbell (made on first call): its fd, or -errno; *id
  * names it in channel headers.  A forked child gets its own. */
 int ubs_ctl_doorbell(uint64_t *id);
-/* A copy of the doorbell named id of a peer process, from ubsd (a
- * library fd): the fd, or -errno. */
-int ubs_ctl_peer_doorbell(uint64_t id);
+struct ubt_note;
+/* This process's notification page (made with the doorbell), or NULL.
+ * A forked child gets its own; the parent's stays mapped. */
+struct ubt_note *ubs_ctl_note(void);
+/* A copy of the doorbell named id of a peer process, from ubsd (library
+ * fds): the eventfd, or -errno; *note_fd gets its notification page. */
+int ubs_ctl_peer_doorbell(uint64_t id, int *note_fd);
 /* The same in two steps, so that the daemon's answer is on its way while
  * the program goes on: send returns a token (0 if the request could not
  * be sent), finish waits for the answer; cancel forgets it. */

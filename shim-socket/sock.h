@@ -78,6 +78,8 @@ struct sock {
 				 * ring bytes went over the kernel socket */
 	struct ubs_conn_slot *cslot;    /* its entry in the connection table
 					 * (UB; NULL if none) */
+	struct ubt_note *own_note;      /* the notification page of the
+					 * process that made its channel end */
 };
 
 /* The fd table. */
@@ -102,7 +104,7 @@ static inline int sock_kfd(const struct sock *s, int fd)
 
 /* Peer processes' doorbells (doorbell.c): get a held copy of the one
  * named id (asking ubsd the first time), or -errno; put lets it go. */
-int sock_peer_db_get(uint64_t id);
+int sock_peer_db_get(uint64_t id, struct ubt_note **note);
 void sock_peer_db_put(uint64_t id);
 void sock_peer_db_atfork_child(void);
 /* Install the peer's doorbell in s's channel (once): 0 or -errno. */
