@@ -80,6 +80,10 @@ struct sock {
 					 * (UB; NULL if none) */
 	struct ubt_note *own_note;      /* the notification page of the
 					 * process that made its channel end */
+	uint32_t note_tok;              /* its token in that page (poll.c;
+					 * 0: none) */
+	struct ep_reg *ep_regs;         /* its epoll registrations, every
+					 * set (poll.c, note lock) */
 };
 
 /* The fd table. */
@@ -148,6 +152,10 @@ void sock_update_reset(struct sock *s);
 int sock_take_error(struct sock *s);
 
 /* epoll emulation (poll.c). */
+struct ep_reg;
+/* Something this process did changed s's readiness (shutdown): epoll
+ * waiters look at it again. */
+void ep_sock_poke(struct sock *s);
 void ep_sock_gone(struct sock *s);              /* drop its registrations */
 void ep_sock_rehome(struct sock *s, int fd);    /* emulated -> kernel */
 void ep_sock_adopt(struct sock *s, int fd);     /* kernel -> emulated */

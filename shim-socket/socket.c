@@ -839,6 +839,7 @@ UBS_EXPORT int shutdown(int fd, int how)
 			s->shut_wr = true;
 		if (how == SHUT_RD || how == SHUT_RDWR)
 			s->shut_rd = true;
+		ep_sock_poke(s);        /* readiness changed here */
 	}
 	sock_put(s);
 	return r;
