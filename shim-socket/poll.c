@@ -691,7 +691,6 @@ struct ep_set {
 	pthread_mutex_t mu;
 	struct ep_reg *regs;
 	int nregs;
-	unsigned rot;                   /* fairness: first reg to look at */
 	int dbs[EP_DBS];                /* doorbells in the inner epoll */
 	int ndbs;
 	struct ep_reg *trim_cur;        /* next reg to look at for trimming */
@@ -711,9 +710,12 @@ static struct ep_set *ep_sets;
 static int ep_nregs;                    /* over all sets (ep_lock) */
 
 /*
- * The notification side (note lock, taken after e->mu): this process's
- * page, the table of tokens (token -> sock), each sock's registrations
- * over all sets, and each set's candidate list.
+ * The notification side (note lock): this process's page, the table of
+ * tokens (token -> sock), each sock's registrations over all sets, and
+ * each set's candidate list.  Lock order: ep_lock -> e->mu -> note lock;
+ * a collection holds the note lock while it asks sock_ready (which may
+ * take the sock's mutex, as it did under e->mu before); nothing takes
+ * the note lock with a sock mutex or the control lock held.
  */
 static pthread_mutex_t nt_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct ubt_note *nt_note;        /* this process's page, or NULL */
