@@ -155,12 +155,16 @@ static pthread_cond_t ctl_cv = PTHREAD_COND_INITIALIZER;
  * rings and sleeps on (created on first need), named by a random id,
  * and given to each session before its first PUBLISH or REQUEST (no
  * reply waited for: ubsd reads the stream in order).  A forked child
- * makes its own; channels it inherited keep the parent's.
+ * makes its own; channels it inherited keep the parent's.  With it goes
+ * the process's notification page (ubt_note_*), where peers post which
+ * of its endpoints became ready; it is allocated, never freed: channels
+ * a forked child inherited keep pointing at the parent's.
  */
 static struct {
 	int fd;
 	uint64_t id;
 	uint64_t gen;           /* ctl_gen it was given to, 0: not yet */
+	struct ubt_note *note;
 } db = { .fd = -1 };
 
 /*
@@ -728,11 +732,27 @@ static int db_make(void)
 {
 	if (db.fd < 0) {
 		int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
+		struct ubt_note *n = calloc(1, sizeof(*n));
 		struct timespec ts;
+		int err;
 
-		if (fd < 0)
-			return -errno;
-		db.fd = ubs_fd_high(fd);
+		if (fd < 0 || !n) {
+			err = fd < 0 ? -errno : -ENOMEM;
+			if (fd >= 0)
+				close(fd);
+			free(n);
+			return err;
+		}
+		fd = ubs_fd_high(fd);
+		err = ubt_note_create(n, fd);
+		if (err) {
+			ubs_fd_release(fd);
+			free(n);
+			return err;
+		}
+		n->seg.fd = ubs_fd_high(n->seg.fd);
+		db.fd = fd;
+		db.note = n;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		db.id = ((uint64_t)getpid() << 40) ^ (uint64_t)ts.tv_nsec ^
 			((uint64_t)ts.tv_sec << 20) ^ (uint64_t)(uintptr_t)&db;
@@ -753,8 +773,10 @@ static int db_register(void)
 
 	if (r < 0 || db.gen == ctl_gen)
 		return r < 0 ? r : 0;
+	int fds[2] = { db.fd, db.note->seg.fd };
+
 	m.id = db.id;
-	r = ctl_send(CTL_REQ_DOORBELL, &m, sizeof(m), &db.fd, 1, &seq);
+	r = ctl_send(CTL_REQ_DOORBELL, &m, sizeof(m), fds, 2, &seq);
 	if (r == 0)
 		db.gen = ctl_gen;
 	return r;
@@ -784,33 +806,46 @@ int ubs_ctl_doorbell_peek(uint64_t *id)
 	return fd;
 }
 
-void ubs_ctl_doorbell_adopt(int fd, uint64_t id)
+void ubs_ctl_doorbell_adopt(int fd, uint64_t id, struct ubt_note *note)
 {
 	pthread_mutex_lock(&ctl.lock);
-	if (db.fd < 0 && fd >= 0 && id) {
+	if (db.fd < 0 && fd >= 0 && id && note) {
 		db.fd = fd;
 		db.id = id;
+		db.note = note;
 		db.gen = 0;             /* no session has it yet */
 	}
 	pthread_mutex_unlock(&ctl.lock);
 }
 
-int ubs_ctl_peer_doorbell(uint64_t id)
+struct ubt_note *ubs_ctl_note(void)
+{
+	struct ubt_note *n;
+
+	pthread_mutex_lock(&ctl.lock);
+	n = db_make() < 0 ? NULL : db.note;
+	pthread_mutex_unlock(&ctl.lock);
+	return n;
+}
+
+int ubs_ctl_peer_doorbell(uint64_t id, int *note_fd)
 {
 	struct ctl_doorbell m = { .id = id };
 	struct ctl_error e;
-	int fd = -1, n = 1, r;
+	int fds[2] = { -1, -1 }, n = 2, r;
 	uint16_t rt = 0;
 
 	memset(&e, 0, sizeof(e));
 	r = ubs_ctl_call(CTL_REQ_PEER_DB, &m, sizeof(m), NULL, 0, &rt, &e,
-			 sizeof(e), &fd, &n);
+			 sizeof(e), fds, &n);
 	if (r)
 		return r;
-	if (rt == CTL_R_DOORBELL && n == 1)
-		return fd;
-	if (n == 1)
-		ubs_fd_release(fd);
+	if (rt == CTL_R_DOORBELL && n == 2) {
+		*note_fd = fds[1];
+		return fds[0];
+	}
+	for (int i = 0; i < n; i++)
+		ubs_fd_release(fds[i]);
 	return rt == CTL_R_ERROR && e.err > 0 ? -e.err : -EPROTO;
 }
 
@@ -939,6 +974,7 @@ void ubs_ctl_atfork_child(void)
 	 * for the channels inherited with it. */
 	db.fd = -1;
 	db.gen = 0;
+	db.note = NULL;
 	for (int i = 0; i < CTL_WAITERS; i++)
 		ctl_slot_free(&mailbox[i]);
 	rb_reset(0);            /* the parent's bytes and fds */

@@ -41,10 +41,15 @@ int ubs_ctl_doorbell(uint64_t *id);
  * -1; never makes one), and, in the new image, the inherited one taken
  * back as the process doorbell (given to ubsd again at its next need). */
 int ubs_ctl_doorbell_peek(uint64_t *id);
-void ubs_ctl_doorbell_adopt(int fd, uint64_t id);
-/* A copy of the doorbell named id of a peer process, from ubsd (a
- * library fd): the fd, or -errno. */
-int ubs_ctl_peer_doorbell(uint64_t id);
+struct ubt_note;
+void ubs_ctl_doorbell_adopt(int fd, uint64_t id, struct ubt_note *note);
+struct ubt_note;
+/* This process's notification page (made with the doorbell), or NULL.
+ * A forked child gets its own; the parent's stays mapped. */
+struct ubt_note *ubs_ctl_note(void);
+/* A copy of the doorbell named id of a peer process, from ubsd (library
+ * fds): the eventfd, or -errno; *note_fd gets its notification page. */
+int ubs_ctl_peer_doorbell(uint64_t id, int *note_fd);
 /* The same in two steps, so that the daemon's answer is on its way while
  * the program goes on: send returns a token (0 if the request could not
  * be sent), finish waits for the answer; cancel forgets it. */

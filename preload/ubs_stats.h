@@ -56,7 +56,8 @@
 	X(MEM_POOL_ALLOCS, "mem_pool_allocs") /* allocations served by the pool */ \
 	X(MEM_POOL_BYTES, "mem_pool_bytes") /* bytes of live pool blocks */ \
 	X(MEM_POOL_LEASED, "mem_pool_leased") /* bytes of segments leased */ \
-	X(MEM_FALLBACKS, "mem_fallbacks") /* pool allocations served ordinarily */
+	X(MEM_FALLBACKS, "mem_fallbacks") /* pool allocations served ordinarily */ \
+	X(EP_CHECKS,	"ep_checks")	/* UB registrations an epoll wait looked at */
 
 #define UBS_STAT_ENUM_(name, str) UBS_STAT_##name,
 enum ubs_stat_id {

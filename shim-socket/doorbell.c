@@ -10,7 +10,10 @@
  * one fd per UB connection (the kernel socket) plus one per peer process,
  * not three per connection.  Entries nobody uses stay cached (a program
  * that opens a connection per request would otherwise ask every time)
- * up to PEER_IDLE_MAX of them.
+ * up to PEER_IDLE_MAX of them.  With each doorbell comes the peer's
+ * notification page (mapped here, allocated so that channels may point
+ * at it while the table grows), where this process posts which of the
+ * peer's endpoints became ready.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -24,7 +27,15 @@ struct peer_db {
 	uint64_t id;
 	int fd;
 	unsigned refs;
+	struct ubt_note *note;
 };
+
+static void peer_free(struct peer_db *p)
+{
+	ubt_note_close(p->note);
+	free(p->note);
+	ubs_fd_release(p->fd);
+}
 
 static pthread_mutex_t peer_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct peer_db *peers;
@@ -49,7 +60,7 @@ static bool peer_room(void)
 			victim = i;
 		}
 	if (idle >= PEER_IDLE_MAX) {
-		ubs_fd_release(peers[victim].fd);
+		peer_free(&peers[victim]);
 		peers[victim] = peers[--npeers];
 	}
 	if (npeers == cappeers) {
@@ -64,10 +75,10 @@ static bool peer_room(void)
 	return true;
 }
 
-int sock_peer_db_get(uint64_t id)
+int sock_peer_db_get(uint64_t id, struct ubt_note **note)
 {
-	struct peer_db *p;
-	int fd;
+	struct peer_db *p, fresh;
+	int fd, nfd = -1, err;
 
 	if (!id)
 		return -EPROTO;
@@ -76,25 +87,42 @@ int sock_peer_db_get(uint64_t id)
 	if (p) {
 		p->refs++;
 		fd = p->fd;
+		*note = p->note;
 		pthread_mutex_unlock(&peer_mu);
 		return fd;
 	}
 	pthread_mutex_unlock(&peer_mu);
-	fd = ubs_ctl_peer_doorbell(id);         /* once per peer process */
+	fd = ubs_ctl_peer_doorbell(id, &nfd);   /* once per peer process */
 	if (fd < 0)
 		return fd;
+	/* The page is the peer's: mapped only if sealed, of the right kind
+	 * and size; without it there is no doorbell either. */
+	fresh.id = id;
+	fresh.fd = fd;
+	fresh.refs = 1;
+	fresh.note = calloc(1, sizeof(*fresh.note));
+	err = fresh.note ? ubt_note_map(fresh.note, nfd, fd) : -ENOMEM;
+	if (err) {
+		ubs_fd_release(nfd);
+		ubs_fd_release(fd);
+		free(fresh.note);
+		return err;
+	}
+	/* The mapping is all we need of the page. */
+	ubs_fd_release(fresh.note->seg.fd);
+	fresh.note->seg.fd = -1;
 	pthread_mutex_lock(&peer_mu);
 	p = peer_find(id);
 	if (p) {                                /* another thread got it */
-		ubs_fd_release(fd);
+		peer_free(&fresh);
 		p->refs++;
 		fd = p->fd;
+		*note = p->note;
 	} else if (peer_room()) {
-		peers[npeers].id = id;
-		peers[npeers].fd = fd;
-		peers[npeers++].refs = 1;
+		peers[npeers++] = fresh;
+		*note = fresh.note;
 	} else {
-		ubs_fd_release(fd);
+		peer_free(&fresh);
 		fd = -ENOMEM;
 	}
 	pthread_mutex_unlock(&peer_mu);
@@ -115,6 +143,51 @@ void sock_peer_db_put(uint64_t id)
 void sock_peer_db_atfork_child(void)
 {
 	pthread_mutex_init(&peer_mu, NULL);
+}
+
+/* Exec keeping UB connections: the notification page of the peer whose
+ * doorbell id the new image took back (sock_peer_db_adopt, which has no
+ * page: the old image kept only its mapping), asked of ubsd the first
+ * time.  NULL if it cannot be had. */
+struct ubt_note *sock_peer_db_note(uint64_t id)
+{
+	struct ubt_note *n = NULL, *fresh;
+	struct peer_db *p;
+	int fd, nfd = -1;
+
+	pthread_mutex_lock(&peer_mu);
+	p = peer_find(id);
+	if (p)
+		n = p->note;
+	pthread_mutex_unlock(&peer_mu);
+	if (n || !p)
+		return n;
+	fd = ubs_ctl_peer_doorbell(id, &nfd);
+	if (fd < 0)
+		return NULL;
+	ubs_fd_release(fd);                     /* the same eventfd again */
+	fresh = calloc(1, sizeof(*fresh));
+	if (!fresh || ubt_note_map(fresh, nfd, -1) < 0) {
+		ubs_fd_release(nfd);
+		free(fresh);
+		return NULL;
+	}
+	ubs_fd_release(fresh->seg.fd);
+	fresh->seg.fd = -1;
+	pthread_mutex_lock(&peer_mu);
+	p = peer_find(id);
+	if (p && !p->note) {
+		fresh->efd = p->fd;
+		p->note = fresh;
+		fresh = NULL;
+	}
+	n = p ? p->note : NULL;
+	pthread_mutex_unlock(&peer_mu);
+	if (fresh) {
+		ubt_note_close(fresh);
+		free(fresh);
+	}
+	return n;
 }
 
 /* Exec keeping UB connections: the new image takes back a peer's doorbell

@@ -50,7 +50,7 @@
 #include "ctl.h"
 
 #define EXEC_ENV        "UBS_EXEC_CONNS"
-#define EXEC_ENV_VER    "1"
+#define EXEC_ENV_VER    "2"
 #define KEEP_MAX        64              /* connections described */
 #define KEEP_FDS        8               /* fds of one connection */
 
@@ -305,6 +305,13 @@ static void set_cloexec(int fd, bool on)
 			       fl & ~FD_CLOEXEC);
 }
 
+/* The fd of s's own notification page (peers post to it: the new image
+ * must take it back with the doorbell), or -1. */
+static int note_fd_of(const struct sock *s)
+{
+	return s->own_note ? s->own_note->seg.fd : -1;
+}
+
 /*
  * Make one inherited connection ready to cross (s has a reference; fd is
  * one of its fds), with no sock mutex held: settle an UNDECIDED one, act
@@ -333,7 +340,7 @@ static bool keep_prepare(struct kept *k, int fd)
 	pthread_mutex_lock(&s->mu);     /* as sock_promote does */
 	r = s->peer_db ? 0 : sock_peer_db(s);
 	pthread_mutex_unlock(&s->mu);
-	if (r < 0)
+	if (r < 0 || note_fd_of(s) < 0)
 		goto demote;
 	seg = seg_fd_of(s);
 	if (seg < 0) {
@@ -391,8 +398,9 @@ static bool put(char *buf, size_t size, size_t *len, const char *fmt, ...)
 	return true;
 }
 
-/* Describe the kept connections: "1;entry;entry..." where an entry is
- * ino,fd.fd...,seg,segid,side,state,flags,own,ownid,peer,peerid,spin_ns. */
+/* Describe the kept connections: "2;entry;entry..." where an entry is
+ * ino,fd.fd...,seg,segid,side,state,flags,own,ownid,peer,peerid,spin_ns,
+ * note (this side's notification page). */
 static char *describe(void)
 {
 	size_t size = 64 + (size_t)ex.n * 256, len = 0;
@@ -424,9 +432,10 @@ static char *describe(void)
 			if (!put(buf, size, &len, "%s%d", j ? "." : "", k->fds[j]))
 				goto fail;
 		if (!put(buf, size, &len, ",%d,%" PRIx64 ",%d,%d,%u,%d,%" PRIx64
-			 ",%d,%" PRIx64 ",%" PRId64, k->seg, s->ch.seg.id, side,
-			 atomic_load(&s->state), fl, s->ch.efd[side], own_id,
-			 s->ch.efd[!side], s->peer_db, s->spin_ns))
+			 ",%d,%" PRIx64 ",%" PRId64 ",%d", k->seg, s->ch.seg.id,
+			 side, atomic_load(&s->state), fl, s->ch.efd[side],
+			 own_id, s->ch.efd[!side], s->peer_db, s->spin_ns,
+			 note_fd_of(s)))
 			goto fail;
 	}
 	return buf;
@@ -446,6 +455,7 @@ void sock_exec_undo(void)
 
 		set_cloexec(s->ch.efd[0], true);
 		set_cloexec(s->ch.efd[1], true);
+		set_cloexec(note_fd_of(s), true);
 		if (k->seg >= 0)
 			ubs_fd_release(k->seg);
 		if (k->locked)
@@ -585,6 +595,7 @@ char **sock_exec_prepare(const char *image, char *const envp[])
 		set_cloexec(k->seg, false);
 		set_cloexec(k->s->ch.efd[0], false);
 		set_cloexec(k->s->ch.efd[1], false);
+		set_cloexec(note_fd_of(k->s), false);
 	}
 	ubs_dbg("exec of %s keeps %d UB connection(s)", image, ex.n);
 	errno = saved;
@@ -645,20 +656,46 @@ static int timeo_ms(int fd, int name)
 	return ms <= 0 ? -1 : ms > INT32_MAX ? INT32_MAX : (int)ms;
 }
 
+/* This side's notification page in the new image, from its inherited fd
+ * (checked: a sealed note memfd), woken through the doorbell own; the
+ * same page for every entry that names the same fd.  NULL if refused. */
+static struct ubt_note *note_adopt(int fd, int own)
+{
+	static struct { int fd; struct ubt_note *n; } seen[8];
+	static int nseen;
+	struct ubt_note *n;
+
+	for (int i = 0; i < nseen; i++)
+		if (seen[i].fd == fd)
+			return seen[i].n;
+	if (nseen == 8 || !fd_is(fd, "/memfd:ubs-note"))
+		return NULL;
+	n = calloc(1, sizeof(*n));
+	if (!n || ubt_note_map(n, fd, own) < 0) {
+		free(n);
+		return NULL;
+	}
+	ubs_fd_adopt(fd);               /* kept: ubsd gets it again */
+	seen[nseen].fd = fd;
+	seen[nseen++].n = n;
+	return n;
+}
+
 /* One entry of the description (see describe()). */
 static void adopt_one(char *e)
 {
 	unsigned long long ino, segid, ownid, peerid;
 	long long spin;
 	char fdl[64], *p, *save;
-	int fds[KEEP_FDS], nfd = 0, seg, side, st, own, peer, r;
+	int fds[KEEP_FDS], nfd = 0, seg, side, st, own, peer, note, r;
+	struct ubt_note *own_note, *peer_note;
 	unsigned fl;
 	struct sock *s;
 	bool mapped = false;
 
-	if (sscanf(e, "%llu,%63[0-9.],%d,%llx,%d,%d,%u,%d,%llx,%d,%llx,%lld",
+	if (sscanf(e, "%llu,%63[0-9.],%d,%llx,%d,%d,%u,%d,%llx,%d,%llx,%lld,%d",
 		   &ino, fdl, &seg, &segid, &side, &st, &fl, &own, &ownid,
-		   &peer, &peerid, &spin) != 12) {
+		   &peer, &peerid, &spin, &note) != 13) {
 		ubs_err("exec: bad entry in " EXEC_ENV ": ignored");
 		return;
 	}
@@ -688,6 +725,9 @@ static void adopt_one(char *e)
 		goto bad;
 	if (!nfd || ubs_config.tcp_only)  /* a seccomp filter: TCP */
 		goto bad;
+	own_note = note_adopt(note, own);
+	if (!own_note)
+		goto bad;
 	for (int i = 0; i < nfd; i++)
 		if (!fd_is_sock(fds[i], ino))
 			goto bad;
@@ -697,7 +737,7 @@ static void adopt_one(char *e)
 	s->ch.seg.fd = -1;
 	ubs_fd_adopt(own);
 	if (fl & KF_PROCESS_DB)
-		ubs_ctl_doorbell_adopt(own, ownid);
+		ubs_ctl_doorbell_adopt(own, ownid, own_note);
 	r = sock_peer_db_adopt(peerid, peer);
 	if (r < 0)
 		goto bad_late;
@@ -706,6 +746,18 @@ static void adopt_one(char *e)
 	else
 		ubs_fd_adopt(peer);
 	s->peer_db = peerid;
+	/* Where each side posts its ready endpoints: ours, taken back, and
+	 * the peer's, asked of ubsd again (the old image kept only its
+	 * mapping).  Without the peer's page the peer's waits would miss
+	 * this side's changes: demote. */
+	s->own_note = own_note;
+	peer_note = sock_peer_db_note(peerid);
+	if (!peer_note)
+		goto bad_late;
+	if (side == 0)
+		ubt_chan_set_notes(&s->ch, own_note, peer_note);
+	else
+		ubt_chan_set_notes(&s->ch, peer_note, own_note);
 	s->resent = fl & KF_RESENT;
 	s->shut_rd = fl & KF_SHUT_RD;
 	s->shut_wr = fl & KF_SHUT_WR;

@@ -13,9 +13,15 @@
  * wait over the kernel fds, those eventfds and the UB connections'
  * kernel sockets (whose FIN/RST tells that a peer died).
  *
- * Known limit of this increment: a sleep arms every UB registration of
- * the set, O(registrations); the per-process notification queue of
- * DESIGN.md would make it O(ready).
+ * epoll looks only at registrations that may have changed: peers post
+ * the token of an endpoint whose rings moved to this process's
+ * notification page (ubtransport/note.c) and ring its doorbell only when
+ * a waiter is registered asleep there; a wait takes the posted tokens,
+ * makes the registrations of those sockets candidates of their sets, and
+ * checks the candidates only (plus level-triggered ones still ready, and
+ * those of channels inherited over fork, which post to the parent's page
+ * and are armed one by one as before).  O(ready), not O(registrations).
+ * poll and select take their fd list each call: they arm each ring.
  */
 #include <fcntl.h>
 #include <poll.h>
@@ -671,8 +677,16 @@ UBS_EXPORT int pselect(int nfds, fd_set *rd, fd_set *wr, fd_set *ex,
 
 /* ----------------------------------------------------------- epoll */
 
+struct ep_set;
+
 struct ep_reg {
 	struct ep_reg *next;
+	struct ep_set *set;
+	struct ep_reg *snext;           /* its sock's list (note lock) */
+	struct ep_reg *cprev, *cnext;   /* its set's candidates (note lock) */
+	bool cand;                      /* in the candidate list */
+	bool noted;                     /* its sock posts to this process's
+					 * page: a candidate only when posted */
 	int fd;
 	struct sock *s;                 /* one ref */
 	uint32_t events;
@@ -701,15 +715,166 @@ struct ep_set {
 	pthread_mutex_t mu;
 	struct ep_reg *regs;
 	int nregs;
-	unsigned rot;                   /* fairness: first reg to look at */
 	int dbs[EP_DBS];                /* doorbells in the inner epoll */
 	int ndbs;
-	unsigned trim_rot;              /* next regs to look at for trimming */
+	struct ep_reg *trim_cur;        /* next reg to look at for trimming */
+	/* Note lock: */
+	struct ep_reg *cand_head, *cand_tail;
+	int ncand;
+	int waiting;                    /* threads between arm and disarm */
+	/* e->mu: */
+	int64_t budget;                 /* spin: the largest seen */
+	int note_efd;                   /* the page's eventfd, once in inner */
+	bool trim_due;                  /* rings moved since the last pass */
+	uint64_t trim_pass_ns;          /* next pass over the whole set */
 };
 
 static pthread_mutex_t ep_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ep_set *ep_sets;
 static int ep_nregs;                    /* over all sets (ep_lock) */
+
+/*
+ * The notification side (note lock): this process's page, the table of
+ * tokens (token -> sock), each sock's registrations over all sets, and
+ * each set's candidate list.  Lock order: ep_lock -> e->mu -> note lock;
+ * a collection holds the note lock while it asks sock_ready (which may
+ * take the sock's mutex, as it did under e->mu before); nothing takes
+ * the note lock with a sock mutex or the control lock held.
+ */
+static pthread_mutex_t nt_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ubt_note *nt_note;        /* this process's page, or NULL */
+static struct sock **nt_tab;            /* by token; [0] unused */
+static uint32_t *nt_free;               /* tokens given back */
+static uint32_t nt_cap, nt_hi, nt_nfree;
+static bool nt_kick;                    /* wake the page's sleepers */
+static UBS_TLS struct ep_set *tl_set;   /* the set this thread waits on */
+
+/* This process's page (made with its doorbell on first need); not with
+ * any set lock held (it may take the control lock). */
+static struct ubt_note *nt_note_get(void)
+{
+	struct ubt_note *n = __atomic_load_n(&nt_note, __ATOMIC_ACQUIRE);
+
+	if (!n) {
+		n = ubs_ctl_note();
+		__atomic_store_n(&nt_note, n, __ATOMIC_RELEASE);
+	}
+	return n;
+}
+
+/* Unlock; then wake the page's sleepers if a candidate was given to a
+ * set some other thread sleeps on. */
+static void nt_unlock(void)
+{
+	bool kick = nt_kick;
+	struct ubt_note *n = nt_note;
+
+	nt_kick = false;
+	pthread_mutex_unlock(&nt_mu);
+	if (kick && n)
+		ubt_note_wake(n);
+}
+
+static void cand_add(struct ep_reg *r)
+{
+	struct ep_set *e = r->set;
+
+	if (r->cand)
+		return;
+	r->cand = true;
+	r->cnext = NULL;
+	r->cprev = e->cand_tail;
+	if (e->cand_tail)
+		e->cand_tail->cnext = r;
+	else
+		e->cand_head = r;
+	e->cand_tail = r;
+	e->ncand++;
+	if (e->waiting > (tl_set == e ? 1 : 0))
+		nt_kick = true;
+}
+
+static void cand_del(struct ep_reg *r)
+{
+	struct ep_set *e = r->set;
+
+	if (!r->cand)
+		return;
+	if (r->cprev)
+		r->cprev->cnext = r->cnext;
+	else
+		e->cand_head = r->cnext;
+	if (r->cnext)
+		r->cnext->cprev = r->cprev;
+	else
+		e->cand_tail = r->cprev;
+	r->cand = false;
+	r->cprev = r->cnext = NULL;
+	e->ncand--;
+}
+
+/* Every registration of s becomes a candidate (note lock held). */
+static void cand_sock(struct sock *s)
+{
+	for (struct ep_reg *r = s->ep_regs; r; r = r->snext)
+		cand_add(r);
+}
+
+/* A token for s, or 0 when none is left (then s stays unnoted). */
+static uint32_t tok_get(struct sock *s)
+{
+	uint32_t t;
+
+	if (nt_nfree) {
+		t = nt_free[--nt_nfree];
+	} else {
+		if (nt_hi + 1 >= UBT_NOTE_SLOTS)
+			return 0;
+		if (nt_hi + 1 >= nt_cap) {
+			uint32_t cap = nt_cap ? nt_cap * 2 : 256;
+			struct sock **tab = realloc(nt_tab, sizeof(*tab) * cap);
+			uint32_t *fr;
+
+			if (!tab)
+				return 0;
+			nt_tab = tab;
+			fr = realloc(nt_free, sizeof(*fr) * cap);
+			if (!fr)
+				return 0;
+			nt_free = fr;
+			memset(nt_tab + nt_cap, 0,
+			       sizeof(*tab) * (cap - nt_cap));
+			nt_cap = cap;
+		}
+		t = ++nt_hi;
+	}
+	nt_tab[t] = s;
+	return t;
+}
+
+/* A posted token: its sock's registrations are candidates.  The token
+ * came from shared memory: only the table says what it names. */
+static void nt_hit(uint32_t t, void *arg)
+{
+	struct sock *s = t < nt_cap ? nt_tab[t] : NULL;
+
+	(void)arg;
+	if (s)
+		cand_sock(s);
+}
+
+/* Take what peers posted (note lock held). */
+static void nt_drain(void)
+{
+	if (nt_note)
+		ubt_note_pop(nt_note, nt_hit, NULL);
+}
+
+void ep_sock_poke(struct sock *s)
+{
+	if (s->note_tok && s->own_note && s->own_note == nt_note)
+		ubt_note_post(s->own_note, s->note_tok);
+}
 
 /* Tags of the inner epoll's data: low bits say what woke. */
 #define TAG_EPFD 1u
@@ -808,12 +973,34 @@ static void inner_del(struct ep_set *e, struct sock *s)
 static void reg_drop(struct ep_set *e, struct ep_reg *r)
 {
 	struct ep_reg **pp;
+	struct sock *s = r->s;
 
+	if (e->trim_cur == r)
+		e->trim_cur = r->next;
 	for (pp = &e->regs; *pp; pp = &(*pp)->next)
 		if (*pp == r) {
 			*pp = r->next;
 			break;
 		}
+	pthread_mutex_lock(&nt_mu);
+	cand_del(r);
+	for (pp = &s->ep_regs; *pp; pp = &(*pp)->snext)
+		if (*pp == r) {
+			*pp = r->snext;
+			break;
+		}
+	if (!s->ep_regs && s->note_tok) {
+		/* Its last registration: the token goes back (a late post
+		 * of it names nothing, or another sock: a look, no more). */
+		if (s->have_chan && s->own_note == nt_note)
+			ubt_chan_set_note_tok(&s->ch, 0);
+		if (s->note_tok < nt_cap && nt_tab[s->note_tok] == s) {
+			nt_tab[s->note_tok] = NULL;
+			nt_free[nt_nfree++] = s->note_tok;
+		}
+		s->note_tok = 0;
+	}
+	nt_unlock();
 	e->nregs--;
 	__atomic_sub_fetch(&ep_nregs, 1, __ATOMIC_RELAXED);
 	sock_put(r->s);
@@ -844,12 +1031,29 @@ static int reg_add(struct ep_set *e, int fd, struct sock *s,
 		return -ENOMEM;
 	r->fd = fd;
 	r->s = s;
+	r->set = e;
 	r->events = ev->events;
 	r->data = ev->data;
 	reg_reset_edge(r);
 	inner_add(e, s, fd);
 	r->next = e->regs;
 	e->regs = r;
+	e->trim_due = true;
+	/* The sock names its token in the channel header (once, while it
+	 * has registrations) if its channel end is this process's: then
+	 * its peer posts it.  First look: as a candidate. */
+	pthread_mutex_lock(&nt_mu);
+	if (!s->note_tok && s->have_chan && nt_note &&
+	    s->own_note == nt_note) {
+		s->note_tok = tok_get(s);
+		if (s->note_tok)
+			ubt_chan_set_note_tok(&s->ch, s->note_tok);
+	}
+	r->noted = s->note_tok != 0;
+	r->snext = s->ep_regs;
+	s->ep_regs = r;
+	cand_add(r);
+	nt_unlock();
 	e->nregs++;
 	__atomic_add_fetch(&ep_nregs, 1, __ATOMIC_RELAXED);
 	return 0;
@@ -872,6 +1076,7 @@ static int ep_ctl_emul(int epfd, int op, int fd, struct sock *s,
 	*kept = false;
 	if (epfd == fd)
 		return -EINVAL;
+	nt_note_get();
 	e = ep_find(epfd, false);
 	if (!e && op == EPOLL_CTL_ADD) {
 		/* A set we did not see created (inherited, or made before
@@ -908,6 +1113,9 @@ static int ep_ctl_emul(int epfd, int op, int fd, struct sock *s,
 			r->data = ev->data;
 			r->disabled = false;
 			reg_reset_edge(r);
+			pthread_mutex_lock(&nt_mu);
+			cand_add(r);
+			nt_unlock();
 		}
 		break;
 	case EPOLL_CTL_DEL:
@@ -947,57 +1155,77 @@ UBS_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 	return r < 0 ? ubs_fail(r) : 0;
 }
 
-/* Collect ready emulated registrations into out (e->mu held). */
+/*
+ * Collect ready registrations into out (e->mu held): take what peers
+ * posted, then look at the candidates only, each once, in list order;
+ * a level-triggered one still ready stays (at the tail: fairness when
+ * max is smaller than the ready set), as does one whose sock posts to
+ * no page of this process (inherited over fork); the others wait for
+ * their next post.
+ */
 static int ep_collect(struct ep_set *e, struct epoll_event *out, int max)
 {
-	int n = 0, i = 0, start;
-	struct ep_reg *r;
+	uint64_t checks = 0;
+	int n = 0, todo;
 
-	if (!e->nregs)
-		return 0;
-	start = (int)(e->rot++ % (unsigned)e->nregs);
-	/* Two passes over the list from a rotating start: fairness when
-	 * max is smaller than the ready set. */
-	for (int pass = 0; pass < 2 && n < max; pass++) {
-		i = 0;
-		for (r = e->regs; r && n < max; r = r->next, i++) {
-			uint32_t m, rep, full;
+	pthread_mutex_lock(&nt_mu);
+	nt_drain();
+	todo = e->ncand;
+	while (todo-- > 0 && n < max && e->cand_head) {
+		struct ep_reg *r = e->cand_head;
+		uint32_t m, full;
+		bool keep = !r->noted;
 
-			if ((pass == 0) != (i >= start))
-				continue;
-			if (r->disabled || !emulated(r->s))
-				continue;
-			/* Every bit, for edges: a FIN is a new event even to
-			 * a set that did not ask for RDHUP. */
-			full = sock_ready(r->s, ~0u);
-			m = full & (r->events | EPOLLHUP | EPOLLERR);
-			rep = m;
-			if (r->events & EPOLLET) {
-				uint64_t h = atomic_load_explicit(
-					&r->s->rx->shm->head,
-					memory_order_acquire);
-				uint64_t t = atomic_load_explicit(
-					&r->s->tx->shm->tail,
-					memory_order_acquire);
-				bool edge = (full & ~r->last) != 0 ||
-					(h != r->et_head && (m & EPOLLIN)) ||
-					(t != r->et_tail && (m & EPOLLOUT));
+		cand_del(r);
+		if (r->disabled)
+			continue;       /* until MOD */
+		if (!emulated(r->s)) {
+			if (keep)
+				cand_add(r);
+			continue;
+		}
+		checks++;
+		/* Its rings moved (or it would not be here): note when, so
+		 * that the pass after a quiet second trims them. */
+		if (sock_trim_idle(r->s))
+			e->trim_due = true;
+		e->budget = spin_of(r->s, e->budget);
+		/* Every bit, for edges: a FIN is a new event even to a set
+		 * that did not ask for RDHUP. */
+		full = sock_ready(r->s, ~0u);
+		m = full & (r->events | EPOLLHUP | EPOLLERR);
+		if (r->events & EPOLLET) {
+			uint64_t h = atomic_load_explicit(&r->s->rx->shm->head,
+							  memory_order_acquire);
+			uint64_t t = atomic_load_explicit(&r->s->tx->shm->tail,
+							  memory_order_acquire);
+			bool edge = (full & ~r->last) != 0 ||
+				(h != r->et_head && (m & EPOLLIN)) ||
+				(t != r->et_tail && (m & EPOLLOUT));
 
-				r->last = full;
-				r->et_head = h;
-				r->et_tail = t;
-				if (!edge)
-					continue;
-			}
-			if (!m)
-				continue;
-			out[n].events = rep;
+			r->last = full;
+			r->et_head = h;
+			r->et_tail = t;
+			if (!edge)
+				m = 0;
+		} else if (m) {
+			keep = true;    /* level: reported until it is not */
+		}
+		if (m) {
+			out[n].events = m;
 			out[n].data = r->data;
 			n++;
-			if (r->events & EPOLLONESHOT)
+			if (r->events & EPOLLONESHOT) {
 				r->disabled = true;
+				keep = false;
+			}
 		}
+		if (keep)
+			cand_add(r);
 	}
+	nt_unlock();
+	if (checks)
+		ubs_stats_add(UBS_STAT_EP_CHECKS, checks);
 	return n;
 }
 
@@ -1008,34 +1236,72 @@ static int ep_collect(struct ep_set *e, struct epoll_event *out, int max)
  */
 static void ep_trim_some(struct ep_set *e)
 {
-	struct ep_reg *r = e->regs;
-	unsigned skip;
+	struct ep_reg *r = e->trim_cur;
 
-	if (!e->nregs)
-		return;
-	skip = e->trim_rot % (unsigned)e->nregs;
-	while (skip-- && r)
-		r = r->next;
-	for (int k = 0; k < 4; k++, e->trim_rot++) {
+	for (int k = 0; k < 4 && e->regs; k++) {
 		if (!r)
 			r = e->regs;
 		if (emulated(r->s))
 			sock_trim_idle(r->s);
 		r = r->next;
 	}
+	e->trim_cur = r;
+}
+
+/*
+ * A pass over the whole set gives idle rings' pages back (e->mu held):
+ * once a second while the set is busy (O(registrations) a second, not a
+ * wait), and after a quiet second.  Rings seen moving are pending.
+ */
+#define TRIM_WAKE_MS (UBS_TRIM_IDLE_MS + 20)    /* past the coarse clock */
+
+static void ep_trim_all(struct ep_set *e)
+{
+	bool moved = false;
+
+	for (struct ep_reg *r = e->regs; r; r = r->next)
+		if (emulated(r->s))
+			moved |= sock_trim_idle(r->s);
+	e->trim_due = moved;
+	e->trim_pass_ns = now_ns() + UBS_TRIM_IDLE_MS * 1000000ull;
 }
 
 /* The inner epoll said the kernel socket of a member changed: learn
- * whether its peer is gone. */
+ * whether its peer is gone, and look at its registrations again. */
 static void probe_member(struct ep_set *e, uint64_t tag)
 {
 	struct sock *s = (struct sock *)(uintptr_t)(tag & ~(uint64_t)3);
 
 	pthread_mutex_lock(&e->mu);
 	for (int m = 0; m < e->nmem; m++)
-		if (e->mem[m].s == s)
+		if (e->mem[m].s == s) {
 			sock_probe_kernel(s, e->mem[m].fd);
+			pthread_mutex_lock(&nt_mu);
+			cand_sock(s);
+			nt_unlock();
+		}
 	pthread_mutex_unlock(&e->mu);
+}
+
+/* The page's eventfd is in the inner set (a forked child's own may be
+ * in none of its members' channels). e->mu held. */
+static void inner_add_note(struct ep_set *e, struct ubt_note *note)
+{
+	struct epoll_event ev;
+	int i;
+
+	if (!note || e->inner < 0 || e->note_efd == note->efd + 1)
+		return;
+	e->note_efd = note->efd + 1;
+	for (i = 0; i < e->ndbs && e->dbs[i] != note->efd; i++)
+		;
+	if (i < e->ndbs)
+		return;
+	ev.events = EPOLLIN;
+	ev.data.u64 = (uint64_t)(uint32_t)note->efd << 32 | TAG_EFD;
+	if (ubs_real.epoll_ctl(e->inner, EPOLL_CTL_ADD, note->efd, &ev) == 0 &&
+	    e->ndbs < EP_DBS)
+		e->dbs[e->ndbs++] = note->efd;
 }
 
 /*
@@ -1048,15 +1314,17 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
 	uint32_t mark = ubs_sig_mark();
 	struct foreign fw = { 0, 0 };
+	struct ubt_note *note = nt_note_get();
 	int n, k;
 
 	for (;;) {
 		int64_t budget = 0;
-		struct arm *arms;
+		struct arm *arms = NULL;
 		struct epoll_event tmp[32];
 		int na = 0, lm;
 		bool trim = false;
 		uint64_t slept_at;
+		uint32_t key = 0;
 
 		/* The inner set, without waiting: a FIN on the kernel
 		 * socket of a UB connection, and whether kernel fds of the
@@ -1073,9 +1341,10 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		}
 		pthread_mutex_lock(&e->mu);
 		n = ep_collect(e, ev, max);
-		for (struct ep_reg *r = e->regs; r; r = r->next)
-			budget = spin_of(r->s, budget);
+		budget = e->budget;
 		ep_trim_some(e);
+		if (e->trim_due && now_ns() >= e->trim_pass_ns)
+			ep_trim_all(e);
 		pthread_mutex_unlock(&e->mu);
 		if (n < max && kernel) {
 			k = ubs_real.epoll_wait(e->epfd, ev + n, max - n, 0);
@@ -1106,26 +1375,46 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 			}
 			spin_result(false, budget);
 		}
-		/* Sleep: arm every registration, re-check, then wait. */
+		/* Sleep: register as a sleeper of the page, arm the
+		 * registrations that post to no page of ours, re-check,
+		 * then wait. */
 		pthread_mutex_lock(&e->mu);
-		arms = calloc((size_t)e->nregs + 1, sizeof(*arms));
-		if (!arms) {
+		inner_add_note(e, note);
+		if (note)
+			key = ubt_note_arm(note);
+		tl_set = e;
+		pthread_mutex_lock(&nt_mu);
+		e->waiting++;
+		for (struct ep_reg *r = e->cand_head; r; r = r->cnext)
+			na += !r->noted;
+		if (na && !(arms = calloc((size_t)na, sizeof(*arms)))) {
+			e->waiting--;
+			pthread_mutex_unlock(&nt_mu);
 			pthread_mutex_unlock(&e->mu);
+			tl_set = NULL;
+			if (note)
+				ubt_note_disarm(note, key);
 			return -ENOMEM;
 		}
-		for (struct ep_reg *r = e->regs; r; r = r->next)
-			if (!r->disabled && emulated(r->s)) {
+		na = 0;
+		for (struct ep_reg *r = arms ? e->cand_head : NULL; r;
+		     r = r->cnext)
+			if (!r->noted && !r->disabled && emulated(r->s)) {
+				__atomic_add_fetch(&r->s->refs, 1,
+						   __ATOMIC_RELAXED);
 				arm(&arms[na++], r->s, r->events);
 				trim |= sock_trim_idle(r->s);
 			}
+		pthread_mutex_unlock(&nt_mu);
+		trim |= e->trim_due;
 		n = ep_collect(e, ev, max);
 		pthread_mutex_unlock(&e->mu);
 		k = 0;
 		slept_at = now_ns() - (uint64_t)spin_budget(budget);
 		if (!n) {
 			lm = timeout_ms < 0 ? -1 : left_ms(deadline);
-			if (trim && (lm < 0 || lm > UBS_TRIM_IDLE_MS))
-				lm = UBS_TRIM_IDLE_MS;
+			if (trim && (lm < 0 || lm > TRIM_WAKE_MS))
+				lm = TRIM_WAKE_MS;
 			else
 				trim = false;
 			ubs_sig_sleep = true;
@@ -1138,8 +1427,16 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		{
 			int claimed = 0, efd = -1;
 
-			for (int j = 0; j < na; j++)
+			for (int j = 0; j < na; j++) {
 				claimed += disarm(&arms[j]);
+				sock_put(arms[j].s);
+			}
+			if (note)
+				claimed += ubt_note_disarm(note, key);
+			pthread_mutex_lock(&nt_mu);
+			e->waiting--;
+			pthread_mutex_unlock(&nt_mu);
+			tl_set = NULL;
 			for (int j = 0; j < k; j++)
 				if ((tmp[j].data.u64 & 3) == TAG_EFD)
 					efd = (int)(tmp[j].data.u64 >> 32);
@@ -1161,9 +1458,7 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		if (k == 0 && trim) {
 			/* A quiet second: give idle rings' pages back. */
 			pthread_mutex_lock(&e->mu);
-			for (struct ep_reg *r = e->regs; r; r = r->next)
-				if (emulated(r->s))
-					sock_trim_idle(r->s);
+			ep_trim_all(e);
 			pthread_mutex_unlock(&e->mu);
 			continue;
 		}
@@ -1295,6 +1590,7 @@ void ep_sock_rehome(struct sock *s, int fd)
  */
 void ep_sock_adopt(struct sock *s, int fd)
 {
+	nt_note_get();
 	pthread_mutex_lock(&ep_lock);
 	for (struct ep_set *e = ep_sets; e; e = e->next) {
 		char path[64], buf[8192], *line;
@@ -1375,9 +1671,25 @@ void ep_fd_closing(int fd)
 
 void ep_atfork_child(void)
 {
+	/* The page and its tokens are the parent's: the child's sets look
+	 * at their registrations as inherited ones (armed one by one) and
+	 * name no token (the channel headers keep the parent's). */
 	pthread_mutex_init(&ep_lock, NULL);
-	for (struct ep_set *e = ep_sets; e; e = e->next)
+	pthread_mutex_init(&nt_mu, NULL);
+	nt_note = NULL;
+	nt_kick = false;
+	for (uint32_t t = 1; t < nt_cap; t++)
+		nt_tab[t] = NULL;
+	nt_hi = nt_nfree = 0;
+	for (struct ep_set *e = ep_sets; e; e = e->next) {
 		pthread_mutex_init(&e->mu, NULL);
+		e->waiting = 0;
+		for (struct ep_reg *r = e->regs; r; r = r->next) {
+			r->s->note_tok = 0;
+			r->noted = false;
+			cand_add(r);
+		}
+	}
 }
 
 /* Forget the epoll sets among fds [lo, hi], about to be closed together

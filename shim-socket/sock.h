@@ -78,6 +78,12 @@ struct sock {
 				 * ring bytes went over the kernel socket */
 	struct ubs_conn_slot *cslot;    /* its entry in the connection table
 					 * (UB; NULL if none) */
+	struct ubt_note *own_note;      /* the notification page of the
+					 * process that made its channel end */
+	uint32_t note_tok;              /* its token in that page (poll.c;
+					 * 0: none) */
+	struct ep_reg *ep_regs;         /* its epoll registrations, every
+					 * set (poll.c, note lock) */
 };
 
 /* The fd table. */
@@ -102,9 +108,10 @@ static inline int sock_kfd(const struct sock *s, int fd)
 
 /* Peer processes' doorbells (doorbell.c): get a held copy of the one
  * named id (asking ubsd the first time), or -errno; put lets it go. */
-int sock_peer_db_get(uint64_t id);
+int sock_peer_db_get(uint64_t id, struct ubt_note **note);
 void sock_peer_db_put(uint64_t id);
 void sock_peer_db_atfork_child(void);
+struct ubt_note *sock_peer_db_note(uint64_t id);
 int sock_peer_db_adopt(uint64_t id, int fd);
 /* Install the peer's doorbell in s's channel (once): 0 or -errno. */
 int sock_peer_db(struct sock *s);
@@ -157,6 +164,10 @@ void sock_update_reset(struct sock *s);
 int sock_take_error(struct sock *s);
 
 /* epoll emulation (poll.c). */
+struct ep_reg;
+/* Something this process did changed s's readiness (shutdown): epoll
+ * waiters look at it again. */
+void ep_sock_poke(struct sock *s);
 void ep_sock_gone(struct sock *s);              /* drop its registrations */
 void ep_sock_rehome(struct sock *s, int fd);    /* emulated -> kernel */
 void ep_sock_adopt(struct sock *s, int fd);     /* kernel -> emulated */

@@ -91,6 +91,7 @@ static void set_spin(struct sock *s, const struct ubs_svc_policy *p)
 
 int sock_peer_db(struct sock *s)
 {
+	struct ubt_note *note = NULL;
 	uint64_t id;
 	int fd;
 
@@ -98,13 +99,19 @@ int sock_peer_db(struct sock *s)
 		return 0;
 	/* Read once: the header is the peer's to scribble on. */
 	id = ubt_chan_peer_db(&s->ch);
-	fd = sock_peer_db_get(id);
+	fd = sock_peer_db_get(id, &note);
 	if (fd < 0) {
 		ubs_info("fd %d: no doorbell of the peer (%s)", s->fd,
 			 strerror(-fd));
 		return fd;
 	}
 	ubt_chan_set_peer_efd(&s->ch, fd);
+	/* From now on each ring change posts the endpoint the other side
+	 * named to that side's page (ours: only our own wake-ups). */
+	if (s->ch.side == 0)
+		ubt_chan_set_notes(&s->ch, s->own_note, note);
+	else
+		ubt_chan_set_notes(&s->ch, note, s->own_note);
 	s->peer_db = id;
 	return 0;
 }
@@ -233,6 +240,7 @@ static void accepted(int fd, int flags)
 		ring = 1 << 20;
 	db = ubs_ctl_doorbell(&db_id);
 	r = db < 0 ? db : ubt_chan_create_stream_db(&s->ch, ring, db, db_id);
+	s->own_note = ubs_ctl_note();
 	if (r) {
 		ubs_info("fd %d: no channel (%s): TCP", fd, strerror(-r));
 		if (s->ch.seg.base)
@@ -449,6 +457,7 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 	}
 	db = ubs_ctl_doorbell(&db_id);
 	r = db < 0 ? db : ubt_chan_attach_db(&s->ch, fds[0], db, db_id);
+	s->own_note = ubs_ctl_note();
 	if (r) {
 		snprintf(why, sizeof(why), "attach: %s", strerror(-r));
 		ubs_fd_release(fds[0]);
@@ -840,6 +849,7 @@ UBS_EXPORT int shutdown(int fd, int how)
 			s->shut_wr = true;
 		if (how == SHUT_RD || how == SHUT_RDWR)
 			s->shut_rd = true;
+		ep_sock_poke(s);        /* readiness changed here */
 	}
 	sock_put(s);
 	return r;

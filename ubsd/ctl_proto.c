@@ -124,8 +124,8 @@ int ctl_fd_count(uint16_t type)
 	case CTL_REQ_LISTEN:    return 1;
 	case CTL_REQ_UNLISTEN:  return 1;
 	case CTL_REQ_PUBLISH:   return 2;
-	case CTL_REQ_DOORBELL:  return 1;
-	case CTL_R_DOORBELL:    return 1;
+	case CTL_REQ_DOORBELL:  return 2;
+	case CTL_R_DOORBELL:    return 2;
 	case CTL_REQ_REQUEST:   return 1;
 	case CTL_R_POLICY:      return 1;
 	case CTL_R_CHANNEL:     return 1;

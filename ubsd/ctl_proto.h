@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 #define CTL_MAGIC     0x55424331u       /* "UBC1" */
-#define CTL_VERSION   1u
+#define CTL_VERSION   2u
 #define CTL_MAX_BODY  4096u
 #define CTL_NAME_MAX  64u               /* service name, NUL included */
 #define CTL_SOCK_NAME "ubsd.sock"       /* under the run directory */
@@ -62,13 +62,14 @@ enum ctl_type {
 	CTL_REQ_LISTENERS = 0x010a,     /* no body: CTL_R_LISTENER... + END */
 	CTL_REQ_EXCLUDES = 0x010b,      /* no body: CTL_R_EXCLUDE... + END,
 					 * in the order of the config */
-	CTL_REQ_DOORBELL = 0x010c,      /* struct ctl_doorbell; fd: the
+	CTL_REQ_DOORBELL = 0x010c,      /* struct ctl_doorbell; 2 fds: the
 					 * session's process doorbell (an
-					 * eventfd), named by its id.
-					 * OK|ERROR */
+					 * eventfd), named by its id, and
+					 * its notification page (a sealed
+					 * memfd).  OK|ERROR */
 	CTL_REQ_PEER_DB = 0x010d,       /* struct ctl_doorbell: the id of a
 					 * peer's doorbell.  CTL_R_DOORBELL
-					 * (+1 fd)|ERROR */
+					 * (+2 fds)|ERROR */
 	/* Memory pool (memhooks issue): requests 0x0110..0x011f. */
 	CTL_REQ_MEM_LEASE = 0x0110,     /* struct ctl_mem_lease; needs a
 					 * session.  CTL_R_MEM_SEG + 1 fd
@@ -115,7 +116,8 @@ enum ctl_type {
 					 * unsolicited, seq of its PUBLISH) */
 	CTL_R_LISTENER = 0x020b,        /* struct ctl_listener */
 	CTL_R_EXCLUDE = 0x020c,         /* struct ctl_exclude */
-	CTL_R_DOORBELL = 0x020d,        /* struct ctl_doorbell + 1 fd */
+	CTL_R_DOORBELL = 0x020d,        /* struct ctl_doorbell + 2 fds:
+					 * eventfd, notification page */
 	/* Memory pool replies: 0x0210..0x021f. */
 	CTL_R_MEM_SEG = 0x0210,         /* struct ctl_mem_seg + 1 fd */
 	CTL_R_MEM_POOL = 0x0211,        /* struct ctl_mem_pool */
@@ -218,7 +220,9 @@ struct ctl_chan {
  * that doorbell once per process pair (PEER_DB).  ubsd hands a doorbell
  * to a session of the same uid as its owner, to root, and to a session
  * it has given a channel with the owner's session (or whose process
- * descends from such a session's).
+ * descends from such a session's).  The doorbell travels with the
+ * process's notification page (ubt_note_*), where peers post which
+ * endpoints became ready.
  */
 struct ctl_doorbell {
 	uint64_t id;

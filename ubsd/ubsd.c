@@ -113,6 +113,7 @@ struct session {
 	bool early;                     /* CTL_HELLO_EARLY_REQUEST */
 	char service[CTL_NAME_MAX];
 	int db_fd;                      /* its process doorbell, or -1 */
+	int note_fd;                    /* its notification page, or -1 */
 	uint64_t db_id;
 	uint64_t db_peers[DB_PEERS];    /* sessions given a channel with this
 					 * one: may have its doorbell */
@@ -649,6 +650,8 @@ static void session_end(struct session *s)
 
 	if (s->db_fd >= 0)
 		close(s->db_fd);
+	if (s->note_fd >= 0)
+		close(s->note_fd);
 
 	logmsg(LOG_INFO, "session end: pid %ld service \"%s\"%s",
 	       (long)s->pid, s->service, gone > 0 ? ", listeners gone" : "");
@@ -874,6 +877,7 @@ static int do_hello(struct conn *c, const struct ctl_hdr *h,
 	}
 	s->id = ++d.next_session_id;
 	s->db_fd = -1;
+	s->note_fd = -1;
 	s->conn = c;
 	s->pid = c->pid;
 	s->uid = c->uid;
@@ -1900,18 +1904,33 @@ static void db_pair(uint64_t a, uint64_t b)
 	}
 }
 
-/* DOORBELL: the session's process doorbell (an eventfd). */
-static int do_doorbell(struct conn *c, const struct ctl_hdr *h,
-		       const struct ctl_doorbell *m, int fd)
+/* Is fd a memfd whose size is sealed (a peer may map it safely)? */
+static bool is_sealed_memfd(int fd)
 {
-	if (!m->id || !is_eventfd(fd)) {
-		close(fd);
+	int seals = fcntl(fd, F_GET_SEALS);
+	int need = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+	return seals >= 0 && (seals & need) == need;
+}
+
+/* DOORBELL: the session's process doorbell (an eventfd) and its
+ * notification page (a sealed memfd). */
+static int do_doorbell(struct conn *c, const struct ctl_hdr *h,
+		       const struct ctl_doorbell *m, const int *fds)
+{
+	if (!m->id || !is_eventfd(fds[0]) || !is_sealed_memfd(fds[1])) {
+		close(fds[0]);
+		close(fds[1]);
 		return send_error(c, h->seq, EINVAL, "a doorbell is an "
-				  "eventfd with a nonzero id");
+				  "eventfd with a nonzero id and a sealed "
+				  "memfd");
 	}
 	if (c->sess->db_fd >= 0)
 		close(c->sess->db_fd);
-	c->sess->db_fd = fd;
+	if (c->sess->note_fd >= 0)
+		close(c->sess->note_fd);
+	c->sess->db_fd = fds[0];
+	c->sess->note_fd = fds[1];
 	c->sess->db_id = m->id;
 	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
 }
@@ -1979,9 +1998,12 @@ static int do_peer_db(struct conn *c, const struct ctl_hdr *h,
 		if (s->db_fd < 0 || s->db_id != m->id || !m->id)
 			continue;
 		seen = true;
-		if (ok || db_paired(me, s))
+		if (ok || db_paired(me, s)) {
+			int fds[2] = { s->db_fd, s->note_fd };
+
 			return conn_send_fds(c, CTL_R_DOORBELL, h->seq, m,
-					     sizeof(*m), &s->db_fd, 1);
+					     sizeof(*m), fds, 2);
+		}
 	}
 	return send_error(c, h->seq, seen ? EPERM : ENOENT, seen ?
 			  "not a peer of that doorbell's process" :
@@ -2519,7 +2541,7 @@ static int conn_dispatch(struct conn *c, const char **why)
 				struct ctl_doorbell m;
 				memcpy(&m, body, sizeof(m));
 				err = h.type == CTL_REQ_DOORBELL ?
-					do_doorbell(c, &h, &m, fds[0]) :
+					do_doorbell(c, &h, &m, fds) :
 					do_peer_db(c, &h, &m);
 			}
 			break;

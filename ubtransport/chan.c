@@ -473,3 +473,28 @@ void ubt_chan_wake_self(struct ubt_chan *c)
 	for (int n = 0; (r = ubt_chan_tx(c, n)); n++)
 		ubt_db_notify(r, &r->shm->space_db, r->space_efd);
 }
+
+void ubt_chan_set_notes(struct ubt_chan *c, struct ubt_note *n0,
+			struct ubt_note *n1)
+{
+	struct ubt_chan_hdr *h = chan_hdr(c);
+	uint32_t i;
+
+	c->note[0] = n0;
+	c->note[1] = n1;
+	for (i = 0; i < c->nrings; i++) {
+		struct ubt_ring *r = &c->ring[i];
+		int p = r->prod_side & 1;
+
+		r->data_note = c->note[!p];
+		r->data_tok = &h->note_tok[!p];
+		r->space_note = c->note[p];
+		r->space_tok = &h->note_tok[p];
+	}
+}
+
+void ubt_chan_set_note_tok(struct ubt_chan *c, uint32_t tok)
+{
+	atomic_store_explicit(&chan_hdr(c)->note_tok[c->side & 1], tok,
+			      memory_order_seq_cst);
+}

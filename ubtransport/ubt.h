@@ -17,7 +17,7 @@
 #include <sys/uio.h>
 
 #define UBT_MAGIC        0x55425453u /* "UBTS" */
-#define UBT_LAYOUT_VER   3u          /* bump on any shared layout change */
+#define UBT_LAYOUT_VER   4u          /* bump on any shared layout change */
 
 /* ---------------------------------------------------------------- segments */
 
@@ -26,6 +26,7 @@ enum ubt_seg_kind {
 	UBT_SEG_CHAN = 2,       /* a channel: header + ring table + rings */
 	UBT_SEG_POLICY = 3,     /* ubsd's policy page: others map it
 				 * read-only (F_SEAL_FUTURE_WRITE) */
+	UBT_SEG_NOTE = 4,       /* a process's notification page */
 };
 
 /* First bytes of every segment; the rest of the first page is reserved. */
@@ -104,6 +105,8 @@ struct ubt_ring_shm {
 
 #define UBT_RING_CTL_SIZE 256u
 
+struct ubt_note;
+
 /* Counters kept per process per ring end (not shared). */
 struct ubt_ring_stats {
 	uint64_t doorbells;     /* eventfd writes issued (syscalls) */
@@ -122,6 +125,11 @@ struct ubt_ring {
 	int data_efd;           /* consumer's eventfd: rung when data arrives */
 	int space_efd;          /* producer's eventfd: rung when space frees */
 	int prod_side;          /* in a channel: the side that produces */
+	/* Notification pages to post to when data comes (the consumer's)
+	 * and when space frees (the producer's), with the word of the
+	 * channel header where that side names its endpoint; NULL: none. */
+	struct ubt_note *data_note, *space_note;
+	const _Atomic uint32_t *data_tok, *space_tok;
 	int64_t spin_ns;        /* adaptive spin, <= the wait's budget */
 	struct ubt_ring_stats st;
 };
@@ -212,6 +220,52 @@ int ubt_ring_disarm(struct ubt_ring *r, int space, uint32_t key);
 int ubt_ring_pclosed(const struct ubt_ring *r);
 int ubt_ring_cclosed(const struct ubt_ring *r);
 
+/*
+ * A process's notification page (note.c): peers post the tokens of its
+ * endpoints that became ready (a three-level bitmap: posting twice is
+ * posting once), and ring its eventfd only when a waiter of the page is
+ * registered as asleep.  Everything in it is written by peers: a token is
+ * only a hint, which the owner checks against its own table.
+ */
+#define UBT_NOTE_SLOTS (1u << 18)       /* tokens 1 .. UBT_NOTE_SLOTS-1 */
+
+struct ubt_note_shm {
+	_Atomic uint64_t sleep;         /* sleepers: epoch<<32 | count */
+	uint8_t pad0[56];
+	_Atomic uint64_t top;           /* bit i: mid[i] may be nonzero */
+	uint8_t pad1[56];
+	_Atomic uint64_t mid[64];       /* bit j: leaf[i*64+j] may be nonzero */
+	_Atomic uint64_t leaf[UBT_NOTE_SLOTS / 64];
+};
+
+struct ubt_note {
+	struct ubt_seg seg;
+	struct ubt_note_shm *shm;
+	int efd;                        /* the owner's doorbell eventfd */
+	uint64_t posts;                 /* tokens this handle posted */
+};
+
+/* Create a page (owner), woken through efd (not owned). */
+int ubt_note_create(struct ubt_note *n, int efd);
+/* Map a peer's page received as fd (taken on success only); its
+ * sleepers are woken through efd (the peer's doorbell, not owned). */
+int ubt_note_map(struct ubt_note *n, int fd, int efd);
+void ubt_note_close(struct ubt_note *n);
+/* Post token tok (0 and out-of-range tokens are ignored); wake the
+ * page's sleepers if any.  Returns 1 if the eventfd was written. */
+int ubt_note_post(struct ubt_note *n, uint32_t tok);
+/* Owner: take every posted token, calling fn for each (at most
+ * UBT_NOTE_SLOTS calls); returns how many. */
+int ubt_note_pop(struct ubt_note *n, void (*fn)(uint32_t tok, void *arg),
+		 void *arg);
+/* Owner: register as a sleeper of the page before the last check, and
+ * withdraw after the sleep (as ubt_ring_arm / ubt_ring_disarm). */
+uint32_t ubt_note_arm(struct ubt_note *n);
+int ubt_note_disarm(struct ubt_note *n, uint32_t key);
+/* Wake the page's registered sleepers (as a post would), e.g. when the
+ * owner's own threads have something new for a sleeping one. */
+int ubt_note_wake(struct ubt_note *n);
+
 /* A pidfd for pid: readable once the process has exited (a watch_fd). */
 int ubt_pidfd(int pid);
 
@@ -251,6 +305,9 @@ struct ubt_chan_hdr {
 	struct ubt_ring_desc ring[UBT_CHAN_MAX_RINGS];
 	_Atomic uint64_t db[2];         /* each side's process doorbell id
 					 * (0: the channel's own eventfds) */
+	_Atomic uint32_t note_tok[2];   /* each side's endpoint token in its
+					 * notification page (0: post
+					 * nothing); written by that side */
 };
 
 struct ubt_chan {
@@ -261,6 +318,7 @@ struct ubt_chan {
 					 * not the channel's: never closed */
 	uint32_t nrings;
 	struct ubt_ring ring[UBT_CHAN_MAX_RINGS];
+	struct ubt_note *note[2];       /* each side's notification page */
 };
 
 /* Create a channel: nrings rings described by kind/producer/size/entry_size
@@ -317,6 +375,13 @@ int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
  * exec ended mid-operation, before it published anything) are let go. */
 void ubt_chan_reclaim_locks(struct ubt_chan *c);
 void ubt_ring_reclaim_locks(struct ubt_ring *r);
+/* The notification pages of side 0 and side 1 (either may be NULL; not
+ * owned): from now on every ring change posts the token the other side
+ * named (ubt_chan_set_note_tok) to that side's page. */
+void ubt_chan_set_notes(struct ubt_chan *c, struct ubt_note *n0,
+			struct ubt_note *n1);
+/* This side names its endpoint token (0: post nothing) for its peer. */
+void ubt_chan_set_note_tok(struct ubt_chan *c, uint32_t tok);
 /* CAS the channel state from UNDECIDED; returns the state that holds. */
 uint32_t ubt_chan_decide(struct ubt_chan *c, uint32_t want);
 /* The same on a channel segment fd not attached to (ubsd withdrawing an

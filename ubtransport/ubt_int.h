@@ -36,5 +36,10 @@ uint32_t ubt_self_pid(void);
 
 /* Doorbell: a shared word epoch<<32 | waiters, and the waiter's eventfd. */
 void ubt_db_notify(struct ubt_ring *r, _Atomic uint64_t *db, int efd);
+/* Claim db's waiters and write their tokens to efd: 1 if written. */
+int ubt_db_ring(_Atomic uint64_t *db, int efd);
+/* Withdraw a registration made at epoch key: 1 if it had been claimed
+ * (its token is then taken from efd), else 0. */
+int ubt_db_cancel(_Atomic uint64_t *db, uint32_t key, int efd);
 
 #endif

@@ -33,12 +33,12 @@
 #define TOKEN_WAIT_MS 200       /* a claimed waiter's token is at most this late */
 #define STRAY_MS      50        /* a token unclaimed this long is a stray */
 
-void ubt_db_notify(struct ubt_ring *r, _Atomic uint64_t *db, int efd)
+int ubt_db_ring(_Atomic uint64_t *db, int efd)
 {
 	uint64_t s, k;
 
 	if (efd < 0)
-		return;         /* no doorbell to ring: leave waiters be */
+		return 0;       /* no doorbell to ring: leave waiters be */
 	atomic_thread_fence(memory_order_seq_cst);
 	s = atomic_load_explicit(db, memory_order_relaxed);
 	while (DB_COUNT(s)) {
@@ -48,10 +48,30 @@ void ubt_db_notify(struct ubt_ring *r, _Atomic uint64_t *db, int efd)
 			    db, &s, next, memory_order_seq_cst,
 			    memory_order_relaxed)) {
 			k = DB_COUNT(s);
-			if (write(efd, &k, sizeof(k)) == sizeof(k))
-				r->st.doorbells++;
-			return;
+			return write(efd, &k, sizeof(k)) == sizeof(k);
 		}
+	}
+	return 0;
+}
+
+/*
+ * A ring changed: wake its sleepers on db, and post the endpoint that
+ * the other side named in the channel header (data: the consumer's,
+ * space: the producer's) to that side's notification page.
+ */
+void ubt_db_notify(struct ubt_ring *r, _Atomic uint64_t *db, int efd)
+{
+	int space = db != &r->shm->data_db;
+	struct ubt_note *n = space ? r->space_note : r->data_note;
+	const _Atomic uint32_t *tok = space ? r->space_tok : r->data_tok;
+
+	if (ubt_db_ring(db, efd))
+		r->st.doorbells++;
+	if (n && tok) {
+		uint32_t t = atomic_load_explicit(tok, memory_order_relaxed);
+
+		if (t && ubt_note_post(n, t))
+			r->st.doorbells++;
 	}
 }
 
@@ -75,7 +95,7 @@ static void take_token(int efd)
 
 /* Withdraw a registration made at epoch key: 1 if it had been claimed
  * (its token is taken), else 0. */
-static int db_cancel(_Atomic uint64_t *db, uint32_t key, int efd)
+int ubt_db_cancel(_Atomic uint64_t *db, uint32_t key, int efd)
 {
 	uint64_t s = atomic_load_explicit(db, memory_order_relaxed);
 
@@ -200,7 +220,7 @@ static int db_wait_sleep(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 		key = DB_EPOCH(s);
 		c = cond(r, arg);
 		if (c || stopped(w)) {
-			db_cancel(db, key, efd);
+			ubt_db_cancel(db, key, efd);
 			return c > 0 ? UBT_READY : c < 0 ? c : UBT_STOP;
 		}
 		for (;;) {
@@ -221,7 +241,7 @@ static int db_wait_sleep(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 			if (n < 0) {
 				int err = errno;
 
-				db_cancel(db, key, efd);
+				ubt_db_cancel(db, key, efd);
 				return -err;
 			}
 			if (DB_EPOCH(atomic_load_explicit(
@@ -230,16 +250,16 @@ static int db_wait_sleep(struct ubt_ring *r, _Atomic uint64_t *db, int efd,
 				break;
 			}
 			if (n > 0 && p[1].revents) {
-				db_cancel(db, key, efd);
+				ubt_db_cancel(db, key, efd);
 				return UBT_WATCH;
 			}
 			c = cond(r, arg);
 			if (c) {
-				db_cancel(db, key, efd);
+				ubt_db_cancel(db, key, efd);
 				return c > 0 ? UBT_READY : c;
 			}
 			if (n == 0 || (deadline && ubt_now_ns() >= deadline)) {
-				db_cancel(db, key, efd);
+				ubt_db_cancel(db, key, efd);
 				return -ETIMEDOUT;
 			}
 			/* Tokens of other waiters are pending: let them run.
@@ -282,8 +302,8 @@ uint32_t ubt_ring_arm(struct ubt_ring *r, int space)
 int ubt_ring_disarm(struct ubt_ring *r, int space, uint32_t key)
 {
 	if (space)
-		return db_cancel(&r->shm->space_db, key, r->space_efd);
-	return db_cancel(&r->shm->data_db, key, r->data_efd);
+		return ubt_db_cancel(&r->shm->space_db, key, r->space_efd);
+	return ubt_db_cancel(&r->shm->data_db, key, r->data_efd);
 }
 
 int ubt_ring_pclosed(const struct ubt_ring *r)

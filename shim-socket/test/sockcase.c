@@ -2255,6 +2255,20 @@ static void cli_exec_handoff(int kib)
 	xwrite(c, "in-ring");
 	read_exact(c, NULL, 9);
 	write_all(c, want, n, 65536 + 4321);
+	{
+		/* An epoll wait for the exec'd image's answer: its ring
+		 * changes must reach this side's waits (its notification
+		 * page), not only its blocking reads. */
+		struct epoll_event ev = { .events = EPOLLIN }, got;
+		int ep = epoll_create1(EPOLL_CLOEXEC), k;
+
+		if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev) < 0)
+			fatal("epoll");
+		k = epoll_wait(ep, &got, 1, 10000);
+		tr("epoll_wait(answer) = %d%s", k,
+		   k == 1 && (got.events & EPOLLIN) ? " IN" : "");
+		close(ep);
+	}
 	if (read_exact(c, &back, 8) == 8)
 		tr("exec'd image's fnv %s mine", back == h ? "==" : "!=");
 	if (read_exact(c, buf, n) == n)
@@ -3315,6 +3329,90 @@ static void cli_connect_ahead(void)
 		kclose(c[i]);
 }
 
+/*
+ * epoll_many: one epoll set of MANY_N connections, one of them active at
+ * a time: each wait reports exactly the one that has a byte.  (With the
+ * preload, behaviour.c also checks through the stats page that the waits
+ * looked at about MANY_N registrations in all, not MANY_N per wait.)
+ */
+#define MANY_N		2000
+#define MANY_ROUNDS	20
+
+/* Traced epoll_wait of the set whose data are connection indexes. */
+static int ep_wait_idx(int ep, int timeout)
+{
+	struct epoll_event e[8];
+	char ev[96];
+	int n;
+
+	n = (int)CALL(epoll_wait(ep, e, 8, timeout), "epoll_wait(%d,%d)", ep, timeout);
+	for (int i = 0; i < n; i++)
+		tr("  conn %u events %s", e[i].data.u32,
+		   evname(ev, sizeof(ev), e[i].events));
+	return n;
+}
+
+static void srv_epoll_many(void)
+{
+	static int s[MANY_N];
+	int l = srv_listen(), ep, added = 0;
+
+	listen(l, 4096);	/* the client connects faster than 16 ahead */
+	for (int i = 0; i < MANY_N; i++) {
+		s[i] = accept(l, NULL, NULL);
+		if (s[i] < 0)
+			fatal("accept %d: %s", i, ename(errno));
+	}
+	tr("accepted %d", MANY_N);
+	ep = (int)CALL(epoll_create1(EPOLL_CLOEXEC), "epoll_create1(CLOEXEC)");
+	for (int i = 0; i < MANY_N; i++) {
+		struct epoll_event e = { .events = EPOLLIN, .data.u32 = (uint32_t)i };
+
+		added += epoll_ctl(ep, EPOLL_CTL_ADD, s[i], &e) == 0;
+	}
+	tr("added %d", added);
+	ep_wait_idx(ep, 0);
+	for (int r = 0; r < MANY_ROUNDS; r++) {
+		int hot = (r * 997 + 1234) % MANY_N;
+
+		tell('G');	/* the client writes one byte on conn hot */
+		ep_wait_idx(ep, WAIT_MS);
+		xread(s[hot], 16);
+		ep_wait_idx(ep, 0);
+	}
+	tell('D');
+	for (int i = 0; i < MANY_N; i++) {
+		kinfo(s[i]);
+		close(s[i]);
+	}
+	tr("closed %d", MANY_N);
+	CALL(close(ep), "close(%d)", ep);
+	kclose(l);
+}
+
+static void cli_epoll_many(void)
+{
+	static int c[MANY_N];
+	struct sockaddr_in a = loopback(srv_port());
+
+	for (int i = 0; i < MANY_N; i++) {
+		c[i] = socket(AF_INET, SOCK_STREAM, 0);
+		if (c[i] < 0 || connect(c[i], (struct sockaddr *)&a, sizeof(a)))
+			fatal("connect %d: %s", i, ename(errno));
+	}
+	tr("connected %d", MANY_N);
+	for (int r = 0; r < MANY_ROUNDS; r++) {
+		hear('G');
+		xwrite(c[(r * 997 + 1234) % MANY_N], "x");
+	}
+	hear('D');
+	for (int i = 0; i < MANY_N; i++) {
+		kinfo(c[i]);
+		close(c[i]);
+	}
+	tr("closed %d", MANY_N);
+}
+
 static const struct sockcase cases[] = {
 	CASE(roundtrip, 1),
 	CASE(bulk, 1),
@@ -3369,6 +3467,7 @@ static const struct sockcase cases[] = {
 	CASE(dup2_others, 1),
 	CASE(uring, 1),
 	CASE(connect_ahead, AHEAD_N),
+	CASE(epoll_many, MANY_N),
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 

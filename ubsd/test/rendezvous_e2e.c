@@ -20,6 +20,7 @@
 #include <criterion/logging.h>
 
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -932,7 +933,7 @@ static void nobody_peer_db(void *arg)
 	union { struct ctl_error e; unsigned char raw[CTL_MAX_BODY]; } r;
 	struct ctl_doorbell m;
 	struct ctl_hdr h;
-	int fds[1], n = 1, ctl, out[2] = { 0, 0 };
+	int fds[2], n = 2, ctl, out[2] = { 0, 0 };
 
 	REQUIRE(read(go, &m, sizeof(m)) == (ssize_t)sizeof(m));
 	REQUIRE(setgid(65534) == 0 && setuid(65534) == 0);
@@ -983,30 +984,47 @@ Test(rendezvous_e2e, doorbells_go_to_sessions_that_may_ring_them)
 {
 	struct ctl_doorbell m = { .id = 0x5542534442ull };
 	struct ctl_error e;
-	int base = baseline, srv, cli, anon, p[2], got[1], efd;
+	int base = baseline, srv, cli, anon, p[2], got[4], efd, two[2], loose;
+	struct ubt_note note, peer;
 	uint64_t v = 0;
 	uint16_t type;
 	int32_t err;
 
 	srv = dt_hello("e2e-server");
 	cli = dt_hello("e2e-client");
-	/* Only an eventfd with a nonzero id is a doorbell. */
-	cr_assert_eq(pipe(p), 0);
-	dt_send(srv, CTL_REQ_DOORBELL, &m, sizeof(m), &p[0], 1);
-	dt_expect(srv, CTL_R_ERROR, &e, NULL);
-	cr_assert_eq(e.err, EINVAL);
 	efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
 	cr_assert(efd >= 0);
-	dt_send(srv, CTL_REQ_DOORBELL, &m, sizeof(m), &efd, 1);
+	cr_assert_eq(ubt_note_create(&note, efd), 0);
+	/* Only an eventfd with a nonzero id, with a sealed memfd, is a
+	 * doorbell. */
+	cr_assert_eq(pipe(p), 0);
+	two[0] = p[0];
+	two[1] = note.seg.fd;
+	dt_send(srv, CTL_REQ_DOORBELL, &m, sizeof(m), two, 2);
+	dt_expect(srv, CTL_R_ERROR, &e, NULL);
+	cr_assert_eq(e.err, EINVAL);
+	loose = memfd_create("loose", MFD_CLOEXEC);
+	cr_assert(loose >= 0);
+	two[0] = efd;
+	two[1] = loose;
+	dt_send(srv, CTL_REQ_DOORBELL, &m, sizeof(m), two, 2);
+	dt_expect(srv, CTL_R_ERROR, &e, NULL);
+	cr_assert_eq(e.err, EINVAL, "an unsealed page is refused");
+	two[1] = note.seg.fd;
+	dt_send(srv, CTL_REQ_DOORBELL, &m, sizeof(m), two, 2);
 	dt_expect(srv, CTL_R_OK, NULL, NULL);
-	/* A session of the same user gets the very eventfd. */
+	/* A session of the same user gets the very eventfd and page. */
 	dt_send(cli, CTL_REQ_PEER_DB, &m, sizeof(m), NULL, 0);
-	cr_assert_eq(dt_expect(cli, CTL_R_DOORBELL, NULL, got), 1);
+	cr_assert_eq(dt_expect(cli, CTL_R_DOORBELL, NULL, got), 2);
 	v = 1;
 	cr_assert_eq(write(got[0], &v, sizeof(v)), (ssize_t)sizeof(v));
 	cr_assert_eq(read(efd, &v, sizeof(v)), (ssize_t)sizeof(v),
 		     "rang another eventfd");
+	cr_assert_eq(ubt_note_map(&peer, got[1], got[0]), 0);
+	cr_assert_eq(peer.seg.id, note.seg.id, "another page");
+	ubt_note_close(&peer);
 	close(got[0]);
+	close(loose);
 	/* Another user with no channel with it does not. */
 	peer_db_as_nobody(m.id, &type, &err);
 	cr_assert_eq(type, CTL_R_ERROR);
@@ -1026,14 +1044,14 @@ Test(rendezvous_e2e, doorbells_go_to_sessions_that_may_ring_them)
 	for (int t = 0; t < 200; t++) {
 		union { struct ctl_error e; unsigned char raw[CTL_MAX_BODY]; } r;
 		struct ctl_hdr h;
-		int n = 1;
+		int n = 2;
 
 		dt_send(cli, CTL_REQ_PEER_DB, &m, sizeof(m), NULL, 0);
 		cr_assert_eq(dt_recv(cli, &h, &r, got, &n), 0);
 		type = h.type;
 		err = h.type == CTL_R_ERROR ? r.e.err : 0;
-		if (n == 1)
-			close(got[0]);
+		for (int i = 0; i < n; i++)
+			close(got[i]);
 		if (type == CTL_R_ERROR)
 			break;
 		usleep(10000);
@@ -1042,6 +1060,7 @@ Test(rendezvous_e2e, doorbells_go_to_sessions_that_may_ring_them)
 	cr_assert_eq(err, ENOENT);
 	close(anon);
 	close(cli);
+	ubt_note_close(&note);
 	close(efd);
 	close(p[0]);
 	close(p[1]);
