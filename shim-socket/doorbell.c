@@ -75,10 +75,28 @@ static bool peer_room(void)
 	return true;
 }
 
+/* Map a peer's notification page received as nfd (taken either way),
+ * woken through efd: NULL if refused.  The page is the peer's: mapped
+ * only if sealed, of the right kind and size.  The mapping is all we
+ * need of it. */
+static struct ubt_note *peer_note_map(int nfd, int efd)
+{
+	struct ubt_note *n = calloc(1, sizeof(*n));
+
+	if (!n || ubt_note_map(n, nfd, efd) < 0) {
+		ubs_fd_release(nfd);
+		free(n);
+		return NULL;
+	}
+	ubs_fd_release(n->seg.fd);
+	n->seg.fd = -1;
+	return n;
+}
+
 int sock_peer_db_get(uint64_t id, struct ubt_note **note)
 {
 	struct peer_db *p, fresh;
-	int fd, nfd = -1, err;
+	int fd, nfd = -1;
 
 	if (!id)
 		return -EPROTO;
@@ -95,22 +113,15 @@ int sock_peer_db_get(uint64_t id, struct ubt_note **note)
 	fd = ubs_ctl_peer_doorbell(id, &nfd);   /* once per peer process */
 	if (fd < 0)
 		return fd;
-	/* The page is the peer's: mapped only if sealed, of the right kind
-	 * and size; without it there is no doorbell either. */
+	/* Without its page there is no doorbell either. */
 	fresh.id = id;
 	fresh.fd = fd;
 	fresh.refs = 1;
-	fresh.note = calloc(1, sizeof(*fresh.note));
-	err = fresh.note ? ubt_note_map(fresh.note, nfd, fd) : -ENOMEM;
-	if (err) {
-		ubs_fd_release(nfd);
+	fresh.note = peer_note_map(nfd, fd);
+	if (!fresh.note) {
 		ubs_fd_release(fd);
-		free(fresh.note);
-		return err;
+		return -EPROTO;
 	}
-	/* The mapping is all we need of the page. */
-	ubs_fd_release(fresh.note->seg.fd);
-	fresh.note->seg.fd = -1;
 	pthread_mutex_lock(&peer_mu);
 	p = peer_find(id);
 	if (p) {                                /* another thread got it */
@@ -166,14 +177,9 @@ struct ubt_note *sock_peer_db_note(uint64_t id)
 	if (fd < 0)
 		return NULL;
 	ubs_fd_release(fd);                     /* the same eventfd again */
-	fresh = calloc(1, sizeof(*fresh));
-	if (!fresh || ubt_note_map(fresh, nfd, -1) < 0) {
-		ubs_fd_release(nfd);
-		free(fresh);
+	fresh = peer_note_map(nfd, -1);
+	if (!fresh)
 		return NULL;
-	}
-	ubs_fd_release(fresh->seg.fd);
-	fresh->seg.fd = -1;
 	pthread_mutex_lock(&peer_mu);
 	p = peer_find(id);
 	if (p && !p->note) {

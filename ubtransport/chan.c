@@ -176,12 +176,17 @@ uint64_t ubt_chan_peer_db(const struct ubt_chan *c)
 				    memory_order_acquire);
 }
 
-static int chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd,
-		       int own_efd, int shared, uint64_t db_id)
+/*
+ * Map seg_fd as a channel of this layout (c cleared first) and copy its
+ * ring table into d (*n rings), each description checked against the
+ * segment and the others.  On failure c is unmapped and seg_fd stays the
+ * caller's.
+ */
+static int chan_map(struct ubt_chan *c, int seg_fd,
+		    struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS], uint32_t *n)
 {
-	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
 	struct ubt_chan_hdr *h;
-	uint32_t i, n, ver;
+	uint32_t i;
 	int err;
 
 	memset(c, 0, sizeof(*c));
@@ -190,24 +195,44 @@ static int chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd,
 	if (err)
 		return err;
 	h = chan_hdr(c);
-	ver = h->version;
-	n = h->nrings;
-	if (ver != UBT_LAYOUT_VER) {
-		err = -EPROTONOSUPPORT;
+	*n = h->nrings;
+	err = -EPROTONOSUPPORT;
+	if (h->version != UBT_LAYOUT_VER)
 		goto fail;
-	}
 	err = -EPROTO;
-	if (n == 0 || n > UBT_CHAN_MAX_RINGS)
+	if (*n == 0 || *n > UBT_CHAN_MAX_RINGS)
 		goto fail;
-	memcpy(d, h->ring, sizeof(d[0]) * n);
-	for (i = 0; i < n; i++)
+	memcpy(d, h->ring, sizeof(d[0]) * *n);
+	for (i = 0; i < *n; i++)
 		if (!desc_ok(&d[i], c->seg.size))
 			goto fail;
-	if (!descs_disjoint(d, n))
+	if (!descs_disjoint(d, *n))
 		goto fail;
+	return 0;
+fail:
+	c->seg.fd = -1;                 /* the caller's */
+	ubt_seg_unmap(&c->seg);
+	return err;
+}
+
+static int chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd,
+		       int own_efd, int shared, uint64_t db_id)
+{
+	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
+	struct ubt_chan_hdr *h;
+	uint32_t n;
+	int err;
+
+	err = chan_map(c, seg_fd, d, &n);
+	if (err)
+		return err;
+	h = chan_hdr(c);
 	err = own_efd >= 0 ? own_efd : new_efd();
-	if (err < 0)
-		goto fail;
+	if (err < 0) {
+		c->seg.fd = -1;         /* the caller's */
+		ubt_seg_unmap(&c->seg);
+		return err;
+	}
 	c->efd[1] = err;
 	c->efd[0] = peer_efd;
 	c->shared_efds = shared;
@@ -218,42 +243,23 @@ static int chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd,
 	atomic_store(&h->db[1], db_id);
 	bind_rings(c, d);
 	return 0;
-fail:
-	/* The caller keeps seg_fd on failure. */
-	c->seg.fd = -1;
-	ubt_seg_unmap(&c->seg);
-	return err;
 }
 
 int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
 		   int peer_efd)
 {
 	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
-	struct ubt_chan_hdr *h;
-	uint32_t i, n;
+	uint32_t n;
 	int err;
 
-	memset(c, 0, sizeof(*c));
-	c->seg.fd = c->efd[0] = c->efd[1] = -1;
-	if (side != 0 && side != 1)
+	if (side != 0 && side != 1) {
+		memset(c, 0, sizeof(*c));
+		c->seg.fd = c->efd[0] = c->efd[1] = -1;
 		return -EINVAL;
-	err = ubt_seg_map(&c->seg, seg_fd, UBT_SEG_CHAN);
+	}
+	err = chan_map(c, seg_fd, d, &n);
 	if (err)
 		return err;
-	h = chan_hdr(c);
-	n = h->nrings;
-	err = -EPROTONOSUPPORT;
-	if (h->version != UBT_LAYOUT_VER)
-		goto fail;
-	err = -EPROTO;
-	if (n == 0 || n > UBT_CHAN_MAX_RINGS)
-		goto fail;
-	memcpy(d, h->ring, sizeof(d[0]) * n);
-	for (i = 0; i < n; i++)
-		if (!desc_ok(&d[i], c->seg.size))
-			goto fail;
-	if (!descs_disjoint(d, n))
-		goto fail;
 	c->side = side;
 	c->efd[side] = own_efd;
 	c->efd[!side] = peer_efd;
@@ -261,10 +267,6 @@ int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
 	c->nrings = n;
 	bind_rings(c, d);
 	return 0;
-fail:
-	c->seg.fd = -1;                 /* the caller's */
-	ubt_seg_unmap(&c->seg);
-	return err;
 }
 
 void ubt_chan_reclaim_locks(struct ubt_chan *c)
