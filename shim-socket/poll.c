@@ -146,11 +146,14 @@ static int disarm(struct arm *a)
 /*
  * A doorbell is the process's: a sleeper may be woken by tokens that
  * belong to other sleepers (other threads, a forked process sharing it).
- * They take theirs soon: until then, yield instead of spinning on the
- * readable eventfd; tokens nobody takes for FOREIGN_STRAY_MS are strays
- * (their sleeper was killed) and one is discarded.
+ * They take theirs soon: until then, yield (then sleep briefly) instead
+ * of spinning on the readable eventfd; tokens nobody takes for
+ * FOREIGN_STRAY_MS are strays (their sleeper was killed) and one is
+ * discarded.  Not sooner: a token taken from a sleeper that is alive but
+ * has not run yet (a loaded machine) is a lost wake-up, since its poll
+ * finds the eventfd empty and sleeps on.
  */
-#define FOREIGN_STRAY_MS 50
+#define FOREIGN_STRAY_MS 1000
 
 struct foreign {
 	unsigned n;
@@ -162,7 +165,15 @@ static void foreign_wake(struct foreign *f, int efd)
 	if (f->n++ == 0)
 		f->t0 = now_ns();
 	if (now_ns() - f->t0 < FOREIGN_STRAY_MS * 1000000ull) {
-		sched_yield();
+		/* A few yields, then short sleeps: the owner of the token
+		 * may be waiting for this very CPU. */
+		if (f->n < 16) {
+			sched_yield();
+		} else {
+			struct timespec ts = { 0, 200000 };
+
+			nanosleep(&ts, NULL);
+		}
 	} else {
 		uint64_t v;
 

@@ -31,7 +31,10 @@
 #define DB_COUNT(s) ((uint32_t)(s))
 #define MAX_WAITERS   (1u << 24)
 #define TOKEN_WAIT_MS 200       /* a claimed waiter's token is at most this late */
-#define STRAY_MS      50        /* a token unclaimed this long is a stray */
+#define STRAY_MS      1000      /* a token unclaimed this long is a stray:
+				 * not sooner, as its sleeper may be alive
+				 * and only waiting for a CPU (a token taken
+				 * from it is a lost wake-up) */
 
 int ubt_db_ring(_Atomic uint64_t *db, int efd)
 {

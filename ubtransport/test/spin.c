@@ -501,7 +501,7 @@ Test(spin, sleeping_consumer_sleeps_end_on_doorbells, .timeout = 30)
 }
 
 /* Child for the stray-token test: on "1" write a byte (it claims the
- * killed waiter), on "2" write another after 400 ms. */
+ * killed waiter), on "2" write another after 2 s (past STRAY_MS). */
 static int write_twice(struct ubt_chan *c, void *arg)
 {
 	struct ubt_ring *tx = ubt_chan_tx(c, 0);
@@ -512,7 +512,7 @@ static int write_twice(struct ubt_chan *c, void *arg)
 	CHECK(read(go, &b, 1) == 1);
 	CHECK(ubt_stream_write(tx, "a", 1) == 1);
 	CHECK(read(go, &b, 1) == 1);
-	usleep(400000);
+	usleep(2000000);
 	CHECK(ubt_stream_write(tx, "b", 1) == 1);
 	return 0;
 }
@@ -561,9 +561,76 @@ Test(spin, stray_token_of_a_killed_waiter_is_discarded, .timeout = 30)
 	cr_assert_eq(ubt_wait_readable(rx, &w), UBT_READY);
 	getrusage(RUSAGE_THREAD, &r1);
 	cr_assert_eq(rx->st.strays, 1, "the stray token must be discarded");
-	/* 50 ms of yields and naps, then one real sleep: not 400 ms of it. */
-	cr_assert_leq(r1.ru_nvcsw - r0.ru_nvcsw, 120, "%ld switches",
+	/* STRAY_MS (1 s) of yields and 1 ms naps, then one real sleep: not
+	 * 2 s of naps. */
+	cr_assert_leq(r1.ru_nvcsw - r0.ru_nvcsw, 1400, "%ld switches",
 		      r1.ru_nvcsw - r0.ru_nvcsw);
+	cr_assert_eq(th_wait(pid, 5000), 0);
+	ubt_chan_close(&c);
+}
+
+/* Child for the starved-owner test: on "1" write a byte into the first
+ * ring; end on the next byte. */
+static int write_first(struct ubt_chan *c, void *arg)
+{
+	int go = *(int *)arg;
+	char b;
+
+	th_watch_parent();
+	CHECK(read(go, &b, 1) == 1);
+	CHECK(ubt_stream_write(ubt_chan_tx(c, 0), "a", 1) == 1);
+	CHECK(read(go, &b, 1) == 1);
+	return 0;
+}
+
+/* A sleeper that gets 0 only once it saw its data (10 s at most). */
+static int patient_waiter(void *arg)
+{
+	struct ubt_wait w = { .spin_ns = 0, .timeout_ms = 10000, .watch_fd = -1 };
+
+	return ubt_wait_readable(arg, &w) == UBT_READY ? 0 : 1;
+}
+
+/*
+ * The sleepers of one process doorbell share its eventfd.  A sleeper
+ * claimed by a doorbell but not running yet (stopped here; on a loaded
+ * machine, waiting for a CPU) owns the token written for it: another
+ * sleeper of the same eventfd, woken by it again and again meanwhile,
+ * must not take it for a stray after a few milliseconds, or the owner,
+ * when it runs, finds the eventfd empty and sleeps on: a lost wake-up.
+ */
+Test(spin, token_of_a_sleeper_not_running_yet_is_not_a_stray, .timeout = 30)
+{
+	struct ubt_wait w = { .spin_ns = 0, .timeout_ms = 300, .watch_fd = -1 };
+	struct ubt_chan c;
+	struct ubt_ring *mine, *theirs;
+	int go[2];
+	pid_t pid, a;
+
+	cr_assert_eq(pipe(go), 0);
+	pid = th_chan_pair(&c, (struct ubt_ring_desc[]){
+		{ .kind = UBT_RING_STREAM, .producer = 1, .size = 4096 },
+		{ .kind = UBT_RING_STREAM, .producer = 1, .size = 4096 },
+	}, 2, write_first, &go[0]);
+	cr_assert(pid > 0);
+	theirs = ubt_chan_rx(&c, 0);
+	mine = ubt_chan_rx(&c, 1);
+	a = th_fork(patient_waiter, theirs);    /* shares our eventfd */
+	while (DB_COUNT(atomic_load(&theirs->shm->data_db)) != 1 ||
+	       th_task_state(a, a) != 'S')
+		usleep(100);
+	cr_assert_eq(kill(a, SIGSTOP), 0);
+	while (th_task_state(a, a) != 'T')
+		usleep(100);
+	cr_assert_eq(write(go[1], "1", 1), 1);  /* claims a, one token */
+	while (DB_COUNT(atomic_load(&theirs->shm->data_db)) != 0)
+		usleep(100);
+	cr_assert_eq(ubt_wait_readable(mine, &w), -ETIMEDOUT);
+	cr_assert_eq(mine->st.strays, 0, "a's token was taken for a stray");
+	cr_assert_eq(kill(a, SIGCONT), 0);
+	cr_assert_eq(th_wait(a, 5000), 0, "the claimed sleeper never woke");
+	cr_assert_eq(write(go[1], "x", 1), 1);
+	close(go[1]);
 	cr_assert_eq(th_wait(pid, 5000), 0);
 	ubt_chan_close(&c);
 }
