@@ -1935,30 +1935,6 @@ static int do_doorbell(struct conn *c, const struct ctl_hdr *h,
 	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
 }
 
-/* The parent of pid (from /proc), or 0. */
-static pid_t parent_of(pid_t pid)
-{
-	char path[64], buf[512], *p;
-	ssize_t n;
-	int fd;
-	long pp = 0;
-
-	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
-	/* pid (comm) state ppid ...: comm may hold anything but the last ')'. */
-	p = strrchr(buf, ')');
-	if (!p || sscanf(p + 1, " %*c %ld", &pp) != 1 || pp <= 0)
-		return 0;
-	return (pid_t)pp;
-}
-
 /* Was session owner given a channel with me, or with a session of one of
  * me's ancestors (up to 4 up: a server that accepts, forks, and lets the
  * child serve, as postgres does, gets its channels paired with the
@@ -1977,7 +1953,12 @@ static bool db_paired(const struct session *me, const struct session *owner)
 				if (x->db_peers[i] == owner->id)
 					return true;
 		}
-		pid = parent_of(pid);
+		{
+			char st;
+			int pp;
+
+			pid = ubt_proc_stat(pid, &st, &pp) == 0 ? pp : 0;
+		}
 	}
 	return false;
 }

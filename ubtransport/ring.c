@@ -61,26 +61,38 @@ static long futex(_Atomic uint32_t *w, int op, uint32_t val,
  * not yet reaped: its parent may be the one waiting here) counts as gone. */
 static int owner_dead(uint32_t owner)
 {
-	char path[32], buf[256], *p;
-	ssize_t n;
-	int fd;
+	char st;
+	int pp;
 
 	owner &= ~LOCK_WAITERS;
 	if (owner == 0 || owner == ubt_self_pid() || owner > INT_MAX)
 		return 0;
 	if (kill((pid_t)owner, 0) < 0)
 		return errno == ESRCH;
-	snprintf(path, sizeof(path), "/proc/%u/stat", owner);
+	return ubt_proc_stat((int)owner, &st, &pp) == 0 &&
+		(st == 'Z' || st == 'X');
+}
+
+int ubt_proc_stat(int pid, char *state, int *ppid)
+{
+	char path[32], buf[512], *p;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return 0;
+		return -errno;
 	n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	if (n <= 0)
-		return 0;
+		return n < 0 ? -errno : -EIO;
 	buf[n] = '\0';
-	p = strrchr(buf, ')');          /* comm may hold spaces and parens */
-	return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+	/* pid (comm) state ppid ...: comm may hold spaces and parens. */
+	p = strrchr(buf, ')');
+	if (!p || sscanf(p + 1, " %c %d", state, ppid) != 2)
+		return -EPROTO;
+	return 0;
 }
 
 /*

@@ -266,6 +266,10 @@ int ubt_note_disarm(struct ubt_note *n, uint32_t key);
  * owner's own threads have something new for a sleeping one. */
 int ubt_note_wake(struct ubt_note *n);
 
+/* State letter ('R', 'S', 'Z'...) and parent of process pid, from
+ * /proc/PID/stat: 0, or -errno (no such process, unreadable). */
+int ubt_proc_stat(int pid, char *state, int *ppid);
+
 /* A pidfd for pid: readable once the process has exited (a watch_fd). */
 int ubt_pidfd(int pid);
 
