@@ -782,13 +782,14 @@ static int db_register(void)
 	return r;
 }
 
-int ubs_ctl_doorbell(uint64_t *id)
+int ubs_ctl_doorbell(uint64_t *id, struct ubt_note **note)
 {
 	int r;
 
 	pthread_mutex_lock(&ctl.lock);
 	r = db_make();
 	*id = db.id;
+	*note = r < 0 ? NULL : db.note;
 	pthread_mutex_unlock(&ctl.lock);
 	return r;
 }

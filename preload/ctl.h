@@ -34,16 +34,16 @@ int ubs_ctl_publish(int sock_fd, int seg_fd);
  * failure. */
 int ubs_ctl_request(int sock_fd, int wait_ms, int fds[1], char *why,
 		    size_t whylen);
+struct ubt_note;
 /* This process's doorbell (made on first call): its fd, or -errno; *id
- * names it in channel headers.  A forked child gets its own. */
-int ubs_ctl_doorbell(uint64_t *id);
+ * names it in channel headers, *note is its notification page.  A forked
+ * child gets its own. */
+int ubs_ctl_doorbell(uint64_t *id, struct ubt_note **note);
 /* Exec keeping UB connections: the process doorbell if made (its fd, or
  * -1; never makes one), and, in the new image, the inherited one taken
  * back as the process doorbell (given to ubsd again at its next need). */
 int ubs_ctl_doorbell_peek(uint64_t *id);
-struct ubt_note;
 void ubs_ctl_doorbell_adopt(int fd, uint64_t id, struct ubt_note *note);
-struct ubt_note;
 /* This process's notification page (made with the doorbell), or NULL.
  * A forked child gets its own; the parent's stays mapped. */
 struct ubt_note *ubs_ctl_note(void);

@@ -238,9 +238,8 @@ static void accepted(int fd, int flags)
 	ring = (uint64_t)pol.ring_kib * 1024;
 	if (ring < 4096 || (ring & (ring - 1)))
 		ring = 1 << 20;
-	db = ubs_ctl_doorbell(&db_id);
+	db = ubs_ctl_doorbell(&db_id, &s->own_note);
 	r = db < 0 ? db : ubt_chan_create_stream_db(&s->ch, ring, db, db_id);
-	s->own_note = ubs_ctl_note();
 	if (r) {
 		ubs_info("fd %d: no channel (%s): TCP", fd, strerror(-r));
 		if (s->ch.seg.base)
@@ -455,9 +454,8 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 			UBS_STAT_TCP_NO_DAEMON;
 		goto tcp;
 	}
-	db = ubs_ctl_doorbell(&db_id);
+	db = ubs_ctl_doorbell(&db_id, &s->own_note);
 	r = db < 0 ? db : ubt_chan_attach_db(&s->ch, fds[0], db, db_id);
-	s->own_note = ubs_ctl_note();
 	if (r) {
 		snprintf(why, sizeof(why), "attach: %s", strerror(-r));
 		ubs_fd_release(fds[0]);
