@@ -27,6 +27,7 @@ enum ubt_seg_kind {
 	UBT_SEG_POLICY = 3,     /* ubsd's policy page: others map it
 				 * read-only (F_SEAL_FUTURE_WRITE) */
 	UBT_SEG_NOTE = 4,       /* a process's notification page */
+	UBT_SEG_BOARD = 5,      /* a uid's board: rendezvous + channel slots */
 };
 
 /* First bytes of every segment; the rest of the first page is reserved. */
@@ -49,6 +50,8 @@ struct ubt_seg {
 	size_t size;            /* trusted copy, checked against fstat */
 	uint64_t id;
 	uint16_t kind;
+	uint8_t borrowed;       /* a slot of a board: base..size lies in the
+				 * board's mapping; unmap forgets it only */
 };
 
 /* May this process make a file of size bytes (RLIMIT_FSIZE)?  Growing
@@ -426,6 +429,107 @@ uint32_t ubt_chan_state(const struct ubt_chan *c);
 /* The n-th ring this side produces into / consumes from, or NULL. */
 struct ubt_ring *ubt_chan_tx(struct ubt_chan *c, int n);
 struct ubt_ring *ubt_chan_rx(struct ubt_chan *c, int n);
+
+
+/* ------------------------------------------------------------------ board */
+
+/*
+ * A board (board.c): where two processes of one uid, in one network
+ * namespace, meet for a new TCP connection without asking ubsd, and a pool
+ * of channel slots that the connection's channel lives in (no segment made
+ * or mapped per connection).  ubsd creates one board per uid and gives it
+ * to that uid's processes only; everything in it is written by every one
+ * of them, so all of it is read as hostile: indices bounds-checked, keys
+ * compared in full, a lock whose owner died taken over.
+ *
+ * A connection is named by its key: the network namespace (cookie) and
+ * the 4-tuple as the server sees it.  The client, which knows it first:
+ *   1. ubt_board_intent() for (netns, destination) before connect(): "a
+ *      client of this board may post a connection to this destination";
+ *   2. after connect(), ubt_board_chan_create() (a slot, one reference)
+ *      and ubt_board_post(key, slot); then ubt_board_intent_end();
+ *   3. it may write at once: the channel is UNDECIDED until the server
+ *      decides it.
+ * The server, on accept from a listener of this board: ubt_board_take()
+ * moves the posted slot to it (a second reference), attaches, and decides
+ * the channel (UB; or TCP, after which the client sends what it wrote
+ * over the kernel socket).  Nothing posted and no intent pending for its
+ * (netns, local address): no client of this board made this connection.
+ * An intent pending: wait for it to end; past the wait, take with a
+ * tombstone, which a late post finds (-ECONNREFUSED: that client goes TCP).
+ * Each end drops its reference with ubt_board_slot_put; the last frees
+ * the slot.  A client that closes before the server took its post takes
+ * it back with ubt_board_unpost.
+ */
+struct ubt_board_key {
+	uint64_t netns;                 /* SO_NETNS_COOKIE */
+	uint16_t family;                /* AF_INET, AF_INET6 (v4-mapped
+					 * addresses normalised to AF_INET) */
+	uint16_t sport;                 /* server (local) port, host order */
+	uint16_t cport;                 /* client port */
+	uint16_t pad;                   /* zero */
+	uint8_t saddr[16];              /* network order; v4: [0..3], rest 0 */
+	uint8_t caddr[16];
+};
+
+struct ubt_board_hdr;
+
+/* A process's handle on a board; the geometry is a private, checked copy. */
+struct ubt_board {
+	struct ubt_seg seg;
+	struct ubt_board_hdr *hdr;
+	uint64_t id;                    /* random, names the board in the
+					 * listener table of the policy page */
+	uint64_t ring_size;             /* of every slot's two rings */
+	uint64_t slot_size;
+	uint32_t nslots, nbuckets, nintents;
+	uint8_t *buckets, *intents, *meta, *slots;
+};
+
+/* ubsd: create a board of nslots slots of two ring_size rings (sealed
+ * memfd, mapped).  -EINVAL for a bad geometry. */
+int ubt_board_create(struct ubt_board *b, uint32_t nslots,
+		     uint64_t ring_size);
+/* Map a board received as fd (taken on success only); refuses one of
+ * another kind, layout or geometry. */
+int ubt_board_map(struct ubt_board *b, int fd);
+void ubt_board_unmap(struct ubt_board *b);
+
+/* Intents.  begin returns a handle (>= 0) for end, or -ENOSPC (too many
+ * in flight towards that destination: use another way). */
+int ubt_board_intent(struct ubt_board *b, uint64_t netns, uint16_t family,
+		     const uint8_t addr[16], uint16_t port);
+void ubt_board_intent_end(struct ubt_board *b, int handle);
+/* Is an intent in flight towards (netns, family, addr, port)?  1 or 0;
+ * an intent whose process has died is cleared. */
+int ubt_board_intent_pending(struct ubt_board *b, uint64_t netns,
+			     uint16_t family, const uint8_t addr[16],
+			     uint16_t port);
+
+/* Slots.  create: take a free slot and lay out a stream channel in it
+ * (this side 0, with doorbell own_efd named db_id, not owned), one
+ * reference: the slot index (>= 0), or -ENOSPC.  attach: side 1 of the
+ * channel in slot (checked as a received segment would be).  put: drop
+ * one reference; the last frees the slot (its pages given back if the
+ * connection moved much). */
+int ubt_board_chan_create(struct ubt_board *b, struct ubt_chan *c,
+			  int own_efd, uint64_t db_id);
+int ubt_board_chan_attach(struct ubt_board *b, struct ubt_chan *c,
+			  uint32_t slot, int own_efd, uint64_t db_id);
+void ubt_board_slot_put(struct ubt_board *b, uint32_t slot);
+
+/* Entries.  post: the client's slot under key: 0; -ECONNREFUSED when a
+ * server left a tombstone there (taken away: go TCP); -ENOSPC when the
+ * key's bucket is full; -EEXIST when a live post has that key.  take: the
+ * slot posted under key (the entry removed, one reference added for the
+ * caller), or -ENOENT, leaving a tombstone when tomb.  unpost: remove the
+ * entry of slot under key if still there: 1 removed, 0 taken already. */
+int ubt_board_post(struct ubt_board *b, const struct ubt_board_key *k,
+		   uint32_t slot);
+int ubt_board_take(struct ubt_board *b, const struct ubt_board_key *k,
+		   int tomb);
+int ubt_board_unpost(struct ubt_board *b, const struct ubt_board_key *k,
+		     uint32_t slot);
 
 /* A channel with one stream ring each way (a socket's byte-stream pair). */
 int ubt_chan_create_stream(struct ubt_chan *c, uint64_t ring_size);
