@@ -78,6 +78,7 @@ static void sock_free(struct sock *s)
 	if (g)
 		ubs_guard_exit();
 	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->kr_mu);
 	free(s);
 }
 
@@ -94,6 +95,7 @@ struct sock *sock_new(int fd)
 	if (!s)
 		return NULL;
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->kr_mu, NULL);    /* kr: none recorded */
 	s->fd = fd;
 	s->ch.seg.fd = s->ch.efd[0] = s->ch.efd[1] = -1;
 	s->rcvtimeo_ms = s->sndtimeo_ms = -1;

@@ -892,11 +892,11 @@ void ep_sock_poke(struct sock *s)
 #define TAG_EFD  2u
 #define TAG_SOCK 3u
 
-static struct ep_set *ep_find(int epfd, bool make)
+/* The set of epfd (made with make, if unknown); ep_lock held. */
+static struct ep_set *ep_find_locked(int epfd, bool make)
 {
 	struct ep_set *e;
 
-	pthread_mutex_lock(&ep_lock);
 	for (e = ep_sets; e; e = e->next)
 		if (e->epfd == epfd)
 			break;
@@ -907,6 +907,15 @@ static struct ep_set *ep_find(int epfd, bool make)
 		e->next = ep_sets;
 		ep_sets = e;
 	}
+	return e;
+}
+
+static struct ep_set *ep_find(int epfd, bool make)
+{
+	struct ep_set *e;
+
+	pthread_mutex_lock(&ep_lock);
+	e = ep_find_locked(epfd, make);
 	pthread_mutex_unlock(&ep_lock);
 	return e;
 }
@@ -1142,6 +1151,175 @@ static int ep_ctl_emul(int epfd, int op, int fd, struct sock *s,
 	return ret;
 }
 
+/* ------------------------------ kernel registrations of a connecting sock */
+
+/*
+ * A CONNECTING sock's epoll registrations stay in the kernel's sets (its
+ * readiness is the kernel's until it is decided); if it goes UB,
+ * ep_sock_adopt moves them here.  It used to find them in
+ * /proc/self/fdinfo of every set of the process (three syscalls a set, a
+ * tenth of a connection-per-request client's CPU).  Now epoll_ctl
+ * records each one made while the sock is CONNECTING in s->kr, keyed as
+ * the kernel keys it, by (epfd, fd number): ADD and MOD set it, DEL
+ * drops it, the close of the fd (ep_fd_closing; dup2 over it) or of the
+ * set (ep_fd_closing, close_range) forgets it.  Adoption moves a
+ * recorded one only if the kernel's DEL of it succeeds: an entry that
+ * went stale unseen (a set closed by a raw syscall, its number reused)
+ * then moves nothing that is not there.
+ *
+ * What is not in s->kr sends adoption back to the fdinfo scan:
+ *  - more registrations than SOCK_KREGS (kr_lost);
+ *  - EPOLLONESHOT: the kernel disarms one that fired, unseen here;
+ *  - an ADD of the fd made while the library did not track it as
+ *    CONNECTING (the sock is made at connect(); a program may register
+ *    the socket before, or between two connects of it).  Each such ADD
+ *    the interposer passes to the kernel marks the fd number in
+ *    kadd_bits, and the mark goes with the fd's close: a per-fd "the
+ *    kernel may hold registrations of this fd we did not record".  A
+ *    client that connects and then registers (wrk, most event loops)
+ *    never has the mark, even with its epoll set made long before.  The
+ *    mark is set before the kernel call, so an ADD racing with connect()
+ *    is seen by the adoption that follows; fds above KADD_FDS count as
+ *    marked.  What the library cannot see is not marked: registrations
+ *    made by an image before exec, as the fdinfo scan (which looked at
+ *    the sets the library knew only) did not find them either.
+ * Registrations of another fd number of the socket are moved only if
+ * recorded (a dup of the tracked fd); the fdinfo scan looks at the fd
+ * being settled only, as before.
+ *
+ * Locking: s->kr_mu guards s->kr and is a leaf, held over the kernel's
+ * epoll_ctl so that an adoption (which takes the list after the state
+ * became SK_UB) cannot miss a registration being made: a call that finds
+ * the sock emulated under kr_mu takes the emulated path instead.
+ */
+#define KADD_FDS (1u << 20)
+static uint64_t kadd_bits[KADD_FDS / 64];       /* in .bss: pages on use */
+
+static void kadd_mark(int fd)
+{
+	if ((unsigned)fd < KADD_FDS)
+		__atomic_fetch_or(&kadd_bits[(unsigned)fd / 64],
+				  1ull << ((unsigned)fd % 64), __ATOMIC_SEQ_CST);
+}
+
+static bool kadd_marked(int fd)
+{
+	return (unsigned)fd >= KADD_FDS ||
+		(__atomic_load_n(&kadd_bits[(unsigned)fd / 64],
+				 __ATOMIC_SEQ_CST) >> ((unsigned)fd % 64) & 1);
+}
+
+/* Forget the marks of fds [lo, hi], closed. */
+static void kadd_clear(unsigned lo, unsigned hi)
+{
+	if (lo >= KADD_FDS)
+		return;
+	if (hi >= KADD_FDS)
+		hi = KADD_FDS - 1;
+	for (unsigned w = lo / 64; w <= hi / 64; w++) {
+		uint64_t m = ~0ull;
+
+		if (w == lo / 64)
+			m &= ~0ull << (lo % 64);
+		if (w == hi / 64 && hi % 64 != 63)
+			m &= (1ull << (hi % 64 + 1)) - 1;
+		if (__atomic_load_n(&kadd_bits[w], __ATOMIC_RELAXED) & m)
+			__atomic_fetch_and(&kadd_bits[w], ~m, __ATOMIC_SEQ_CST);
+	}
+}
+
+static struct sock_kreg *kr_find(struct sock *s, int epfd, int fd)
+{
+	for (int i = 0; i < s->nkr; i++)
+		if (s->kr[i].epfd == epfd && s->kr[i].fd == fd)
+			return &s->kr[i];
+	return NULL;
+}
+
+/* The kernel did op (kr_mu held). */
+static void kr_note(struct sock *s, int epfd, int op, int fd,
+		    const struct epoll_event *ev)
+{
+	struct sock_kreg *k = kr_find(s, epfd, fd);
+
+	if (op == EPOLL_CTL_DEL) {
+		if (k)
+			*k = s->kr[--s->nkr];
+		return;
+	}
+	if (!k) {               /* an ADD; or a MOD of one not recorded */
+		if (s->nkr == SOCK_KREGS) {
+			s->kr_lost = true;
+			return;
+		}
+		k = &s->kr[s->nkr++];
+		k->epfd = epfd;
+		k->fd = fd;
+	}
+	k->events = ev->events | EPOLLERR | EPOLLHUP;   /* as the kernel's */
+	k->data = ev->data;
+}
+
+/* Drop s's entries of fd number fd, or of set epfd (the other -1). */
+static void kr_forget(struct sock *s, int epfd, int fd)
+{
+	if (!__atomic_load_n(&s->nkr, __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&s->kr_mu);
+	for (int i = 0; i < s->nkr;)
+		if (s->kr[i].epfd == epfd || s->kr[i].fd == fd)
+			s->kr[i] = s->kr[--s->nkr];
+		else
+			i++;
+	pthread_mutex_unlock(&s->kr_mu);
+}
+
+static void kr_forget_set(int fd, struct sock *s, void *epfd)
+{
+	(void)fd;
+	kr_forget(s, *(int *)epfd, -1);
+}
+
+#define EP_GO_EMUL 1    /* ep_ctl_kernel: s is emulated now */
+
+/*
+ * epoll_ctl of a tracked sock that is not emulated: the kernel's,
+ * recorded while s is CONNECTING.  Returns the kernel's result (errno
+ * set), or EP_GO_EMUL when s went UB meanwhile: the emulated path then.
+ */
+static int ep_ctl_kernel(int epfd, int op, int fd, struct sock *s,
+			 struct epoll_event *ev)
+{
+	int st = atomic_load(&s->state), r, err;
+
+	if (st == SK_LISTEN)
+		return ubs_real.epoll_ctl(epfd, op, fd, ev);
+	if (st != SK_CONNECTING) {      /* going TCP: the kernel's alone */
+		if (op == EPOLL_CTL_ADD)
+			kadd_mark(fd);
+		return ubs_real.epoll_ctl(epfd, op, fd, ev);
+	}
+	pthread_mutex_lock(&s->kr_mu);
+	if (emulated(s)) {
+		pthread_mutex_unlock(&s->kr_mu);
+		return EP_GO_EMUL;
+	}
+	r = ubs_real.epoll_ctl(epfd, op, fd, ev);
+	err = errno;
+	if (r == 0) {
+		kr_note(s, epfd, op, fd, ev);
+		/* Gone TCP meanwhile: ep_sock_rehome may have passed. */
+		if (op != EPOLL_CTL_DEL && atomic_load(&s->state) == 0)
+			kadd_mark(fd);
+	}
+	pthread_mutex_unlock(&s->kr_mu);
+	/* A set the library knows: its close forgets its entries. */
+	if (r == 0 && op == EPOLL_CTL_ADD)
+		ep_find(epfd, true);
+	errno = err;
+	return r;
+}
+
 UBS_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
 	struct sock *s;
@@ -1150,13 +1328,17 @@ UBS_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 
 	if (!ubs_ready())
 		return ubs_fail(-ENOSYS);
-	if (ubs_guard || !(s = sock_get(fd)))
+	if (ubs_guard || !(s = sock_get(fd))) {
+		if (op == EPOLL_CTL_ADD)
+			kadd_mark(fd);
 		return ubs_real.epoll_ctl(epfd, op, fd, ev);
+	}
 	/* A connecting socket stays in the kernel set: adopted if it goes
 	 * UB (ep_sock_adopt). */
-	if (!emulated(s)) {
+	if (!emulated(s) &&
+	    (r = ep_ctl_kernel(epfd, op, fd, s, ev)) != EP_GO_EMUL) {
 		sock_put(s);
-		return ubs_real.epoll_ctl(epfd, op, fd, ev);
+		return r;
 	}
 	ubs_guard_enter();
 	r = ep_ctl_emul(epfd, op, fd, s, ev, &kept);
@@ -1590,19 +1772,48 @@ void ep_sock_gone(struct sock *s)
 void ep_sock_rehome(struct sock *s, int fd)
 {
 	(void)fd;
+	/* A connecting sock going TCP: its recorded registrations stay in
+	 * the kernel, unrecorded now (its fd may connect again: a new sock). */
+	if (__atomic_load_n(&s->nkr, __ATOMIC_RELAXED)) {
+		pthread_mutex_lock(&s->kr_mu);
+		for (int i = 0; i < s->nkr; i++)
+			kadd_mark(s->kr[i].fd);
+		s->nkr = 0;
+		pthread_mutex_unlock(&s->kr_mu);
+	}
 	if (__atomic_load_n(&ep_sets, __ATOMIC_RELAXED))
 		ep_sock_drop(s, true);
 }
 
-/*
- * A connecting socket went UB: registrations the program made in the
- * kernel (before or during connect) move here.  The kernel tells which
- * sets hold the fd in /proc/self/fdinfo/EPFD ("tfd: N events: X data: Y").
- */
-void ep_sock_adopt(struct sock *s, int fd)
+/* Move the kernel's registration (epfd, fd) of s here if the kernel has
+ * it (its DEL succeeds); ep_lock held. */
+static void ep_adopt_one(struct sock *s, int epfd, int fd,
+			 const struct epoll_event *kev)
 {
-	nt_note_get();
-	pthread_mutex_lock(&ep_lock);
+	struct epoll_event ev = *kev;
+	struct ep_set *e;
+
+	if (ubs_real.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev) < 0)
+		return;
+	e = ep_find_locked(epfd, true);
+	if (!e) {
+		ubs_real.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+		return;
+	}
+	__atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&e->mu);
+	if (reg_find(e, fd) || reg_add(e, fd, s, &ev))
+		sock_put(s);
+	pthread_mutex_unlock(&e->mu);
+}
+
+/*
+ * The registrations of fd in the sets the library knows, as the kernel
+ * tells them in /proc/self/fdinfo/EPFD ("tfd: N events: X data: Y"):
+ * for what was not recorded (see ep_ctl_kernel).  ep_lock held.
+ */
+static void ep_adopt_scan(struct sock *s, int fd)
+{
 	for (struct ep_set *e = ep_sets; e; e = e->next) {
 		char path[64], buf[8192], *line;
 		ssize_t len;
@@ -1631,16 +1842,48 @@ void ep_sock_adopt(struct sock *s, int fd)
 				struct epoll_event ev = { .events = evs };
 
 				ev.data.u64 = data;
-				ubs_real.epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd,
-						   &ev);
-				__atomic_add_fetch(&s->refs, 1,
-						   __ATOMIC_RELAXED);
-				pthread_mutex_lock(&e->mu);
-				if (reg_add(e, fd, s, &ev))
-					sock_put(s);
-				pthread_mutex_unlock(&e->mu);
+				ep_adopt_one(s, e->epfd, fd, &ev);
 			}
 		}
+	}
+}
+
+/*
+ * A connecting socket went UB: registrations the program made in the
+ * kernel (during connect, or before) move here: those epoll_ctl recorded
+ * (see ep_ctl_kernel), and the kernel's own list of fd's when some may
+ * not have been.
+ */
+void ep_sock_adopt(struct sock *s, int fd)
+{
+	struct sock_kreg kr[SOCK_KREGS];
+	bool scan;
+	int n;
+
+	/* The state is SK_UB: from here on epoll_ctl records nothing. */
+	pthread_mutex_lock(&s->kr_mu);
+	n = s->nkr;
+	memcpy(kr, s->kr, sizeof(kr[0]) * (size_t)n);
+	s->nkr = 0;
+	scan = s->kr_lost || kadd_marked(fd);
+	pthread_mutex_unlock(&s->kr_mu);
+	for (int i = 0; i < n; i++)
+		if ((kr[i].events & EPOLLONESHOT) && kr[i].fd == fd)
+			scan = true;
+	if (!scan && !n)
+		return;
+	nt_note_get();
+	pthread_mutex_lock(&ep_lock);
+	if (scan)
+		ep_adopt_scan(s, fd);
+	for (int i = 0; i < n; i++) {
+		struct epoll_event ev = { .events = kr[i].events,
+					  .data = kr[i].data };
+
+		/* A one-shot one of another fd stays in the kernel (it may
+		 * have fired); one the scan moved is not there any more. */
+		if (!(kr[i].events & EPOLLONESHOT))
+			ep_adopt_one(s, kr[i].epfd, kr[i].fd, &ev);
 	}
 	pthread_mutex_unlock(&ep_lock);
 }
@@ -1648,7 +1891,15 @@ void ep_sock_adopt(struct sock *s, int fd)
 void ep_fd_closing(int fd)
 {
 	struct ep_set *e, **pp;
+	struct sock *s;
 
+	if (fd < 0)
+		return;
+	kadd_clear((unsigned)fd, (unsigned)fd);
+	if (sock_slot_used(fd) && (s = sock_get(fd))) {
+		kr_forget(s, -1, fd);   /* the kernel's key named this fd */
+		sock_put(s);
+	}
 	if (!ep_sets)
 		return;
 	pthread_mutex_lock(&ep_lock);
@@ -1666,6 +1917,10 @@ void ep_fd_closing(int fd)
 		free(e->mem);
 		pthread_mutex_destroy(&e->mu);
 		free(e);
+		pthread_mutex_unlock(&ep_lock);
+		/* And what connecting socks recorded of it. */
+		sock_for_each(kr_forget_set, &fd);
+		return;
 	} else if (__atomic_load_n(&ep_nregs, __ATOMIC_RELAXED)) {
 		/* A registered fd: the kernel drops it from its sets. */
 		for (e = ep_sets; e; e = e->next) {
@@ -1707,6 +1962,7 @@ void ep_atfork_child(void)
  * (close_range); their registrations go too. */
 void ep_forget_range(unsigned lo, unsigned hi)
 {
+	kadd_clear(lo, hi);
 	for (;;) {
 		struct ep_set *e;
 		int fd = -1;

@@ -37,6 +37,15 @@ enum sk_state {
 				 * ring, then the kernel socket */
 };
 
+/* A kernel epoll registration of a CONNECTING sock, as epoll_ctl made it
+ * (poll.c): what ep_sock_adopt moves to the emulated sets. */
+#define SOCK_KREGS 4
+struct sock_kreg {
+	int epfd, fd;           /* the kernel's key: the set, the fd number */
+	uint32_t events;
+	epoll_data_t data;
+};
+
 struct sock {
 	int refs;               /* fd slots + calls in flight (table lock) */
 	int nslots;             /* fd slots naming it (table lock) */
@@ -84,6 +93,13 @@ struct sock {
 					 * 0: none) */
 	struct ep_reg *ep_regs;         /* its epoll registrations, every
 					 * set (poll.c, note lock) */
+	pthread_mutex_t kr_mu;          /* kr, nkr, kr_lost (a leaf: held
+					 * over one epoll_ctl syscall) */
+	struct sock_kreg kr[SOCK_KREGS];        /* SK_CONNECTING: its
+						 * kernel registrations */
+	int nkr;
+	bool kr_lost;                   /* one was not recorded: adoption
+					 * asks the kernel (fdinfo) */
 };
 
 /* The fd table. */

@@ -1091,6 +1091,8 @@ static void fork_unmark(int fd, struct sock *s, void *arg)
 static void fork_reslot(int fd, struct sock *s, void *arg)
 {
 	(void)arg;
+	/* A leaf lock another thread may have held over its epoll_ctl. */
+	pthread_mutex_init(&s->kr_mu, NULL);
 	if (s->cslot) {
 		s->cslot = NULL;
 		s->cslot = ubs_conn_open(fd, s->ch.side ? 1 : 0,

@@ -581,7 +581,7 @@ static const char *const case_names[] = {
 	"handler_write",
 	"threads_close", "policy_flip", "daemon_restart", "mmsg",
 	"mmsg_timeout", "fork_handoff", "close_others", "dup2_others", "uring", "connect_ahead",
-	"epoll_many",
+	"epoll_many", "epoll_connecting",
 };
 
 /* Every case of sockcase has a test here, and no test names a lost case. */
@@ -668,6 +668,7 @@ CASE(close_others)
 CASE(dup2_others)
 CASE(uring)
 CASE(connect_ahead)
+CASE(epoll_connecting)
 
 /*
  * epoll_many, and then: its waits (about 40, over a set of 2000 UB

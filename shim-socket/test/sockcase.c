@@ -3413,6 +3413,118 @@ static void cli_epoll_many(void)
 	tr("closed %d", MANY_N);
 }
 
+/*
+ * epoll_connecting: non-blocking connects registered in epoll before the
+ * library decides them (their registrations are the kernel's until then,
+ * and move to the emulated sets when the connection goes UB): one added
+ * after connect() and modified before its first write; one added to two
+ * sets, one closed (and its number reused by a new set) first; one added
+ * before connect(); one registered through a dup of the fd.
+ */
+#define CONNECTING_N 4
+
+static void srv_epoll_connecting(void)
+{
+	int l = srv_listen(), s[CONNECTING_N];
+
+	for (int i = 0; i < CONNECTING_N; i++) {
+		s[i] = srv_accept(l);
+		read_exact(s[i], NULL, 4);
+		xwrite(s[i], "ok");
+	}
+	hear('D');
+	for (int i = 0; i < CONNECTING_N; i++)
+		kclose(s[i]);
+	kclose(l);
+}
+
+/* A non-blocking socket whose connect() is under way. */
+static int cli_connect_started(int fd)
+{
+	struct sockaddr_in a = loopback(srv_port());
+
+	CALL(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0 ||
+	     errno == EINPROGRESS ? 0 : -1, "connect(%d) started", fd);
+	return fd;
+}
+
+static int nb_socket(void)
+{
+	return (int)CALL(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0),
+			 "socket(INET,STREAM|NONBLOCK)");
+}
+
+static void cli_epoll_connecting(void)
+{
+	int a, b, c, d, d2, ep1, ep2, ep3, ep4, ep5, ep6;
+
+	srv_port();
+	/* Added after connect(), OUT; then IN before the first write. */
+	ep1 = (int)CALL(epoll_create1(0), "epoll_create1(0)");
+	a = cli_connect_started(nb_socket());
+	ep_ctl(ep1, EPOLL_CTL_ADD, a, EPOLLOUT, "OUT");
+	ep_wait(ep1, WAIT_MS);
+	ep_ctl(ep1, EPOLL_CTL_MOD, a, EPOLLIN, "IN");
+	xwrite(a, "reqA");
+	ep_wait(ep1, WAIT_MS);
+	xread(a, 16);
+	ep_wait(ep1, 0);
+	ep_ctl(ep1, EPOLL_CTL_ADD, a, EPOLLIN, "IN");		/* EEXIST */
+
+	/* In two sets; one closed and its number reused before the first
+	 * write: the new set has nothing of it. */
+	ep2 = (int)CALL(epoll_create1(0), "epoll_create1(0)");
+	ep3 = (int)CALL(epoll_create1(0), "epoll_create1(0)");
+	b = cli_connect_started(nb_socket());
+	ep_ctl(ep2, EPOLL_CTL_ADD, b, EPOLLIN, "IN");
+	ep_ctl(ep3, EPOLL_CTL_ADD, b, EPOLLIN | EPOLLOUT, "IN|OUT");
+	CALL(close(ep3), "close(%d)", ep3);
+	ep4 = (int)CALL(epoll_create1(0), "epoll_create1(0)");
+	wait_event(b, POLLOUT);
+	xwrite(b, "reqB");
+	ep_wait(ep2, WAIT_MS);
+	ep_wait(ep4, 0);
+	ep_ctl(ep4, EPOLL_CTL_DEL, b, 0, "0");			/* ENOENT */
+	ep_ctl(ep4, EPOLL_CTL_ADD, b, EPOLLIN | EPOLLOUT, "IN|OUT");
+	ep_wait(ep4, 0);
+	xread(b, 16);
+	ep_wait(ep2, 0);
+
+	/* Added before connect(). */
+	ep5 = (int)CALL(epoll_create1(0), "epoll_create1(0)");
+	c = nb_socket();
+	ep_ctl(ep5, EPOLL_CTL_ADD, c, EPOLLIN, "IN");
+	cli_connect_started(c);
+	wait_event(c, POLLOUT);
+	xwrite(c, "reqC");
+	ep_wait(ep5, WAIT_MS);
+	xread(c, 16);
+	ep_wait(ep5, 0);
+
+	/* Registered through a dup made while connecting. */
+	ep6 = (int)CALL(epoll_create1(0), "epoll_create1(0)");
+	d = cli_connect_started(nb_socket());
+	d2 = (int)CALL(dup(d), "dup(%d)", d);
+	ep_ctl(ep6, EPOLL_CTL_ADD, d2, EPOLLIN, "IN");
+	wait_event(d, POLLOUT);
+	xwrite(d, "reqD");
+	ep_wait(ep6, WAIT_MS);
+	xread(d2, 16);
+	ep_wait(ep6, 0);
+
+	tell('D');
+	CALL(close(d2), "close(%d)", d2);
+	kclose(a);
+	kclose(b);
+	kclose(c);
+	kclose(d);
+	CALL(close(ep1), "close(%d)", ep1);
+	CALL(close(ep2), "close(%d)", ep2);
+	CALL(close(ep4), "close(%d)", ep4);
+	CALL(close(ep5), "close(%d)", ep5);
+	CALL(close(ep6), "close(%d)", ep6);
+}
+
 static const struct sockcase cases[] = {
 	CASE(roundtrip, 1),
 	CASE(bulk, 1),
@@ -3468,6 +3580,7 @@ static const struct sockcase cases[] = {
 	CASE(uring, 1),
 	CASE(connect_ahead, AHEAD_N),
 	CASE(epoll_many, MANY_N),
+	CASE(epoll_connecting, CONNECTING_N),
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
