@@ -86,7 +86,8 @@ static void bind_rings(struct ubt_chan *c, const struct ubt_ring_desc *d)
 /* Create with this side's eventfd own_efd (shared, not the channel's), or
  * a new one of the channel's when own_efd is -1. */
 static int chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
-		       uint32_t nrings, int own_efd, uint64_t db_id)
+		       uint32_t nrings, int own_efd, uint64_t db_id,
+		       const struct ubt_seg *at)
 {
 	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
 	struct ubt_chan_hdr *h;
@@ -107,9 +108,28 @@ static int chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 		if (!desc_ok(&d[i], UINT64_MAX / 2))
 			return -EINVAL;
 	}
-	err = ubt_seg_create(&c->seg, off, UBT_SEG_CHAN, "ubs-chan");
-	if (err)
-		return err;
+	if (at) {
+		/* A board slot: lay out the segment header in place. */
+		struct ubt_seg_hdr *sh = (struct ubt_seg_hdr *)(void *)at->base;
+
+		if (off > at->size)
+			return -EINVAL;
+		c->seg = *at;
+		c->seg.fd = -1;
+		c->seg.borrowed = 1;
+		sh->magic = UBT_MAGIC;
+		sh->version = UBT_LAYOUT_VER;
+		sh->kind = UBT_SEG_CHAN;
+		sh->size = at->size;
+		sh->id = at->id;
+		sh->hdr_size = UBT_SEG_HDR_SIZE;
+		sh->creator_pid = ubt_self_pid();
+		c->seg.kind = UBT_SEG_CHAN;
+	} else {
+		err = ubt_seg_create(&c->seg, off, UBT_SEG_CHAN, "ubs-chan");
+		if (err)
+			return err;
+	}
 	err = own_efd >= 0 ? own_efd : new_efd();
 	if (err < 0) {
 		ubt_seg_unmap(&c->seg);
@@ -137,23 +157,24 @@ static int chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 int ubt_chan_create(struct ubt_chan *c, const struct ubt_ring_desc *spec,
 		    uint32_t nrings)
 {
-	return chan_create(c, spec, nrings, -1, 0);
+	return chan_create(c, spec, nrings, -1, 0, NULL);
 }
 
 /* Attach with own_efd, the channel's (owned: taken on success) or, when
  * shared, the process's doorbell named db_id. */
 static int chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd,
-		       int own_efd, int shared, uint64_t db_id);
+		       int own_efd, int shared, uint64_t db_id,
+		       const struct ubt_seg *at);
 
 int ubt_chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd)
 {
-	return chan_attach(c, seg_fd, peer_efd, -1, 0, 0);
+	return chan_attach(c, seg_fd, peer_efd, -1, 0, 0, NULL);
 }
 
 int ubt_chan_attach_efds(struct ubt_chan *c, int seg_fd, int peer_efd,
 			 int own_efd)
 {
-	return chan_attach(c, seg_fd, peer_efd, own_efd, 0, 0);
+	return chan_attach(c, seg_fd, peer_efd, own_efd, 0, 0, NULL);
 }
 
 int ubt_chan_attach_db(struct ubt_chan *c, int seg_fd, int own_efd,
@@ -161,7 +182,15 @@ int ubt_chan_attach_db(struct ubt_chan *c, int seg_fd, int own_efd,
 {
 	if (own_efd < 0)
 		return -EBADF;
-	return chan_attach(c, seg_fd, -1, own_efd, 1, db_id);
+	return chan_attach(c, seg_fd, -1, own_efd, 1, db_id, NULL);
+}
+
+int ubt_chan_attach_at(struct ubt_chan *c, const struct ubt_seg *at,
+		       int own_efd, uint64_t db_id)
+{
+	if (own_efd < 0)
+		return -EBADF;
+	return chan_attach(c, -1, -1, own_efd, 1, db_id, at);
 }
 
 uint64_t ubt_chan_own_db(const struct ubt_chan *c)
@@ -182,7 +211,7 @@ uint64_t ubt_chan_peer_db(const struct ubt_chan *c)
  * segment and the others.  On failure c is unmapped and seg_fd stays the
  * caller's.
  */
-static int chan_map(struct ubt_chan *c, int seg_fd,
+static int chan_map(struct ubt_chan *c, int seg_fd, const struct ubt_seg *at,
 		    struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS], uint32_t *n)
 {
 	struct ubt_chan_hdr *h;
@@ -191,9 +220,25 @@ static int chan_map(struct ubt_chan *c, int seg_fd,
 
 	memset(c, 0, sizeof(*c));
 	c->seg.fd = c->efd[0] = c->efd[1] = -1;
-	err = ubt_seg_map(&c->seg, seg_fd, UBT_SEG_CHAN);
-	if (err)
-		return err;
+	if (at) {
+		/* A board slot: its segment header is the peer's too. */
+		struct ubt_seg_hdr sh;
+
+		memcpy(&sh, at->base, sizeof(sh));
+		if (sh.magic != UBT_MAGIC || sh.version != UBT_LAYOUT_VER ||
+		    sh.kind != UBT_SEG_CHAN || sh.size != at->size ||
+		    sh.hdr_size != UBT_SEG_HDR_SIZE || sh.id == 0)
+			return -EPROTO;
+		c->seg = *at;
+		c->seg.fd = -1;
+		c->seg.borrowed = 1;
+		c->seg.id = sh.id;
+		c->seg.kind = UBT_SEG_CHAN;
+	} else {
+		err = ubt_seg_map(&c->seg, seg_fd, UBT_SEG_CHAN);
+		if (err)
+			return err;
+	}
 	h = chan_hdr(c);
 	*n = h->nrings;
 	err = -EPROTONOSUPPORT;
@@ -216,14 +261,15 @@ fail:
 }
 
 static int chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd,
-		       int own_efd, int shared, uint64_t db_id)
+		       int own_efd, int shared, uint64_t db_id,
+		       const struct ubt_seg *at)
 {
 	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
 	struct ubt_chan_hdr *h;
 	uint32_t n;
 	int err;
 
-	err = chan_map(c, seg_fd, d, &n);
+	err = chan_map(c, seg_fd, at, d, &n);
 	if (err)
 		return err;
 	h = chan_hdr(c);
@@ -257,7 +303,7 @@ int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
 		c->seg.fd = c->efd[0] = c->efd[1] = -1;
 		return -EINVAL;
 	}
-	err = chan_map(c, seg_fd, d, &n);
+	err = chan_map(c, seg_fd, NULL, d, &n);
 	if (err)
 		return err;
 	c->side = side;
@@ -395,7 +441,20 @@ int ubt_chan_create_stream_db(struct ubt_chan *c, uint64_t ring_size,
 
 	if (own_efd < 0)
 		return -EBADF;
-	return chan_create(c, spec, 2, own_efd, db_id);
+	return chan_create(c, spec, 2, own_efd, db_id, NULL);
+}
+
+int ubt_chan_create_at(struct ubt_chan *c, const struct ubt_seg *at,
+		       uint64_t ring_size, int own_efd, uint64_t db_id)
+{
+	struct ubt_ring_desc spec[2] = {
+		{ .kind = UBT_RING_STREAM, .producer = 0, .size = ring_size },
+		{ .kind = UBT_RING_STREAM, .producer = 1, .size = ring_size },
+	};
+
+	if (own_efd < 0)
+		return -EBADF;
+	return chan_create(c, spec, 2, own_efd, db_id, at);
 }
 
 int ubt_pidfd(int pid)

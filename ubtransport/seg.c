@@ -167,6 +167,8 @@ int ubt_seg_map(struct ubt_seg *s, int fd, uint16_t kind)
 
 void ubt_seg_unmap(struct ubt_seg *s)
 {
+	if (s->borrowed)        /* a board's slot: the board's mapping */
+		s->base = NULL;
 	if (s->base)
 		munmap(s->base, s->size);
 	if (s->fd >= 0)

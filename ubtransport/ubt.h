@@ -358,6 +358,12 @@ int ubt_chan_create_stream_db(struct ubt_chan *c, uint64_t ring_size,
 int ubt_chan_attach_db(struct ubt_chan *c, int seg_fd, int own_efd,
 		       uint64_t db_id);
 /* This side's doorbell id, as the header names it. */
+/* The same in place, in memory the caller maps (a board slot: at->base,
+ * at->size, at->id; nothing unmapped at close). */
+int ubt_chan_create_at(struct ubt_chan *c, const struct ubt_seg *at,
+		       uint64_t ring_size, int own_efd, uint64_t db_id);
+int ubt_chan_attach_at(struct ubt_chan *c, const struct ubt_seg *at,
+		       int own_efd, uint64_t db_id);
 uint64_t ubt_chan_own_db(const struct ubt_chan *c);
 /* The peer side's doorbell id (0: none published). */
 uint64_t ubt_chan_peer_db(const struct ubt_chan *c);
