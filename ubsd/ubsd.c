@@ -1869,6 +1869,11 @@ static struct ubt_board *board_of(uid_t uid, int *err, const char **why)
 	}
 	if (nboards == BOARD_MAX) {
 		*why = "board table full: this uid has none";
+		if (last_fail != -ENOSPC)
+			logmsg(LOG_WARNING, "board for uid %ld: %u uids have "
+			       "one already, the most there can be",
+			       (long)uid, (unsigned)BOARD_MAX);
+		last_fail = -ENOSPC;
 		return NULL;
 	}
 	if (!ring || (ring & (ring - 1))) {
