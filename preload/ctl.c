@@ -989,7 +989,7 @@ static int board_fetch(struct ubt_board **out)
 	if (rt == CTL_R_ERROR)
 		return m.e.err > 0 ? -m.e.err : -EPROTO;
 	if (rt != CTL_R_BOARD || n != 1) {
-		if (rt == CTL_R_BOARD && n == 1)
+		if (n == 1 && fd >= 0)  /* some other reply's fd */
 			ubs_fd_release(fd);
 		return -EPROTO;
 	}
