@@ -3,8 +3,8 @@
  * ctl.c - the preload's side of the control protocol (ubsd/ctl_proto.h):
  * one Unix stream connection per process to ubsd, opened lazily on the
  * first call that needs the daemon, a session (HELLO), the shared policy
- * page mapped read-only, and the socket attach requests (LISTEN,
- * UNLISTEN, PUBLISH, REQUEST).
+ * page mapped read-only, the socket attach requests (LISTEN,
+ * UNLISTEN, PUBLISH, REQUEST), and the uid's board (BOARD).
  *
  * No helper thread: requests are made by the application's own calls,
  * under one mutex.  Replies to requests sent without waiting (PUBLISH,
@@ -166,6 +166,25 @@ static struct {
 	uint64_t gen;           /* ctl_gen it was given to, 0: not yet */
 	struct ubt_note *note;
 } db = { .fd = -1 };
+
+/*
+ * The uid's board (BOARD), asked for at the first ubs_ctl_board and again
+ * once per new session: ctl_connect clears fresh, the next call asks.
+ * The answer (cur, or err when there is none) is read without the lock:
+ * cur, id and err are stored before fresh is set (release), and read
+ * after it (acquire).  A board once mapped is never unmapped or freed
+ * (connections live in its slots): one the daemon names again (same id)
+ * is the one already mapped (last).  A forked child keeps all of it: the
+ * mapping is inherited, and so is the answer until the child's own first
+ * session asks again.
+ */
+static struct {
+	struct ubt_board *cur;          /* the answer; NULL: none */
+	struct ubt_board *last;         /* the last board mapped */
+	uint64_t id;                    /* cur's, 0 none */
+	int err;                        /* the answer when cur is NULL */
+	bool fresh;                     /* answered for this session */
+} brd;
 
 /*
  * The reader's buffer: what one recvmsg brought from the daemon and is
@@ -608,6 +627,7 @@ static int ctl_connect(void)
 		ctl.reconnect_ms = now_ms();
 	}
 	__atomic_store_n(&ctl.page, page, __ATOMIC_RELEASE);
+	__atomic_store_n(&brd.fresh, false, __ATOMIC_RELEASE);
 	ctl.hint = 0;
 	ctl.had_session = true;
 	ubs_info("session with ubsd as service %s", ubs_config.service);
@@ -942,6 +962,115 @@ int ubs_ctl_request(int sock_fd, int wait_ms, int fds[1], char *why,
 		return -ENOTCONN;
 	}
 	return ubs_ctl_request_finish(seq, wait_ms, fds, why, whylen);
+}
+
+/*
+ * Ask the daemon for the board (lock held, connection up; released while
+ * waiting).  Returns 0 with *out the board mapped, or -errno.
+ */
+static int board_fetch(struct ubt_board **out)
+{
+	union {
+		struct ctl_board b;
+		struct ctl_error e;
+	} m;
+	struct ubt_board *b;
+	uint16_t rt = 0;
+	uint32_t seq;
+	int fd = -1, n = 1, r;
+
+	memset(&m, 0, sizeof(m));
+	r = ctl_send(CTL_REQ_BOARD, NULL, 0, NULL, 0, &seq);
+	if (r == 0)
+		r = ctl_wait(seq, &rt, &m, sizeof(m), &fd, &n,
+			     UBS_CTL_IO_MS);
+	if (r)
+		return r;
+	if (rt == CTL_R_ERROR)
+		return m.e.err > 0 ? -m.e.err : -EPROTO;
+	if (rt != CTL_R_BOARD || n != 1) {
+		if (n == 1 && fd >= 0)  /* some other reply's fd */
+			ubs_fd_release(fd);
+		return -EPROTO;
+	}
+	if (brd.last && brd.last->id == m.b.id) {
+		ubs_fd_release(fd);     /* the one mapped already */
+		*out = brd.last;
+		return 0;
+	}
+	b = calloc(1, sizeof(*b));
+	if (!b) {
+		ubs_fd_release(fd);
+		return -ENOMEM;
+	}
+	r = ubt_board_map(b, fd);
+	if (r == 0 && b->id != m.b.id) {
+		ubs_fd_release(b->seg.fd);
+		b->seg.fd = -1;
+		ubt_board_unmap(b);
+		free(b);
+		return -EPROTO;
+	}
+	if (r < 0) {
+		ubs_fd_release(fd);
+		free(b);
+		return r;
+	}
+	if (b->seg.fd >= 0) {           /* the mapping is all we need */
+		ubs_fd_release(b->seg.fd);
+		b->seg.fd = -1;
+	}
+	/* The one before (a previous daemon's) stays mapped: connections
+	 * may live in it. */
+	brd.last = b;
+	ubs_info("board %016llx: %u slots", (unsigned long long)b->id,
+		 b->nslots);
+	*out = b;
+	return 0;
+}
+
+int ubs_ctl_board(struct ubt_board **out)
+{
+	struct ubt_board *b = NULL;
+	uint64_t gen;
+	int r;
+
+	if (__atomic_load_n(&brd.fresh, __ATOMIC_ACQUIRE)) {
+		*out = __atomic_load_n(&brd.cur, __ATOMIC_RELAXED);
+		return *out ? 0 : __atomic_load_n(&brd.err, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_lock(&ctl.lock);
+	r = ctl_up();
+	if (r == 0 && !brd.fresh) {
+		gen = ctl_gen;
+		r = board_fetch(&b);
+		/* The answer of the session still up holds until the next
+		 * session; a lost connection is asked again. */
+		if (gen == ctl_gen && ctl.fd >= 0 && (r == 0 || r == -ENOENT)) {
+			__atomic_store_n(&brd.cur, b, __ATOMIC_RELAXED);
+			__atomic_store_n(&brd.id, b ? b->id : 0,
+					 __ATOMIC_RELAXED);
+			__atomic_store_n(&brd.err, r, __ATOMIC_RELAXED);
+			__atomic_store_n(&brd.fresh, true, __ATOMIC_RELEASE);
+		}
+	}
+	if (brd.fresh) {
+		b = brd.cur;
+		r = brd.err;
+	} else if (r) {
+		/* No daemon now: the last answer, if any, still holds
+		 * (the board of the last daemon is where its processes
+		 * meet). */
+		b = brd.cur;
+	}
+	pthread_mutex_unlock(&ctl.lock);
+	*out = b;
+	return b ? 0 : r ? r : -ENOENT;
+}
+
+uint64_t ubs_ctl_board_id(void)
+{
+	return __atomic_load_n(&brd.id, __ATOMIC_RELAXED);
 }
 
 int ubs_ctl_call(uint16_t type, const void *body, uint32_t len,

@@ -58,6 +58,19 @@ int ubs_ctl_request_finish(uint32_t token, int wait_ms, int fds[1],
 			   char *why, size_t whylen);
 void ubs_ctl_request_cancel(uint32_t token);
 
+struct ubt_board;
+/*
+ * This process's board (ubsd's, one per uid: ubtransport board.c), asked
+ * for at the first call and again after each new session (a restarted
+ * daemon has new boards); the same answer otherwise, for an atomic load.
+ * A board once returned stays mapped and allocated for the process's life
+ * (connections point into it); a forked child keeps its parent's.  0, or
+ * -ENOTCONN (no daemon), -ENOENT (no board for this uid), -errno.
+ */
+int ubs_ctl_board(struct ubt_board **out);
+/* The id of the board ubs_ctl_board last returned, 0 before any. */
+uint64_t ubs_ctl_board_id(void);
+
 /* One request and its single reply, for the verbs registry: type with
  * body and fds; the reply's type, body (up to cap bytes) and fds (up to
  * *nrfds, set to how many came).  0 or -errno (-ENOTCONN: no daemon). */

@@ -51,6 +51,7 @@ struct parse {
 	unsigned daemon_line, default_line, group_line, exclude_line;
 	unsigned cross_line;
 	unsigned pool_size_line, pool_huge_line;
+	unsigned board_slots_line;
 	unsigned default_keys[K_COUNT];
 	unsigned svc_line[UBS_POLICY_MAX_SVC];
 	unsigned svc_keys[UBS_POLICY_MAX_SVC][K_COUNT];
@@ -81,6 +82,7 @@ void conf_init(struct ubs_conf *c)
 	c->deflt.name[0] = '\0';
 	c->cross_netns = true;
 	c->pool_size = CONF_POOL_SIZE_DEFAULT;
+	c->board_slots = CONF_BOARD_SLOTS_DEFAULT;
 }
 
 bool conf_valid_name(const char *name)
@@ -394,6 +396,23 @@ static int set_pool_key(struct parse *p, const char *key, const char *value)
 	return 0;
 }
 
+/* [daemon] board_slots = N: channel slots of each uid's board, 0 (no
+ * boards) to CONF_BOARD_SLOTS_MAX. */
+static int set_board_slots(struct parse *p, const char *value)
+{
+	uint64_t v;
+
+	if (p->board_slots_line)
+		return fail(p, "duplicate key 'board_slots' (first at line %u)",
+			    p->board_slots_line);
+	if (parse_u64(value, &v) < 0 || v > CONF_BOARD_SLOTS_MAX)
+		return fail(p, "bad value '%s' for board_slots (0 to %u)",
+			    value, CONF_BOARD_SLOTS_MAX);
+	p->c->board_slots = (uint32_t)v;
+	p->board_slots_line = p->line;
+	return 0;
+}
+
 /* N or N-M, 1 to 65535, N <= M.  Returns 0 or -EINVAL. */
 static int parse_ports(const char *s, uint16_t *lo, uint16_t *hi)
 {
@@ -566,15 +585,18 @@ static int parse_assign(struct parse *p, char *s)
 		if (strcmp(key, "pool_size") == 0 ||
 		    strcmp(key, "pool_hugepages") == 0)
 			return set_pool_key(p, key, value);
+		if (strcmp(key, "board_slots") == 0)
+			return set_board_slots(p, value);
 		if (k >= 0)
 			return fail(p, "key '%s' belongs in [default] or "
 				    "[service NAME], not [daemon]", key);
 		return fail(p, "unknown key '%s' in [daemon] (known: "
 			    "admin_group, cross_netns, pool_size, "
-			    "pool_hugepages)", key);
+			    "pool_hugepages, board_slots)", key);
 	}
 	if (strcmp(key, "admin_group") == 0 || strcmp(key, "cross_netns") == 0 ||
-	    strcmp(key, "pool_size") == 0 || strcmp(key, "pool_hugepages") == 0)
+	    strcmp(key, "pool_size") == 0 || strcmp(key, "pool_hugepages") == 0 ||
+	    strcmp(key, "board_slots") == 0)
 		return fail(p, "key '%s' belongs in [daemon]", key);
 	if (k >= 0 && p->cur_lines[k])
 		return fail(p, "duplicate key '%s' (first at line %u)", key,

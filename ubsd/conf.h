@@ -24,6 +24,8 @@
 #define CONF_ERR_MAX  512               /* room for "FILE:LINE: message" */
 #define CONF_KEY_MAX  32                /* longest key, NUL included */
 #define CONF_POOL_SIZE_DEFAULT (256ull << 20) /* memory pool capacity */
+#define CONF_BOARD_SLOTS_DEFAULT 1024   /* channel slots of each board */
+#define CONF_BOARD_SLOTS_MAX 65536
 
 struct ubs_conf {
 	struct ubs_svc_policy deflt;    /* name "" */
@@ -35,12 +37,14 @@ struct ubs_conf {
 	bool cross_netns;               /* [daemon] cross_netns; built-in on */
 	uint64_t pool_size;             /* [daemon] pool_size, bytes */
 	bool pool_hugepages;            /* [daemon] pool_hugepages; off */
+	uint32_t board_slots;           /* [daemon] board_slots, 0 = no
+					 * boards; for boards made after */
 	uint32_t nexcl;                 /* [exclude] rules, in file order */
 	struct ubs_excl_rule excl[UBS_POLICY_MAX_EXCL];
 };
 
 /* The built-in configuration: default policy, no services, no group,
- * cross_netns on. */
+ * cross_netns on, CONF_BOARD_SLOTS_DEFAULT board slots. */
 void conf_init(struct ubs_conf *c);
 
 /*

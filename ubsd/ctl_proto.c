@@ -26,6 +26,8 @@ int ctl_body_len(uint16_t type)
 	case CTL_REQ_DOORBELL:  return sizeof(struct ctl_doorbell);
 	case CTL_REQ_PEER_DB:   return sizeof(struct ctl_doorbell);
 	case CTL_R_DOORBELL:    return sizeof(struct ctl_doorbell);
+	case CTL_REQ_BOARD:     return 0;
+	case CTL_R_BOARD:       return sizeof(struct ctl_board);
 	case CTL_R_OK:          return 0;
 	case CTL_R_ERROR:       return sizeof(struct ctl_error);
 	case CTL_R_END:         return 0;
@@ -81,6 +83,8 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_REQ_DOORBELL:  return "DOORBELL";
 	case CTL_REQ_PEER_DB:   return "PEER_DB";
 	case CTL_R_DOORBELL:    return "R_DOORBELL";
+	case CTL_REQ_BOARD:     return "BOARD";
+	case CTL_R_BOARD:       return "R_BOARD";
 	case CTL_R_OK:          return "OK";
 	case CTL_R_ERROR:       return "ERROR";
 	case CTL_R_END:         return "END";
@@ -129,6 +133,7 @@ int ctl_fd_count(uint16_t type)
 	case CTL_REQ_REQUEST:   return 1;
 	case CTL_R_POLICY:      return 1;
 	case CTL_R_CHANNEL:     return 1;
+	case CTL_R_BOARD:       return 1;
 	/* memory pool */
 	case CTL_R_MEM_SEG:     return 1;
 

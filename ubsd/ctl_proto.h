@@ -70,6 +70,11 @@ enum ctl_type {
 	CTL_REQ_PEER_DB = 0x010d,       /* struct ctl_doorbell: the id of a
 					 * peer's doorbell.  CTL_R_DOORBELL
 					 * (+2 fds)|ERROR */
+	CTL_REQ_BOARD = 0x010e,         /* no body; needs a session: the
+					 * board of the session's uid.
+					 * CTL_R_BOARD + 1 fd (its sealed
+					 * memfd)|ERROR (ENOENT: no board
+					 * for this uid) */
 	/* Memory pool (memhooks issue): requests 0x0110..0x011f. */
 	CTL_REQ_MEM_LEASE = 0x0110,     /* struct ctl_mem_lease; needs a
 					 * session.  CTL_R_MEM_SEG + 1 fd
@@ -118,6 +123,7 @@ enum ctl_type {
 	CTL_R_EXCLUDE = 0x020c,         /* struct ctl_exclude */
 	CTL_R_DOORBELL = 0x020d,        /* struct ctl_doorbell + 2 fds:
 					 * eventfd, notification page */
+	CTL_R_BOARD = 0x020e,           /* struct ctl_board + 1 fd */
 	/* Memory pool replies: 0x0210..0x021f. */
 	CTL_R_MEM_SEG = 0x0210,         /* struct ctl_mem_seg + 1 fd */
 	CTL_R_MEM_POOL = 0x0211,        /* struct ctl_mem_pool */
@@ -226,6 +232,23 @@ struct ctl_chan {
  */
 struct ctl_doorbell {
 	uint64_t id;
+};
+
+/*
+ * Boards (ubtransport board.c): one per uid, made by ubsd at the first
+ * BOARD or LISTEN of a session of that uid and kept as long as ubsd runs;
+ * given to sessions of that uid only.  Same-uid processes of one network
+ * namespace meet there for a connection without asking ubsd; the policy
+ * page's listener table names the board of each listener's uid (struct
+ * ubs_lst_entry, board), so a client knows when its board is the way.
+ * The body repeats what the board's own header says, for logs and
+ * checks: the mapping (ubt_board_map) is the authority.
+ */
+struct ctl_board {
+	uint64_t id;                    /* random, never 0 */
+	uint64_t ring_size;             /* bytes, of each slot's two rings */
+	uint32_t nslots;
+	uint32_t reserved;
 };
 
 struct ctl_tcp {

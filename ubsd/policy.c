@@ -24,7 +24,7 @@ static const uint8_t v4mapped[12] = {
 static const uint8_t zero16[16];
 
 /* The layout is shared by separately built programs: keep it fixed. */
-_Static_assert(sizeof(struct ubs_lst_entry) == 32, "listener entry layout");
+_Static_assert(sizeof(struct ubs_lst_entry) == 40, "listener entry layout");
 
 static struct ubs_policy_page *page_of(const struct ubt_seg *s)
 {
@@ -283,6 +283,7 @@ struct pp_query {
 	int family;
 	const uint8_t *a;
 	uint16_t port;
+	uint64_t netns, board;          /* pp_listener_board */
 };
 
 /* A v4-mapped IPv6 address is its IPv4 address. */
@@ -381,4 +382,56 @@ int pp_listener_maybe(const struct ubt_seg *s, int family, const void *addr,
 		return -EINVAL;
 	query_addr(&q, family, addr);
 	return pp_scan(pg, &pg->nlst, UBS_POLICY_MAX_LST, lst_entry, &q);
+}
+
+/*
+ * pp_listener_board's scan: 1 when some listener of q->netns could take
+ * the connection and none that could is of another board (or of none).
+ * One seqlock read, bounded as pp_scan, whose stop at the first match it
+ * cannot use: every candidate must agree.
+ */
+static int lst_board_scan(const struct ubs_policy_page *pg,
+			  const struct pp_query *q)
+{
+	for (int tries = 0; tries < PP_READ_TRIES; tries++) {
+		uint64_t s1 = read_begin(pg);
+		int seen = 0, other = 0;
+		uint32_t i, n;
+
+		if (s1 & 1)
+			continue;
+		n = *(const volatile uint32_t *)&pg->nlst;
+		for (i = 0; !other && i < n && i < UBS_POLICY_MAX_LST; i++) {
+			const struct ubs_lst_entry *e = &pg->lst[i];
+
+			if (e->netns != q->netns ||
+			    !lst_reaches(e, q->family, q->a, q->port))
+				continue;
+			if (e->board == q->board)
+				seen = 1;
+			else
+				other = 1;
+		}
+		if (read_changed(pg, s1))
+			continue;
+		if (n > UBS_POLICY_MAX_LST)
+			return -EPROTO;
+		return seen && !other;
+	}
+	return -EAGAIN;
+}
+
+int pp_listener_board(const struct ubt_seg *s, int family, const void *addr,
+		      uint16_t port, uint64_t netns, uint64_t board)
+{
+	struct pp_query q = { .port = port, .netns = netns, .board = board };
+
+	if (family != AF_INET && family != AF_INET6)
+		return -EAFNOSUPPORT;
+	if (!addr)
+		return -EINVAL;
+	if (!board)
+		return 0;
+	query_addr(&q, family, addr);
+	return lst_board_scan(page_of(s), &q);
 }

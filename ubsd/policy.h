@@ -65,6 +65,10 @@ struct ubs_lst_entry {
 	uint32_t v6only;                /* IPV6_V6ONLY of a :: listener */
 	uint8_t addr[16];               /* network order; v4 in addr[0..3] */
 	uint64_t netns;                 /* SO_NETNS_COOKIE of the listener */
+	uint64_t board;                 /* id of the board (ubt_board) of
+					 * its holders' uid, 0 = none: a
+					 * client of that board may meet it
+					 * there without asking ubsd */
 };
 
 /* Follows the segment header page. */
@@ -142,6 +146,16 @@ int pp_excluded(const struct ubt_seg *s, const char *service, int family,
  */
 int pp_listener_maybe(const struct ubt_seg *s, int family, const void *addr,
 		      uint16_t port);
+/*
+ * Preload, on connect(): may a connection to addr:port from namespace
+ * netns be set up through board `board` (no ubsd)?  1 when there is at
+ * least one listener in netns that could take it (the address rules of
+ * pp_listener_maybe) and every such listener carries that board (board
+ * != 0); 0 otherwise (none, or one of another board or of none: it
+ * would never look at this board).  Errors as pp_listener_maybe.
+ */
+int pp_listener_board(const struct ubt_seg *s, int family, const void *addr,
+		      uint16_t port, uint64_t netns, uint64_t board);
 /* Generation of the page (changes on every publish). */
 uint64_t pp_generation(const struct ubt_seg *s);
 

@@ -41,6 +41,8 @@ struct rv_listener {
 	int v6only;
 	uint32_t nh, hcap;
 	uint64_t *h;            /* holder sessions, each once */
+	uint64_t board;         /* see rv_listener_board */
+	int board_set;          /* board is a holder's (0: none told yet) */
 };
 
 struct rv_intent {
@@ -471,6 +473,8 @@ int rv_listener_add(struct rv_table *t, uint64_t sock_id, uint64_t netns,
 		  l->v6only != v6only)) {
 		t->nholders -= l->nh;
 		l->nh = 0;
+		l->board = 0;
+		l->board_set = 0;
 		l->netns = netns;
 		l->addr = a;
 		l->v6only = v6only;
@@ -512,6 +516,21 @@ int rv_listener_add(struct rv_table *t, uint64_t sock_id, uint64_t netns,
 	l->h[l->nh++] = session;
 	t->nholders++;
 	return created;
+}
+
+int rv_listener_board(struct rv_table *t, uint64_t sock_id, uint64_t board)
+{
+	struct rv_listener *l = rv_listener_find(t, sock_id);
+
+	if (!l)
+		return -ENOENT;
+	if (!l->board_set) {
+		l->board = board;
+		l->board_set = 1;
+	} else if (l->board != board) {
+		l->board = 0;
+	}
+	return 0;
 }
 
 /*
@@ -638,6 +657,7 @@ size_t rv_listener_list(const struct rv_table *t,
 		out[i].addr = t->lst[i].addr;
 		out[i].v6only = (uint32_t)t->lst[i].v6only;
 		out[i].holders = t->lst[i].nh;
+		out[i].board = t->lst[i].board;
 	}
 	return t->nlst;
 }

@@ -165,6 +165,8 @@ struct rv_listener_info {
 	struct rv_addr addr;
 	uint32_t v6only;
 	uint32_t holders;
+	uint64_t board;         /* rv_listener_board: its holders' board, 0
+				 * = none (or holders of different ones) */
 };
 
 /* Private to rendezvous.c; in the header only so the caller can own the
@@ -200,6 +202,14 @@ void rv_set_flags(struct rv_table *t, uint32_t flags);
 int rv_listener_add(struct rv_table *t, uint64_t sock_id, uint64_t netns,
 		    const struct rv_addr *addr, int v6only, uint64_t session);
 int rv_listener_drop(struct rv_table *t, uint64_t sock_id, uint64_t session);
+/*
+ * A holder of sock_id (just added) belongs to board `board` (0: none):
+ * the first holder's board becomes the listener's, a later holder of
+ * another one (a socket shared across uids) makes it 0 for as long as the
+ * listener lives: a board is a meeting place for one uid, and a holder
+ * of another would never look there.  -ENOENT for no such listener.
+ */
+int rv_listener_board(struct rv_table *t, uint64_t sock_id, uint64_t board);
 int rv_listener_maybe(const struct rv_table *t, const struct rv_addr *dst);
 /*
  * Could a registered listener have accepted a connection made from

@@ -11,7 +11,7 @@
  * A malformed message closes its connection with a logged reason.  A
  * session (HELLO) lives exactly as long as its connection.
  *
- * Replies that carry fds (POLICY_FD, CHANNEL) are not queued: the queue
+ * Replies that carry fds (POLICY_FD, CHANNEL, BOARD, ...) are not queued: the queue
  * is flushed, then the reply goes out at once with sendmsg; if the socket
  * cannot take it (EAGAIN) the client is dropped, as for a full queue.
  *
@@ -37,7 +37,9 @@
  * are answered from the epoll_wait timeout (rv_next_deadline).  The
  * listeners are also published in the policy page (publish_listeners),
  * so a preloaded client can tell on connect, without a syscall, whether
- * asking for a channel is worth it.
+ * asking for a channel is worth it, and, through the board each
+ * listener carries (one per uid, made here and handed to that uid's
+ * sessions: BOARD), whether it may meet the server there without us.
  *
  * A connection closed while another is being served is only unlinked
  * (graveyard) and freed after the epoll batch, so no event of the batch
@@ -966,6 +968,7 @@ static int publish_listeners(void)
 		memcpy(lst.next[i].addr, lst.info[i].addr.addr,
 		       sizeof(lst.next[i].addr));
 		lst.next[i].netns = lst.info[i].netns;
+		lst.next[i].board = lst.info[i].board;
 	}
 	if (n == lst.npub &&
 	    memcmp(lst.next, lst.pub, n * sizeof(lst.next[0])) == 0)
@@ -1820,6 +1823,123 @@ static void lns_learn(const struct conn *c, int fd, const struct sock_facts *f)
 	nlns++;
 }
 
+/* ------------------------------------------------------------------ boards */
+
+/*
+ * Boards (ubtransport board.c): one per uid, where that uid's processes
+ * of one network namespace meet for a connection without asking the
+ * daemon.  A uid's board is made at the first BOARD or LISTEN of one of
+ * its sessions, with [daemon] board_slots slots (0: no boards) and rings
+ * of the default record's ring_kib, and lives as long as the daemon: a
+ * process may hold connections in it after its session ended, and the
+ * next session of that uid must find the same board.  At most BOARD_MAX
+ * uids get one; the others, and a uid whose board could not be made, go
+ * on through the daemon (BOARD answers ERROR, their listeners carry
+ * board 0).  A failure is retried at the next need: the geometry may have
+ * been fixed by a reload in between.
+ */
+#define BOARD_MAX 64
+
+static struct {
+	uid_t uid;
+	struct ubt_board b;
+} boards[BOARD_MAX];
+static uint32_t nboards;
+
+/*
+ * The board of uid, made if need be.  NULL with *why set when the uid has
+ * none: boards off, the table full, a ring size that is no power of two,
+ * or ubt_board_create's error (*err, positive errno, for the reply).
+ */
+static struct ubt_board *board_of(uid_t uid, int *err, const char **why)
+{
+	static int last_fail;           /* logged once until it changes */
+	uint64_t ring = (uint64_t)d.conf->deflt.ring_kib * 1024;
+	uint32_t slots = d.conf->board_slots;
+	uint32_t i;
+	int r;
+
+	for (i = 0; i < nboards; i++)
+		if (boards[i].uid == uid)
+			return &boards[i].b;
+	*err = ENOENT;
+	if (!slots) {
+		*why = "boards are off (board_slots = 0)";
+		return NULL;
+	}
+	if (nboards == BOARD_MAX) {
+		*why = "board table full: this uid has none";
+		if (last_fail != -ENOSPC)
+			logmsg(LOG_WARNING, "board for uid %ld: %u uids have "
+			       "one already, the most there can be",
+			       (long)uid, (unsigned)BOARD_MAX);
+		last_fail = -ENOSPC;
+		return NULL;
+	}
+	if (!ring || (ring & (ring - 1))) {
+		*why = "default ring_kib is no power of two: no board";
+		return NULL;
+	}
+	r = ubt_board_create(&boards[nboards].b, slots, ring);
+	if (r < 0) {
+		*err = -r;
+		*why = "board not made";
+		if (r != last_fail)
+			logmsg(LOG_WARNING, "board for uid %ld (%u slots of "
+			       "%llu-byte rings): %s", (long)uid, slots,
+			       (unsigned long long)ring, strerror(-r));
+		last_fail = r;
+		return NULL;
+	}
+	last_fail = 0;
+	boards[nboards].uid = uid;
+	logmsg(LOG_INFO, "board %016llx for uid %ld: %u slots of %llu-byte "
+	       "rings", (unsigned long long)boards[nboards].b.id, (long)uid,
+	       slots, (unsigned long long)ring);
+	return &boards[nboards++].b;
+}
+
+/* The id of uid's board (made if need be), 0 when it has none. */
+static uint64_t board_id_of(uid_t uid)
+{
+	const char *why = NULL;
+	struct ubt_board *b;
+	int err;
+
+	b = board_of(uid, &err, &why);
+	return b ? b->id : 0;
+}
+
+/* BOARD: the board of the session's uid, with its fd. */
+static int do_board(struct conn *c, const struct ctl_hdr *h)
+{
+	const char *why = NULL;
+	struct ubt_board *b;
+	struct ctl_board m;
+	int err = 0;
+
+	if (!c->sess)
+		return send_error(c, h->seq, EPERM, "no session: send HELLO "
+				  "first");
+	b = board_of(c->sess->uid, &err, &why);
+	if (!b)
+		return send_error(c, h->seq, err, why);
+	memset(&m, 0, sizeof(m));
+	m.id = b->id;
+	m.ring_size = b->ring_size;
+	m.nslots = b->nslots;
+	return conn_send_fds(c, CTL_R_BOARD, h->seq, &m, sizeof(m),
+			     &b->seg.fd, 1);
+}
+
+/* At exit. */
+static void boards_free(void)
+{
+	for (uint32_t i = 0; i < nboards; i++)
+		ubt_board_unmap(&boards[i].b);
+	nboards = 0;
+}
+
 static int do_listen(struct conn *c, const struct ctl_hdr *h, int fd,
 		     bool add)
 {
@@ -1835,8 +1955,11 @@ static int do_listen(struct conn *c, const struct ctl_hdr *h, int fd,
 	if (add) {
 		r = rv_listener_add(&d.rv, f.sock_id, f.netns, &f.tu.local,
 				    f.v6only, c->sess->id);
-		if (r >= 0)
+		if (r >= 0) {
 			lns_learn(c, fd, &f);
+			rv_listener_board(&d.rv, f.sock_id,
+					  board_id_of(c->sess->uid));
+		}
 	} else {
 		r = rv_listener_drop(&d.rv, f.sock_id, c->sess->id);
 	}
@@ -2516,6 +2639,9 @@ static int conn_dispatch(struct conn *c, const char **why)
 		case CTL_REQ_EXCLUDES:
 			err = do_excludes(c, &h);
 			break;
+		case CTL_REQ_BOARD:
+			err = do_board(c, &h);
+			break;
 		case CTL_REQ_DOORBELL:
 		case CTL_REQ_PEER_DB:
 			{
@@ -2906,6 +3032,7 @@ static void cleanup(void)
 	proc_fd_dir = -1;
 	if (d.page.base)
 		ubt_seg_unmap(&d.page);
+	boards_free();
 	free(d.conf);
 	d.conf = NULL;
 }

@@ -17,7 +17,7 @@
 #include <sys/uio.h>
 
 #define UBT_MAGIC        0x55425453u /* "UBTS" */
-#define UBT_LAYOUT_VER   4u          /* bump on any shared layout change */
+#define UBT_LAYOUT_VER   5u          /* bump on any shared layout change */
 
 /* ---------------------------------------------------------------- segments */
 

@@ -38,6 +38,10 @@ static void setup(void)
 	if (!d.conf)
 		abort();
 	conf_init(d.conf);
+	/* BOARD makes the fuzzer's uid a board once (it lives as long as
+	 * the daemon): a small one, within libFuzzer's RSS limit. */
+	d.conf->board_slots = 16;
+	d.conf->deflt.ring_kib = 64;
 	saved_conf = *d.conf;
 	d.epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (d.epfd < 0 || pp_create(&d.page) || publish())

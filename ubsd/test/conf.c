@@ -257,7 +257,34 @@ Test(conf, cross_netns_key)
 		     "key 'cross_netns' outside a section");
 	expect_error("[daemon]\nfoo = 1\n", 2,
 		     "(known: admin_group, cross_netns, pool_size, "
-		     "pool_hugepages)");
+		     "pool_hugepages, board_slots)");
+}
+
+/* board_slots: each uid's board, 0 (none) to CONF_BOARD_SLOTS_MAX. */
+Test(conf, board_slots)
+{
+	static struct ubs_conf c;
+	char err[CONF_ERR_MAX];
+
+	conf_init(&c);
+	cr_assert_eq(c.board_slots, CONF_BOARD_SLOTS_DEFAULT);
+	cr_assert_eq(c.board_slots, 1024);
+	write_file("[daemon]\nboard_slots = 0\n");
+	cr_assert_eq(conf_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.board_slots, 0);
+	write_file("[daemon]\nboard_slots = 65536\n");
+	cr_assert_eq(conf_load(path, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.board_slots, 65536);
+	expect_error("[daemon]\nboard_slots = 65537\n", 2,
+		     "bad value '65537' for board_slots (0 to 65536)");
+	expect_error("[daemon]\nboard_slots = -1\n", 2,
+		     "bad value '-1' for board_slots");
+	expect_error("[daemon]\nboard_slots = 1k\n", 2,
+		     "bad value '1k' for board_slots");
+	expect_error("[daemon]\nboard_slots = 8\nboard_slots = 8\n", 3,
+		     "duplicate key 'board_slots' (first at line 2)");
+	expect_error("[default]\nboard_slots = 8\n", 2,
+		     "key 'board_slots' belongs in [daemon]");
 }
 
 Test(conf, memory_pool_keys)

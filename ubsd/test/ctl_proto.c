@@ -227,6 +227,10 @@ Test(ctl_proto, fd_counts_are_declared_per_type)
 	cr_assert_eq(ctl_fd_count(CTL_REQ_DOORBELL), 2);
 	cr_assert_eq(ctl_fd_count(CTL_REQ_PEER_DB), 0);
 	cr_assert_eq(ctl_fd_count(CTL_R_DOORBELL), 2);
+	cr_assert_eq(ctl_fd_count(CTL_REQ_BOARD), 0);
+	cr_assert_eq(ctl_fd_count(CTL_R_BOARD), 1);
+	cr_assert_eq(ctl_body_len(CTL_REQ_BOARD), 0);
+	cr_assert_eq(ctl_body_len(CTL_R_BOARD), sizeof(struct ctl_board));
 	cr_assert_eq(ctl_fd_count(CTL_R_POLICY), 1);
 	cr_assert_eq(ctl_fd_count(CTL_REQ_STATUS), 0);
 	cr_assert_eq(ctl_fd_count(0xffff), 0);

@@ -679,6 +679,114 @@ Test(policy, listener_table_wildcards_and_exact_addresses)
 	ubt_seg_unmap(&s);
 }
 
+/* pp_listener_board for address text a (family fam), port, namespace
+ * and board. */
+static int lb(const struct ubt_seg *r, int fam, const char *a, unsigned port,
+	      uint64_t netns, uint64_t board)
+{
+	uint8_t buf[16];
+
+	cr_assert_eq(inet_pton(fam, a, buf), 1, "%s", a);
+	return pp_listener_board(r, fam, buf, (uint16_t)port, netns, board);
+}
+
+/*
+ * A connection may go through a board only when every listener of its
+ * namespace that could take it is of that board: one of another board
+ * (or of none) might be the one the kernel picks, and it would never
+ * look there.  Listeners of other namespaces do not count.
+ */
+Test(policy, listener_board_needs_every_candidate_on_that_board)
+{
+	const uint64_t ns = 4026531840u, ns2 = 4026532000u;
+	const uint64_t B = 0x1111, C = 0x2222;
+	struct ubs_lst_entry v[12];
+	struct ubt_seg s, r;
+	uint32_t n = 0;
+
+	cr_assert_eq(pp_create(&s), 0);
+	cr_assert_eq(pp_map(&r, dup(s.fd)), 0);
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.1", 1000, ns, B), 0, "empty");
+
+	/* 1000: 0.0.0.0 of B. */
+	v[n] = lent(AF_INET, "0.0.0.0", 1000, 0), v[n++].board = B;
+	/* 2000: 127.0.0.1 of B and 127.0.0.2 of C (a different address). */
+	v[n] = lent(AF_INET, "127.0.0.1", 2000, 0), v[n++].board = B;
+	v[n] = lent(AF_INET, "127.0.0.2", 2000, 0), v[n++].board = C;
+	/* 3000: 127.0.0.1 of B, and 0.0.0.0 of C (SO_REUSEPORT-like:
+	 * either could take a connection to 127.0.0.1). */
+	v[n] = lent(AF_INET, "127.0.0.1", 3000, 0), v[n++].board = B;
+	v[n] = lent(AF_INET, "0.0.0.0", 3000, 0), v[n++].board = C;
+	/* 4000: dual-stack :: of B, and 127.0.0.1 of none. */
+	v[n] = lent(AF_INET6, "::", 4000, 0), v[n++].board = B;
+	v[n] = lent(AF_INET, "127.0.0.1", 4000, 0), v[n++].board = 0;
+	/* 5000: v6only :: of C, and 0.0.0.0 of B. */
+	v[n] = lent(AF_INET6, "::", 5000, 1), v[n++].board = C;
+	v[n] = lent(AF_INET, "0.0.0.0", 5000, 0), v[n++].board = B;
+	/* 6000: of B in ns, of C in ns2. */
+	v[n] = lent(AF_INET, "0.0.0.0", 6000, 0), v[n++].board = B;
+	v[n] = lent(AF_INET, "0.0.0.0", 6000, 0), v[n].netns = ns2,
+		v[n++].board = C;
+	cr_assert_eq(pp_publish_listeners(&s, v, n), 0);
+
+	cr_assert_eq(lb(&r, AF_INET, "10.1.2.3", 1000, ns, B), 1);
+	cr_assert_eq(lb(&r, AF_INET6, "::ffff:10.1.2.3", 1000, ns, B), 1);
+	cr_assert_eq(lb(&r, AF_INET, "10.1.2.3", 1000, ns, C), 0);
+	cr_assert_eq(lb(&r, AF_INET, "10.1.2.3", 1000, ns2, B), 0,
+		     "no listener in that namespace");
+	cr_assert_eq(lb(&r, AF_INET, "10.1.2.3", 1001, ns, B), 0, "port");
+	cr_assert_eq(lb(&r, AF_INET6, "::1", 1000, ns, B), 0, "family");
+	cr_assert_eq(lb(&r, AF_INET, "10.1.2.3", 1000, ns, 0), 0,
+		     "board 0 is no board");
+
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.1", 2000, ns, B), 1);
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.2", 2000, ns, C), 1);
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.2", 2000, ns, B), 0);
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.3", 2000, ns, B), 0);
+
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.1", 3000, ns, B), 0,
+		     "a wildcard of another board could take it");
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.1", 3000, ns, C), 0);
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.5", 3000, ns, C), 1,
+		     "only the wildcard takes that address");
+
+	cr_assert_eq(lb(&r, AF_INET6, "::1", 4000, ns, B), 1);
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.1", 4000, ns, B), 0,
+		     "a listener of no board could take it");
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.9", 4000, ns, B), 1);
+
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.1", 5000, ns, B), 1,
+		     "a v6only :: does not take IPv4");
+	cr_assert_eq(lb(&r, AF_INET6, "::1", 5000, ns, C), 1);
+	cr_assert_eq(lb(&r, AF_INET6, "::1", 5000, ns, B), 0);
+
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.1", 6000, ns, B), 1,
+		     "another namespace's listener does not count");
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.1", 6000, ns2, C), 1);
+	cr_assert_eq(lb(&r, AF_INET, "127.0.0.1", 6000, ns2, B), 0);
+
+	/* Errors as pp_listener_maybe; a stuck writer, a count out of
+	 * range. */
+	cr_assert_eq(pp_listener_board(&r, AF_UNIX, "\x7f\0\0\1", 1000, ns,
+				       B), -EAFNOSUPPORT);
+	cr_assert_eq(pp_listener_board(&r, AF_INET, NULL, 1000, ns, B),
+		     -EINVAL);
+	{
+		struct ubs_policy_page *pg = (struct ubs_policy_page *)
+			(s.base + UBT_SEG_HDR_SIZE);
+
+		atomic_fetch_add(&pg->seq, 1);
+		cr_assert_eq(lb(&r, AF_INET, "10.1.2.3", 1000, ns, B), -EAGAIN);
+		atomic_fetch_add(&pg->seq, 1);
+		pg->nlst = UBS_POLICY_MAX_LST + 1;
+		cr_assert_eq(lb(&r, AF_INET, "10.1.2.3", 1000, ns, B), -EPROTO);
+		pg->nlst = n;
+	}
+	cr_assert_eq(lb(&r, AF_INET, "10.1.2.3", 1000, ns, B), 1);
+	ubt_seg_unmap(&r);
+	ubt_seg_unmap(&s);
+}
+
 Test(policy, listener_table_full_and_independent_of_the_policy)
 {
 	static struct ubs_lst_entry v[UBS_POLICY_MAX_LST];

@@ -655,6 +655,49 @@ Test(rendezvous, listener_lives_while_any_holder_remains)
 	rv_table_fini(&t);
 }
 
+/* The board of a listener's holders: the first one's, 0 once holders of
+ * different boards share it, and forgotten with a replaced socket. */
+Test(rendezvous, listener_board_is_its_holders_common_board)
+{
+	struct rv_listener_info info[2];
+	struct rv_table t;
+	struct rv_addr la = v4("10.0.0.1", 80);
+
+	init(&t, 8, 0);
+	cr_assert_eq(rv_listener_board(&t, 900, 7), -ENOENT);
+	cr_assert_eq(rv_listener_add(&t, 900, 1, &la, 0, 1), 1);
+	cr_assert_eq(rv_listener_list(&t, info, 2), 1);
+	cr_assert_eq(info[0].board, 0, "none told yet");
+	cr_assert_eq(rv_listener_board(&t, 900, 7), 0);
+	cr_assert_eq(rv_listener_add(&t, 900, 1, &la, 0, 2), 0);
+	cr_assert_eq(rv_listener_board(&t, 900, 7), 0);
+	cr_assert_eq(rv_listener_list(&t, info, 2), 1);
+	cr_assert_eq(info[0].board, 7, "same uid, same board");
+	/* A holder of another board (another uid): none, for good. */
+	cr_assert_eq(rv_listener_add(&t, 900, 1, &la, 0, 3), 0);
+	cr_assert_eq(rv_listener_board(&t, 900, 8), 0);
+	rv_listener_list(&t, info, 2);
+	cr_assert_eq(info[0].board, 0);
+	cr_assert_eq(rv_listener_board(&t, 900, 7), 0);
+	cr_assert_eq(rv_session_gone(&t, 3), 0);
+	rv_listener_list(&t, info, 2);
+	cr_assert_eq(info[0].board, 0);
+	/* The inode named again as another socket: a new listener. */
+	la.port = 8080;
+	cr_assert_eq(rv_listener_add(&t, 900, 1, &la, 0, 4), 1);
+	rv_listener_list(&t, info, 2);
+	cr_assert_eq(info[0].board, 0);
+	cr_assert_eq(rv_listener_board(&t, 900, 9), 0);
+	rv_listener_list(&t, info, 2);
+	cr_assert_eq(info[0].board, 9);
+	/* A holder of no board makes it none too. */
+	cr_assert_eq(rv_listener_add(&t, 900, 1, &la, 0, 5), 0);
+	cr_assert_eq(rv_listener_board(&t, 900, 0), 0);
+	rv_listener_list(&t, info, 2);
+	cr_assert_eq(info[0].board, 0);
+	rv_table_fini(&t);
+}
+
 Test(rendezvous, session_gone_removes_publications_and_requests)
 {
 	struct rv_table t;
