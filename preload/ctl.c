@@ -727,6 +727,15 @@ int ubs_ctl_listener_maybe(int family, const void *addr, uint16_t port)
 		pp_listener_maybe(prev, family, addr, port) == 1;
 }
 
+int ubs_ctl_listener_board(int family, const void *addr, uint16_t port,
+			   uint64_t netns, uint64_t board)
+{
+	struct ubt_seg *page = __atomic_load_n(&ctl.page, __ATOMIC_ACQUIRE);
+
+	return page && pp_listener_board(page, family, addr, port, netns,
+					 board) == 1;
+}
+
 int ubs_ctl_listen(int fd, bool add)
 {
 	int r;
@@ -812,6 +821,23 @@ int ubs_ctl_doorbell(uint64_t *id, struct ubt_note **note)
 	*note = r < 0 ? NULL : db.note;
 	pthread_mutex_unlock(&ctl.lock);
 	return r;
+}
+
+int ubs_ctl_doorbell_known(uint64_t *id, struct ubt_note **note)
+{
+	int r;
+
+	pthread_mutex_lock(&ctl.lock);
+	r = db_make();
+	*id = db.id;
+	*note = r < 0 ? NULL : db.note;
+	/* Once per session, not waited for: only a peer's PEER_DB, later,
+	 * needs it at the daemon (which reads one session's messages in
+	 * order, and the peer's after it learned of us from the board). */
+	if (r >= 0 && db.gen != ctl_gen && (ctl_up() < 0 || db_register() < 0))
+		r = -ENOTCONN;
+	pthread_mutex_unlock(&ctl.lock);
+	return r < 0 ? r : db.fd;
 }
 
 /* ---- exec keeping UB connections (shim-socket/exec.c) ---- */

@@ -22,6 +22,11 @@ int ubs_ctl_excluded(int family, const void *addr, uint16_t port);
 /* Might a UB listener accept a connection to addr:port?  1 or 0. */
 int ubs_ctl_listener_maybe(int family, const void *addr, uint16_t port);
 
+/* May a connection to addr:port from namespace netns be set up through
+ * board `board` (every listener that could take it is on that board)?
+ * 1 or 0. */
+int ubs_ctl_listener_board(int family, const void *addr, uint16_t port,
+			   uint64_t netns, uint64_t board);
 /* Register (add) or drop a listening socket; waits for the answer. */
 int ubs_ctl_listen(int fd, bool add);
 /* The same from inside the reconnect hook (lock already held). */
@@ -39,6 +44,9 @@ struct ubt_note;
  * names it in channel headers, *note is its notification page.  A forked
  * child gets its own. */
 int ubs_ctl_doorbell(uint64_t *id, struct ubt_note **note);
+/* The same, and made known to ubsd (sent once per session, not waited
+ * for), so that a peer that met us without the daemon can ask for it. */
+int ubs_ctl_doorbell_known(uint64_t *id, struct ubt_note **note);
 /* Exec keeping UB connections: the process doorbell if made (its fd, or
  * -1; never makes one), and, in the new image, the inherited one taken
  * back as the process doorbell (given to ubsd again at its next need). */

@@ -136,6 +136,7 @@ static void ubs_config_load(void)
 						 0, 2000);
 	ubs_config.first_send_wait_ms = ubs_env_int("UBS_FIRST_SEND_WAIT_MS",
 						    20, 0, 2000);
+	ubs_config.no_board = ubs_env_int("UBS_BOARD", 1, 0, 1) == 0;
 	ubs_config.log_level = ubs_env_int("UBS_LOG", 0, 0, 3);
 	ubs_config.log_fd = 2;
 	v = secure_getenv("UBS_LOG_FILE");

@@ -70,6 +70,9 @@ struct ubs_config {
 	int first_send_wait_ms;			/* UBS_FIRST_SEND_WAIT_MS: server's
 						 * wait before it speaks first on an
 						 * undecided connection (default 20) */
+	bool no_board;				/* UBS_BOARD=0: connections set up
+						 * through ubsd only, never the
+						 * board */
 	bool tcp_only;				/* io_uring or seccomp seen: no
 						 * more UB (sock_go_tcp) */
 	int log_fd;				/* stderr, or UBS_LOG_FILE */

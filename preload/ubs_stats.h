@@ -57,7 +57,8 @@
 	X(MEM_POOL_BYTES, "mem_pool_bytes") /* bytes of live pool blocks */ \
 	X(MEM_POOL_LEASED, "mem_pool_leased") /* bytes of segments leased */ \
 	X(MEM_FALLBACKS, "mem_fallbacks") /* pool allocations served ordinarily */ \
-	X(EP_CHECKS,	"ep_checks")	/* UB registrations an epoll wait looked at */
+	X(EP_CHECKS,	"ep_checks")	/* UB registrations an epoll wait looked at */ \
+	X(UB_BOARD,	"ub_board")	/* UB connections set up on the board */
 
 #define UBS_STAT_ENUM_(name, str) UBS_STAT_##name,
 enum ubs_stat_id {

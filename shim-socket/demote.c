@@ -56,6 +56,18 @@ static int send_all(int fd, const char *buf, size_t n)
 	return 0;
 }
 
+void sock_resend_tx(struct sock *s, int fd)
+{
+	char buf[16384];
+	ssize_t n;
+
+	ubs_guard_enter();
+	while ((n = ubt_stream_read(s->tx, buf, sizeof(buf), 0)) > 0)
+		if (send_all(fd, buf, (size_t)n) < 0)
+			break;
+	ubs_guard_exit();
+}
+
 /*
  * Act on a demotion flag.  Called with a reference on s, not holding
  * its mutex.  Returns the state that now holds: SK_UB (nothing to do),
@@ -84,14 +96,7 @@ int sock_demote_handle(struct sock *s, int fd)
 	if (theirs && !s->resent) {
 		/* The peer will not consume our ring: what it holds goes
 		 * over the kernel socket, ahead of anything we write next. */
-		char buf[16384];
-		ssize_t n;
-
-		ubs_guard_enter();
-		while ((n = ubt_stream_read(s->tx, buf, sizeof(buf), 0)) > 0)
-			if (send_all(fd, buf, (size_t)n) < 0)
-				break;
-		ubs_guard_exit();
+		sock_resend_tx(s, fd);
 		s->resent = true;
 	}
 	if (!own && ubt_ring_readable(s->rx) > 0) {

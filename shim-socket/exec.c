@@ -335,7 +335,9 @@ static bool keep_prepare(struct kept *k, int fd)
 	st = atomic_load(&s->state);
 	if (st != SK_UB && st != SK_DRAIN)
 		return false;
-	if (!s->have_chan || s->closing)
+	/* A channel in a board slot is not a segment of its own that
+	 * map_files could open again. */
+	if (!s->have_chan || s->closing || s->board)
 		goto demote;
 	pthread_mutex_lock(&s->mu);     /* as sock_promote does */
 	r = s->peer_db ? 0 : sock_peer_db(s);

@@ -71,7 +71,8 @@ static void sock_free(struct sock *s)
 		sock_last_close(s);
 		ubs_fd_release(s->fd);
 	}
-	if (s->have_chan)
+	sock_board_free(s);
+	if (s->have_chan || s->board_posted)
 		ubt_chan_close(&s->ch);
 	if (s->peer_db)
 		sock_peer_db_put(s->peer_db);
@@ -99,6 +100,7 @@ struct sock *sock_new(int fd)
 	s->fd = fd;
 	s->ch.seg.fd = s->ch.efd[0] = s->ch.efd[1] = -1;
 	s->rcvtimeo_ms = s->sndtimeo_ms = -1;
+	s->board_slot = s->board_intent = -1;
 	return s;
 }
 

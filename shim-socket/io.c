@@ -376,6 +376,8 @@ static ssize_t ub_send(struct sock *s, int fd, const struct iovec *iov,
 /* The libc boundary for the data calls. */
 static ssize_t io_ret(struct sock *s, ssize_t r)
 {
+	if (__builtin_expect(s->board_wait, 0))
+		sock_board_check(s);    /* after the ring moved: see board.c */
 	sock_put(s);
 	if (r < 0) {
 		errno = (int)-r;

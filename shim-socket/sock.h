@@ -24,9 +24,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include "preload.h"
 #include "ubt.h"
+
+struct ubs_svc_policy;
 
 enum sk_state {
 	SK_LISTEN = 1,          /* listening socket registered with ubsd */
@@ -100,6 +103,18 @@ struct sock {
 	int nkr;
 	bool kr_lost;                   /* one was not recorded: adoption
 					 * asks the kernel (fdinfo) */
+	/* The board (board.c): a channel in a slot of the uid's board. */
+	uint64_t netns;                 /* SK_LISTEN: SO_NETNS_COOKIE */
+	struct ubt_board *board;        /* NULL: a segment of its own */
+	int board_slot;
+	int board_intent;               /* client: intent in flight, or -1 */
+	struct ubt_board_key board_key;
+	bool board_posted;              /* the channel is in board_slot */
+	bool board_refused;             /* client: no post (TCP) */
+	bool board_wait;                /* client: the server's doorbell is
+					 * not known yet */
+	bool board_released;            /* this process let go of its side */
+	uint32_t board_holds;           /* ... and the holds left then */
 };
 
 /* The fd table. */
@@ -141,6 +156,24 @@ char **sock_exec_prepare_file(const char *file, char *const envp[]);
 void sock_exec_undo(void);
 void sock_demote_inherited(void);
 void sock_exec_adopt(void);
+
+/* Set-up through the board (board.c). */
+uint64_t sock_netns(int fd);
+bool sock_board_connect_begin(struct sock *s, int fd,
+			      const struct sockaddr *dst, socklen_t len,
+			      const struct ubs_svc_policy *pol);
+void sock_board_connect_post(struct sock *s, int fd);
+void sock_board_connect_abort(struct sock *s);
+int sock_board_settle(struct sock *s, int fd);   /* s->mu held; unlocks */
+void sock_board_check(struct sock *s);
+/* 1: accepted through the board (s installed), 0: not a board client,
+ * -errno: a board client, now plain TCP. */
+int sock_board_accept(struct sock *ls, int fd, int flags, bool on,
+		      const struct ubs_svc_policy *pol);
+bool sock_board_close(struct sock *s, int fd);
+void sock_board_free(struct sock *s);
+/* Send what this side wrote into its tx ring over the kernel socket. */
+void sock_resend_tx(struct sock *s, int fd);
 
 /* Transitions. */
 void sock_to_tcp(struct sock *s, int fd);       /* drop the channel, detach

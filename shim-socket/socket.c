@@ -194,6 +194,7 @@ UBS_EXPORT int listen(int fd, int backlog)
 	    !ubs_ctl_excluded(fam, addr, port) &&
 	    ubs_ctl_listen(fd, true) == 0 && (s = sock_new(fd))) {
 		atomic_store(&s->state, SK_LISTEN);
+		s->netns = sock_netns(fd);
 		if (sock_install(fd, s) < 0)
 			free(s);
 		ubs_dbg("fd %d: UB listener on port %u", fd, port);
@@ -223,14 +224,24 @@ static void relisten_all(void)
  * through ubsd, and track the socket as UNDECIDED.  Any failure leaves a
  * plain TCP socket.
  */
-static void accepted(int fd, int flags)
+static void accepted(struct sock *ls, int fd, int flags)
 {
 	struct ubs_svc_policy pol;
 	struct sock *s;
 	uint64_t ring, db_id;
+	bool on = policy_on(&pol);
 	int r, db;
 
-	if (!policy_on(&pol))
+	/* A client of this process's board first (board.c): it posted its
+	 * channel before the server could accept. */
+	r = sock_board_accept(ls, fd, flags, on, &pol);
+	if (r > 0)
+		return;
+	if (r < 0) {
+		count_conn(NULL, false, UBS_STAT_TCP_PEER_TCP, fd, 0);
+		return;
+	}
+	if (!on)
 		return;
 	s = sock_new(fd);
 	if (!s)
@@ -286,7 +297,7 @@ static int do_accept(int lfd, __SOCKADDR_ARG addr, socklen_t *len,
 	err = errno;
 	if (atomic_load(&ls->state) == SK_LISTEN) {
 		ubs_guard_enter();
-		accepted(fd, four ? flags : 0);
+		accepted(ls, fd, four ? flags : 0);
 		ubs_guard_exit();
 	}
 	sock_put(ls);
@@ -341,8 +352,12 @@ UBS_EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 	 * trip overlaps the handshake and what the program does meanwhile. */
 	if (s) {
 		ubs_guard_enter();
-		s->req_token = ubs_ctl_request_send(fd,
-						    ubs_config.connect_wait_ms);
+		/* A server on this process's board: the board's way
+		 * (board.c), no daemon. */
+		if (!sock_board_connect_begin(s, fd, addr.__sockaddr__, len,
+					      &pol))
+			s->req_token = ubs_ctl_request_send(fd,
+						ubs_config.connect_wait_ms);
 		ubs_guard_exit();
 	}
 	r = ubs_real.connect(fd, addr, len);
@@ -350,10 +365,16 @@ UBS_EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 		return r;
 	saved = errno;
 	if (r == 0 || errno == EINPROGRESS || errno == EINTR) {
+		if (s->board) {
+			ubs_guard_enter();
+			sock_board_connect_post(s, fd);
+			ubs_guard_exit();
+		}
 		atomic_store(&s->state, SK_CONNECTING);
 		if (sock_install(fd, s) < 0) {
 			if (s->req_token)
 				ubs_ctl_request_cancel(s->req_token);
+			sock_board_connect_abort(s);
 			free(s);
 		} else if (r == 0) {
 			ubs_guard_enter();
@@ -363,6 +384,7 @@ UBS_EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 	} else {
 		if (s->req_token)
 			ubs_ctl_request_cancel(s->req_token);
+		sock_board_connect_abort(s);
 		free(s);
 	}
 	errno = saved;
@@ -438,6 +460,14 @@ int sock_settle_connect(struct sock *s, int fd, bool may_wait)
 		if (s->req_token)
 			ubs_ctl_request_cancel(s->req_token);
 		s->req_token = 0;
+		sock_board_connect_abort(s);
+		goto tcp;
+	}
+	if (s->board_posted)
+		return sock_board_settle(s, fd);
+	if (s->board_refused) {
+		snprintf(why, sizeof(why), "the server went on without us");
+		reason = UBS_STAT_TCP_NO_CHANNEL;
 		goto tcp;
 	}
 	if (s->req_token) {
@@ -696,12 +726,18 @@ void sock_last_close(struct sock *s)
 	s->cslot = NULL;
 	/* The last holder anywhere ends it (a forked child may still hold
 	 * it: an UNDECIDED connection is then the child's to settle). */
-	if (s->have_chan && (st == SK_UB || st == SK_UNDECIDED) &&
-	    ubt_chan_release(&s->ch) == 0) {
-		if (st == SK_UNDECIDED)
-			ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
-		ubs_dbg("last close of a UB connection: rings shut down");
-		ubt_chan_shutdown(&s->ch);
+	if (sock_board_close(s, s->fd)) {
+		/* A post nobody took: TCP, with the bytes. */
+	} else if (s->have_chan && (st == SK_UB || st == SK_UNDECIDED)) {
+		s->board_holds = ubt_chan_release(&s->ch);
+		s->board_released = true;
+		if (s->board_holds == 0) {
+			if (st == SK_UNDECIDED)
+				ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
+			ubs_dbg("last close of a UB connection: rings shut "
+				"down");
+			ubt_chan_shutdown(&s->ch);
+		}
 	}
 	ep_sock_gone(s);
 }

@@ -523,6 +523,18 @@ const _Atomic uint32_t *ubt_chan_demote_word(const struct ubt_chan *c,
 	return &chan_hdr(c)->demote[side & 1];
 }
 
+void ubt_chan_wake_peer(struct ubt_chan *c)
+{
+	struct ubt_ring *r;
+
+	/* The peer's sleepers: consumers of what we produce, producers
+	 * waiting for room in what we consume. */
+	for (int n = 0; (r = ubt_chan_tx(c, n)); n++)
+		ubt_db_notify(r, &r->shm->data_db, r->data_efd);
+	for (int n = 0; (r = ubt_chan_rx(c, n)); n++)
+		ubt_db_notify(r, &r->shm->space_db, r->space_efd);
+}
+
 void ubt_chan_wake_self(struct ubt_chan *c)
 {
 	struct ubt_ring *r;

@@ -426,6 +426,9 @@ void ubt_chan_demote_side(struct ubt_chan *c, int side);
 /* Wake this side's own sleepers (threads of this process waiting on the
  * channel), e.g. to make them look again at what changed. */
 void ubt_chan_wake_self(struct ubt_chan *c);
+/* Ring the peer's sleepers on every ring of the channel (a doorbell that
+ * was not known when they went to sleep). */
+void ubt_chan_wake_peer(struct ubt_chan *c);
 /* The demote flag of side (0 creator, 1 attacher), a ubt_wait.stop word. */
 const _Atomic uint32_t *ubt_chan_demote_word(const struct ubt_chan *c,
 					     int side);

@@ -1,0 +1,369 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * board.c - connection set-up through the uid's board (ubtransport/board.c),
+ * without ubsd: the fast way for two processes of one uid in one network
+ * namespace, which is what a program opening a connection per request
+ * talks to.
+ *
+ * Client (connect): the destination's listeners, as the policy page lists
+ * them, must all be on this process's board in the socket's namespace;
+ * then an intent before the kernel connect, and right after it (the
+ * local port is known even while the handshake is in progress) a channel
+ * in a slot of the board, posted under the connection's key.  Once the
+ * kernel connection is made the socket is UB at once: the client writes
+ * its request into the ring without waiting for the server's accept.
+ * The server's doorbell is looked up when the channel turns UB (the
+ * server attached); until then a wake-up has nobody to wake.
+ *
+ * Server (accept on a listener of the board): take the post of the
+ * connection's key and attach.  Nothing posted: if an intent towards this
+ * listener's address is in flight, wait for it a little (its client is
+ * between connect() and its post), then leave a tombstone, which turns a
+ * late client to TCP; no intent: the connection is not from a client of
+ * the board, and the daemon's rendezvous (socket.c) takes over.  A
+ * server whose policy is off still takes the post, and demotes the
+ * channel: the client sends its bytes over the kernel socket instead.
+ *
+ * A client that closes before its post was taken decides the channel TCP
+ * and sends what it wrote over the kernel socket, where a server that
+ * accepts later reads it.  The slot's two references (one per side, the
+ * last holder of a side lets go of it) free it.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "sock.h"
+#include "ctl.h"
+#include "policy.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+/* How long a server waits for a client whose intent is in flight. */
+#define BOARD_WAIT_NS 2000000ull
+
+/* A sockaddr as the board keys it: v4-mapped IPv6 is IPv4, unused bytes
+ * zero.  false for another family or a short address. */
+static bool key_addr(const struct sockaddr *sa, socklen_t len,
+		     uint16_t *fam, uint8_t a[16], uint16_t *port)
+{
+	memset(a, 0, 16);
+	if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+		const struct sockaddr_in *in = (const void *)sa;
+
+		*fam = AF_INET;
+		memcpy(a, &in->sin_addr, 4);
+		*port = ntohs(in->sin_port);
+		return true;
+	}
+	if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+		const struct sockaddr_in6 *in6 = (const void *)sa;
+
+		*port = ntohs(in6->sin6_port);
+		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+			*fam = AF_INET;
+			memcpy(a, &in6->sin6_addr.s6_addr[12], 4);
+		} else {
+			*fam = AF_INET6;
+			memcpy(a, &in6->sin6_addr, 16);
+		}
+		return true;
+	}
+	return false;
+}
+
+static bool addr_unspec(uint16_t fam, const uint8_t a[16])
+{
+	static const uint8_t zero[16];
+
+	return memcmp(a, zero, fam == AF_INET ? 4 : 16) == 0;
+}
+
+uint64_t sock_netns(int fd)
+{
+	uint64_t c = 0;
+	socklen_t l = sizeof(c);
+
+	return ubs_real.getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &c, &l) == 0 ?
+		c : 0;
+}
+
+/* ------------------------------------------------------------- client */
+
+bool sock_board_connect_begin(struct sock *s, int fd,
+			      const struct sockaddr *dst, socklen_t len,
+			      const struct ubs_svc_policy *pol)
+{
+	struct ubt_board *b;
+	struct ubt_board_key *k = &s->board_key;
+	uint8_t a[16];
+	uint16_t fam, port;
+	int h;
+
+	if (ubs_config.no_board || ubs_ctl_board(&b) < 0 ||
+	    b->ring_size != (uint64_t)pol->ring_kib * 1024 ||
+	    !key_addr(dst, len, &fam, a, &port) || addr_unspec(fam, a))
+		return false;
+	memset(k, 0, sizeof(*k));
+	k->netns = sock_netns(fd);
+	if (!k->netns || ubs_ctl_listener_board(fam, a, port, k->netns,
+						b->id) != 1)
+		return false;
+	h = ubt_board_intent(b, k->netns, fam, a, port);
+	if (h < 0)
+		return false;
+	k->family = fam;
+	k->sport = port;
+	memcpy(k->saddr, a, 16);
+	s->board = b;
+	s->board_intent = h;
+	return true;
+}
+
+void sock_board_connect_post(struct sock *s, int fd)
+{
+	struct ubt_board *b = s->board;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	uint16_t fam;
+	uint64_t db_id;
+	int db, slot = -1, r = -EPROTO;
+
+	if (ubs_real.getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+	    key_addr((struct sockaddr *)&ss, sl, &fam, s->board_key.caddr,
+		     &s->board_key.cport) && fam == s->board_key.family) {
+		db = ubs_ctl_doorbell_known(&db_id, &s->own_note);
+		slot = db < 0 ? db : ubt_board_chan_create(b, &s->ch, db, db_id);
+		r = slot < 0 ? slot : ubt_board_post(b, &s->board_key,
+						     (uint32_t)slot);
+	}
+	/* After the post: a server sees the intent or the post, never
+	 * neither. */
+	ubt_board_intent_end(b, s->board_intent);
+	s->board_intent = -1;
+	if (r == 0) {
+		s->board_slot = slot;
+		s->board_posted = true;
+		return;
+	}
+	if (slot >= 0) {
+		ubt_chan_close(&s->ch);
+		ubt_board_slot_put(b, (uint32_t)slot);
+	}
+	s->board = NULL;
+	/* A tombstone: the server went on without us (TCP).  Anything else
+	 * (a full bucket, no doorbell): no server will look for us on the
+	 * board, nor has the daemon an early request of ours: TCP too. */
+	s->board_refused = true;
+	ubs_dbg("fd %d: no post on the board (%s): TCP", fd, strerror(-r));
+}
+
+void sock_board_connect_abort(struct sock *s)
+{
+	struct ubt_board *b = s->board;
+
+	if (!b)
+		return;
+	if (s->board_intent >= 0)
+		ubt_board_intent_end(b, s->board_intent);
+	s->board_intent = -1;
+	if (s->board_posted) {
+		ubt_board_unpost(b, &s->board_key, (uint32_t)s->board_slot);
+		ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
+		ubt_chan_close(&s->ch);
+		ubt_board_slot_put(b, (uint32_t)s->board_slot);
+		s->board_posted = false;
+	}
+	s->board = NULL;
+}
+
+/*
+ * The client's channel turned UB (the server attached): find the
+ * server's doorbell, then wake whatever of it may sleep on our rings (it
+ * may have gone to sleep before we could ring it).  Called after each
+ * data call until then (io.c), and before a wait.
+ */
+void sock_board_check(struct sock *s)
+{
+	atomic_thread_fence(memory_order_seq_cst);
+	if (ubt_chan_state(&s->ch) != UBT_CHAN_UB)
+		return;
+	pthread_mutex_lock(&s->mu);
+	if (s->board_wait) {
+		if (sock_peer_db(s) < 0) {
+			/* No way to wake the server: back to TCP, losing
+			 * nothing (the next call settles it). */
+			ubt_chan_demote(&s->ch);
+		} else {
+			ubt_chan_wake_peer(&s->ch);
+		}
+		s->board_wait = false;
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* The kernel connection is made: UB now, through the posted channel. */
+int sock_board_settle(struct sock *s, int fd)
+{
+	sock_bind_chan(s);
+	s->board_wait = true;
+	atomic_store(&s->state, SK_UB);
+	pthread_mutex_unlock(&s->mu);
+	ep_sock_adopt(s, fd);
+	sock_count_ub(s, fd, 1);
+	ubs_stats_add(UBS_STAT_UB_BOARD, 1);
+	ubs_dbg("fd %d: connected over UB (board slot %d)", fd, s->board_slot);
+	sock_board_check(s);
+	return SK_UB;
+}
+
+/* ------------------------------------------------------------- server */
+
+/* The key of accepted socket fd of listener ls; false if it has none. */
+static bool accepted_key(struct sock *ls, int fd, struct ubt_board_key *k)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	uint16_t f1, f2;
+
+	memset(k, 0, sizeof(*k));
+	k->netns = ls->netns;
+	if (ubs_real.getsockname(fd, (struct sockaddr *)&ss, &sl) < 0 ||
+	    !key_addr((struct sockaddr *)&ss, sl, &f1, k->saddr, &k->sport))
+		return false;
+	sl = sizeof(ss);
+	if (ubs_real.getpeername(fd, (struct sockaddr *)&ss, &sl) < 0 ||
+	    !key_addr((struct sockaddr *)&ss, sl, &f2, k->caddr, &k->cport) ||
+	    f1 != f2)
+		return false;
+	k->family = f1;
+	return true;
+}
+
+/* The slot posted for k: taken now, or after its client's intent ends;
+ * -ENOENT when none is coming. */
+static int take_post(struct ubt_board *b, const struct ubt_board_key *k)
+{
+	uint64_t t0 = 0;
+	int slot = ubt_board_take(b, k, 0);
+
+	while (slot < 0 && ubt_board_intent_pending(b, k->netns, k->family,
+						    k->saddr, k->sport)) {
+		struct timespec ts;
+		uint64_t now;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+		if (!t0)
+			t0 = now;
+		else if (now - t0 > BOARD_WAIT_NS)
+			return ubt_board_take(b, k, 1);
+		sched_yield();
+		slot = ubt_board_take(b, k, 0);
+	}
+	/* The intent ended after the post: look once more. */
+	return slot >= 0 ? slot : ubt_board_take(b, k, 0);
+}
+
+int sock_board_accept(struct sock *ls, int fd, int flags, bool on,
+		      const struct ubs_svc_policy *pol)
+{
+	struct ubt_board *b;
+	struct ubt_board_key k;
+	struct sock *s;
+	uint64_t db_id;
+	int slot, db, r;
+
+	if (!ls->netns || ubs_ctl_board(&b) < 0 || !accepted_key(ls, fd, &k))
+		return 0;
+	slot = take_post(b, &k);
+	if (slot < 0)
+		return 0;
+	s = sock_new(fd);
+	if (!s) {
+		ubt_board_slot_put(b, (uint32_t)slot);
+		return -ENOMEM;
+	}
+	db = ubs_ctl_doorbell_known(&db_id, &s->own_note);
+	r = db < 0 ? db : ubt_board_chan_attach(b, &s->ch, (uint32_t)slot, db,
+						db_id);
+	if (r < 0) {
+		/* A slot we cannot use (a hostile neighbour wrote it):
+		 * nothing more can be done for its client. */
+		ubt_board_slot_put(b, (uint32_t)slot);
+		free(s);
+		return r;
+	}
+	s->board = b;
+	s->board_slot = slot;
+	s->board_posted = true;
+	sock_bind_chan(s);
+	if (ubt_chan_decide(&s->ch, UBT_CHAN_UB) != UBT_CHAN_UB) {
+		/* The client closed first and sent its bytes over TCP. */
+		ubt_chan_release(&s->ch);
+		ubt_chan_close(&s->ch);
+		ubt_board_slot_put(b, (uint32_t)slot);
+		free(s);
+		return -ECONNREFUSED;
+	}
+	r = sock_peer_db(s);
+	if (!on || r < 0) {
+		/* Policy off here (or no doorbell to wake the client): the
+		 * client sends what it wrote over the kernel socket. */
+		ubt_chan_demote(&s->ch);
+		ubs_dbg("fd %d: board connection demoted (%s)", fd,
+			on ? "no doorbell of the client" : "policy off");
+	}
+	s->spin_ns = (int64_t)pol->spin_us * 1000;
+	s->nonblock = flags & SOCK_NONBLOCK;
+	atomic_store(&s->state, SK_UB);
+	if (sock_install(fd, s) < 0) {
+		ubt_chan_demote(&s->ch);
+		ubt_chan_release(&s->ch);
+		ubt_chan_close(&s->ch);
+		ubt_board_slot_put(b, (uint32_t)slot);
+		free(s);
+		return -EMFILE;
+	}
+	sock_count_ub(s, fd, 0);
+	ubs_stats_add(UBS_STAT_UB_BOARD, 1);
+	ubs_dbg("fd %d: accepted over UB (board slot %d)", fd, slot);
+	return 1;
+}
+
+/* ------------------------------------------------------------ closing */
+
+/*
+ * The last fd of s in this process closes (fd still open).  A client
+ * whose post nobody took yet takes it back: the channel goes TCP and the
+ * bytes written go over the kernel socket.  Returns true if it did (the
+ * caller then skips the UB teardown).
+ */
+bool sock_board_close(struct sock *s, int fd)
+{
+	if (!s->board || !s->board_posted || s->ch.side != 0 ||
+	    ubt_chan_decide(&s->ch, UBT_CHAN_TCP) != UBT_CHAN_TCP)
+		return false;
+	if (s->have_chan)
+		sock_resend_tx(s, fd);
+	ubt_board_unpost(s->board, &s->board_key, (uint32_t)s->board_slot);
+	return true;
+}
+
+/* s is freed: the last holder of this side gives its slot reference. */
+void sock_board_free(struct sock *s)
+{
+	if (!s->board)
+		return;
+	if (!s->board_released)
+		s->board_holds = ubt_chan_release(&s->ch);
+	if (s->board_holds == 0)
+		ubt_board_slot_put(s->board, (uint32_t)s->board_slot);
+	s->board = NULL;
+}
