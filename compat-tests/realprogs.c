@@ -87,6 +87,10 @@ extern char **environ;
 static char bin_dir[1024];              /* build/bin */
 static char preload_lib[1024];
 static bool own_netns;                  /* kernel counters are ours */
+static bool across;                     /* server and clients in two
+					 * namespaces (two_namespaces) */
+static bool other_uid;                  /* the server's workers are not of
+					 * the clients' uid (start_nginx) */
 static int port;                        /* the server's port */
 static pid_t server_pids[MAX_SERVERS];
 static int nservers;
@@ -304,7 +308,9 @@ TestSuite(compat, .init = setup, .fini = teardown, .timeout = 45);
 
 /* Our environment minus LD_PRELOAD and UBS_*, plus UBS_RUN_DIR and, with
  * preload, LD_PRELOAD (and with preload_log the library's debug log into
- * RUN_DIR/ubs-debug.log).  Built in the child (no free needed). */
+ * RUN_DIR/ubs-debug.log).  A preloaded program keeps the UBS_* settings
+ * the suite was started with (UBS_MEM_POOL, UBS_BOARD...), all but
+ * UBS_RUN_DIR and the log's.  Built in the child (no free needed). */
 static char **child_env(bool preload)
 {
 	static char rd[128], lp[PATH_MAX + 16], lf[160];
@@ -317,7 +323,10 @@ static char **child_env(bool preload)
 	if (!env)
 		_exit(126);
 	for (char **e = environ; *e; e++)
-		if (strncmp(*e, "LD_PRELOAD=", 11) && strncmp(*e, "UBS_", 4))
+		if (strncmp(*e, "LD_PRELOAD=", 11) &&
+		    (strncmp(*e, "UBS_", 4) ||
+		     (preload && strncmp(*e, "UBS_RUN_DIR=", 12) &&
+		      strncmp(*e, "UBS_LOG", 7))))
 			env[k++] = *e;
 	snprintf(rd, sizeof(rd), "UBS_RUN_DIR=%s", run_dir);
 	env[k++] = rd;
@@ -597,6 +606,7 @@ static void two_namespaces(void)
 {
 	int me = (int)getpid();
 
+	across = true;
 	cr_assert(own_netns, "the namespace tests need root (CAP_SYS_ADMIN, "
 		  "CAP_NET_ADMIN): unshare(CLONE_NEWNET) was refused");
 	home_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
@@ -908,6 +918,22 @@ static void expect_ub(const char *server, const char *const *clients,
 	cr_expect_eq(C(c, UB_CONNS), C(s, UB_CONNS), "clients have %" PRIu64
 		     " UB connections, %s %" PRIu64, C(c, UB_CONNS), server,
 		     C(s, UB_CONNS));
+	{
+		/* One uid, one namespace: every connection met on the board
+		 * (not with UBS_BOARD=0); across namespaces or uids, through
+		 * ubsd. */
+		const char *b = getenv("UBS_BOARD");
+		bool board = !across && !other_uid && !(b && !strcmp(b, "0"));
+
+		cr_expect_eq(C(s, UB_BOARD), board ? C(s, UB_CONNS) : 0,
+			     "%s: %" PRIu64 " of %" PRIu64 " UB connections "
+			     "set up on the board", server, C(s, UB_BOARD),
+			     C(s, UB_CONNS));
+		cr_expect_eq(C(c, UB_BOARD), board ? C(c, UB_CONNS) : 0,
+			     "clients: %" PRIu64 " of %" PRIu64 " UB "
+			     "connections set up on the board",
+			     C(c, UB_BOARD), C(c, UB_CONNS));
+	}
 	cr_expect_eq(C(c, TCP_CONNS), 0, "clients: %" PRIu64 " TCP "
 		     "connections (no_daemon %" PRIu64 " no_channel %" PRIu64
 		     " peer_tcp %" PRIu64 ")", C(c, TCP_CONNS),
@@ -1214,6 +1240,9 @@ static void start_nginx(bool preload)
 		 "    }\n"
 		 "}\n", run_dir, port, www, srv_bind);
 	write_file("nginx.conf", text);
+	/* Started as root, nginx runs its workers as nobody: they never
+	 * meet root's clients on a board (ubsd pairs them). */
+	other_uid = geteuid() == 0;
 	path_in(conf, sizeof(conf), "nginx.conf");
 	path_in(errlog, sizeof(errlog), "nginx-error.log");
 	start_server(argv, preload);

@@ -1094,6 +1094,31 @@ int ubs_ctl_board(struct ubt_board **out)
 	return b ? 0 : r ? r : -ENOENT;
 }
 
+struct ubt_board *ubs_ctl_board_adopt(int fd)
+{
+	struct ubt_board *b = calloc(1, sizeof(*b));
+
+	if (!b || ubt_board_map(b, fd) < 0) {
+		ubs_real.close(fd);
+		free(b);
+		return NULL;
+	}
+	if (b->seg.fd >= 0) {
+		ubs_real.close(b->seg.fd);      /* the mapping is all we need */
+		b->seg.fd = -1;
+	}
+	pthread_mutex_lock(&ctl.lock);
+	if (brd.last && brd.last->id == b->id) {
+		ubt_board_unmap(b);
+		free(b);
+		b = brd.last;
+	} else {
+		brd.last = b;   /* the daemon names it again: this one */
+	}
+	pthread_mutex_unlock(&ctl.lock);
+	return b;
+}
+
 uint64_t ubs_ctl_board_id(void)
 {
 	return __atomic_load_n(&brd.id, __ATOMIC_RELAXED);

@@ -76,6 +76,9 @@ struct ubt_board;
  * -ENOTCONN (no daemon), -ENOENT (no board for this uid), -errno.
  */
 int ubs_ctl_board(struct ubt_board **out);
+/* Exec: map the board an old image kept (fd, taken in any case); the
+ * board ubs_ctl_board returns when the daemon names the same one. */
+struct ubt_board *ubs_ctl_board_adopt(int fd);
 /* The id of the board ubs_ctl_board last returned, 0 before any. */
 uint64_t ubs_ctl_board_id(void);
 

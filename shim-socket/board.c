@@ -94,6 +94,103 @@ uint64_t sock_netns(int fd)
 		c : 0;
 }
 
+/*
+ * A post nobody takes (the connection was accepted by a process that
+ * does not look at this board and could not hand it back through ubsd:
+ * not preloaded, or without a daemon) must not leave its client waiting
+ * for good.  Past BOARD_TAKE_MS the client decides the channel TCP itself
+ * and marks the server's side demoted: the next call on it sends what it
+ * wrote over the kernel socket and goes on there (a server that takes
+ * the post later finds it TCP).  Blocking calls wait no longer than the
+ * deadline (io.c); poll and epoll sweep the list of such connections
+ * (pend) before each sleep and sleep no longer than the nearest deadline.
+ */
+#define BOARD_TAKE_MS 1000
+
+static pthread_mutex_t pend_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct sock *pend;               /* linked by pend_next */
+static _Atomic int npend;
+
+/* The list holds no reference: sock_free takes s off it first (under
+ * pend_mu, which a sweep holds while it looks at s). */
+static void pend_add(struct sock *s)
+{
+	pthread_mutex_lock(&pend_mu);
+	s->pend_next = pend;
+	pend = s;
+	s->pending = true;
+	atomic_fetch_add(&npend, 1);
+	pthread_mutex_unlock(&pend_mu);
+}
+
+static void pend_del(struct sock *s)
+{
+	pthread_mutex_lock(&pend_mu);
+	for (struct sock **pp = &pend; *pp; pp = &(*pp)->pend_next)
+		if (*pp == s) {
+			*pp = s->pend_next;
+			s->pending = false;
+			atomic_fetch_sub(&npend, 1);
+			break;
+		}
+	pthread_mutex_unlock(&pend_mu);
+}
+
+int sock_board_left_ms(const struct sock *s)
+{
+	uint64_t now;
+	struct timespec ts;
+
+	if (!s->board_wait || ubt_chan_state(&s->ch) != UBT_CHAN_UNDECIDED)
+		return -1;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	return now >= s->board_due_ns ? 0 :
+		(int)((s->board_due_ns - now + 999999) / 1000000);
+}
+
+bool sock_board_expire(struct sock *s)
+{
+	if (sock_board_left_ms(s) != 0 ||
+	    ubt_chan_decide(&s->ch, UBT_CHAN_TCP) != UBT_CHAN_TCP)
+		return false;
+	ubt_board_unpost(s->board, &s->board_key, (uint32_t)s->board_slot);
+	ubt_chan_demote_side(&s->ch, 1);
+	s->board_wait = false;
+	ubs_info("fd %d: no server took the connection's channel in %d ms: "
+		 "TCP", s->fd, BOARD_TAKE_MS);
+	if (s->own_note && s->note_tok)
+		ubt_note_post(s->own_note, s->note_tok);        /* epoll */
+	return true;
+}
+
+int sock_board_sweep(void)
+{
+	int next = -1;
+
+	if (!atomic_load_explicit(&npend, memory_order_relaxed))
+		return -1;
+	pthread_mutex_lock(&pend_mu);
+	for (struct sock **pp = &pend; *pp;) {
+		struct sock *s = *pp;
+		int left;
+
+		sock_board_expire(s);
+		left = sock_board_left_ms(s);
+		if (left < 0) {                 /* settled: off the list */
+			*pp = s->pend_next;
+			s->pending = false;
+			atomic_fetch_sub(&npend, 1);
+			continue;
+		}
+		if (next < 0 || left < next)
+			next = left;
+		pp = &s->pend_next;
+	}
+	pthread_mutex_unlock(&pend_mu);
+	return next;
+}
+
 /* ------------------------------------------------------------- client */
 
 bool sock_board_connect_begin(struct sock *s, int fd,
@@ -195,7 +292,11 @@ void sock_board_check(struct sock *s)
 	if (ubt_chan_state(&s->ch) != UBT_CHAN_UB)
 		return;
 	pthread_mutex_lock(&s->mu);
-	if (s->board_wait) {
+	if (s->board_wait && sock_demote_pending(s)) {
+		/* Refused (ubsd took the post back for us): the next call
+		 * sends what we wrote over the kernel socket. */
+		s->board_wait = false;
+	} else if (s->board_wait) {
 		if (sock_peer_db(s) < 0) {
 			/* No way to wake the server: back to TCP, losing
 			 * nothing (the next call settles it). */
@@ -211,8 +312,15 @@ void sock_board_check(struct sock *s)
 /* The kernel connection is made: UB now, through the posted channel. */
 int sock_board_settle(struct sock *s, int fd)
 {
+	struct timespec ts;
+
 	sock_bind_chan(s);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	s->board_due_ns = (uint64_t)ts.tv_sec * 1000000000ull +
+		(uint64_t)ts.tv_nsec + BOARD_TAKE_MS * 1000000ull;
 	s->board_wait = true;
+	if (ubt_chan_state(&s->ch) == UBT_CHAN_UNDECIDED)
+		pend_add(s);
 	atomic_store(&s->state, SK_UB);
 	pthread_mutex_unlock(&s->mu);
 	ep_sock_adopt(s, fd);
@@ -359,6 +467,8 @@ bool sock_board_close(struct sock *s, int fd)
 /* s is freed: the last holder of this side gives its slot reference. */
 void sock_board_free(struct sock *s)
 {
+	if (s->pending)
+		pend_del(s);
 	if (!s->board)
 		return;
 	if (!s->board_released)

@@ -50,7 +50,7 @@
 #include "ctl.h"
 
 #define EXEC_ENV        "UBS_EXEC_CONNS"
-#define EXEC_ENV_VER    "2"
+#define EXEC_ENV_VER    "3"
 #define KEEP_MAX        64              /* connections described */
 #define KEEP_FDS        8               /* fds of one connection */
 
@@ -277,18 +277,20 @@ static void collect(int fd, struct sock *s, void *arg)
  * -errno. */
 static int seg_fd_of(struct sock *s)
 {
+	/* A channel in a board slot: the board's memfd. */
+	const struct ubt_seg *seg = s->board ? &s->board->seg : &s->ch.seg;
 	char path[64];
 	struct stat st;
-	uintptr_t b = (uintptr_t)s->ch.seg.base;
+	uintptr_t b = (uintptr_t)seg->base;
 	int fd;
 
 	snprintf(path, sizeof(path), "/proc/self/map_files/%lx-%lx",
-		 (unsigned long)b, (unsigned long)(b + s->ch.seg.size));
+		 (unsigned long)b, (unsigned long)(b + seg->size));
 	fd = open(path, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-	    (uint64_t)st.st_size != s->ch.seg.size ||
+	    (uint64_t)st.st_size != seg->size ||
 	    ubs_real.fcntl(fd, F_GET_SEALS) < 0) {
 		ubs_real.close(fd);
 		return -EPROTO;
@@ -335,9 +337,7 @@ static bool keep_prepare(struct kept *k, int fd)
 	st = atomic_load(&s->state);
 	if (st != SK_UB && st != SK_DRAIN)
 		return false;
-	/* A channel in a board slot is not a segment of its own that
-	 * map_files could open again. */
-	if (!s->have_chan || s->closing || s->board)
+	if (!s->have_chan || s->closing)
 		goto demote;
 	pthread_mutex_lock(&s->mu);     /* as sock_promote does */
 	r = s->peer_db ? 0 : sock_peer_db(s);
@@ -400,9 +400,10 @@ static bool put(char *buf, size_t size, size_t *len, const char *fmt, ...)
 	return true;
 }
 
-/* Describe the kept connections: "2;entry;entry..." where an entry is
+/* Describe the kept connections: "3;entry;entry..." where an entry is
  * ino,fd.fd...,seg,segid,side,state,flags,own,ownid,peer,peerid,spin_ns,
- * note (this side's notification page). */
+ * note (this side's notification page),slot (the channel's slot in the
+ * board that seg then is; -1: seg is the channel's own segment). */
 static char *describe(void)
 {
 	size_t size = 64 + (size_t)ex.n * 256, len = 0;
@@ -434,10 +435,10 @@ static char *describe(void)
 			if (!put(buf, size, &len, "%s%d", j ? "." : "", k->fds[j]))
 				goto fail;
 		if (!put(buf, size, &len, ",%d,%" PRIx64 ",%d,%d,%u,%d,%" PRIx64
-			 ",%d,%" PRIx64 ",%" PRId64 ",%d", k->seg, s->ch.seg.id,
-			 side, atomic_load(&s->state), fl, s->ch.efd[side],
-			 own_id, s->ch.efd[!side], s->peer_db, s->spin_ns,
-			 note_fd_of(s)))
+			 ",%d,%" PRIx64 ",%" PRId64 ",%d,%d", k->seg,
+			 s->ch.seg.id, side, atomic_load(&s->state), fl,
+			 s->ch.efd[side], own_id, s->ch.efd[!side], s->peer_db,
+			 s->spin_ns, note_fd_of(s), s->board ? s->board_slot : -1))
 			goto fail;
 	}
 	return buf;
@@ -689,15 +690,16 @@ static void adopt_one(char *e)
 	unsigned long long ino, segid, ownid, peerid;
 	long long spin;
 	char fdl[64], *p, *save;
-	int fds[KEEP_FDS], nfd = 0, seg, side, st, own, peer, note, r;
+	int fds[KEEP_FDS], nfd = 0, seg, side, st, own, peer, note, slot, r;
 	struct ubt_note *own_note, *peer_note;
+	struct ubt_board *board = NULL;
 	unsigned fl;
 	struct sock *s;
 	bool mapped = false;
 
-	if (sscanf(e, "%llu,%63[0-9.],%d,%llx,%d,%d,%u,%d,%llx,%d,%llx,%lld,%d",
+	if (sscanf(e, "%llu,%63[0-9.],%d,%llx,%d,%d,%u,%d,%llx,%d,%llx,%lld,%d,%d",
 		   &ino, fdl, &seg, &segid, &side, &st, &fl, &own, &ownid,
-		   &peer, &peerid, &spin, &note) != 13) {
+		   &peer, &peerid, &spin, &note, &slot) != 14) {
 		ubs_err("exec: bad entry in " EXEC_ENV ": ignored");
 		return;
 	}
@@ -707,13 +709,23 @@ static void adopt_one(char *e)
 	s = sock_new(nfd ? fds[0] : -1);
 	if (!s)
 		return;
-	if (!fd_is(seg, "/memfd:ubs-chan") || (side != 0 && side != 1))
+	if (!fd_is(seg, slot < 0 ? "/memfd:ubs-chan" : "/memfd:ubs-board") ||
+	    (side != 0 && side != 1))
 		goto bad;
 	if (!fd_is(own, "anon_inode:[eventfd]"))
 		own = -1;
 	if (!fd_is(peer, "anon_inode:[eventfd]"))
 		peer = -1;
-	r = ubt_chan_adopt(&s->ch, seg, side, own, peer);
+	if (slot >= 0) {
+		/* A board slot: the board mapped (or found mapped) from the
+		 * fd, which it takes. */
+		board = ubs_ctl_board_adopt(seg);
+		seg = -1;
+		r = board ? ubt_board_chan_adopt(board, &s->ch, (uint32_t)slot,
+						 side, own, peer) : -EPROTO;
+	} else {
+		r = ubt_chan_adopt(&s->ch, seg, side, own, peer);
+	}
 	if (r < 0) {
 		ubs_err("exec: inherited channel refused (%s)", strerror(-r));
 		goto bad;
@@ -735,8 +747,14 @@ static void adopt_one(char *e)
 			goto bad;
 	/* Checked: take it back. */
 	ubt_chan_reclaim_locks(&s->ch);
-	ubs_real.close(seg);            /* the mapping is all we need */
+	if (seg >= 0)
+		ubs_real.close(seg);    /* the mapping is all we need */
 	s->ch.seg.fd = -1;
+	if (board) {
+		s->board = board;
+		s->board_slot = slot;
+		s->board_posted = true;
+	}
 	ubs_fd_adopt(own);
 	if (fl & KF_PROCESS_DB)
 		ubs_ctl_doorbell_adopt(own, ownid, own_note);
@@ -791,7 +809,8 @@ bad:
 			ubt_chan_demote(&s->ch);
 		s->ch.seg.fd = -1;
 		ubt_chan_close(&s->ch);
-		ubs_real.close(seg);
+		if (seg >= 0)
+			ubs_real.close(seg);
 	}
 	free(s);
 }

@@ -62,7 +62,8 @@ static struct sock *io_sock_err(int fd, bool for_write, int *err)
 	if (!ubs_ready() || ubs_guard || !(s = sock_get(fd)))
 		return NULL;
 	st = atomic_load(&s->state);
-	if (st == SK_UB && !sock_demote_pending(s))
+	if (st == SK_UB && !sock_demote_pending(s) &&
+	    (!__builtin_expect(s->board_wait, 0) || !sock_board_expire(s)))
 		return s;
 	ubs_guard_enter();
 	if (st == SK_UB || st == SK_DRAIN)
@@ -171,6 +172,13 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		w.timeout_ms = UBS_TRIM_IDLE_MS;
 		trim = true;
 	}
+	/* A post no server took yet: no longer than its deadline (board.c). */
+	int bl = s->board_wait ? sock_board_left_ms(s) : -1;
+
+	if (bl >= 0 && (w.timeout_ms < 0 || w.timeout_ms > bl)) {
+		w.timeout_ms = bl ? bl : 1;
+		trim = false;
+	}
 	mark = ubs_sig_mark();
 	atomic_store(&ubs_sig_hit, 0);
 	ubs_guard_enter();
@@ -182,6 +190,8 @@ static int io_wait(struct sock *s, int fd, bool write, int tmo_ms,
 		sock_probe_kernel(s, fd);       /* FIN, reset or a bypass */
 	if (r == -ETIMEDOUT && trim)
 		sock_trim_idle(s);      /* a quiet second */
+	if (bl >= 0 && sock_board_expire(s))
+		r = 0;                  /* the caller sees the demotion */
 	ubs_guard_exit();
 	/* A handler ran (its EINTR, or while the wait spun): the kernel
 	 * restarts the call after SA_RESTART when no timeout is set, from

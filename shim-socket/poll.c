@@ -82,6 +82,18 @@ uint32_t sock_ready(struct sock *s, uint32_t want)
 		    (!atomic_load(&s->watched) &&
 		     sock_probe_kernel(s, s->fd) != 0))
 			ev |= EPOLLIN | EPOLLRDNORM;
+		if ((want & (EPOLLRDHUP | EPOLLHUP)) &&
+		    (atomic_load(&s->kin) || atomic_load(&s->peer_fin))) {
+			/* A plain client (it wrote, or closed, on the kernel
+			 * socket): TCP, whose FIN and reset only the kernel
+			 * knows; the next read settles it. */
+			struct pollfd p = { .fd = s->fd, .events = POLLIN |
+					    POLLRDHUP };
+
+			if (ubs_real.poll(&p, 1, 0) > 0)
+				ev |= (uint32_t)p.revents &
+					(EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+		}
 		ev |= EPOLLOUT | EPOLLWRNORM;
 		return ev & (want | EPOLLHUP | EPOLLERR);
 	}
@@ -286,6 +298,8 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 	for (bool first = true;; first = false) {
 		nfds_t k = 0, u = 0;
 		uint64_t spin_end;
+		/* Posts nobody took: due ones go TCP (board.c). */
+		int board_ms = sock_board_sweep();
 		bool trim = false, slept = false, again = false;
 
 		ready = 0;
@@ -390,6 +404,10 @@ static int ub_poll(struct pollfd *fds, nfds_t n, struct sock **socks,
 				lm = UBS_TRIM_IDLE_MS;
 			else
 				trim = false;
+			if (board_ms >= 0 && (lm < 0 || lm > board_ms)) {
+				lm = board_ms ? board_ms : 1;
+				trim = false;
+			}
 			if (lm >= 0) {
 				ts.tv_sec = lm / 1000;
 				ts.tv_nsec = (long)(lm % 1000) * 1000000;
@@ -1605,11 +1623,17 @@ static int ep_wait(struct ep_set *e, struct epoll_event *ev, int max,
 		k = 0;
 		slept_at = now_ns() - (uint64_t)spin_budget(budget);
 		if (!n) {
+			int board_ms = sock_board_sweep();
+
 			lm = timeout_ms < 0 ? -1 : left_ms(deadline);
 			if (trim && (lm < 0 || lm > TRIM_WAKE_MS))
 				lm = TRIM_WAKE_MS;
 			else
 				trim = false;
+			/* Posts nobody took: wake for the nearest deadline
+			 * (the sweep posts each expired one's token). */
+			if (board_ms >= 0 && (lm < 0 || lm > board_ms))
+				lm = board_ms ? board_ms : 1;
 			ubs_sig_sleep = true;
 			k = ubs_real.epoll_pwait(e->inner >= 0 ? e->inner :
 						 e->epfd, tmp, 32, lm, mask);

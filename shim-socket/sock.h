@@ -115,6 +115,10 @@ struct sock {
 					 * not known yet */
 	bool board_released;            /* this process let go of its side */
 	uint32_t board_holds;           /* ... and the holds left then */
+	uint64_t board_due_ns;          /* client: TCP if not taken by then */
+	bool pending;                   /* on board.c's list of posts that
+					 * no server took yet */
+	struct sock *pend_next;
 };
 
 /* The fd table. */
@@ -171,6 +175,13 @@ void sock_board_check(struct sock *s);
 int sock_board_accept(struct sock *ls, int fd, int flags, bool on,
 		      const struct ubs_svc_policy *pol);
 bool sock_board_close(struct sock *s, int fd);
+/* A client's post nobody took: ms left before it goes TCP (-1: not such a
+ * post; 0: due), and the expiry itself (true if it happened now). */
+int sock_board_left_ms(const struct sock *s);
+bool sock_board_expire(struct sock *s);
+/* Expire every due post of this process; the ms to the next deadline, or
+ * -1 when none is pending. */
+int sock_board_sweep(void);
 void sock_board_free(struct sock *s);
 /* Send what this side wrote into its tx ring over the kernel socket. */
 void sock_resend_tx(struct sock *s, int fd);

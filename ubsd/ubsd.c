@@ -63,6 +63,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -2132,6 +2133,90 @@ static void give_channel(struct chan *ch, uint64_t req_session,
 	chan_free(ch);
 }
 
+/*
+ * A connection accepted by a server that did not meet its client on a
+ * board (another uid's process took over a listening socket that a
+ * process of the client's uid registered, e.g. a worker that changed its
+ * uid after fork; see shim-socket/board.c): its client may have posted
+ * its channel on its own board, where this server will never look.
+ * Take such a post back for the client: the channel is decided and its
+ * server side marked demoted, and the client is woken (its doorbell and
+ * notification page, which it gave this daemon before posting), so that
+ * it sends what it wrote over the kernel socket, where this server reads.
+ */
+static int board_take_post(struct ubt_board *b, const struct ubt_board_key *k)
+{
+	uint64_t t0 = now_ms();
+	int slot = ubt_board_take(b, k, 0);
+
+	/* A client between its connect() and its post: wait for it (at
+	 * most a few ms; this is rare: a post on a board its server does
+	 * not use), then leave a tombstone, which turns it to TCP. */
+	while (slot < 0 && ubt_board_intent_pending(b, k->netns, k->family,
+						    k->saddr, k->sport)) {
+		if (now_ms() - t0 > 2)
+			return ubt_board_take(b, k, 1);
+		sched_yield();
+		slot = ubt_board_take(b, k, 0);
+	}
+	return slot >= 0 ? slot : ubt_board_take(b, k, 0);
+}
+
+static void board_refuse_posts(const struct sock_facts *f, uid_t server)
+{
+	struct ubt_board_key k;
+
+	if (!f->cookie)
+		return;
+	memset(&k, 0, sizeof(k));
+	k.netns = f->netns;
+	k.family = f->tu.local.family;
+	k.sport = f->tu.local.port;
+	k.cport = f->tu.remote.port;
+	memcpy(k.saddr, f->tu.local.addr, 16);
+	memcpy(k.caddr, f->tu.remote.addr, 16);
+	for (uint32_t i = 0; i < nboards; i++) {
+		struct ubt_board *b = &boards[i].b;
+		struct session *s, *cl = NULL;
+		struct ubt_note n = { 0 };
+		struct ubt_chan ch;
+		int slot, nfd;
+
+		/* The server's own board: its library looked already. */
+		if (boards[i].uid == server)
+			continue;
+		slot = board_take_post(b, &k);
+		if (slot < 0)
+			continue;
+		if (ubt_board_chan_adopt(b, &ch, (uint32_t)slot, 1, -1, -1) == 0) {
+			uint64_t id = ubt_chan_peer_db(&ch);
+
+			TAILQ_FOREACH(s, &sessions, entry)
+				if (id && s->db_id == id && s->db_fd >= 0)
+					cl = s;
+			if (cl) {
+				ubt_chan_set_peer_efd(&ch, cl->db_fd);
+				nfd = cl->note_fd >= 0 ?
+					fcntl(cl->note_fd, F_DUPFD_CLOEXEC, 0) : -1;
+				if (nfd >= 0 && ubt_note_map(&n, nfd, cl->db_fd) < 0)
+					close(nfd);
+				else if (nfd >= 0)
+					ubt_chan_set_notes(&ch, &n, NULL);
+			}
+			if (ubt_chan_decide(&ch, UBT_CHAN_UB) == UBT_CHAN_UB)
+				ubt_chan_demote_side(&ch, 1);
+			logmsg(LOG_INFO, "board %016llx slot %d: a post for port "
+			       "%u<-%u taken back for its client (the server "
+			       "is not on that board)%s",
+			       (unsigned long long)b->id, slot, k.sport, k.cport,
+			       cl ? "" : "; its doorbell is unknown");
+			ubt_note_close(&n);
+			ubt_chan_close(&ch);
+		}
+		ubt_board_slot_put(b, (uint32_t)slot);
+	}
+}
+
 static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 {
 	const char *why = NULL, *pwhy = NULL;
@@ -2165,6 +2250,8 @@ static int do_publish(struct conn *c, const struct ctl_hdr *h, int *fds)
 		close_fds(fds + 1, 1);
 		return send_error(c, h->seq, -r, why);
 	}
+	if (nboards)
+		board_refuse_posts(&f, c->sess->uid);
 	ch = calloc(1, sizeof(*ch));
 	if (!ch) {
 		close_fds(fds + 1, 1);

@@ -448,6 +448,20 @@ int ubt_board_chan_attach(struct ubt_board *b, struct ubt_chan *c,
 	return ubt_chan_attach_at(c, &at, own_efd, db_id);
 }
 
+int ubt_board_chan_adopt(struct ubt_board *b, struct ubt_chan *c,
+			 uint32_t slot, int side, int own_efd, int peer_efd)
+{
+	struct ubt_seg at;
+
+	if (slot >= b->nslots) {
+		memset(c, 0, sizeof(*c));
+		c->seg.fd = c->efd[0] = c->efd[1] = -1;
+		return -EPROTO;
+	}
+	slot_seg(b, slot, 0, &at);
+	return ubt_chan_adopt_at(c, &at, side, own_efd, peer_efd);
+}
+
 void ubt_board_slot_put(struct ubt_board *b, uint32_t slot)
 {
 	struct board_meta *m;

@@ -291,8 +291,8 @@ static int chan_attach(struct ubt_chan *c, int seg_fd, int peer_efd,
 	return 0;
 }
 
-int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
-		   int peer_efd)
+static int chan_adopt(struct ubt_chan *c, int seg_fd, const struct ubt_seg *at,
+		      int side, int own_efd, int peer_efd)
 {
 	struct ubt_ring_desc d[UBT_CHAN_MAX_RINGS];
 	uint32_t n;
@@ -303,7 +303,7 @@ int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
 		c->seg.fd = c->efd[0] = c->efd[1] = -1;
 		return -EINVAL;
 	}
-	err = chan_map(c, seg_fd, NULL, d, &n);
+	err = chan_map(c, seg_fd, at, d, &n);
 	if (err)
 		return err;
 	c->side = side;
@@ -313,6 +313,18 @@ int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
 	c->nrings = n;
 	bind_rings(c, d);
 	return 0;
+}
+
+int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
+		   int peer_efd)
+{
+	return chan_adopt(c, seg_fd, NULL, side, own_efd, peer_efd);
+}
+
+int ubt_chan_adopt_at(struct ubt_chan *c, const struct ubt_seg *at, int side,
+		      int own_efd, int peer_efd)
+{
+	return chan_adopt(c, -1, at, side, own_efd, peer_efd);
 }
 
 void ubt_chan_reclaim_locks(struct ubt_chan *c)

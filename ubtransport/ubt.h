@@ -386,6 +386,9 @@ int ubt_chan_adopt(struct ubt_chan *c, int seg_fd, int side, int own_efd,
 		   int peer_efd);
 /* Ring-end locks left held by this pid (a thread of the old image that
  * exec ended mid-operation, before it published anything) are let go. */
+/* The same for a channel in place (a board slot, see ubt_chan_create_at). */
+int ubt_chan_adopt_at(struct ubt_chan *c, const struct ubt_seg *at, int side,
+		      int own_efd, int peer_efd);
 void ubt_chan_reclaim_locks(struct ubt_chan *c);
 void ubt_ring_reclaim_locks(struct ubt_ring *r);
 /* The notification pages of side 0 and side 1 (either may be NULL; not
@@ -526,6 +529,10 @@ int ubt_board_chan_create(struct ubt_board *b, struct ubt_chan *c,
 int ubt_board_chan_attach(struct ubt_board *b, struct ubt_chan *c,
 			  uint32_t slot, int own_efd, uint64_t db_id);
 void ubt_board_slot_put(struct ubt_board *b, uint32_t slot);
+/* After an exec that kept a connection whose channel is in slot: this
+ * process's side again (ubt_chan_adopt_at), no reference taken. */
+int ubt_board_chan_adopt(struct ubt_board *b, struct ubt_chan *c,
+			 uint32_t slot, int side, int own_efd, int peer_efd);
 
 /* Entries.  post: the client's slot under key: 0; -ECONNREFUSED when a
  * server left a tombstone there (taken away: go TCP); -ENOSPC when the

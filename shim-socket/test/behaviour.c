@@ -87,6 +87,11 @@ static void setup(void)
 	char stats[128];
 
 	dt_make_run_dir("/tmp/ubs-behaviour-XXXXXX");
+	/* Open to the child of other_uid_accept that becomes nobody (the
+	 * control socket is 0666, as in /run/ubs). */
+	path_in(stats, sizeof(stats), "");
+	cr_assert_eq(chmod(stats, 0755), 0, "chmod %s: %s", stats,
+		     strerror(errno));
 	path_in(stats, sizeof(stats), "stats");
 	cr_assert_eq(mkdir(stats, 0755), 0, "mkdir %s: %s", stats, strerror(errno));
 	dt_start_daemon(UBSD_PATH);
@@ -115,9 +120,11 @@ static void teardown(void)
 
 /*
  * Our environment minus LD_PRELOAD, UBS_* and SOCKCASE_*, plus the
- * NULL-terminated extra.  Free with free_env().
+ * NULL-terminated extra.  A preloaded run (ubs) keeps the UBS_* settings
+ * the suite was started with (UBS_BOARD, UBS_MEM_POOL...), all but
+ * UBS_RUN_DIR, which extra names.  Free with free_env().
  */
-static char **child_env(const char *const *extra)
+static char **child_env(const char *const *extra, bool ubs)
 {
 	size_t n = 0, k = 0;
 	char **env;
@@ -129,8 +136,9 @@ static char **child_env(const char *const *extra)
 	env = calloc(n + 1, sizeof(*env));
 	cr_assert_not_null(env);
 	for (char **e = environ; *e; e++)
-		if (strncmp(*e, "LD_PRELOAD=", 11) && strncmp(*e, "UBS_", 4) &&
-		    strncmp(*e, "SOCKCASE_", 9))
+		if (strncmp(*e, "LD_PRELOAD=", 11) && strncmp(*e, "SOCKCASE_", 9) &&
+		    (strncmp(*e, "UBS_", 4) ||
+		     (ubs && strncmp(*e, "UBS_RUN_DIR=", 12))))
 			env[k++] = strdup(*e);
 	for (const char *const *x = extra; *x; x++)
 		env[k++] = strdup(*x);
@@ -241,7 +249,7 @@ static void run_case(const char *name, bool preload, struct run *r)
 	}
 	cr_assert_eq(access(SOCKCASE_PATH, X_OK), 0, "%s: %s", SOCKCASE_PATH,
 		     strerror(errno));
-	env = child_env(extra);
+	env = child_env(extra, preload);
 	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
 	cr_assert_eq(pipe2(req, O_CLOEXEC), 0);
 	cr_assert_eq(pipe2(rep, O_CLOEXEC), 0);
@@ -570,7 +578,9 @@ static void check_case(const char *name)
 static const char *const case_names[] = {
 	"roundtrip", "bulk", "readv_writev", "recv_flags", "sendto_sendmsg",
 	"nonblock_connect", "accept4_flags", "fill_eagain", "half_close",
-	"close_remaining", "peer_reset", "peer_killed", "poll_select",
+	"close_remaining", "peer_reset", "late_accept", "late_accept_close",
+	"raw_accept", "other_uid_accept",
+	"peer_killed", "poll_select",
 	"epoll_lt", "epoll_et", "epoll_oneshot", "epoll_rdhup", "fionread",
 	"names", "fork_shared", "dup_fds", "nonblock_fcntl", "rcvtimeo",
 	"refused", "server_first", "sequential", "duplex", "sigpipe",
@@ -626,6 +636,10 @@ CASE(fill_eagain)
 CASE(half_close)
 CASE(close_remaining)
 CASE(peer_reset)
+CASE(late_accept)
+CASE(late_accept_close)
+CASE(raw_accept)
+CASE(other_uid_accept)
 CASE(peer_killed)
 CASE(poll_select)
 CASE(epoll_lt)

@@ -1143,6 +1143,139 @@ static void cli_close_remaining(void)
 	tell('C');
 }
 
+/* late_accept: the client writes before the server accepts (on the board
+ * its bytes wait in the ring; through ubsd the client's wait for its
+ * channel times out: TCP), then the server accepts, reads and answers. */
+static void srv_late_accept(void)
+{
+	int l = srv_listen(), s;
+
+	hear('W');
+	s = srv_accept(l);
+	xread(s, 16);
+	xwrite(s, "world");
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_late_accept(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "hello");
+	tell('W');
+	xread(c, 16);
+	kclose(c);
+}
+
+/* late_accept_close: the client writes and closes before the server
+ * accepts: the server still reads every byte, then EOF (on the board the
+ * client takes its channel back at close and sends its bytes over TCP). */
+static void srv_late_accept_close(void)
+{
+	int l = srv_listen(), s;
+
+	hear('C');
+	s = srv_accept(l);
+	wait_event(s, POLLRDHUP);
+	while (xread(s, 4) > 0)
+		;
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_late_accept_close(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "first|");
+	xwrite(c, "second");
+	kclose(c);
+	tell('C');
+}
+
+/* raw_accept: the server accepts, reads and writes with raw syscalls,
+ * past the library (as a process without it would): the client's post on
+ * the board is never taken, and after its deadline the client sends its
+ * bytes over the kernel socket (through ubsd the client's wait for its
+ * channel times out instead); the exchange completes on TCP either way. */
+static void srv_raw_accept(void)
+{
+	int l = srv_listen(), s;
+	char buf[16];
+	long n;
+
+	s = (int)CALL(syscall(SYS_accept4, l, NULL, NULL, 0),
+		      "raw accept4(%d)", l);
+	n = CALL(syscall(SYS_read, s, buf, sizeof(buf)), "raw read(%d)", s);
+	if (n > 0)
+		tr("  \"%.*s\"", (int)n, buf);
+	CALL(syscall(SYS_write, s, "world", 5), "raw write(%d)", s);
+	xread(s, 16);
+	kclose(s);
+	kclose(l);
+}
+
+static void cli_raw_accept(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "hello");
+	xread(c, 16);
+	kclose(c);
+}
+
+/* other_uid_accept: the listener is registered by this uid's process
+ * (root), so the client posts on root's board; a child that became
+ * another uid accepts (its library looks at its own uid's board, finds
+ * nothing, and goes through ubsd, which takes the post back for the
+ * client at once: TCP, not the client's deadline).  Through ubsd alone
+ * (UBS_BOARD=0) the client's wait for its channel ends first (the child
+ * accepts only after the client's write): TCP.  As root the child
+ * becomes nobody; otherwise it keeps the uid (and meets on the board). */
+static void srv_other_uid_accept(void)
+{
+	int l = srv_listen(), st = 0;
+	pid_t pid;
+
+	hear('W');
+	pid = fork();
+	if (pid < 0)
+		fatal("fork: %s", ename(errno));
+	if (pid == 0) {
+		int s;
+
+		role = R_CHILD;
+		blocks[role].used = 1;
+		alarm(ALARM_S);
+		if (geteuid() == 0 && (setgid(65534) < 0 || setuid(65534) < 0))
+			fatal("setuid: %s", ename(errno));
+		s = srv_accept(l);
+		read_exact(s, NULL, 5);
+		xwrite(s, "world");
+		xread(s, 16);
+		kclose(s);
+		kclose(l);
+		finish(0);
+	}
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	tr("child exit %d", WIFEXITED(st) ? WEXITSTATUS(st) :
+	   128 + WTERMSIG(st));
+	kclose(l);
+}
+
+static void cli_other_uid_accept(void)
+{
+	int c = cli_connect();
+
+	xwrite(c, "hello");
+	tell('W');
+	read_exact(c, NULL, 5);
+	kclose(c);
+}
+
 /* peer_reset: writing to a peer that closed: RST, POLLHUP, EPIPE. */
 static void srv_peer_reset(void)
 {
@@ -3024,9 +3157,11 @@ static void cli_policy_flip(void)
 }
 
 /* daemon_restart: connection 1 over UB; ubsd is killed: connection 1 keeps
- * working, connection 2 (made while the daemon is down) is TCP; ubsd is
- * started again and, after the preload's reconnect back-off (1 s),
- * connection 3 is UB again.  Exactly 4 UB ends. */
+ * working, connection 2 (made while the daemon is down) is TCP through
+ * ubsd (UBS_BOARD=0), UB on the board (both ends have it mapped, and the
+ * doorbells of connection 1); ubsd is started again and, after the
+ * preload's reconnect back-off (1 s), connection 3 is UB again.  Exactly
+ * 4 UB ends, 6 with the board. */
 static void srv_daemon_restart(void)
 {
 	int l = srv_listen(), s1 = srv_accept(l), s2, s3;
@@ -3073,10 +3208,14 @@ struct sockcase {
 	void (*client)(void);
 	int exact_ub;		/* > 0: the stats pages' ub_conns (UB ends,
 				 * two per connection) must be exactly this */
+	int exact_board;	/* > 0: the same when the board is on (not
+				 * UBS_BOARD=0), if it differs */
 };
 
-#define CASE(n, ub) { #n, ub, srv_##n, cli_##n, 0 }
-#define CASE_EXACT(n, ends) { #n, (ends) / 2, srv_##n, cli_##n, ends }
+#define CASE(n, ub) { #n, ub, srv_##n, cli_##n, 0, 0 }
+#define CASE_EXACT(n, ends) { #n, (ends) / 2, srv_##n, cli_##n, ends, 0 }
+#define CASE_EXACT2(n, ends, board) \
+	{ #n, (ends) / 2, srv_##n, cli_##n, ends, board }
 /* mmsg: sendmmsg of three messages, recvmmsg of what arrived (a stream:
  * the batch fills the first buffer first), then recvmmsg at EOF. */
 static void srv_mmsg(void)
@@ -3537,6 +3676,10 @@ static const struct sockcase cases[] = {
 	CASE(half_close, 1),
 	CASE(close_remaining, 1),
 	CASE(peer_reset, 1),
+	CASE_EXACT2(late_accept, 0, 2),
+	CASE_EXACT2(late_accept_close, 0, 1),
+	CASE_EXACT2(raw_accept, 0, 1),
+	CASE_EXACT2(other_uid_accept, 0, 1),
 	CASE(peer_killed, 1),
 	CASE(poll_select, 1),
 	CASE(epoll_lt, 1),
@@ -3571,7 +3714,7 @@ static const struct sockcase cases[] = {
 	CASE(handler_write, 1),
 	CASE(threads_close, 1),
 	CASE_EXACT(policy_flip, 2),
-	CASE_EXACT(daemon_restart, 4),
+	CASE_EXACT2(daemon_restart, 4, 6),
 	CASE(mmsg, 1),
 	CASE(mmsg_timeout, 1),
 	CASE(fork_handoff, 1),
@@ -3624,6 +3767,7 @@ static void write_kstats(void)
 {
 	const char *path = getenv("SOCKCASE_KSTATS");
 	uint64_t k = 0, m = 0;
+	int exact = the_case->exact_ub;
 	FILE *f;
 
 	if (!path || !*path)
@@ -3635,9 +3779,15 @@ static void write_kstats(void)
 	f = fopen(path, "w");
 	if (!f)
 		return;
+	{
+		const char *b = getenv("UBS_BOARD");
+
+		if (the_case->exact_board && !(b && !strcmp(b, "0")))
+			exact = the_case->exact_board;
+	}
 	fprintf(f, "kbytes %llu\nmoved %llu\nexpect_ub %d\nexact_ub %d\n",
 		(unsigned long long)k, (unsigned long long)m, the_case->expect_ub,
-		the_case->exact_ub);
+		exact);
 	fclose(f);
 }
 
