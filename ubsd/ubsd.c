@@ -635,11 +635,14 @@ static uint64_t lns_ino(uint64_t id)
 	return 0;
 }
 
+static void board_session_end(const struct session *s);
+
 static void session_end(struct session *s)
 {
 	struct chan *ch, *next;
 	int gone = d.rv_ready ? rv_session_gone(&d.rv, s->id) : 0;
 
+	board_session_end(s);
 	for (ch = TAILQ_FIRST(&chans); ch; ch = next) {
 		next = TAILQ_NEXT(ch, entry);
 		if (ch->session == s->id)
@@ -1898,6 +1901,26 @@ static struct ubt_board *board_of(uid_t uid, int *err, const char **why)
 	       "rings", (unsigned long long)boards[nboards].b.id, (long)uid,
 	       slots, (unsigned long long)ring);
 	return &boards[nboards++].b;
+}
+
+/*
+ * A session ended: if its process is gone (not an exec, which ends the
+ * session too and keeps the connections), the board slots it held alone
+ * lose its reference, so that its peers' last close frees them.
+ */
+static void board_session_end(const struct session *s)
+{
+	char st = 0;
+	int pp, n = 0;
+
+	if (ubt_proc_stat(s->pid, &st, &pp) == 0 && st != 'Z' && st != 'X')
+		return;                         /* alive */
+	for (uint32_t i = 0; i < nboards; i++)
+		if (boards[i].uid == s->uid)
+			n += ubt_board_reclaim(&boards[i].b, (uint32_t)s->pid);
+	if (n)
+		logmsg(LOG_INFO, "pid %ld gone: %d board slot reference(s) "
+		       "given back", (long)s->pid, n);
 }
 
 /* The id of uid's board (made if need be), 0 when it has none. */

@@ -492,6 +492,35 @@ void ubt_board_slot_put(struct ubt_board *b, uint32_t slot)
 	slot_push(b, slot);
 }
 
+int ubt_board_reclaim(struct ubt_board *b, uint32_t pid)
+{
+	int n = 0;
+
+	if (!pid)
+		return 0;
+	for (uint32_t i = 0; i < b->nslots; i++) {
+		struct ubt_chan_hdr *h;
+
+		if (!atomic_load(&meta_of(b, i)->refs))
+			continue;
+		h = (struct ubt_chan_hdr *)(void *)(b->slots +
+			(uint64_t)i * b->slot_size + BOARD_HDR_OFF);
+		for (int side = 0; side < 2; side++) {
+			uint32_t one = 1;
+
+			/* Held by that process alone, which died holding it:
+			 * its reference, which it can no longer give. */
+			if (atomic_load(&h->pid[side]) == pid &&
+			    atomic_compare_exchange_strong(&h->holders[side],
+							   &one, 0)) {
+				ubt_board_slot_put(b, i);
+				n++;
+			}
+		}
+	}
+	return n;
+}
+
 /* ------------------------------------------------------------- entries */
 
 int ubt_board_post(struct ubt_board *b, const struct ubt_board_key *k,

@@ -529,6 +529,10 @@ int ubt_board_chan_create(struct ubt_board *b, struct ubt_chan *c,
 int ubt_board_chan_attach(struct ubt_board *b, struct ubt_chan *c,
 			  uint32_t slot, int own_efd, uint64_t db_id);
 void ubt_board_slot_put(struct ubt_board *b, uint32_t slot);
+/* ubsd, when process pid is gone: drop the references of the slots whose
+ * side pid held alone (the channel header's pid and holders), as its last
+ * close would have.  Returns how many. */
+int ubt_board_reclaim(struct ubt_board *b, uint32_t pid);
 /* After an exec that kept a connection whose channel is in slot: this
  * process's side again (ubt_chan_adopt_at), no reference taken. */
 int ubt_board_chan_adopt(struct ubt_board *b, struct ubt_chan *c,

@@ -250,3 +250,33 @@ Test(board, map_refuses_a_channel_and_a_bad_geometry)
 	cr_assert_eq(ubt_board_create(&b, 0, RING), -EINVAL);
 	cr_assert_eq(ubt_board_create(&b, 4, 5000), -EINVAL);
 }
+
+/* A process that dies holding its side alone: ubsd's reclaim gives its
+ * reference back; a side still held (by a live process) is left alone. */
+static int die_holding(void *arg)
+{
+	struct ubt_chan c;
+	int e = eventfd(0, EFD_CLOEXEC);
+
+	(void)arg;
+	CHECK(ubt_board_chan_create(&board, &c, e, 9) >= 0);
+	return 0;                       /* dies without a put */
+}
+
+Test(board, reclaim_of_a_dead_process)
+{
+	struct ubt_chan c[8];
+	pid_t p = th_fork(die_holding, NULL);
+	int s, n = 0;
+
+	cr_assert_eq(th_wait(p, 5000), 0);
+	cr_assert_eq(ubt_board_reclaim(&board, (uint32_t)getpid()), 0);
+	cr_assert_eq(ubt_board_reclaim(&board, (uint32_t)p), 1);
+	cr_assert_eq(ubt_board_reclaim(&board, (uint32_t)p), 0);
+	/* All 8 slots can be had again. */
+	while ((s = ubt_board_chan_create(&board, &c[n], efd, 1)) >= 0)
+		n++;
+	cr_assert_eq(n, 8);
+	/* Ours, alive: not reclaimed, none of them. */
+	cr_assert_eq(ubt_board_reclaim(&board, 12345678), 0);
+}
