@@ -94,6 +94,37 @@ uint64_t sock_netns(int fd)
 		c : 0;
 }
 
+/* The client's end is counted when its server decided (or never will):
+ * UB once the server attached, TCP when the post went back.  Its line in
+ * the connection table (`ubsctl conns`) is there from the start, for the
+ * bytes it writes meanwhile. */
+static void board_count(struct sock *s, bool ub, int why)
+{
+	if (s->board_counted || s->ch.side != 0)
+		return;
+	s->board_counted = true;
+	if (ub) {
+		ubs_stats_add(UBS_STAT_UB_CONNS, 1);
+		ubs_stats_add(UBS_STAT_UB_BOARD, 1);
+	} else {
+		ubs_conn_close(s->cslot);
+		s->cslot = NULL;
+		sock_count_tcp(s->fd, why, 1);
+	}
+}
+
+void sock_board_counted(struct sock *s)
+{
+	/* Decided UB by its server, which read something (a refusal reads
+	 * nothing: see sock_board_check). */
+	if (s->board && !s->board_counted)
+		board_count(s, ubt_chan_state(&s->ch) == UBT_CHAN_UB &&
+			    (!atomic_load(ubt_chan_demote_word(&s->ch, 1)) ||
+			     (s->have_chan &&
+			      atomic_load(&s->tx->shm->tail) > 0)),
+			    UBS_STAT_TCP_PEER_TCP);
+}
+
 /*
  * A post nobody takes (the connection was accepted by a process that
  * does not look at this board and could not hand it back through ubsd:
@@ -106,6 +137,10 @@ uint64_t sock_netns(int fd)
  * (pend) before each sleep and sleep no longer than the nearest deadline.
  */
 #define BOARD_TAKE_MS 1000
+/* A client that closes a connection whose post nobody took yet waits
+ * this long for its server to take it before it goes TCP (sending what it
+ * wrote over the kernel socket). */
+#define BOARD_CLOSE_WAIT_MS 200
 
 static pthread_mutex_t pend_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct sock *pend;               /* linked by pend_next */
@@ -157,6 +192,7 @@ bool sock_board_expire(struct sock *s)
 	ubt_board_unpost(s->board, &s->board_key, (uint32_t)s->board_slot);
 	ubt_chan_demote_side(&s->ch, 1);
 	s->board_wait = false;
+	board_count(s, false, UBS_STAT_TCP_NO_CHANNEL);
 	ubs_info("fd %d: no server took the connection's channel in %d ms: "
 		 "TCP", s->fd, BOARD_TAKE_MS);
 	if (s->own_note && s->note_tok)
@@ -293,10 +329,15 @@ void sock_board_check(struct sock *s)
 		return;
 	pthread_mutex_lock(&s->mu);
 	if (s->board_wait && sock_demote_pending(s)) {
-		/* Refused (ubsd took the post back for us): the next call
-		 * sends what we wrote over the kernel socket. */
+		/* Demoted by the server: refused at once (ubsd took the post
+		 * back for us, or the server's policy is off: it read
+		 * nothing), or later (an exec): the next call sends what it
+		 * did not read over the kernel socket. */
 		s->board_wait = false;
+		board_count(s, atomic_load(&s->tx->shm->tail) > 0,
+			    UBS_STAT_TCP_PEER_TCP);
 	} else if (s->board_wait) {
+		board_count(s, true, -1);
 		if (sock_peer_db(s) < 0) {
 			/* No way to wake the server: back to TCP, losing
 			 * nothing (the next call settles it). */
@@ -324,8 +365,7 @@ int sock_board_settle(struct sock *s, int fd)
 	atomic_store(&s->state, SK_UB);
 	pthread_mutex_unlock(&s->mu);
 	ep_sock_adopt(s, fd);
-	sock_count_ub(s, fd, 1);
-	ubs_stats_add(UBS_STAT_UB_BOARD, 1);
+	s->cslot = ubs_conn_open(fd, 1, s->ch.seg.id);
 	ubs_dbg("fd %d: connected over UB (board slot %d)", fd, s->board_slot);
 	sock_board_check(s);
 	return SK_UB;
@@ -455,9 +495,24 @@ int sock_board_accept(struct sock *ls, int fd, int flags, bool on,
  */
 bool sock_board_close(struct sock *s, int fd)
 {
-	if (!s->board || !s->board_posted || s->ch.side != 0 ||
-	    ubt_chan_decide(&s->ch, UBT_CHAN_TCP) != UBT_CHAN_TCP)
+	if (!s->board || !s->board_posted || s->ch.side != 0)
 		return false;
+	{
+		/* The server is about to accept, most likely: give it a
+		 * moment to take the connection over UB (what was written
+		 * is read there, then EOF), as a kernel close would not
+		 * change how the connection goes either. */
+		const struct timespec tick = { 0, 200000 };
+
+		for (int i = 0; i < BOARD_CLOSE_WAIT_MS * 5 &&
+		     ubt_chan_state(&s->ch) == UBT_CHAN_UNDECIDED; i++)
+			nanosleep(&tick, NULL);
+	}
+	if (ubt_chan_decide(&s->ch, UBT_CHAN_TCP) != UBT_CHAN_TCP) {
+		board_count(s, !sock_demote_pending(s), UBS_STAT_TCP_PEER_TCP);
+		return false;
+	}
+	board_count(s, false, UBS_STAT_TCP_NO_CHANNEL);
 	if (s->have_chan)
 		sock_resend_tx(s, fd);
 	ubt_board_unpost(s->board, &s->board_key, (uint32_t)s->board_slot);
@@ -471,6 +526,7 @@ void sock_board_free(struct sock *s)
 		pend_del(s);
 	if (!s->board)
 		return;
+	sock_board_counted(s);
 	if (!s->board_released)
 		s->board_holds = ubt_chan_release(&s->ch);
 	if (s->board_holds == 0)

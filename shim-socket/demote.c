@@ -93,6 +93,7 @@ int sock_demote_handle(struct sock *s, int fd)
 		pthread_mutex_unlock(&s->mu);
 		return st;
 	}
+	sock_board_counted(s);  /* a client's end: before the resend */
 	if (theirs && !s->resent) {
 		/* The peer will not consume our ring: what it holds goes
 		 * over the kernel socket, ahead of anything we write next. */
@@ -119,6 +120,7 @@ int sock_demote(struct sock *s, int fd)
 {
 	int st = atomic_load(&s->state);
 
+	sock_board_counted(s);  /* a client's end, before it goes TCP */
 	if (st == SK_UNDECIDED &&
 	    ubt_chan_decide(&s->ch, UBT_CHAN_TCP) == UBT_CHAN_TCP) {
 		/* Nothing went over the channel: plain TCP at once. */

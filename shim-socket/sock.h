@@ -116,6 +116,7 @@ struct sock {
 	bool board_released;            /* this process let go of its side */
 	uint32_t board_holds;           /* ... and the holds left then */
 	uint64_t board_due_ns;          /* client: TCP if not taken by then */
+	bool board_counted;             /* client: counted UB or TCP */
 	bool pending;                   /* on board.c's list of posts that
 					 * no server took yet */
 	struct sock *pend_next;
@@ -155,6 +156,7 @@ int sock_peer_db(struct sock *s);
  * image with the library; the new image takes them back at init. */
 void sock_bind_chan(struct sock *s);
 void sock_count_ub(struct sock *s, int fd, int side);
+void sock_count_tcp(int fd, int why, int side);
 char **sock_exec_prepare(const char *image, char *const envp[]);
 char **sock_exec_prepare_file(const char *file, char *const envp[]);
 void sock_exec_undo(void);
@@ -175,6 +177,8 @@ void sock_board_check(struct sock *s);
 int sock_board_accept(struct sock *ls, int fd, int flags, bool on,
 		      const struct ubs_svc_policy *pol);
 bool sock_board_close(struct sock *s, int fd);
+/* Count a client's board connection now if it is not yet (demotion). */
+void sock_board_counted(struct sock *s);
 /* A client's post nobody took: ms left before it goes TCP (-1: not such a
  * post; 0: due), and the expiry itself (true if it happened now). */
 int sock_board_left_ms(const struct sock *s);

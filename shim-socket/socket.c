@@ -153,6 +153,11 @@ void sock_count_ub(struct sock *s, int fd, int side)
 	count_conn(s, true, -1, fd, side);
 }
 
+void sock_count_tcp(int fd, int why, int side)
+{
+	count_conn(NULL, false, why, fd, side);
+}
+
 /* ---------------------------------------------------- socket, bind */
 
 UBS_EXPORT int socket(int domain, int type, int protocol)
@@ -726,12 +731,15 @@ void sock_last_close(struct sock *s)
 	s->cslot = NULL;
 	/* The last holder anywhere ends it (a forked child may still hold
 	 * it: an UNDECIDED connection is then the child's to settle). */
-	if (sock_board_close(s, s->fd)) {
-		/* A post nobody took: TCP, with the bytes. */
-	} else if (s->have_chan && (st == SK_UB || st == SK_UNDECIDED)) {
+	if ((s->have_chan && (st == SK_UB || st == SK_UNDECIDED)) ||
+	    s->board_posted) {
 		s->board_holds = ubt_chan_release(&s->ch);
 		s->board_released = true;
-		if (s->board_holds == 0) {
+		if (s->board_holds > 0) {
+			/* held elsewhere still */
+		} else if (sock_board_close(s, s->fd)) {
+			/* A post nobody took: TCP, with the bytes. */
+		} else {
 			if (st == SK_UNDECIDED)
 				ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
 			ubs_dbg("last close of a UB connection: rings shut "
