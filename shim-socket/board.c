@@ -237,7 +237,8 @@ bool sock_board_connect_begin(struct sock *s, int fd,
 	struct ubt_board_key *k = &s->board_key;
 	uint8_t a[16];
 	uint16_t fam, port;
-	int h;
+	uint64_t db_id;
+	int h, db, slot;
 
 	if (ubs_config.no_board || ubs_ctl_board(&b) < 0 ||
 	    b->ring_size != (uint64_t)pol->ring_kib * 1024 ||
@@ -248,13 +249,26 @@ bool sock_board_connect_begin(struct sock *s, int fd,
 	if (!k->netns || ubs_ctl_listener_board(fam, a, port, k->netns,
 						b->id) != 1)
 		return false;
-	h = ubt_board_intent(b, k->netns, fam, a, port);
-	if (h < 0)
+	/* The slot first: with none free (or no doorbell) the daemon's way,
+	 * whose request must go before the connect. */
+	db = ubs_ctl_doorbell_known(&db_id, &s->own_note);
+	slot = db < 0 ? db : ubt_board_chan_create(b, &s->ch, db, db_id);
+	if (slot < 0) {
+		ubs_dbg("fd %d: no board slot (%s): through ubsd", fd,
+			strerror(-slot));
 		return false;
+	}
+	h = ubt_board_intent(b, k->netns, fam, a, port);
+	if (h < 0) {
+		ubt_chan_close(&s->ch);
+		ubt_board_slot_put(b, (uint32_t)slot);
+		return false;
+	}
 	k->family = fam;
 	k->sport = port;
 	memcpy(k->saddr, a, 16);
 	s->board = b;
+	s->board_slot = slot;
 	s->board_intent = h;
 	return true;
 }
@@ -265,34 +279,27 @@ void sock_board_connect_post(struct sock *s, int fd)
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
 	uint16_t fam;
-	uint64_t db_id;
-	int db, slot = -1, r = -EPROTO;
+	int slot = s->board_slot, r = -EPROTO;
 
 	if (ubs_real.getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
 	    key_addr((struct sockaddr *)&ss, sl, &fam, s->board_key.caddr,
-		     &s->board_key.cport) && fam == s->board_key.family) {
-		db = ubs_ctl_doorbell_known(&db_id, &s->own_note);
-		slot = db < 0 ? db : ubt_board_chan_create(b, &s->ch, db, db_id);
-		r = slot < 0 ? slot : ubt_board_post(b, &s->board_key,
-						     (uint32_t)slot);
-	}
+		     &s->board_key.cport) && fam == s->board_key.family)
+		r = ubt_board_post(b, &s->board_key, (uint32_t)slot);
 	/* After the post: a server sees the intent or the post, never
 	 * neither. */
 	ubt_board_intent_end(b, s->board_intent);
 	s->board_intent = -1;
 	if (r == 0) {
-		s->board_slot = slot;
 		s->board_posted = true;
 		return;
 	}
-	if (slot >= 0) {
-		ubt_chan_close(&s->ch);
-		ubt_board_slot_put(b, (uint32_t)slot);
-	}
+	ubt_chan_close(&s->ch);
+	ubt_board_slot_put(b, (uint32_t)slot);
 	s->board = NULL;
+	s->board_slot = -1;
 	/* A tombstone: the server went on without us (TCP).  Anything else
-	 * (a full bucket, no doorbell): no server will look for us on the
-	 * board, nor has the daemon an early request of ours: TCP too. */
+	 * (a full bucket): no server will look for us on the board, nor
+	 * has the daemon an early request of ours: TCP too. */
 	s->board_refused = true;
 	ubs_dbg("fd %d: no post on the board (%s): TCP", fd, strerror(-r));
 }
@@ -309,9 +316,12 @@ void sock_board_connect_abort(struct sock *s)
 	if (s->board_posted) {
 		ubt_board_unpost(b, &s->board_key, (uint32_t)s->board_slot);
 		ubt_chan_decide(&s->ch, UBT_CHAN_TCP);
+		s->board_posted = false;
+	}
+	if (s->board_slot >= 0) {       /* taken before the connect */
 		ubt_chan_close(&s->ch);
 		ubt_board_slot_put(b, (uint32_t)s->board_slot);
-		s->board_posted = false;
+		s->board_slot = -1;
 	}
 	s->board = NULL;
 }

@@ -82,7 +82,7 @@ static const char *preload_lib(void)
 }
 
 /* Creates the run directory with stats/ and starts the private ubsd. */
-static void setup(void)
+static void setup_conf(const char *conf_text)
 {
 	char stats[128];
 
@@ -94,7 +94,28 @@ static void setup(void)
 		     strerror(errno));
 	path_in(stats, sizeof(stats), "stats");
 	cr_assert_eq(mkdir(stats, 0755), 0, "mkdir %s: %s", stats, strerror(errno));
+	if (conf_text) {
+		char conf[128];
+		FILE *f;
+
+		path_in(conf, sizeof(conf), "ubs.conf");
+		f = fopen(conf, "w");
+		cr_assert_not_null(f, "%s: %s", conf, strerror(errno));
+		fputs(conf_text, f);
+		fclose(f);
+	}
 	dt_start_daemon(UBSD_PATH);
+}
+
+static void setup(void)
+{
+	setup_conf(NULL);
+}
+
+/* board_full's daemon: a board of two slots. */
+static void setup_small_board(void)
+{
+	setup_conf("[daemon]\nboard_slots = 2\n");
 }
 
 /* Empties and removes stats/, then the daemon and the run directory. */
@@ -579,7 +600,7 @@ static const char *const case_names[] = {
 	"roundtrip", "bulk", "readv_writev", "recv_flags", "sendto_sendmsg",
 	"nonblock_connect", "accept4_flags", "fill_eagain", "half_close",
 	"close_remaining", "peer_reset", "late_accept", "late_accept_close",
-	"raw_accept", "other_uid_accept",
+	"raw_accept", "other_uid_accept", "board_full",
 	"peer_killed", "poll_select",
 	"epoll_lt", "epoll_et", "epoll_oneshot", "epoll_rdhup", "fionread",
 	"names", "fork_shared", "dup_fds", "nonblock_fcntl", "rcvtimeo",
@@ -640,6 +661,11 @@ CASE(late_accept)
 CASE(late_accept_close)
 CASE(raw_accept)
 CASE(other_uid_accept)
+Test(shim_behaviour, board_full, .init = setup_small_board, .fini = teardown,
+     .timeout = 60)
+{
+	check_case("board_full");
+}
 CASE(peer_killed)
 CASE(poll_select)
 CASE(epoll_lt)

@@ -1276,6 +1276,40 @@ static void cli_other_uid_accept(void)
 	kclose(c);
 }
 
+/* board_full: four connections held open together, an exchange on each;
+ * the suite runs it with a board of two slots: the last two connections
+ * go through ubsd, UB all the same. */
+static void srv_board_full(void)
+{
+	int l = srv_listen(), s[4];
+
+	for (int i = 0; i < 4; i++)
+		s[i] = srv_accept(l);
+	for (int i = 0; i < 4; i++) {
+		read_exact(s[i], NULL, 4);
+		xwrite(s[i], "pong");
+	}
+	for (int i = 0; i < 4; i++) {
+		xread(s[i], 16);
+		kclose(s[i]);
+	}
+	kclose(l);
+}
+
+static void cli_board_full(void)
+{
+	int c[4];
+
+	for (int i = 0; i < 4; i++)
+		c[i] = cli_connect();
+	for (int i = 0; i < 4; i++) {
+		xwrite(c[i], "ping");
+		read_exact(c[i], NULL, 4);
+	}
+	for (int i = 0; i < 4; i++)
+		kclose(c[i]);
+}
+
 /* peer_reset: writing to a peer that closed: RST, POLLHUP, EPIPE. */
 static void srv_peer_reset(void)
 {
@@ -3680,6 +3714,7 @@ static const struct sockcase cases[] = {
 	CASE(late_accept_close, 0),
 	CASE(raw_accept, 0),
 	CASE(other_uid_accept, 0),
+	CASE_EXACT(board_full, 8),
 	CASE(peer_killed, 1),
 	CASE(poll_select, 1),
 	CASE(epoll_lt, 1),
