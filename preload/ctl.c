@@ -749,6 +749,19 @@ int ubs_ctl_listen(int fd, bool add)
 	return r;
 }
 
+int ubs_ctl_accepting(int fd)
+{
+	uint32_t seq;
+	int r;
+
+	pthread_mutex_lock(&ctl.lock);
+	r = ctl_up();
+	if (r == 0)
+		r = ctl_send(CTL_REQ_ACCEPTING, NULL, 0, &fd, 1, &seq);
+	pthread_mutex_unlock(&ctl.lock);
+	return r;
+}
+
 int ubs_ctl_listen_locked(int fd)
 {
 	/* Only from the reconnect hook: the lock is held, the link up. */

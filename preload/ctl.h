@@ -29,6 +29,9 @@ int ubs_ctl_listener_board(int family, const void *addr, uint16_t port,
 			   uint64_t netns, uint64_t board);
 /* Register (add) or drop a listening socket; waits for the answer. */
 int ubs_ctl_listen(int fd, bool add);
+/* This process accepts from listening socket fd (registered): its board
+ * is named for it from now on.  Not waited for. */
+int ubs_ctl_accepting(int fd);
 /* The same from inside the reconnect hook (lock already held). */
 int ubs_ctl_listen_locked(int fd);
 /* Offer the channel (its segment) of an accepted socket; does not wait. */

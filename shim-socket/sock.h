@@ -105,6 +105,8 @@ struct sock {
 					 * asks the kernel (fdinfo) */
 	/* The board (board.c): a channel in a slot of the uid's board. */
 	uint64_t netns;                 /* SK_LISTEN: SO_NETNS_COOKIE */
+	bool accept_told;               /* SK_LISTEN: ubsd knows this process
+					 * accepts from it (ACCEPTING) */
 	struct ubt_board *board;        /* NULL: a segment of its own */
 	int board_slot;
 	int board_intent;               /* client: intent in flight, or -1 */
@@ -240,6 +242,8 @@ void ep_forget_range(unsigned lo, unsigned hi); /* close_range is */
 void ep_atfork_child(void);
 
 void sock_go_tcp(const char *why);
+/* The program waits for connections on listener s (socket.c). */
+void sock_accepting(struct sock *s, int fd);
 /* Set in a forked child holding listeners: register them before the
  * first wait for connections (accept, poll, epoll, select). */
 extern bool ubs_listen_pending;

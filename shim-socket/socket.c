@@ -213,8 +213,10 @@ UBS_EXPORT int listen(int fd, int backlog)
 static void relisten_one(int fd, struct sock *s, void *arg)
 {
 	(void)arg;
-	if (atomic_load(&s->state) == SK_LISTEN)
+	if (atomic_load(&s->state) == SK_LISTEN) {
 		ubs_ctl_listen_locked(fd);
+		s->accept_told = false;         /* a new daemon: again */
+	}
 }
 
 static void relisten_all(void)
@@ -286,6 +288,27 @@ static void accepted(struct sock *ls, int fd, int flags)
 	}
 }
 
+/*
+ * The program waits for connections on listener s (accept, or s in a
+ * poll, select or epoll set): tell ubsd once, which from then on names
+ * our board for it, so that clients of the board post their connections
+ * there.  Not before: the process that called listen() may never accept
+ * (nginx's master) and its children may change uid first (nginx's
+ * workers, when started as root); a client would post where nobody
+ * looks (it would be handed back, TCP).
+ */
+void sock_accepting(struct sock *s, int fd)
+{
+	if (atomic_load(&s->state) != SK_LISTEN || s->accept_told || ubs_guard)
+		return;
+	s->accept_told = true;
+	if (__builtin_expect(ubs_listen_pending, 0))
+		sock_relisten_now();
+	ubs_guard_enter();
+	ubs_ctl_accepting(fd);
+	ubs_guard_exit();
+}
+
 static int do_accept(int lfd, __SOCKADDR_ARG addr, socklen_t *len,
 		     int flags, bool four)
 {
@@ -294,6 +317,10 @@ static int do_accept(int lfd, __SOCKADDR_ARG addr, socklen_t *len,
 
 	if (__builtin_expect(ubs_listen_pending, 0) && !ubs_guard)
 		sock_relisten_now();
+	if (!ubs_guard && sock_slot_used(lfd) && (ls = sock_get(lfd))) {
+		sock_accepting(ls, lfd);
+		sock_put(ls);
+	}
 
 	fd = four ? ubs_real.accept4(lfd, addr, len, flags) :
 		ubs_real.accept(lfd, addr, len);
@@ -1152,6 +1179,7 @@ static void fork_share(int fd, struct sock *s, void *any)
 	(void)fd;
 	if (atomic_load(&s->state) == SK_LISTEN) {
 		s->shared = true;
+		s->accept_told = false;         /* the child's own session */
 		if (any)
 			*(bool *)any = true;
 	}

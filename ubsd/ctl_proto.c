@@ -27,6 +27,7 @@ int ctl_body_len(uint16_t type)
 	case CTL_REQ_PEER_DB:   return sizeof(struct ctl_doorbell);
 	case CTL_R_DOORBELL:    return sizeof(struct ctl_doorbell);
 	case CTL_REQ_BOARD:     return 0;
+	case CTL_REQ_ACCEPTING: return 0;
 	case CTL_R_BOARD:       return sizeof(struct ctl_board);
 	case CTL_R_OK:          return 0;
 	case CTL_R_ERROR:       return sizeof(struct ctl_error);
@@ -84,6 +85,7 @@ const char *ctl_type_name(uint16_t type)
 	case CTL_REQ_PEER_DB:   return "PEER_DB";
 	case CTL_R_DOORBELL:    return "R_DOORBELL";
 	case CTL_REQ_BOARD:     return "BOARD";
+	case CTL_REQ_ACCEPTING: return "ACCEPTING";
 	case CTL_R_BOARD:       return "R_BOARD";
 	case CTL_R_OK:          return "OK";
 	case CTL_R_ERROR:       return "ERROR";
@@ -127,6 +129,7 @@ int ctl_fd_count(uint16_t type)
 	switch (type) {
 	case CTL_REQ_LISTEN:    return 1;
 	case CTL_REQ_UNLISTEN:  return 1;
+	case CTL_REQ_ACCEPTING: return 1;
 	case CTL_REQ_PUBLISH:   return 2;
 	case CTL_REQ_DOORBELL:  return 2;
 	case CTL_R_DOORBELL:    return 2;

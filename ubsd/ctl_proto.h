@@ -75,6 +75,12 @@ enum ctl_type {
 					 * CTL_R_BOARD + 1 fd (its sealed
 					 * memfd)|ERROR (ENOENT: no board
 					 * for this uid) */
+	CTL_REQ_ACCEPTING = 0x010f,     /* no body; fd: a listening socket
+					 * this session holds (LISTEN).  A
+					 * process of it accepts from it: its
+					 * board is named in the policy page
+					 * from now on (clients meet there a
+					 * process that does look).  OK|ERROR */
 	/* Memory pool (memhooks issue): requests 0x0110..0x011f. */
 	CTL_REQ_MEM_LEASE = 0x0110,     /* struct ctl_mem_lease; needs a
 					 * session.  CTL_R_MEM_SEG + 1 fd

@@ -43,6 +43,8 @@ struct rv_listener {
 	uint64_t *h;            /* holder sessions, each once */
 	uint64_t board;         /* see rv_listener_board */
 	int board_set;          /* board is a holder's (0: none told yet) */
+	int accepting;          /* a holder accepts from it (its board is
+				 * listed only then) */
 };
 
 struct rv_intent {
@@ -475,6 +477,7 @@ int rv_listener_add(struct rv_table *t, uint64_t sock_id, uint64_t netns,
 		l->nh = 0;
 		l->board = 0;
 		l->board_set = 0;
+		l->accepting = 0;
 		l->netns = netns;
 		l->addr = a;
 		l->v6only = v6only;
@@ -531,6 +534,21 @@ int rv_listener_board(struct rv_table *t, uint64_t sock_id, uint64_t board)
 		l->board = 0;
 	}
 	return 0;
+}
+
+int rv_listener_accepting(struct rv_table *t, uint64_t sock_id,
+			  uint64_t session)
+{
+	struct rv_listener *l = rv_listener_find(t, sock_id);
+
+	if (!l)
+		return -ENOENT;
+	for (uint32_t i = 0; i < l->nh; i++)
+		if (l->h[i] == session) {
+			l->accepting = 1;
+			return 0;
+		}
+	return -ENOENT;
 }
 
 /*
@@ -657,7 +675,7 @@ size_t rv_listener_list(const struct rv_table *t,
 		out[i].addr = t->lst[i].addr;
 		out[i].v6only = (uint32_t)t->lst[i].v6only;
 		out[i].holders = t->lst[i].nh;
-		out[i].board = t->lst[i].board;
+		out[i].board = t->lst[i].accepting ? t->lst[i].board : 0;
 	}
 	return t->nlst;
 }

@@ -210,6 +210,15 @@ int rv_listener_drop(struct rv_table *t, uint64_t sock_id, uint64_t session);
  * of another would never look there.  -ENOENT for no such listener.
  */
 int rv_listener_board(struct rv_table *t, uint64_t sock_id, uint64_t board);
+/*
+ * Holder `session` of sock_id accepts from it.  Until a holder said so
+ * the listener's board is listed as 0 (rv_listener_list): the process that
+ * called listen() may never accept (nginx's master), and its children may
+ * change uid before they register; a client would post where nobody
+ * looks.  -ENOENT when session holds no such listener.
+ */
+int rv_listener_accepting(struct rv_table *t, uint64_t sock_id,
+			  uint64_t session);
 int rv_listener_maybe(const struct rv_table *t, const struct rv_addr *dst);
 /*
  * Could a registered listener have accepted a connection made from

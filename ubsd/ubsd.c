@@ -2001,6 +2001,25 @@ static int do_listen(struct conn *c, const struct ctl_hdr *h, int fd,
 	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
 }
 
+/* ACCEPTING: a holder of listener fd accepts from it (see rendezvous.h). */
+static int do_accepting(struct conn *c, const struct ctl_hdr *h, int fd)
+{
+	const char *why = NULL;
+	struct sock_facts f;
+	int r;
+
+	r = sock_facts(c, fd, true, &f, &why);
+	close(fd);
+	if (r)
+		return send_error(c, h->seq, -r, why);
+	r = rv_listener_accepting(&d.rv, f.sock_id, c->sess->id);
+	if (r < 0)
+		return send_error(c, h->seq, -r, "no such listener for this "
+				  "session");
+	publish_listeners();
+	return conn_send(c, CTL_R_OK, h->seq, NULL, 0);
+}
+
 /* Remember a pending REQUEST of c; false when c has too many. */
 static bool conn_req_add(struct conn *c, uint64_t id, uint32_t seq)
 {
@@ -2751,6 +2770,9 @@ static int conn_dispatch(struct conn *c, const char **why)
 			break;
 		case CTL_REQ_BOARD:
 			err = do_board(c, &h);
+			break;
+		case CTL_REQ_ACCEPTING:
+			err = do_accepting(c, &h, fds[0]);
 			break;
 		case CTL_REQ_DOORBELL:
 		case CTL_REQ_PEER_DB:

@@ -1143,6 +1143,17 @@ static void cli_close_remaining(void)
 	tell('C');
 }
 
+/* The server waits for connections on l (a non-blocking accept: EAGAIN),
+ * as a server's event loop does before its first client: a preloaded one
+ * names its board for l from then on.  Then the client may connect. */
+static void srv_waits(int l)
+{
+	setnonblock(l, true);
+	CALL(accept(l, NULL, NULL), "accept(%d)", l);
+	setnonblock(l, false);
+	tell('R');
+}
+
 /* late_accept: the client writes before the server accepts (on the board
  * its bytes wait in the ring; through ubsd the client's wait for its
  * channel times out: TCP), then the server accepts, reads and answers. */
@@ -1150,6 +1161,7 @@ static void srv_late_accept(void)
 {
 	int l = srv_listen(), s;
 
+	srv_waits(l);
 	hear('W');
 	s = srv_accept(l);
 	xread(s, 16);
@@ -1161,8 +1173,11 @@ static void srv_late_accept(void)
 
 static void cli_late_accept(void)
 {
-	int c = cli_connect();
+	int c;
 
+	srv_port();			/* told after listen() */
+	hear('R');
+	c = cli_connect();
 	xwrite(c, "hello");
 	tell('W');
 	xread(c, 16);
@@ -1176,6 +1191,7 @@ static void srv_late_accept_close(void)
 {
 	int l = srv_listen(), s;
 
+	srv_waits(l);
 	hear('C');
 	s = srv_accept(l);
 	wait_event(s, POLLRDHUP);
@@ -1187,8 +1203,11 @@ static void srv_late_accept_close(void)
 
 static void cli_late_accept_close(void)
 {
-	int c = cli_connect();
+	int c;
 
+	srv_port();			/* told after listen() */
+	hear('R');
+	c = cli_connect();
 	xwrite(c, "first|");
 	xwrite(c, "second");
 	kclose(c);
@@ -1206,6 +1225,7 @@ static void srv_raw_accept(void)
 	char buf[16];
 	long n;
 
+	srv_waits(l);
 	s = (int)CALL(syscall(SYS_accept4, l, NULL, NULL, 0),
 		      "raw accept4(%d)", l);
 	n = CALL(syscall(SYS_read, s, buf, sizeof(buf)), "raw read(%d)", s);
@@ -1219,8 +1239,11 @@ static void srv_raw_accept(void)
 
 static void cli_raw_accept(void)
 {
-	int c = cli_connect();
+	int c;
 
+	srv_port();			/* told after listen() */
+	hear('R');
+	c = cli_connect();
 	xwrite(c, "hello");
 	xread(c, 16);
 	kclose(c);
@@ -1239,6 +1262,7 @@ static void srv_other_uid_accept(void)
 	int l = srv_listen(), st = 0;
 	pid_t pid;
 
+	srv_waits(l);
 	hear('W');
 	pid = fork();
 	if (pid < 0)
@@ -1268,8 +1292,11 @@ static void srv_other_uid_accept(void)
 
 static void cli_other_uid_accept(void)
 {
-	int c = cli_connect();
+	int c;
 
+	srv_port();			/* told after listen() */
+	hear('R');
+	c = cli_connect();
 	xwrite(c, "hello");
 	tell('W');
 	read_exact(c, NULL, 5);

@@ -251,10 +251,15 @@ Test(board, listener_entry_names_the_board_of_its_uid)
 
 	start("");
 	map_policy(&pg);
-	/* LISTEN before any BOARD makes the uid's board. */
+	/* LISTEN before any BOARD makes the uid's board; the listener
+	 * names it once a holder says it accepts (ACCEPTING). */
 	ctl = dt_hello("board-srv");
 	lfd = tcp_listen(&port);
 	dt_send(ctl, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
+	dt_expect(ctl, CTL_R_OK, NULL, NULL);
+	e = lst_entry(&pg, port);
+	cr_assert_eq(e.board, 0, "named before anyone accepts");
+	dt_send(ctl, CTL_REQ_ACCEPTING, NULL, 0, &lfd, 1);
 	dt_expect(ctl, CTL_R_OK, NULL, NULL);
 	e = lst_entry(&pg, port);
 	cr_assert_neq(e.board, 0);
@@ -267,6 +272,16 @@ Test(board, listener_entry_names_the_board_of_its_uid)
 	cr_assert_eq(via_board(&pg, port, e.netns + 1, m.id), 0,
 		     "no listener in another namespace");
 	cr_assert_eq(via_board(&pg, (uint16_t)(port + 1), e.netns, m.id), 0);
+	/* ACCEPTING from a session that does not hold it: refused. */
+	{
+		unsigned char body[CTL_MAX_BODY];
+		struct ctl_hdr h;
+		int fds[2], n = 2;
+
+		dt_send(ctl2, CTL_REQ_ACCEPTING, NULL, 0, &lfd, 1);
+		cr_assert_geq(dt_recv(ctl2, &h, body, fds, &n), 0);
+		cr_assert_eq(h.type, CTL_R_ERROR);
+	}
 	/* A second holder of the same uid changes nothing. */
 	dt_send(ctl2, CTL_REQ_LISTEN, NULL, 0, &lfd, 1);
 	dt_expect(ctl2, CTL_R_OK, NULL, NULL);

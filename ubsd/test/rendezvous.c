@@ -672,6 +672,12 @@ Test(rendezvous, listener_board_is_its_holders_common_board)
 	cr_assert_eq(rv_listener_add(&t, 900, 1, &la, 0, 2), 0);
 	cr_assert_eq(rv_listener_board(&t, 900, 7), 0);
 	cr_assert_eq(rv_listener_list(&t, info, 2), 1);
+	cr_assert_eq(info[0].board, 0, "no holder accepts yet");
+	cr_assert_eq(rv_listener_accepting(&t, 900, 9), -ENOENT,
+		     "not a holder");
+	cr_assert_eq(rv_listener_accepting(&t, 901, 2), -ENOENT);
+	cr_assert_eq(rv_listener_accepting(&t, 900, 2), 0);
+	cr_assert_eq(rv_listener_list(&t, info, 2), 1);
 	cr_assert_eq(info[0].board, 7, "same uid, same board");
 	/* A holder of another board (another uid): none, for good. */
 	cr_assert_eq(rv_listener_add(&t, 900, 1, &la, 0, 3), 0);
@@ -688,6 +694,9 @@ Test(rendezvous, listener_board_is_its_holders_common_board)
 	rv_listener_list(&t, info, 2);
 	cr_assert_eq(info[0].board, 0);
 	cr_assert_eq(rv_listener_board(&t, 900, 9), 0);
+	rv_listener_list(&t, info, 2);
+	cr_assert_eq(info[0].board, 0, "the new one: nobody accepts yet");
+	cr_assert_eq(rv_listener_accepting(&t, 900, 4), 0);
 	rv_listener_list(&t, info, 2);
 	cr_assert_eq(info[0].board, 9);
 	/* A holder of no board makes it none too. */
