@@ -14,6 +14,10 @@
  * or when it must speak first and no client attached within
  * UBS_FIRST_SEND_WAIT_MS.  Whatever fails, both ends are on TCP.
  *
+ * Between processes of one uid in one network namespace, connect and
+ * accept meet on the uid's board instead (board.c), without ubsd; the
+ * rendezvous above is the way for everything else.
+ *
  * The kernel connection stays open beside the channel: its FIN is the
  * end-of-stream signal of a peer that died without closing its rings.
  */
