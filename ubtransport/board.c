@@ -523,6 +523,17 @@ int ubt_board_reclaim(struct ubt_board *b, uint32_t pid)
 
 /* ------------------------------------------------------------- entries */
 
+/* Fill entry e (bucket locked) and publish it as state. */
+static void ent_write(struct board_ent *e, const struct ubt_board_key *k,
+		      uint32_t slot, uint32_t now, uint32_t state)
+{
+	e->key = *k;
+	e->slot = slot;
+	e->pid = ubt_self_pid();
+	e->ms = now;
+	atomic_store(&e->state, state);
+}
+
 int ubt_board_post(struct ubt_board *b, const struct ubt_board_key *k,
 		   uint32_t slot)
 {
@@ -558,11 +569,7 @@ int ubt_board_post(struct ubt_board *b, const struct ubt_board_key *k,
 		break;
 	}
 	if (free_e) {
-		free_e->key = *k;
-		free_e->slot = slot;
-		free_e->pid = ubt_self_pid();
-		free_e->ms = now;
-		atomic_store(&free_e->state, ENT_POSTED);
+		ent_write(free_e, k, slot, now, ENT_POSTED);
 		r = 0;
 	}
 out:
@@ -599,13 +606,8 @@ int ubt_board_take(struct ubt_board *b, const struct ubt_board_key *k,
 		r = (int)e->slot;
 		goto out;
 	}
-	if (tomb && free_e) {
-		free_e->key = *k;
-		free_e->slot = 0;
-		free_e->pid = ubt_self_pid();
-		free_e->ms = now;
-		atomic_store(&free_e->state, ENT_TOMB);
-	}
+	if (tomb && free_e)
+		ent_write(free_e, k, 0, now, ENT_TOMB);
 out:
 	bucket_unlock(bk);
 	return r;
