@@ -303,14 +303,17 @@ static void accepted(struct sock *ls, int fd, int flags)
  */
 void sock_accepting(struct sock *s, int fd)
 {
-	if (atomic_load(&s->state) != SK_LISTEN || s->accept_told || ubs_guard)
+	bool g;
+
+	if (atomic_load(&s->state) != SK_LISTEN || s->accept_told)
 		return;
 	s->accept_told = true;
-	if (__builtin_expect(ubs_listen_pending, 0))
+	if (__builtin_expect(ubs_listen_pending, 0) && !ubs_guard)
 		sock_relisten_now();
-	ubs_guard_enter();
+	g = ubs_guard_enter();  /* poll's gathering holds it already */
 	ubs_ctl_accepting(fd);
-	ubs_guard_exit();
+	if (g)
+		ubs_guard_exit();
 }
 
 static int do_accept(int lfd, __SOCKADDR_ARG addr, socklen_t *len,

@@ -1143,15 +1143,25 @@ static void cli_close_remaining(void)
 	tell('C');
 }
 
-/* The server waits for connections on l (a non-blocking accept: EAGAIN),
- * as a server's event loop does before its first client: a preloaded one
- * names its board for l from then on.  Then the client may connect. */
+/* The server waits for connections on l (a non-blocking accept: EAGAIN;
+ * or, by_poll, a poll of it that finds none), as a server's event loop
+ * does before its first client: a preloaded one names its board for l
+ * from then on.  Then the client may connect. */
+static void srv_waits_how(int l, bool by_poll)
+{
+	if (by_poll) {
+		poll1(l, POLLIN, 0);
+	} else {
+		setnonblock(l, true);
+		CALL(accept(l, NULL, NULL), "accept(%d)", l);
+		setnonblock(l, false);
+	}
+	tell('R');
+}
+
 static void srv_waits(int l)
 {
-	setnonblock(l, true);
-	CALL(accept(l, NULL, NULL), "accept(%d)", l);
-	setnonblock(l, false);
-	tell('R');
+	srv_waits_how(l, false);
 }
 
 /* late_accept: the client writes before the server accepts (on the board
@@ -1161,7 +1171,7 @@ static void srv_late_accept(void)
 {
 	int l = srv_listen(), s;
 
-	srv_waits(l);
+	srv_waits_how(l, true);         /* the board's only if poll says */
 	hear('W');
 	s = srv_accept(l);
 	xread(s, 16);
