@@ -754,6 +754,7 @@ static void adopt_one(char *e)
 		s->board = board;
 		s->board_slot = slot;
 		s->board_posted = true;
+		s->board_counted = true;        /* counted below, once */
 	}
 	ubs_fd_adopt(own);
 	if (fl & KF_PROCESS_DB)
