@@ -456,18 +456,19 @@ static void describe_diff(const char *pa, const char *pb, char *msg, size_t n)
 }
 
 /*
- * Sums the ub_conns counter over every stats page in RUN_DIR/stats (each
- * checked for magic, version and size); *pages gets how many there were.
+ * Sums counter id over the stats pages in RUN_DIR/stats (each checked
+ * for magic, version and size); *pages (if not NULL) gets how many there
+ * were.
  */
-static uint64_t sum_ub_conns(int *pages)
+static uint64_t sum_counter_pages(enum ubs_stat_id id, int *pages)
 {
 	char stats[128], path[512];
 	struct ubs_stats_page page;
 	struct dirent *de;
 	uint64_t sum = 0;
+	int n_pages = 0;
 	DIR *d;
 
-	*pages = 0;
 	path_in(stats, sizeof(stats), "stats");
 	d = opendir(stats);
 	cr_assert_not_null(d, "%s: %s", stats, strerror(errno));
@@ -486,41 +487,13 @@ static uint64_t sum_ub_conns(int *pages)
 		cr_assert_eq(n, (ssize_t)sizeof(page), "short stats page %s", path);
 		cr_assert_eq(page.magic, UBS_STATS_MAGIC, "bad magic in %s", path);
 		cr_assert_eq(page.version, UBS_STATS_VERSION, "version of %s", path);
-		cr_assert_gt(page.ncounters, UBS_STAT_UB_CONNS, "ncounters of %s", path);
-		sum += __atomic_load_n(&page.counters[UBS_STAT_UB_CONNS], __ATOMIC_RELAXED);
-		(*pages)++;
+		cr_assert_gt(page.ncounters, (uint32_t)id, "ncounters of %s", path);
+		sum += __atomic_load_n(&page.counters[id], __ATOMIC_RELAXED);
+		n_pages++;
 	}
 	closedir(d);
-	return sum;
-}
-
-/* Sums counter id over every stats page in RUN_DIR/stats. */
-static uint64_t sum_counter(enum ubs_stat_id id)
-{
-	char stats[128], path[512];
-	struct ubs_stats_page page;
-	struct dirent *de;
-	uint64_t sum = 0;
-	DIR *d;
-
-	path_in(stats, sizeof(stats), "stats");
-	d = opendir(stats);
-	cr_assert_not_null(d, "%s: %s", stats, strerror(errno));
-	while ((de = readdir(d))) {
-		int fd;
-
-		if (de->d_name[0] < '0' || de->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", stats, de->d_name);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		if (pread(fd, &page, sizeof(page), 0) == (ssize_t)sizeof(page) &&
-		    page.ncounters > (uint32_t)id)
-			sum += page.counters[id];
-		close(fd);
-	}
-	closedir(d);
+	if (pages)
+		*pages = n_pages;
 	return sum;
 }
 
@@ -575,7 +548,7 @@ static void check_case(const char *name)
 		  status_text(ub->status, st, sizeof(st)), ub->err);
 	cr_assert(ub->have_k, "%s: no kstats from the preloaded run", name);
 
-	ub_conns = sum_ub_conns(&pages);
+	ub_conns = sum_counter_pages(UBS_STAT_UB_CONNS, &pages);
 	if (ub->exact_ub > 0)
 		cr_assert_eq(ub_conns, (uint64_t)ub->exact_ub, "%s: the stats pages "
 			     "count %" PRIu64 " UB connection ends, the case expects "
@@ -723,7 +696,7 @@ Test(shim_behaviour, epoll_many_looks_at_ready_ones_only, .init = setup,
 	uint64_t checks;
 
 	check_case("epoll_many");
-	checks = sum_counter(UBS_STAT_EP_CHECKS);
+	checks = sum_counter_pages(UBS_STAT_EP_CHECKS, NULL);
 	cr_assert_gt(checks, 0, "no epoll wait was counted");
 	cr_assert_leq(checks, 2000 + 2000 / 2, "epoll waits looked at %" PRIu64
 		      " registrations: O(registrations) per wait", checks);
