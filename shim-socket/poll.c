@@ -487,8 +487,8 @@ static struct sock **poll_socks(struct pollfd *fds, nfds_t n,
 		if (s && atomic_load(&s->state) == SK_CONNECTING) {
 			sock_settle_connect(s, fds[i].fd, false);
 		}
-		if (s && !s->accept_told)
-			sock_accepting(s, fds[i].fd);   /* a listener */
+		if (s && atomic_load(&s->state) == SK_LISTEN)
+			sock_accepting(s, fds[i].fd);   /* once: see socket.c */
 		if (s && !emulated(s)) {
 			sock_put(s);
 			s = NULL;
@@ -1353,8 +1353,8 @@ UBS_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 			kadd_mark(fd);
 		return ubs_real.epoll_ctl(epfd, op, fd, ev);
 	}
-	if (!s->accept_told && op != EPOLL_CTL_DEL)
-		sock_accepting(s, fd);          /* a listener: see socket.c */
+	if (atomic_load(&s->state) == SK_LISTEN && op != EPOLL_CTL_DEL)
+		sock_accepting(s, fd);          /* once: see socket.c */
 	/* A connecting socket stays in the kernel set: adopted if it goes
 	 * UB (ep_sock_adopt). */
 	if (!emulated(s) &&

@@ -534,6 +534,14 @@ static void ent_write(struct board_ent *e, const struct ubt_board_key *k,
 	atomic_store(&e->state, state);
 }
 
+/* e's state as its bucket's scans see it: a stale tombstone is empty. */
+static uint32_t ent_state(const struct board_ent *e, uint32_t now)
+{
+	uint32_t st = atomic_load(&e->state);
+
+	return st == ENT_TOMB && now - e->ms >= TOMB_MS ? ENT_EMPTY : st;
+}
+
 int ubt_board_post(struct ubt_board *b, const struct ubt_board_key *k,
 		   uint32_t slot)
 {
@@ -545,10 +553,8 @@ int ubt_board_post(struct ubt_board *b, const struct ubt_board_key *k,
 	bucket_lock(bk);
 	for (uint32_t i = 0; i < BUCKET_ENTS; i++) {
 		struct board_ent *e = &bk->e[i];
-		uint32_t st = atomic_load(&e->state);
+		uint32_t st = ent_state(e, now);
 
-		if (st == ENT_TOMB && now - e->ms >= TOMB_MS)
-			st = ENT_EMPTY;                 /* stale */
 		if (st == ENT_EMPTY) {
 			if (!free_e)
 				free_e = e;
@@ -588,10 +594,8 @@ int ubt_board_take(struct ubt_board *b, const struct ubt_board_key *k,
 	bucket_lock(bk);
 	for (uint32_t i = 0; i < BUCKET_ENTS; i++) {
 		struct board_ent *e = &bk->e[i];
-		uint32_t st = atomic_load(&e->state);
+		uint32_t st = ent_state(e, now);
 
-		if (st == ENT_TOMB && now - e->ms >= TOMB_MS)
-			st = ENT_EMPTY;
 		if (st == ENT_EMPTY) {
 			if (!free_e)
 				free_e = e;
