@@ -31,7 +31,6 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -171,15 +170,21 @@ static void pend_del(struct sock *s)
 	pthread_mutex_unlock(&pend_mu);
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 int sock_board_left_ms(const struct sock *s)
 {
 	uint64_t now;
-	struct timespec ts;
 
 	if (!s->board_wait || ubt_chan_state(&s->ch) != UBT_CHAN_UNDECIDED)
 		return -1;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	now = mono_ns();
 	return now >= s->board_due_ns ? 0 :
 		(int)((s->board_due_ns - now + 999999) / 1000000);
 }
@@ -363,12 +368,8 @@ void sock_board_check(struct sock *s)
 /* The kernel connection is made: UB now, through the posted channel. */
 int sock_board_settle(struct sock *s, int fd)
 {
-	struct timespec ts;
-
 	sock_bind_chan(s);
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	s->board_due_ns = (uint64_t)ts.tv_sec * 1000000000ull +
-		(uint64_t)ts.tv_nsec + BOARD_TAKE_MS * 1000000ull;
+	s->board_due_ns = mono_ns() + BOARD_TAKE_MS * 1000000ull;
 	s->board_wait = true;
 	if (ubt_chan_state(&s->ch) == UBT_CHAN_UNDECIDED)
 		pend_add(s);
@@ -404,31 +405,6 @@ static bool accepted_key(struct sock *ls, int fd, struct ubt_board_key *k)
 	return true;
 }
 
-/* The slot posted for k: taken now, or after its client's intent ends;
- * -ENOENT when none is coming. */
-static int take_post(struct ubt_board *b, const struct ubt_board_key *k)
-{
-	uint64_t t0 = 0;
-	int slot = ubt_board_take(b, k, 0);
-
-	while (slot < 0 && ubt_board_intent_pending(b, k->netns, k->family,
-						    k->saddr, k->sport)) {
-		struct timespec ts;
-		uint64_t now;
-
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-		if (!t0)
-			t0 = now;
-		else if (now - t0 > BOARD_WAIT_NS)
-			return ubt_board_take(b, k, 1);
-		sched_yield();
-		slot = ubt_board_take(b, k, 0);
-	}
-	/* The intent ended after the post: look once more. */
-	return slot >= 0 ? slot : ubt_board_take(b, k, 0);
-}
-
 int sock_board_accept(struct sock *ls, int fd, int flags, bool on,
 		      const struct ubs_svc_policy *pol)
 {
@@ -440,7 +416,7 @@ int sock_board_accept(struct sock *ls, int fd, int flags, bool on,
 
 	if (!ls->netns || ubs_ctl_board(&b) < 0 || !accepted_key(ls, fd, &k))
 		return 0;
-	slot = take_post(b, &k);
+	slot = ubt_board_take_wait(b, &k, BOARD_WAIT_NS);
 	if (slot < 0)
 		return 0;
 	s = sock_new(fd);

@@ -63,7 +63,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -2186,24 +2185,6 @@ static void give_channel(struct chan *ch, uint64_t req_session,
  * notification page, which it gave this daemon before posting), so that
  * it sends what it wrote over the kernel socket, where this server reads.
  */
-static int board_take_post(struct ubt_board *b, const struct ubt_board_key *k)
-{
-	uint64_t t0 = now_ms();
-	int slot = ubt_board_take(b, k, 0);
-
-	/* A client between its connect() and its post: wait for it (at
-	 * most a few ms; this is rare: a post on a board its server does
-	 * not use), then leave a tombstone, which turns it to TCP. */
-	while (slot < 0 && ubt_board_intent_pending(b, k->netns, k->family,
-						    k->saddr, k->sport)) {
-		if (now_ms() - t0 > 2)
-			return ubt_board_take(b, k, 1);
-		sched_yield();
-		slot = ubt_board_take(b, k, 0);
-	}
-	return slot >= 0 ? slot : ubt_board_take(b, k, 0);
-}
-
 static void board_refuse_posts(const struct sock_facts *f, uid_t server)
 {
 	struct ubt_board_key k;
@@ -2227,7 +2208,10 @@ static void board_refuse_posts(const struct sock_facts *f, uid_t server)
 		/* The server's own board: its library looked already. */
 		if (boards[i].uid == server)
 			continue;
-		slot = board_take_post(b, &k);
+		/* A client between its connect() and its post: wait for it
+		 * (at most a few ms; rare: a post on a board its server does
+		 * not use), then a tombstone turns it to TCP. */
+		slot = ubt_board_take_wait(b, &k, 2000000);
 		if (slot < 0)
 			continue;
 		if (ubt_board_chan_adopt(b, &ch, (uint32_t)slot, 1, -1, -1) == 0) {

@@ -617,6 +617,27 @@ out:
 	return r;
 }
 
+int ubt_board_take_wait(struct ubt_board *b, const struct ubt_board_key *k,
+			uint64_t wait_ns)
+{
+	uint64_t t0 = 0;
+	int slot = ubt_board_take(b, k, 0);
+
+	while (slot < 0 && ubt_board_intent_pending(b, k->netns, k->family,
+						    k->saddr, k->sport)) {
+		uint64_t now = ubt_now_ns();
+
+		if (!t0)
+			t0 = now;
+		else if (now - t0 > wait_ns)
+			return ubt_board_take(b, k, 1);
+		sched_yield();
+		slot = ubt_board_take(b, k, 0);
+	}
+	/* The intent ended after the post: look once more. */
+	return slot >= 0 ? slot : ubt_board_take(b, k, 0);
+}
+
 int ubt_board_unpost(struct ubt_board *b, const struct ubt_board_key *k,
 		     uint32_t slot)
 {

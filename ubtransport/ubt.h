@@ -550,6 +550,12 @@ int ubt_board_take(struct ubt_board *b, const struct ubt_board_key *k,
 		   int tomb);
 int ubt_board_unpost(struct ubt_board *b, const struct ubt_board_key *k,
 		     uint32_t slot);
+/* The server's take: now, or once the intent in flight towards k's
+ * server address ends (its client is between connect() and its post);
+ * past wait_ns, with a tombstone.  The slot, or -ENOENT when no post of
+ * this board is coming. */
+int ubt_board_take_wait(struct ubt_board *b, const struct ubt_board_key *k,
+			uint64_t wait_ns);
 
 /* A channel with one stream ring each way (a socket's byte-stream pair). */
 int ubt_chan_create_stream(struct ubt_chan *c, uint64_t ring_size);
