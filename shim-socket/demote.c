@@ -120,7 +120,6 @@ int sock_demote(struct sock *s, int fd)
 {
 	int st = atomic_load(&s->state);
 
-	sock_board_counted(s);  /* a client's end, before it goes TCP */
 	if (st == SK_UNDECIDED &&
 	    ubt_chan_decide(&s->ch, UBT_CHAN_TCP) == UBT_CHAN_TCP) {
 		/* Nothing went over the channel: plain TCP at once. */
