@@ -632,8 +632,38 @@ CASE(close_remaining)
 CASE(peer_reset)
 CASE(late_accept)
 CASE(late_accept_close)
-CASE(raw_accept)
-CASE(other_uid_accept)
+/* Is the board on for this run (not UBS_BOARD=0)? */
+static bool board_on(void)
+{
+	const char *b = getenv("UBS_BOARD");
+
+	return !(b && !strcmp(b, "0"));
+}
+
+/* The client's post went TCP by its own deadline (tcp_no_channel), not
+ * handed back. */
+Test(shim_behaviour, raw_accept, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+	check_case("raw_accept");
+	if (board_on())
+		cr_assert_eq(sum_counter_pages(UBS_STAT_TCP_NO_CHANNEL, NULL), 1,
+			     "the client's deadline did not end its post");
+}
+
+/* ubsd handed the post back (tcp_peer_tcp), before the client's own
+ * deadline would have (tcp_no_channel). */
+Test(shim_behaviour, other_uid_accept, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+	check_case("other_uid_accept");
+	if (board_on() && geteuid() == 0) {
+		cr_assert_eq(sum_counter_pages(UBS_STAT_TCP_PEER_TCP, NULL), 1,
+			     "ubsd did not hand the post back");
+		cr_assert_eq(sum_counter_pages(UBS_STAT_TCP_NO_CHANNEL, NULL),
+			     0, "the client's deadline ended its post");
+	}
+}
 Test(shim_behaviour, board_full, .init = setup_small_board, .fini = teardown,
      .timeout = 60)
 {
